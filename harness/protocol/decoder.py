@@ -106,7 +106,9 @@ class StreamDecoder:
     `machine`, `capabilities`, `uuid` (checked against the configuration when given),
     `postcopy_ram`, `ignore_shared` (None = from the stream's configuration),
     `skip_unknown_devices` (analysis: skip a device body nobody described by finding
-    its footer, instead of failing as QEMU does).
+    its footer, instead of failing as QEMU does), `vmdesc` (whether a trailer is expected
+    after EOF, as it is by a precopy destination without suppress-vmdesc: its absence is
+    then a warning, as QEMU logs it).
     """
 
     def __init__(self, *, ram: dict[str, np.ndarray] | None = None,
@@ -116,7 +118,7 @@ class StreamDecoder:
                  capabilities: Iterable[str] | None = None, uuid: bytes | None = None,
                  postcopy_ram: bool = False, ignore_shared: bool | None = None,
                  page_sizes: dict[str, int] | None = None,
-                 skip_unknown_devices: bool = False,
+                 skip_unknown_devices: bool = False, vmdesc: bool = False,
                  max_packaged: int = 1 << 30) -> None:
         self._buf = bytearray()
         self._pos = 0
@@ -130,6 +132,7 @@ class StreamDecoder:
                          for d in (std.standard_devices() if devices is None else devices)}
         self._sections: dict[int, _Section] = {}
         self._current: _Section | None = None
+        self._current_kind = SectionType.SECTION_PART
         self._packages: list[tuple[int, int]] = []  # (absolute end, length) of open blobs
         self._pending_package = 0
         self._config_mode = configuration
@@ -140,6 +143,7 @@ class StreamDecoder:
         self._ignore_shared = ignore_shared
         self.configuration: Configuration | None = None
         self.skip_unknown_devices = skip_unknown_devices
+        self.expect_vmdesc = vmdesc
         self.max_packaged = max_packaged
         self.loader = RamLoader(ram, postcopy_ram=postcopy_ram,
                                 ignore_shared=bool(ignore_shared), page_sizes=page_sizes)
@@ -376,7 +380,7 @@ class StreamDecoder:
             if version_id != RAM_VERSION_ID:
                 raise RemoteProtocolError(
                     f"ram: stream version {version_id}, ram_load needs {RAM_VERSION_ID}",
-                    offset=start).with_context(
+                    offset=start, qemu=False).with_context(
                     f"error while loading state for instance 0x{instance_id:x} of device 'ram'")
         else:
             handler = self._devices.get((idstr, instance_id))
@@ -408,6 +412,7 @@ class StreamDecoder:
         if known.handler == _RAM:
             self._commit(r)
             self._current = known
+            self._current_kind = kind
             self._emit(header)
             self.state = DecoderState.RAM
             return
@@ -420,6 +425,7 @@ class StreamDecoder:
                 del self._sections[sid]  # QEMU keeps one load_section_id per handler
         self._sections[section.section_id] = section
         self._current = section
+        self._current_kind = header.type
         self._emit(header)
         self.state = DecoderState.RAM
 
@@ -451,8 +457,11 @@ class StreamDecoder:
         while True:
             hit = r.buf.find(pattern, at, r.end)
             if hit < 0:
-                raise r.short(max(r.end - r.pos, 0) + 1) if not r.closed else RemoteProtocolError(
-                    f"no footer found for undescribed device '{section.idstr}'", offset=r.offset)
+                if not r.closed:
+                    raise NeedData(r.base + r.end + 1)
+                raise RemoteProtocolError(
+                    f"no footer found for undescribed device '{section.idstr}'",
+                    offset=r.offset, qemu=False)
             after = hit + len(pattern)
             if after >= r.end and not r.closed:
                 raise NeedData(r.base + after + 1)
@@ -489,6 +498,9 @@ class StreamDecoder:
         try:
             events, eos = self.loader.load(r, section.section_id)
         except RemoteProtocolError as err:
+            if self._current_kind in (SectionType.SECTION_START, SectionType.SECTION_FULL):
+                raise err.with_context(f"error while loading state for instance "
+                                       f"0x{section.instance_id:x} of device '{section.idstr}'")
             raise err.with_context(
                 f"error while loading state section id {section.section_id}({section.idstr})")
         self._commit(r)
@@ -546,12 +558,16 @@ class StreamDecoder:
         if r.remaining() == 0:
             if r.closed:
                 self.state = DecoderState.DONE
+                if self.expect_vmdesc:  # QEMU's read of the byte fails and yields 0
+                    self._emit(StreamWarning("Expected vmdescription section, but got 0",
+                                             offset=r.offset))
                 self._emit(StreamClosed(offset=r.offset))
                 return
             raise NeedData(r.offset + 1)
         start = r.offset
         kind = r.u8()
         if kind != SectionType.VMDESCRIPTION:
+            self._commit(r)  # QEMU reads the byte and stops there
             self.state = DecoderState.TRAILING
             self._emit(StreamWarning(f"Expected vmdescription section, but got {kind}",
                                      offset=start))

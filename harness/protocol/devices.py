@@ -52,10 +52,8 @@ RUNSTATE_SIZE = 100  # migration/global_state.c: GlobalState.runstate[100]
 
 
 def _globalstate_post_load(values: Values, version: int) -> None:
-    raw: bytes = values["runstate"]
-    if b"\0" not in raw:
-        raise ValueError("runstate name too big")
-    name = raw.split(b"\0", 1)[0].decode("latin-1")
+    # QEMU 7.2 terminates the name at its last byte, then parses it as a RunState
+    name = bytes(values["runstate"])[:RUNSTATE_SIZE - 1].split(b"\0", 1)[0].decode("latin-1")
     if name not in RUN_STATES:
         raise ValueError(f"invalid parameter value: {name}")
 

@@ -27,8 +27,10 @@ class ProtocolError(Exception):
         offset: int | None = None,
         context: tuple[str, ...] | list[str] = (),
         errno: int = _errno.EINVAL,
+        qemu: bool = True,
     ) -> None:
         self.message = message
+        self.qemu = qemu  # False: QEMU prints no line of its own here (the message is ours)
         self.offset = offset
         self.context = tuple(context)
         self.errno = errno
@@ -50,7 +52,8 @@ class ProtocolError(Exception):
     @property
     def qemu_lines(self) -> list[str]:
         """The lines a QEMU 7.2 destination prints for this failure, in order."""
-        return [self.message, *self.context, f"load of migration failed: {os.strerror(self.errno)}"]
+        own = [self.message] if self.qemu else []
+        return [*own, *self.context, f"load of migration failed: {os.strerror(self.errno)}"]
 
     def __str__(self) -> str:
         where = f"offset {self.offset} (0x{self.offset:x}): " if self.offset is not None else ""

@@ -59,7 +59,9 @@ class SectionFooter(Event):
 
 @dataclass(frozen=True)
 class DeviceState(Event):
-    """A device's vmstate payload, decoded.  `state` is None when it was skipped unread."""
+    """A device's vmstate payload, decoded.  `state` is None when it was skipped unread.
+
+    Its `offset` is where the payload starts (the header is the SectionHeader before)."""
 
     section_id: int
     idstr: str

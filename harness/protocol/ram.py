@@ -38,7 +38,6 @@ _ZERO_CONT = int(RamFlag.ZERO | RamFlag.CONTINUE)
 _ZERO_PAGE = bytes(PAGE)
 _RUN_TRIGGER = 8  # same-kind records in a row before trying a vectorised run
 _RUN_MAX = 1024
-_BATCH_MAX = 65536
 
 
 def new_ram(size: int) -> np.ndarray:
@@ -83,6 +82,7 @@ class RamLoader:
         self.postcopy_mode = False  # set once the destination listens (ram_load_postcopy)
         self.last_block: _Block | None = None  # mis->last_recv_block, kept across sections
         self.need = 0  # absolute offset the buffer must reach for the next record
+        self.max_block_size = 1 << 40  # blocks created from a stream (analysis)
 
     @property
     def ram(self) -> dict[str, np.ndarray]:
@@ -116,77 +116,109 @@ class RamLoader:
             if length > remaining:
                 raise RemoteProtocolError(
                     f"RAM block list overruns MEM_SIZE: block '{name}' of 0x{length:x} "
-                    f"with 0x{remaining:x} left")
+                    f"with 0x{remaining:x} left", qemu=False)
             infos.append(RamBlockInfo(name, length, page_size, addr))
             remaining -= length
         for info in infos:
             if info.idstr not in self._blocks:
-                self._blocks[info.idstr] = _Block(info.idstr, new_ram(info.used_length),
+                self._blocks[info.idstr] = _Block(info.idstr, self._allocate(info),
                                                   info.used_length)
         return RamMemSize(section_id, total, tuple(infos), offset=start)
+
+    def _allocate(self, info: RamBlockInfo) -> np.ndarray:
+        if info.used_length > self.max_block_size:
+            raise RemoteProtocolError(
+                f"RAM block '{info.idstr}' of 0x{info.used_length:x} bytes is larger than "
+                f"this decoder's limit of 0x{self.max_block_size:x}", qemu=False)
+        try:
+            return new_ram(info.used_length)
+        except MemoryError:
+            raise RemoteProtocolError(
+                f"RAM block '{info.idstr}' of 0x{info.used_length:x} bytes cannot be "
+                f"allocated") from None
 
     # ------------------------------------------------------------------ records
     def load(self, r: Reader, section_id: int) -> tuple[list[RamMemSize | RamPages], bool]:
         """Parse records until EOS (returns True) or until the buffer runs out (False).
 
         `r.pos` ends after the last complete record; a NeedData inside a record rewinds
-        to its start, so nothing is applied twice.
+        to its start, so nothing is applied twice.  The loop keeps the current block's
+        view and length in locals: this is the per-page hot path.
         """
         events: list[RamMemSize | RamPages] = []
-        batch = _Batch(section_id)
         buf = r.buf
         end = r.end
+        base = r.base
+        pos = r.pos
+        batch = _Batch(section_id, base, pos)
+        block = self.last_block
+        if block is not None:
+            batch.block = block.idstr
+        view, used, pages = _locals(block)
+        oapp, kapp = batch.appenders()
+        unpack = unpack_be64
         eos = False
+        run = 0
+        prev = -1
         with memoryview(buf) as bmv:
-            pos = r.pos
-            same = 0
-            last_flags = -1
-            block = self.last_block
             try:
                 while True:
-                    start = pos
                     if pos + 8 > end:
                         raise _short(r, pos, 8)
-                    (word,) = unpack_be64(buf, pos)
+                    (word,) = unpack(buf, pos)
                     flags = word & _FLAG_MASK
-                    addr = word & _ADDR_MASK
-                    if flags == last_flags:
-                        same += 1
-                        if same >= _RUN_TRIGGER and block is not None and block.pages is not None:
+                    if flags == prev:
+                        run += 1
+                        if run >= _RUN_TRIGGER and pages is not None:
+                            assert block is not None
                             n = self._run(buf, pos, end, flags, block, batch)
                             if n:
                                 pos += n * (PAGE + 8 if flags == _PAGE_CONT else 9)
-                                same = 0
+                                oapp, kapp = batch.appenders()
+                                run = 0
                                 continue
-                            same = -_RUN_TRIGGER * 4  # not a run here: back off
+                            run = -4 * _RUN_TRIGGER  # not a run here: back off
                     else:
-                        same = 0
-                        last_flags = flags
-                    # --- the fast paths: CONTINUE records of the current block
-                    if flags == _PAGE_CONT and block is not None and addr < block.used_length:
-                        if pos + 8 + PAGE > end:
-                            raise _short(r, pos, 8 + PAGE)
-                        block.view[addr:addr + PAGE] = bmv[pos + 8:pos + 8 + PAGE]
-                        batch.add(block.idstr, addr, RamFlag.PAGE, events)
-                        pos += 8 + PAGE
-                        continue
-                    if flags == _ZERO_CONT and block is not None and addr < block.used_length:
-                        if pos + 9 > end:
-                            raise _short(r, pos, 9)
-                        fill = buf[pos + 8]
-                        block.view[addr:addr + PAGE] = _ZERO_PAGE if fill == 0 else bytes((fill,)) * PAGE
-                        batch.add(block.idstr, addr, RamFlag.ZERO, events)
-                        pos += 9
-                        continue
-                    # --- everything else, with QEMU's checks
+                        prev = flags
+                        run = 0
+                    # the fast paths: CONTINUE records inside the current block
+                    if flags == _PAGE_CONT:
+                        addr = word ^ flags
+                        if addr < used:
+                            npos = pos + 8 + PAGE
+                            if npos > end:
+                                raise _short(r, pos, 8 + PAGE)
+                            view[addr:addr + PAGE] = bmv[pos + 8:npos]
+                            oapp(addr)
+                            kapp(8)
+                            pos = npos
+                            continue
+                    elif flags == _ZERO_CONT:
+                        addr = word ^ flags
+                        if addr < used:
+                            if pos + 9 > end:
+                                raise _short(r, pos, 9)
+                            if not buf[pos + 8]:
+                                view[addr:addr + PAGE] = _ZERO_PAGE
+                                oapp(addr)
+                                kapp(2)
+                                pos += 9
+                                continue
+                    # everything else, with QEMU's checks
+                    addr = word ^ flags
                     r.pos = pos + 8
                     if flags & RAM_PAGE_FLAGS:
-                        block = self._block_from_stream(r, flags, addr)
-                        self.last_block = block
+                        found = self._block_from_stream(r, flags, addr)
+                        if found is not block:
+                            block = self.last_block = found
+                            batch.switch(found.idstr, events, pos)
+                            oapp, kapp = batch.appenders()
+                            view, used, pages = _locals(block)
                     kind = flags & ~RamFlag.CONTINUE
                     if kind == RamFlag.MEM_SIZE:
-                        batch.flush(events)
-                        events.append(self.load_mem_size(r, section_id, addr, r.base + start))
+                        batch.flush(events, pos)
+                        oapp, kapp = batch.appenders()
+                        events.append(self.load_mem_size(r, section_id, addr, base + pos))
                     elif kind == RamFlag.EOS:
                         pos = r.pos
                         eos = True
@@ -195,58 +227,63 @@ class RamLoader:
                                   RamFlag.COMPRESS_PAGE):
                         assert block is not None
                         self._load_page(r, bmv, kind, flags, addr, block)
-                        batch.add(block.idstr, addr, kind, events)
+                        oapp(addr)
+                        kapp(kind)
                     else:
-                        raise self._bad_flags(flags, start, r.base)
+                        raise self._bad_flags(flags, pos, base)
                     pos = r.pos
             except NeedData as need:
-                self.need = need.needed
-                pos = start
+                self.need = need.needed  # pos is still the start of the partial record
             except RemoteProtocolError as err:
-                r.pos = start
-                raise err.at(r.base + start)
+                r.pos = pos
+                raise err.at(base + pos)
             finally:
                 self.last_block = block
-        batch.flush(events)
+        batch.flush(events, pos)
         r.pos = pos
         return events, eos
 
     def _run(self, buf: bytes | bytearray, pos: int, end: int, flags: int, block: _Block,
              batch: "_Batch") -> int:
-        """Place a run of same-kind CONTINUE records with numpy; return how many."""
+        """Place a run of same-kind CONTINUE records of consecutive pages with numpy.
+
+        One comparison checks flags and offsets at once (the words must step by a page);
+        the run is extended by doubling while it holds.  Returns the records placed.
+        """
         page = flags == _PAGE_CONT
         stride = PAGE + 8 if page else 9
-        k = min(_RUN_MAX, (end - pos) // stride)
-        if k < 2:
-            return 0
-        hdr = np.ndarray((k,), dtype=">u8", buffer=buf, offset=pos, strides=(stride,))
-        words = hdr.astype(np.uint64)
-        ok = (words & np.uint64(_FLAG_MASK)) == flags
-        offsets = words & np.uint64(_ADDR_MASK)
-        ok &= offsets < block.used_length
-        if not page:
-            fills = np.ndarray((k,), dtype=np.uint8, buffer=buf, offset=pos + 8, strides=(9,))
-            ok &= fills == 0
-        n = k if ok.all() else int(np.argmin(ok))
-        if n < 2:
-            return 0
-        offsets = offsets[:n]
-        idx = (offsets >> np.uint64(12)).astype(np.intp)
-        contiguous = int(idx[-1]) - int(idx[0]) == n - 1 and bool((np.diff(idx) == 1).all())
         assert block.pages is not None
-        if page:
-            src = np.ndarray((n, PAGE), dtype=np.uint8, buffer=buf, offset=pos + 8,
-                             strides=(stride, 1))
-            if contiguous:
-                block.pages[idx[0]:idx[0] + n] = src
+        done = 0
+        k = _RUN_TRIGGER * 8
+        while True:
+            at = pos + done * stride
+            k = min(k, (end - at) // stride)
+            if k < 2:
+                break
+            words = np.ndarray((k,), dtype=">u8", buffer=buf, offset=at,
+                               strides=(stride,)).astype(np.uint64)
+            first = int(words[0])
+            ok = words == np.arange(first, first + k * PAGE, PAGE, dtype=np.uint64)
+            if not page:
+                ok &= np.ndarray((k,), dtype=np.uint8, buffer=buf, offset=at + 8,
+                                 strides=(9,)) == 0
+            n = k if ok.all() else int(np.argmin(ok))
+            last = first - flags + (n - 1) * PAGE
+            if n < 2 or last >= block.used_length:
+                break
+            index = (first - flags) // PAGE
+            if page:
+                block.pages[index:index + n] = np.ndarray(
+                    (n, PAGE), dtype=np.uint8, buffer=buf, offset=at + 8, strides=(stride, 1))
             else:
-                block.pages[idx] = src
-        elif contiguous:
-            block.pages[idx[0]:idx[0] + n] = 0
-        else:
-            block.pages[idx] = 0
-        batch.add_many(block.idstr, offsets, RamFlag.PAGE if page else RamFlag.ZERO)
-        return n
+                block.pages[index:index + n] = 0
+            batch.add_many(np.arange(first - flags, last + 1, PAGE, dtype=np.uint64),
+                           RamFlag.PAGE if page else RamFlag.ZERO)
+            done += n
+            if n < k:
+                break
+            k = min(k * 2, _RUN_MAX)
+        return done
 
     def _block_from_stream(self, r: Reader, flags: int, addr: int) -> _Block:
         """migration/ram.c: ram_block_from_stream + host_from_ram_block_offset."""
@@ -318,9 +355,10 @@ class RamLoader:
 
     @staticmethod
     def _bad_flags(flags: int, start: int, base: int) -> RemoteProtocolError:
-        if flags & ~int(RamFlag.CONTINUE) == RamFlag.HOOK:
+        if flags & RamFlag.HOOK:
             # QEMU passes this to the RDMA hook, which fails without a message on TCP
-            return RemoteProtocolError("RAM_SAVE_FLAG_HOOK (0x80) outside an RDMA migration")
+            return RemoteProtocolError(
+                f"RAM_SAVE_FLAG_HOOK in flags 0x{flags:x} outside an RDMA migration", qemu=False)
         return RemoteProtocolError(f"Unknown combination of migration flags: 0x{flags:x}")
 
 
@@ -331,29 +369,28 @@ def _short(r: Reader, pos: int, n: int) -> Exception:
 
 
 class _Batch:
-    """Offsets and kinds of pages placed since the last flush, for one block at a time."""
+    """Offsets and kinds of the pages placed since the last flush, for one block."""
 
-    __slots__ = ("section_id", "block", "offsets", "kinds", "chunks")
+    __slots__ = ("section_id", "base", "first", "block", "offsets", "kinds", "chunks")
 
-    def __init__(self, section_id: int) -> None:
+    def __init__(self, section_id: int, base: int, pos: int) -> None:
         self.section_id = section_id
+        self.base = base  # absolute offset of buffer position 0
+        self.first = base + pos  # absolute offset of the batch's first record
         self.block: str | None = None
+        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
         self.offsets = array("Q")
         self.kinds = array("H")
-        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def add(self, block: str, addr: int, kind: int, events: list) -> None:
+    def appenders(self):  # type: ignore[no-untyped-def]
+        return self.offsets.append, self.kinds.append
+
+    def switch(self, block: str, events: list, pos: int) -> None:
         if block != self.block:
-            self.flush(events)
+            self.flush(events, pos)
             self.block = block
-        self.offsets.append(addr)
-        self.kinds.append(kind)
-        if len(self.offsets) >= _BATCH_MAX:
-            self._close_chunk()
 
-    def add_many(self, block: str, offsets: np.ndarray, kind: int) -> None:
-        if block != self.block:
-            raise AssertionError("a vectorised run never changes block")
+    def add_many(self, offsets: np.ndarray, kind: int) -> None:
         self._close_chunk()
         self.chunks.append((offsets.astype(np.uint64),
                             np.full(offsets.size, int(kind), dtype=np.uint16)))
@@ -365,13 +402,25 @@ class _Batch:
             self.offsets = array("Q")
             self.kinds = array("H")
 
-    def flush(self, events: list) -> None:
+    def flush(self, events: list, pos: int) -> None:
+        """Emit what was placed; the next batch starts at buffer position `pos`."""
         self._close_chunk()
         if self.chunks and self.block is not None:
-            offsets = np.concatenate([c[0] for c in self.chunks])
-            kinds = np.concatenate([c[1] for c in self.chunks])
-            events.append(RamPages(self.section_id, self.block, offsets, kinds))
+            if len(self.chunks) == 1:
+                offsets, kinds = self.chunks[0]
+            else:
+                offsets = np.concatenate([c[0] for c in self.chunks])
+                kinds = np.concatenate([c[1] for c in self.chunks])
+            events.append(RamPages(self.section_id, self.block, offsets, kinds,
+                                   offset=self.first))
         self.chunks = []
+        self.first = self.base + pos
+
+
+def _locals(block: _Block | None) -> tuple[memoryview | None, int, np.ndarray | None]:
+    if block is None:
+        return None, -1, None
+    return block.view, block.used_length, block.pages
 
 
 # ---------------------------------------------------------------------------- saving

@@ -374,7 +374,10 @@ def from_vmdesc(entry: Mapping[str, Any]) -> VMStateDescription:
     Non-integer QEMU infos become raw byte fields of the written size.
     """
     if "vmsd_name" not in entry:
-        return VMStateDescription(str(entry.get("name", "")), 0, legacy_size=int(entry["size"]))
+        size = int(entry["size"])
+        if size < 0:
+            raise ValueError(f"device '{entry.get('name')}': negative size")
+        return VMStateDescription(str(entry.get("name", "")), 0, legacy_size=size)
     fields: list[Field] = []
     for item in entry.get("fields", []):
         fd = _field_from_vmdesc(item)
@@ -394,6 +397,8 @@ def _field_from_vmdesc(item: Mapping[str, Any]) -> Field:
     type_name = str(item["type"])
     size = int(item["size"])
     count = int(item["array_len"]) if "array_len" in item else None
+    if size < 0 or (count is not None and count < 0):
+        raise ValueError(f"field '{name}': negative size or count in the VM description")
     compress: bool | None = None
     if "index" in item:
         count, compress = 1, False

@@ -39,7 +39,7 @@ class Truncated(RemoteProtocolError):
     """The input ended inside a record."""
 
     def __init__(self, offset: int, message: str = "unexpected end of migration stream") -> None:
-        super().__init__(message, offset=offset, errno=_errno.EIO)
+        super().__init__(message, offset=offset, errno=_errno.EIO, qemu=False)
 
 
 class Reader:
@@ -65,6 +65,8 @@ class Reader:
         return NeedData(self.base + self.pos + n)
 
     def require(self, n: int) -> None:
+        if n < 0:
+            raise RemoteProtocolError(f"negative length {n}", offset=self.offset)
         if self.pos + n > self.end:
             raise self.short(n)
 

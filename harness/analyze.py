@@ -1,0 +1,335 @@
+"""`harness analyze`: what a migration stream file holds.
+
+Strategy: like QEMU's `scripts/analyze-migration.py`, but built on the harness decoder, so
+it also reads postcopy streams (commands, PACKAGED blobs), XBZRLE and compressed pages,
+streams without footers, configuration or trailer.  Device bodies are decoded with the
+descriptions in the stream's own VM description trailer when there is one (found the
+way QEMU's analyzer finds it), with the harness's built-in devices otherwise, and
+skipped by their footer when nothing describes them.  The file is fed to the decoder in
+chunks from an mmap, so its size does not matter; RAM lands in numpy arrays.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .protocol import (
+    Command,
+    Configuration,
+    DeviceState,
+    EndOfStream,
+    Packaged,
+    PackagedEnd,
+    PackagedStart,
+    Ping,
+    PostcopyAdvise,
+    PostcopyRamDiscard,
+    RamFlag,
+    RamMemSize,
+    RamPages,
+    RecvBitmapRequest,
+    ReturnPathDecoder,
+    RpMessage,
+    SectionHeader,
+    StreamDecoder,
+    StreamHeader,
+    StreamWarning,
+    VmDescription,
+    devices_from_vmdesc,
+)
+from .protocol.devices import standard_devices
+from .protocol.return_path import Pong, RecvBitmap, ReqPages, ReqPagesId, ResumeAck, Shut
+from .protocol.wire import unpack_be32
+
+CHUNK = 8 << 20
+_SECTION_NAMES = {1: "start", 2: "part", 3: "end", 4: "full"}
+
+
+@dataclass
+class BlockStats:
+    idstr: str
+    used_length: int
+    zero_pages: int = 0
+    normal_pages: int = 0
+    xbzrle_pages: int = 0
+    compressed_pages: int = 0
+
+    def add(self, ev: RamPages) -> None:
+        kinds = ev.kinds
+        self.zero_pages += int(np.count_nonzero(kinds == RamFlag.ZERO))
+        self.normal_pages += int(np.count_nonzero(kinds == RamFlag.PAGE))
+        self.xbzrle_pages += int(np.count_nonzero(kinds == RamFlag.XBZRLE))
+        self.compressed_pages += int(np.count_nonzero(kinds == RamFlag.COMPRESS_PAGE))
+
+
+@dataclass
+class Analysis:
+    """Everything `harness analyze` reports about one stream."""
+
+    path: str
+    size: int
+    version: int | None = None
+    configuration: Configuration | None = None
+    sections: list[dict[str, Any]] = field(default_factory=list)
+    blocks: dict[str, BlockStats] = field(default_factory=dict)
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    footers: bool | None = None
+    vmdesc_size: int | None = None
+    eof: bool = False
+    warnings: list[str] = field(default_factory=list)
+    return_path: list[dict[str, Any]] | None = None
+    ram: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        config = None
+        if self.configuration is not None:
+            c = self.configuration
+            config = {"machine": c.machine,
+                      "capabilities": list(c.capabilities) if c.capabilities is not None else None,
+                      "uuid": c.uuid.hex() if c.uuid is not None else None}
+        doc: dict[str, Any] = {
+            "file": self.path,
+            "size": self.size,
+            "version": self.version,
+            "configuration": config,
+            "footers": self.footers,
+            "sections": self.sections,
+            "ram": {"blocks": [vars(b) for b in self.blocks.values()]},
+            "commands": self.commands,
+            "devices": self.devices,
+            "eof": self.eof,
+            "vmdesc": {"size": self.vmdesc_size} if self.vmdesc_size is not None else None,
+            "warnings": self.warnings,
+        }
+        if self.return_path is not None:
+            doc["return_path"] = self.return_path
+        return doc
+
+
+def find_vmdesc(data: bytes | mmap.mmap) -> bytes | None:
+    """The VM description JSON at the end of a precopy stream, found as QEMU's analyzer does:
+    the last NUL, the first '{' after it, 0x06 and a be32 length just before it."""
+    n = len(data)
+    nul = data.rfind(b"\x00", max(0, n - (10 << 20)))
+    if nul < 0:
+        return None
+    brace = data.find(b"{", nul)
+    if brace < 5 or data[brace - 5] != 0x06:
+        return None
+    (length,) = unpack_be32(data, brace - 4)
+    if brace + length != n:
+        return None
+    return bytes(data[brace:brace + length])
+
+
+def analyze_file(path: str | Path, return_path: str | Path | None = None) -> Analysis:
+    """Decode a stream file (and optionally its return-path capture).
+
+    Raises ProtocolError for a malformed stream, OSError for an unreadable file.
+    """
+    p = Path(path)
+    with p.open("rb") as fh:
+        size = p.stat().st_size
+        if size == 0:
+            data: bytes | mmap.mmap = b""
+            return _analyze(p, data, return_path)
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _analyze(p, data, return_path)
+
+
+def _analyze(p: Path, data: bytes | mmap.mmap, return_path: str | Path | None) -> Analysis:
+    result = Analysis(str(p), len(data))
+    devices = {(d.idstr, d.instance_id): d for d in standard_devices()}
+    trailer = find_vmdesc(data)
+    if trailer is not None:
+        import json
+
+        try:
+            for d in devices_from_vmdesc(json.loads(trailer)):
+                devices[(d.idstr, d.instance_id)] = d
+        except (ValueError, KeyError, TypeError):
+            result.warnings.append("the VM description trailer is not valid JSON; ignored")
+    decoder = StreamDecoder(devices=devices.values(), skip_unknown_devices=True)
+    depth = 0
+    for start in range(0, len(data), CHUNK):
+        decoder.receive_data(data[start:start + CHUNK])
+        depth = _collect(decoder, result, depth)
+    decoder.receive_data(b"")
+    _collect(decoder, result, depth)
+    result.footers = decoder.footers
+    result.ram = decoder.ram
+    if return_path is not None:
+        result.return_path = analyze_return_path(return_path)
+    return result
+
+
+def _collect(decoder: StreamDecoder, result: Analysis, depth: int) -> int:
+    for ev in decoder.events():
+        packaged = depth > 0
+        if isinstance(ev, StreamHeader):
+            result.version = ev.version
+        elif isinstance(ev, Configuration):
+            result.configuration = ev
+        elif isinstance(ev, SectionHeader):
+            result.sections.append({
+                "type": _SECTION_NAMES[int(ev.type)], "section_id": ev.section_id,
+                "idstr": ev.idstr, "instance_id": ev.instance_id, "version_id": ev.version_id,
+                "offset": ev.offset, "packaged": packaged})
+        elif isinstance(ev, RamMemSize):
+            for b in ev.blocks:
+                result.blocks.setdefault(b.idstr, BlockStats(b.idstr, b.used_length))
+        elif isinstance(ev, RamPages):
+            result.blocks[ev.block].add(ev)
+        elif isinstance(ev, DeviceState):
+            result.devices.append({
+                "idstr": ev.idstr, "instance_id": ev.instance_id, "version_id": ev.version_id,
+                "section_id": ev.section_id, "size": ev.size, "offset": ev.offset,
+                "packaged": packaged,
+                "fields": None if ev.state is None else _jsonable(ev.state)})
+        elif isinstance(ev, Command):
+            result.commands.append({**command_json(ev), "offset": ev.offset,
+                                    "packaged": packaged})
+        elif isinstance(ev, PackagedStart):
+            depth += 1
+        elif isinstance(ev, PackagedEnd):
+            depth -= 1
+        elif isinstance(ev, EndOfStream):
+            result.eof = result.eof or not ev.packaged
+        elif isinstance(ev, VmDescription):
+            result.vmdesc_size = len(ev.json_text)
+        elif isinstance(ev, StreamWarning):
+            result.warnings.append(f"offset {ev.offset}: {ev.message}")
+    return depth
+
+
+def command_json(cmd: Command) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": cmd.cmd.name}
+    if isinstance(cmd, Ping):
+        out["value"] = cmd.value
+    elif isinstance(cmd, PostcopyAdvise):
+        out["page_size_summary"] = cmd.page_size_summary
+        out["target_page_size"] = cmd.target_page_size
+    elif isinstance(cmd, PostcopyRamDiscard):
+        out["block"] = cmd.block
+        out["ranges"] = [list(r) for r in cmd.ranges]
+    elif isinstance(cmd, Packaged):
+        out["length"] = cmd.length
+    elif isinstance(cmd, RecvBitmapRequest):
+        out["block"] = cmd.block
+    return out
+
+
+def rp_json(msg: RpMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": msg.msg.name, "offset": msg.offset}
+    if isinstance(msg, (Shut, Pong, ResumeAck)):
+        out["value"] = msg.value
+    elif isinstance(msg, ReqPagesId):
+        out.update(start=msg.start, length=msg.length, block=msg.block)
+    elif isinstance(msg, ReqPages):
+        out.update(start=msg.start, length=msg.length)
+    elif isinstance(msg, RecvBitmap):
+        out.update(block=msg.block, bitmap_bytes=len(msg.bitmap))
+    return out
+
+
+def analyze_return_path(path: str | Path) -> list[dict[str, Any]]:
+    decoder = ReturnPathDecoder()
+    decoder.receive_data(Path(path).read_bytes())
+    decoder.receive_data(b"")
+    return [rp_json(m) for m in decoder.events()]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_@]")
+
+
+def block_file_name(idstr: str) -> str:
+    """DESIGN.md: the block idstr with every character other than letters, digits,
+    `.`, `-`, `_`, `@` replaced by `_`, plus `.bin`."""
+    return _UNSAFE.sub("_", idstr) + ".bin"
+
+
+def extract_ram(analysis: Analysis, directory: str | Path) -> list[Path]:
+    out_dir = Path(directory)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, stats in analysis.blocks.items():
+        target = out_dir / block_file_name(name)
+        mem = analysis.ram[name]
+        with target.open("wb") as fh:
+            fh.write(memoryview(mem)[: stats.used_length])
+        written.append(target)
+    return written
+
+
+def summary_lines(a: Analysis) -> list[str]:
+    """The readable report."""
+    lines = [f"{a.path}: {a.size} bytes, stream version {a.version}"]
+    if a.configuration is not None:
+        c = a.configuration
+        extra = ""
+        if c.capabilities:
+            extra += f", capabilities {', '.join(c.capabilities)}"
+        if c.uuid is not None:
+            extra += f", uuid {c.uuid.hex()}"
+        lines.append(f"configuration: machine '{c.machine}'{extra}")
+    else:
+        lines.append("configuration: none")
+    counts: dict[str, int] = {}
+    for s in a.sections:
+        counts[s["type"]] = counts.get(s["type"], 0) + 1
+    kinds = ", ".join(f"{counts[k]} {k}" for k in ("start", "part", "end", "full") if k in counts)
+    footers = {True: "with footers", False: "without footers", None: "footers unknown"}[a.footers]
+    lines.append(f"sections: {len(a.sections)} ({kinds or 'none'}), {footers}")
+    if a.blocks:
+        lines.append("RAM blocks:")
+        width = max(len(n) for n in a.blocks)
+        for b in a.blocks.values():
+            extra = ""
+            if b.xbzrle_pages:
+                extra += f", {b.xbzrle_pages} xbzrle"
+            if b.compressed_pages:
+                extra += f", {b.compressed_pages} compressed"
+            lines.append(f"  {b.idstr:<{width}}  0x{b.used_length:x} bytes: "
+                         f"{b.zero_pages} zero, {b.normal_pages} normal pages{extra}")
+    if a.devices:
+        lines.append("devices:")
+        for d in a.devices:
+            how = "decoded" if d["fields"] is not None else "not described, skipped"
+            where = " (in PACKAGED)" if d["packaged"] else ""
+            lines.append(f"  {d['idstr']} instance {d['instance_id']} v{d['version_id']} "
+                         f"section {d['section_id']}: {d['size']} bytes, {how}{where}")
+    if a.commands:
+        lines.append("commands:")
+        for c in a.commands:
+            detail = {k: v for k, v in c.items() if k not in ("name", "offset", "packaged")}
+            where = " (in PACKAGED)" if c["packaged"] else ""
+            text = " ".join(f"{k}={v}" for k, v in detail.items())
+            lines.append(f"  @{c['offset']}: {c['name']}{' ' + text if text else ''}{where}")
+    lines.append("end: " + ("EOF" if a.eof else "no EOF")
+                 + (f", VM description {a.vmdesc_size} bytes" if a.vmdesc_size is not None
+                    else ", no VM description"))
+    if a.return_path is not None:
+        lines.append(f"return path: {len(a.return_path)} messages")
+        for m in a.return_path:
+            detail = {k: v for k, v in m.items() if k not in ("name", "offset")}
+            text = " ".join(f"{k}={v}" for k, v in detail.items())
+            lines.append(f"  @{m['offset']}: {m['name']} {text}".rstrip())
+    lines.extend(f"warning: {w}" for w in a.warnings)
+    return lines

@@ -1,0 +1,84 @@
+"""The `harness` command line (typer).
+
+Strategy: one typer app; each command is a thin shell over a module that does the work
+and raises typed errors; this file turns those errors into a one-paragraph message on
+stderr and DESIGN.md's exit codes (0 fine, 1 the stream/scenario failed, 2 bad input),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Test QEMU live migration the way it really happens (QEMU 7.2 wire format).",
+)
+
+
+def _fail(code: int, message: str) -> "typer.Exit":
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version.")) -> None:
+    if version:
+        typer.echo(f"migration-harness {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def analyze(
+    stream: Path = typer.Argument(..., help="A migration stream file (precopy or postcopy)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON."),
+    extract_ram: Optional[Path] = typer.Option(
+        None, "--extract-ram", metavar="DIR",
+        help="Write each RAM block's final content to DIR/NAME.bin."),
+    return_path: Optional[Path] = typer.Option(
+        None, "--return-path", metavar="FILE",
+        help="Also decode a capture of the return path (destination -> source bytes)."),
+) -> None:
+    """Decode a migration stream like QEMU's analyze-migration.py, postcopy included."""
+    from .analyze import analyze_file, extract_ram as write_ram, summary_lines
+    from .protocol import ProtocolError
+
+    for path in (stream, return_path):
+        if path is not None and not path.is_file():
+            raise _fail(2, f"harness analyze: {path}: no such file")
+    try:
+        result = analyze_file(stream, return_path)
+    except ProtocolError as err:
+        lines = "\n".join(f"  {line}" for line in err.qemu_lines)
+        raise _fail(1, f"harness analyze: {stream}: malformed migration stream at {err}\n"
+                       f"a QEMU 7.2 destination would print:\n{lines}")
+    except OSError as err:
+        raise _fail(2, f"harness analyze: {stream}: {err.strerror or err}")
+    if extract_ram is not None:
+        try:
+            written = write_ram(result, extract_ram)
+        except OSError as err:
+            raise _fail(2, f"harness analyze: --extract-ram {extract_ram}: {err.strerror or err}")
+        if not as_json:
+            for path in written:
+                typer.echo(f"wrote {path}")
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=1))
+    else:
+        for line in summary_lines(result):
+            typer.echo(line)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        sys.exit(130)
