@@ -33,8 +33,8 @@ from harness.protocol import (
     StreamEncoder,
     discard_commands,
     encode_rp,
+    xbzrle,
 )
-from harness.protocol import xbzrle
 from harness.protocol.devices import GLOBALSTATE, TIMER, globalstate_values, timer_values
 from harness.protocol.savevm import PausedStream
 

@@ -47,7 +47,7 @@ from .protocol.devices import standard_devices
 from .protocol.return_path import Pong, RecvBitmap, ReqPages, ReqPagesId, ResumeAck, Shut
 from .protocol.wire import unpack_be32
 
-CHUNK = 8 << 20
+CHUNK = 1 << 20
 _SECTION_NAMES = {1: "start", 2: "part", 3: "end", 4: "full"}
 
 
@@ -273,7 +273,7 @@ def extract_ram(analysis: Analysis, directory: str | Path) -> list[Path]:
         target = out_dir / block_file_name(name)
         mem = analysis.ram[name]
         with target.open("wb") as fh:
-            fh.write(memoryview(mem)[: stats.used_length])
+            fh.write(mem.data[: stats.used_length])
         written.append(target)
     return written
 
@@ -317,11 +317,11 @@ def summary_lines(a: Analysis) -> list[str]:
                          f"section {d['section_id']}: {d['size']} bytes, {how}{where}")
     if a.commands:
         lines.append("commands:")
-        for c in a.commands:
-            detail = {k: v for k, v in c.items() if k not in ("name", "offset", "packaged")}
-            where = " (in PACKAGED)" if c["packaged"] else ""
+        for cmd in a.commands:
+            detail = {k: v for k, v in cmd.items() if k not in ("name", "offset", "packaged")}
+            where = " (in PACKAGED)" if cmd["packaged"] else ""
             text = " ".join(f"{k}={v}" for k, v in detail.items())
-            lines.append(f"  @{c['offset']}: {c['name']}{' ' + text if text else ''}{where}")
+            lines.append(f"  @{cmd['offset']}: {cmd['name']}{' ' + text if text else ''}{where}")
     lines.append("end: " + ("EOF" if a.eof else "no EOF")
                  + (f", VM description {a.vmdesc_size} bytes" if a.vmdesc_size is not None
                     else ", no VM description"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
@@ -24,13 +24,14 @@ app = typer.Typer(
 )
 
 
-def _fail(code: int, message: str) -> "typer.Exit":
+def _fail(code: int, message: str) -> typer.Exit:
     typer.echo(message, err=True)
     return typer.Exit(code)
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version.")) -> None:
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False
+          ) -> None:
     if version:
         typer.echo(f"migration-harness {__version__}")
         raise typer.Exit(0)
@@ -38,17 +39,19 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 @app.command()
 def analyze(
-    stream: Path = typer.Argument(..., help="A migration stream file (precopy or postcopy)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON."),
-    extract_ram: Optional[Path] = typer.Option(
-        None, "--extract-ram", metavar="DIR",
-        help="Write each RAM block's final content to DIR/NAME.bin."),
-    return_path: Optional[Path] = typer.Option(
-        None, "--return-path", metavar="FILE",
-        help="Also decode a capture of the return path (destination -> source bytes)."),
+    stream: Annotated[Path, typer.Argument(
+        help="A migration stream file (precopy or postcopy).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the analysis as JSON.")] = False,
+    extract_ram: Annotated[Path | None, typer.Option(
+        "--extract-ram", metavar="DIR",
+        help="Write each RAM block's final content to DIR/NAME.bin.")] = None,
+    return_path: Annotated[Path | None, typer.Option(
+        "--return-path", metavar="FILE",
+        help="Also decode a capture of the return path (destination -> source bytes).")] = None,
 ) -> None:
     """Decode a migration stream like QEMU's analyze-migration.py, postcopy included."""
-    from .analyze import analyze_file, extract_ram as write_ram, summary_lines
+    from .analyze import analyze_file, summary_lines
+    from .analyze import extract_ram as write_ram
     from .protocol import ProtocolError
 
     for path in (stream, return_path):

@@ -22,7 +22,7 @@ from .commands import (
     discard_commands,
     encode_command,
 )
-from .constants import MigCmd, RamFlag, RpMsg, SectionType, TARGET_PAGE_SIZE
+from .constants import TARGET_PAGE_SIZE, MigCmd, RamFlag, RpMsg, SectionType
 from .decoder import NEED_DATA, StreamDecoder, decode_all
 from .encoder import StreamEncoder
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -59,6 +59,8 @@ from .return_path import (
 from .vmstate import DeviceDescription, Field, VMStateDescription, devices_from_vmdesc
 
 __all__ = [
+    "NEED_DATA",
+    "TARGET_PAGE_SIZE",
     "Command",
     "Configuration",
     "DeviceDescription",
@@ -69,7 +71,6 @@ __all__ = [
     "Field",
     "LocalProtocolError",
     "MigCmd",
-    "NEED_DATA",
     "OpenReturnPath",
     "Packaged",
     "PackagedEnd",
@@ -105,7 +106,6 @@ __all__ = [
     "StreamEncoder",
     "StreamHeader",
     "StreamWarning",
-    "TARGET_PAGE_SIZE",
     "VMStateDescription",
     "VmDescription",
     "decode_all",

@@ -34,7 +34,7 @@ class Command(Event):
         return b""
 
     @classmethod
-    def from_payload(cls, payload: bytes) -> "Command":
+    def from_payload(cls, payload: bytes) -> Command:
         return cls()
 
 
@@ -52,7 +52,7 @@ class Ping(Command):
         return pack_be32(self.value)
 
     @classmethod
-    def from_payload(cls, payload: bytes) -> "Ping":
+    def from_payload(cls, payload: bytes) -> Ping:
         return cls(unpack_be32(payload)[0])
 
 
@@ -70,7 +70,7 @@ class PostcopyAdvise(Command):
         return pack_be64(self.page_size_summary) + pack_be64(self.target_page_size or 0)
 
     @classmethod
-    def from_payload(cls, payload: bytes) -> "PostcopyAdvise":
+    def from_payload(cls, payload: bytes) -> PostcopyAdvise:
         if len(payload) == 0:
             return cls(None, None)
         if len(payload) != 16:
@@ -105,7 +105,7 @@ class PostcopyRamDiscard(Command):
         return bytes(body)
 
     @classmethod
-    def from_payload(cls, payload: bytes) -> "PostcopyRamDiscard":
+    def from_payload(cls, payload: bytes) -> PostcopyRamDiscard:
         # migration/savevm.c: loadvm_postcopy_ram_handle_discard
         n = len(payload)
         if n < 1 + 1 + 1 + 1 + 2 * 8:
@@ -141,7 +141,7 @@ class Packaged(Command):
         return pack_be32(self.length)
 
     @classmethod
-    def from_payload(cls, payload: bytes) -> "Packaged":
+    def from_payload(cls, payload: bytes) -> Packaged:
         return cls(unpack_be32(payload)[0])
 
 
@@ -166,7 +166,7 @@ class RecvBitmapRequest(Command):
         return str8(self.block)
 
     @classmethod
-    def from_payload(cls, payload: bytes) -> "RecvBitmapRequest":
+    def from_payload(cls, payload: bytes) -> RecvBitmapRequest:
         # migration/savevm.c: loadvm_handle_recv_bitmap
         if not payload or payload[0] + 1 != len(payload):
             raise RemoteProtocolError(

@@ -19,7 +19,7 @@ import enum
 import errno as _errno
 import uuid as _uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,7 +55,7 @@ from .ram import RamLoader
 from .vmstate import DeviceDescription, load_state
 from .wire import NeedData, Reader, Truncated, pack_be32
 
-__all__ = ["StreamDecoder", "NEED_DATA", "decode_all"]
+__all__ = ["NEED_DATA", "StreamDecoder", "decode_all"]
 
 
 class _NeedDataType:
@@ -68,6 +68,7 @@ NEED_DATA: Any = _NeedDataType()
 #: capabilities QEMU 7.2 validates through the configuration section
 VALIDATED_CAPABILITIES = ("x-ignore-shared",)
 _MAGIC = pack_be32(QEMU_VM_FILE_MAGIC)
+_INITIAL_BUFFER = 1 << 16
 
 
 class DecoderState(enum.Enum):
@@ -120,7 +121,8 @@ class StreamDecoder:
                  page_sizes: dict[str, int] | None = None,
                  skip_unknown_devices: bool = False, vmdesc: bool = False,
                  max_packaged: int = 1 << 30) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray(_INITIAL_BUFFER)  # bytes live in [_pos, _end)
+        self._end = 0
         self._pos = 0
         self._base = 0
         self._closed = False
@@ -168,18 +170,45 @@ class StreamDecoder:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes; b"" means the input has ended."""
-        if self._error is not None:
-            raise self._refuse()
-        if self._closed and data:
-            raise LocalProtocolError("receive_data after the end of input")
+        self._check_open(bool(data))
         if not data:
             self._closed = True
             return
-        if self._pos > (1 << 20) and self._pos * 2 > len(self._buf):
-            del self._buf[:self._pos]
+        n = len(data)
+        self._reserve(n)
+        self._buf[self._end:self._end + n] = data
+        self._end += n
+
+    def receive_into(self, readinto: Callable[[memoryview], int | None],
+                     size: int = 1 << 20) -> int:
+        """Let `readinto` (e.g. a socket's recv_into) write up to `size` bytes straight into
+        the decoder's buffer; returns how many it wrote.  0 does not close the input:
+        call receive_data(b"") for that."""
+        self._check_open(True)
+        self._reserve(size)
+        with memoryview(self._buf) as view, view[self._end:self._end + size] as window:
+            n = readinto(window) or 0
+        self._end += n
+        return n
+
+    def _check_open(self, more: bool) -> None:
+        if self._error is not None:
+            raise self._refuse()
+        if self._closed and more:
+            raise LocalProtocolError("receive_data after the end of input")
+
+    def _reserve(self, n: int) -> None:
+        """Room for n more bytes: move the unparsed tail to the front, or grow."""
+        if self._end + n <= len(self._buf):
+            return
+        live = self._end - self._pos
+        if live + n <= len(self._buf) // 2 or (self._pos and live + n <= len(self._buf)):
+            self._buf[:live] = self._buf[self._pos:self._end]
             self._base += self._pos
             self._pos = 0
-        self._buf += data
+            self._end = live
+        if self._end + n > len(self._buf):
+            self._buf.extend(bytes(max(self._end + n - len(self._buf), len(self._buf))))
 
     def next_event(self) -> Event | Any:
         """The next event, NEED_DATA, or None when the stream is over."""
@@ -188,7 +217,7 @@ class StreamDecoder:
         while not self._events:
             if self.state is DecoderState.DONE:
                 return None
-            if not self._closed and self._base + len(self._buf) < self._need:
+            if not self._closed and self._base + self._end < self._need:
                 return NEED_DATA
             try:
                 self._step()
@@ -221,7 +250,7 @@ class StreamDecoder:
                                    offset=self._error.offset, errno=self._error.errno)
 
     def _reader(self) -> Reader:
-        end = len(self._buf)
+        end = self._end
         closed = self._closed
         if self._packages:
             limit = self._packages[-1][0] - self._base
@@ -543,10 +572,10 @@ class StreamDecoder:
         limit = self._packages[-1][0] if self._packages else None
         if limit is not None and end > limit:
             raise Truncated(limit, "PACKAGED blob runs past its enclosing blob")
-        if self._base + len(self._buf) < end:
+        if self._base + self._end < end:
             if self._closed:
                 raise RemoteProtocolError(
-                    f"CMD_PACKAGED: Buffer receive fail ret={self._base + len(self._buf) - self.offset} "
+                    f"CMD_PACKAGED: Buffer receive fail ret={self._base + self._end - self.offset} "
                     f"length={length}", offset=self.offset, errno=_errno.EIO)
             raise NeedData(end)
         self._packages.append((end, length))
@@ -593,7 +622,7 @@ class StreamDecoder:
         raise NeedData(r.offset + 1)
 
 
-def _plausible_next(buf: bytearray, pos: int, end: int, sections: dict[int, _Section]) -> bool:
+def _plausible_next(buf: bytes | bytearray, pos: int, end: int, sections: dict[int, _Section]) -> bool:
     """Whether `buf[pos:]` can be the record after a section (for footer search)."""
     kind = buf[pos]
     if kind == SectionType.EOF:

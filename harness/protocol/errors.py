@@ -12,9 +12,19 @@ peer can print exactly what a real QEMU 7.2 destination prints.
 from __future__ import annotations
 
 import errno as _errno
-import os
+from typing import Self
 
-__all__ = ["ProtocolError", "LocalProtocolError", "RemoteProtocolError"]
+__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+
+#: glibc's strerror() of the errnos a QEMU load ends with ("load of migration failed: ...")
+_STRERROR = {
+    _errno.EINVAL: "Invalid argument",
+    _errno.EIO: "Input/output error",
+    _errno.ENOTSUP: "Operation not supported",
+    _errno.ERANGE: "Numerical result out of range",
+    _errno.ENOENT: "No such file or directory",
+    _errno.EPERM: "Operation not permitted",
+}
 
 
 class ProtocolError(Exception):
@@ -36,13 +46,13 @@ class ProtocolError(Exception):
         self.errno = errno
         super().__init__(str(self))
 
-    def with_context(self, line: str) -> "ProtocolError":
+    def with_context(self, line: str) -> Self:
         """Append one of QEMU's follow-up lines (outermost last)."""
         self.context = self.context + (line,)
         self.args = (str(self),)
         return self
 
-    def at(self, offset: int) -> "ProtocolError":
+    def at(self, offset: int) -> Self:
         """Set the offset if it is not known yet."""
         if self.offset is None:
             self.offset = offset
@@ -53,7 +63,7 @@ class ProtocolError(Exception):
     def qemu_lines(self) -> list[str]:
         """The lines a QEMU 7.2 destination prints for this failure, in order."""
         own = [self.message] if self.qemu else []
-        return [*own, *self.context, f"load of migration failed: {os.strerror(self.errno)}"]
+        return [*own, *self.context, f"load of migration failed: {_STRERROR.get(self.errno, f'errno {self.errno}')}"]
 
     def __str__(self) -> str:
         where = f"offset {self.offset} (0x{self.offset:x}): " if self.offset is not None else ""

@@ -12,6 +12,7 @@ QEMU's `last_sent_block` so CONTINUE is set exactly where QEMU sets it.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from array import array
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ _ZERO_CONT = int(RamFlag.ZERO | RamFlag.CONTINUE)
 _ZERO_PAGE = bytes(PAGE)
 _RUN_TRIGGER = 8  # same-kind records in a row before trying a vectorised run
 _RUN_MAX = 1024
+_DEFERRED_ZERO = int(RamFlag.FULL)  # internal: a zero page not written yet (FULL is never sent)
 
 
 def new_ram(size: int) -> np.ndarray:
@@ -52,7 +54,7 @@ class _Block:
     used_length: int
 
     def __post_init__(self) -> None:
-        self.view = memoryview(self.mem).cast("B")
+        self.view = self.mem.data.cast("B")
         aligned = self.used_length % PAGE == 0 and self.mem.flags.c_contiguous
         self.pages = self.mem[: self.used_length].reshape(-1, PAGE) if aligned else None
 
@@ -153,7 +155,7 @@ class RamLoader:
         batch = _Batch(section_id, base, pos)
         block = self.last_block
         if block is not None:
-            batch.block = block.idstr
+            batch.block = block
         view, used, pages = _locals(block)
         oapp, kapp = batch.appenders()
         unpack = unpack_be64
@@ -188,7 +190,7 @@ class RamLoader:
                             npos = pos + 8 + PAGE
                             if npos > end:
                                 raise _short(r, pos, 8 + PAGE)
-                            view[addr:addr + PAGE] = bmv[pos + 8:npos]
+                            view[addr:addr + PAGE] = bmv[pos + 8:npos]  # type: ignore[index]
                             oapp(addr)
                             kapp(8)
                             pos = npos
@@ -199,9 +201,8 @@ class RamLoader:
                             if pos + 9 > end:
                                 raise _short(r, pos, 9)
                             if not buf[pos + 8]:
-                                view[addr:addr + PAGE] = _ZERO_PAGE
-                                oapp(addr)
-                                kapp(2)
+                                oapp(addr)  # zeroed with numpy when the batch is flushed
+                                kapp(_DEFERRED_ZERO)
                                 pos += 9
                                 continue
                     # everything else, with QEMU's checks
@@ -211,7 +212,7 @@ class RamLoader:
                         found = self._block_from_stream(r, flags, addr)
                         if found is not block:
                             block = self.last_block = found
-                            batch.switch(found.idstr, events, pos)
+                            batch.switch(found, events, pos)
                             oapp, kapp = batch.appenders()
                             view, used, pages = _locals(block)
                     kind = flags & ~RamFlag.CONTINUE
@@ -226,6 +227,9 @@ class RamLoader:
                     elif kind in (RamFlag.ZERO, RamFlag.PAGE, RamFlag.XBZRLE,
                                   RamFlag.COMPRESS_PAGE):
                         assert block is not None
+                        if kind == RamFlag.XBZRLE:  # a delta needs the page as it is now
+                            batch.apply_zeros()
+                            oapp, kapp = batch.appenders()
                         self._load_page(r, bmv, kind, flags, addr, block)
                         oapp(addr)
                         kapp(kind)
@@ -235,6 +239,7 @@ class RamLoader:
             except NeedData as need:
                 self.need = need.needed  # pos is still the start of the partial record
             except RemoteProtocolError as err:
+                batch.apply_zeros()  # what came before the bad record stays applied
                 r.pos = pos
                 raise err.at(base + pos)
             finally:
@@ -244,7 +249,7 @@ class RamLoader:
         return events, eos
 
     def _run(self, buf: bytes | bytearray, pos: int, end: int, flags: int, block: _Block,
-             batch: "_Batch") -> int:
+             batch: _Batch) -> int:
         """Place a run of same-kind CONTINUE records of consecutive pages with numpy.
 
         One comparison checks flags and offsets at once (the words must step by a page);
@@ -369,15 +374,20 @@ def _short(r: Reader, pos: int, n: int) -> Exception:
 
 
 class _Batch:
-    """Offsets and kinds of the pages placed since the last flush, for one block."""
+    """Offsets and kinds of the pages placed since the last flush, for one block.
 
-    __slots__ = ("section_id", "base", "first", "block", "offsets", "kinds", "chunks")
+    Zero pages of the fast path are only recorded (kind _DEFERRED_ZERO) and zeroed with
+    one numpy operation when the batch is applied, unless a later record of the batch
+    wrote the same page; a delta (XBZRLE) applies them first.
+    """
+
+    __slots__ = ("base", "block", "chunks", "first", "kinds", "offsets", "section_id")
 
     def __init__(self, section_id: int, base: int, pos: int) -> None:
         self.section_id = section_id
         self.base = base  # absolute offset of buffer position 0
         self.first = base + pos  # absolute offset of the batch's first record
-        self.block: str | None = None
+        self.block: _Block | None = None
         self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
         self.offsets = array("Q")
         self.kinds = array("H")
@@ -385,8 +395,8 @@ class _Batch:
     def appenders(self):  # type: ignore[no-untyped-def]
         return self.offsets.append, self.kinds.append
 
-    def switch(self, block: str, events: list, pos: int) -> None:
-        if block != self.block:
+    def switch(self, block: _Block, events: list, pos: int) -> None:
+        if block is not self.block:
             self.flush(events, pos)
             self.block = block
 
@@ -402,22 +412,52 @@ class _Batch:
             self.offsets = array("Q")
             self.kinds = array("H")
 
-    def flush(self, events: list, pos: int) -> None:
-        """Emit what was placed; the next batch starts at buffer position `pos`."""
+    def _merged(self) -> tuple[np.ndarray, np.ndarray]:
         self._close_chunk()
+        if len(self.chunks) == 1:
+            return self.chunks[0]
+        merged = (np.concatenate([c[0] for c in self.chunks]),
+                  np.concatenate([c[1] for c in self.chunks]))
+        self.chunks = [merged]
+        return merged
+
+    def apply_zeros(self) -> None:
+        """Zero the deferred zero pages now (each only if no later record wrote it)."""
+        if not self.chunks and not self.offsets:
+            return
+        offsets, kinds = self._merged()
+        deferred = kinds == _DEFERRED_ZERO
+        if not deferred.any():
+            return
+        assert self.block is not None
+        if offsets.size > 1 and not bool((offsets[1:] > offsets[:-1]).all()):
+            # a page seen twice: only its last record counts
+            _, first_of_reversed = np.unique(offsets[::-1], return_index=True)
+            last = offsets.size - 1 - first_of_reversed
+            zero_at = offsets[last[kinds[last] == _DEFERRED_ZERO]]
+        else:
+            zero_at = offsets[deferred]
+        pages = self.block.pages
+        if pages is not None:
+            pages[(zero_at >> np.uint64(12)).astype(np.intp)] = 0
+        else:
+            for addr in zero_at.tolist():
+                self.block.view[addr:addr + PAGE] = _ZERO_PAGE
+        kinds[deferred] = RamFlag.ZERO
+
+    def flush(self, events: list, pos: int) -> None:
+        """Apply and emit what was placed; the next batch starts at buffer position `pos`."""
+        self.apply_zeros()
         if self.chunks and self.block is not None:
-            if len(self.chunks) == 1:
-                offsets, kinds = self.chunks[0]
-            else:
-                offsets = np.concatenate([c[0] for c in self.chunks])
-                kinds = np.concatenate([c[1] for c in self.chunks])
-            events.append(RamPages(self.section_id, self.block, offsets, kinds,
+            offsets, kinds = self._merged()
+            events.append(RamPages(self.section_id, self.block.idstr, offsets, kinds,
                                    offset=self.first))
         self.chunks = []
         self.first = self.base + pos
 
 
 def _locals(block: _Block | None) -> tuple[memoryview | None, int, np.ndarray | None]:
+    """The hot loop's view of a block (length -1 when none: every record goes slow)."""
     if block is None:
         return None, -1, None
     return block.view, block.used_length, block.pages
@@ -445,7 +485,7 @@ EOS = pack_be64(RamFlag.EOS)
 def zero_pages(mem: np.ndarray, pages: np.ndarray | slice) -> np.ndarray:
     """Which of the given pages are all zero (numpy, about 10 GB/s)."""
     words = mem.view(np.uint64).reshape(-1, PAGE // 8)
-    return ~words[pages].any(axis=1)
+    return np.asarray(~words[pages].any(axis=1))
 
 
 class RamSaver:
@@ -482,7 +522,7 @@ class RamSaver:
         else:
             zero = zero_pages(mem, idx)
         mpages = mem.reshape(-1, PAGE)
-        view = memoryview(mem).cast("B")
+        view = mem.data.cast("B")
         i = 0
         n = idx.size
         if block != self.last_block:
@@ -494,7 +534,7 @@ class RamSaver:
             gap = np.flatnonzero(np.diff(idx[i:]) != 1) + i + 1
             cuts = np.union1d(kind_change, gap).tolist()
             bounds = [i, *cuts, n]
-            for a, b in zip(bounds[:-1], bounds[1:]):
+            for a, b in itertools.pairwise(bounds):
                 if b - a < 4:
                     for j in range(a, b):
                         self._save_one(out, block, view, int(idx[j]), bool(zero[j]))

@@ -71,7 +71,7 @@ def replay(events: Iterable[Event], ram: Mapping[str, np.ndarray],
 
 
 def _replay_pages(enc: StreamEncoder, out: bytearray, ev: RamPages, mem: np.ndarray) -> None:
-    view = memoryview(mem).cast("B")
+    view = mem.data.cast("B")
     for addr, kind in zip(ev.offsets.tolist(), ev.kinds.tolist()):
         if kind == RamFlag.ZERO:
             enc.ram.save_zero_page(out, ev.block, addr)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import devices as std
-from .constants import SectionType, TARGET_PAGE_SIZE
+from .constants import TARGET_PAGE_SIZE, SectionType
 from .encoder import StreamEncoder
 from .events import RamBlockInfo
 from .vmstate import VMStateDescription

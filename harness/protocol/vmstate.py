@@ -91,7 +91,7 @@ class Field:
     count: int | None = None
     count_from: str | None = None
     size_from: str | None = None
-    struct: "VMStateDescription | None" = None
+    struct: VMStateDescription | None = None
     inline: bool = False  # VMSTATE_WITH_TMP: JSON type "tmp", nested description inline
     version_id: int = 0
     exists: Callable[[Mapping[str, Any], int], bool] | None = None
@@ -140,12 +140,12 @@ class VMStateDescription:
     version_id: int
     fields: tuple[Field, ...] = ()
     minimum_version_id: int = 0
-    subsections: tuple["VMStateDescription", ...] = ()
+    subsections: tuple[VMStateDescription, ...] = ()
     needed: Callable[[Mapping[str, Any]], bool] | None = None
     post_load: Callable[[Values, int], None] | None = None
     legacy_size: int | None = None
 
-    def subsection(self, name: str) -> "VMStateDescription | None":
+    def subsection(self, name: str) -> VMStateDescription | None:
         for sub in self.subsections:
             if sub.name == name:
                 return sub

@@ -45,9 +45,9 @@ class Truncated(RemoteProtocolError):
 class Reader:
     """A cursor over `buf[pos:end]`; `base` is the absolute stream offset of `buf[0]`."""
 
-    __slots__ = ("buf", "pos", "end", "base", "closed")
+    __slots__ = ("base", "buf", "closed", "end", "pos")
 
-    def __init__(self, buf: bytes | bytearray | memoryview, pos: int, end: int, base: int = 0,
+    def __init__(self, buf: bytes | bytearray, pos: int, end: int, base: int = 0,
                  closed: bool = False) -> None:
         self.buf = buf
         self.pos = pos

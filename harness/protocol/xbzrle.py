@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["encode", "decode", "XbzrleError", "uleb128_encode_small", "uleb128_decode_small"]
+__all__ = ["XbzrleError", "decode", "encode", "uleb128_decode_small", "uleb128_encode_small"]
 
 
 class XbzrleError(ValueError):

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from harness.protocol import (
     EnableColo,
     OpenReturnPath,
-    Packaged,
     Ping,
     Pong,
     PostcopyAdvise,
@@ -35,8 +34,8 @@ from harness.protocol import (
     encode_command,
     encode_rp,
     pack_received_bitmap,
+    xbzrle,
 )
-from harness.protocol import xbzrle
 from harness.protocol.devices import GLOBALSTATE, TIMER, globalstate_values
 from harness.protocol.events import Event
 from harness.protocol.vmstate import (
@@ -46,7 +45,6 @@ from harness.protocol.vmstate import (
     INT16,
     INT32,
     INT64,
-    TIMER as TIMER_T,
     UINT8,
     UINT16,
     UINT32,
@@ -58,6 +56,9 @@ from harness.protocol.vmstate import (
     from_vmdesc,
     load_state,
     save_state,
+)
+from harness.protocol.vmstate import (
+    TIMER as TIMER_T,
 )
 from harness.protocol.wire import Reader
 
@@ -476,3 +477,41 @@ def test_xbzrle_overflows_on_a_page_that_changed_everywhere():
     new = bytes((i % 2) for i in range(PAGE))  # 2048 one-byte runs: far more than a page
     assert xbzrle.encode(old, new) is None
     assert xbzrle.encode(old, bytes(255 for _ in range(PAGE))) is None
+
+
+def _records_stream(build) -> bytes:
+    enc = StreamEncoder()
+    records = bytearray()
+    build(enc.ram, records)
+    return (enc.header() + enc.configuration("none")
+            + enc.ram_start(2, [RamBlockInfo("ram", 16 * PAGE)])
+            + enc.ram_section(SectionType.SECTION_PART, 2, records)
+            + enc.ram_section(SectionType.SECTION_END, 2, b"") + enc.eof())
+
+
+def test_the_last_record_of_a_page_wins_within_one_section():
+    """Zero pages are applied in bulk; a later record of the same page must still win,
+    and a delta must see the zeroing that came before it."""
+    data1, data2 = _content(11), _content(12)
+
+    def build(saver, out):
+        saver.save_zero_page(out, "ram", 0)          # names the block
+        for p in range(1, 6):
+            saver.save_zero_page(out, "ram", p * PAGE)  # CONTINUE zero pages (deferred)
+        saver.save_page(out, "ram", 2 * PAGE, data1)  # zero then data: data wins
+        saver.save_page(out, "ram", 7 * PAGE, data1)
+        saver.save_zero_page(out, "ram", 7 * PAGE)    # data then zero: zero wins
+        saver.save_zero_page(out, "ram", 3 * PAGE)
+        saver.save_xbzrle_page(out, "ram", 3 * PAGE, xbzrle.encode(bytes(PAGE), data2))
+
+    decoder = StreamDecoder(ram={"ram": np.full(16 * PAGE, 0x77, np.uint8)})
+    decoder.receive_data(_records_stream(build))
+    decoder.receive_data(b"")
+    events = decoder.events()
+    ram = decoder.ram["ram"].reshape(16, PAGE)
+    assert ram[2].tobytes() == data1
+    assert not ram[7].any() and not ram[1].any() and not ram[5].any()
+    assert ram[3].tobytes() == data2  # the delta applied onto the zeroed page
+    assert (ram[8:] == 0x77).all()  # untouched pages keep their content
+    kinds = np.concatenate([e.kinds for e in events if isinstance(e, RamPages)])
+    assert set(kinds.tolist()) <= {0x02, 0x08, 0x40}

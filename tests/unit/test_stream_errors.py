@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from harness.protocol import (
-    LocalProtocolError,
     NEED_DATA,
+    LocalProtocolError,
     RemoteProtocolError,
     StreamDecoder,
     decode_all,
