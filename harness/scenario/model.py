@@ -1,0 +1,459 @@
+"""The scenario model: DESIGN.md section 3's scenario file as frozen pydantic models.
+
+Strategy: one model per mapping of the file, keys kebab-case in the file and snake_case in
+Python (`guest.workload.dirty_rate`), unknown keys refused everywhere. Values are held in
+base units (bytes, bytes/s, seconds; `downtime-limit` in ms as QMP has it). Checks that
+need one section are validators on that section; checks that join sections (a step's
+`after:` naming another step, a host named in `hosts`, what a real QEMU peer can be,
+postcopy actions needing `postcopy-ram`) are in `Scenario._cross_checks`, which reports
+every problem it finds, each with its own path. Loading from YAML, with line numbers,
+is `loader.py`'s job; `Scenario.model_validate(data)` works on plain data too.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    ValidationInfo,
+    model_validator,
+)
+
+from .base import (
+    Duration,
+    Fraction,
+    Issue,
+    PathItem,
+    Rate,
+    ScenarioModel,
+    Size,
+    Text,
+    choice,
+    fail,
+    in_range,
+    non_empty,
+    raise_issues,
+)
+from .names import (
+    DEFAULT_DEVICES,
+    DEVICE_NAMES,
+    GUEST_PLACES,
+    MEMORY_EXPECTATIONS,
+    PEER_KINDS,
+    POSTCOPY_ACTIONS,
+    QEMU_DEVICES,
+    QEMU_MACHINE,
+    QEMU_RAM_BLOCK,
+    TARGET_PAGE_SIZE,
+    TRANSPORT_SCHEMES,
+    WORKLOAD_PATTERNS,
+    DeviceName,
+    GuestPlace,
+    MemoryExpectation,
+    PeerKind,
+    TransportScheme,
+    WorkloadPattern,
+)
+from .parameters import Capabilities, MigrationParameters, throttle_issue
+from .steps import (
+    Action,
+    BytesCondition,
+    BytesTrigger,
+    CommandAction,
+    CommandTrigger,
+    EventTrigger,
+    Fault,
+    LinkFault,
+    NetFault,
+    PassTrigger,
+    ProcessFault,
+    ProgressTrigger,
+    RemainingCondition,
+    RemainingTrigger,
+    SetParametersAction,
+    Status,
+    StatusCondition,
+    StatusTrigger,
+    Step,
+    TimeTrigger,
+    Trigger,
+    TriggerBase,
+)
+from .units import format_size
+
+DEFAULT_MEMORY = 64 * 1024 * 1024
+DEFAULT_TIMEOUT = 60.0
+
+
+def _whole_pages(value: int) -> int:
+    if value <= 0 or value % TARGET_PAGE_SIZE:
+        raise ValueError(f"expected a positive whole number of {TARGET_PAGE_SIZE // 1024} KiB "
+                         f"pages, got {value} bytes ({format_size(value)})")
+    return value
+
+
+def _idstr(value: str) -> str:
+    if len(value.encode()) > 255:  # a RAM block idstr travels as u8 length + bytes
+        raise ValueError("a block name is at most 255 bytes (QEMU writes it with a u8 length)")
+    return value
+
+
+PageSize = Annotated[Size, AfterValidator(_whole_pages)]
+
+# --- guest ------------------------------------------------------------------------------
+
+
+class Block(ScenarioModel):
+    """One RAM block: `{name: pc.ram, size: 256MiB}`."""
+
+    name: Annotated[Text, AfterValidator(_idstr)]
+    size: PageSize
+
+
+class Workload(ScenarioModel):
+    """How the guest dirties its RAM while it migrates."""
+
+    dirty_rate: Rate = 0
+    pattern: Annotated[WorkloadPattern, choice("a workload pattern", WORKLOAD_PATTERNS)] = \
+        "uniform"
+    hotset: Size | None = None
+
+    @model_validator(mode="after")
+    def _hotset_with_pattern(self) -> Workload:
+        if self.pattern == "hotset" and not self.hotset:
+            fail(("hotset",), "pattern: hotset needs hotset: SIZE (the hot part of RAM)")
+        if self.pattern != "hotset" and self.hotset is not None:
+            fail(("hotset",), f"hotset: applies to pattern: hotset only, not {self.pattern}",
+                 at_key=True)
+        return self
+
+
+def _no_duplicates(noun: str) -> AfterValidator:
+    def check(values: tuple[Any, ...]) -> tuple[Any, ...]:
+        seen: set[Any] = set()
+        for index, value in enumerate(values):
+            key = getattr(value, "name", value)
+            if key in seen:
+                fail((index,), f"{noun} {key!r} is listed twice")
+            seen.add(key)
+        return values
+
+    return AfterValidator(check)
+
+
+class Guest(ScenarioModel):
+    """The simulated VM: RAM (`memory:` or `blocks:`), fill, workload and devices."""
+
+    machine: Text = QEMU_MACHINE
+    memory: PageSize | None = None
+    blocks: Annotated[tuple[Block, ...], AfterValidator(non_empty),
+                      _no_duplicates("block")] | None = None
+    fill: Fraction = 0.5
+    workload: Workload = Field(default_factory=Workload)
+    devices: Annotated[tuple[Annotated[DeviceName, choice("a device", DEVICE_NAMES)], ...],
+                       _no_duplicates("device")] = DEFAULT_DEVICES
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_memory(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "memory" not in data and "blocks" not in data:
+            return {**data, "memory": DEFAULT_MEMORY}
+        return data
+
+    @model_validator(mode="after")
+    def _memory_layout(self) -> Guest:
+        if self.memory is not None and self.blocks is not None:
+            fail(("blocks",), "give memory: (one block named \"ram\") or blocks:, not both",
+                 at_key=True)
+        hotset = self.workload.hotset
+        if hotset is not None and hotset > self.total_memory:
+            fail(("workload", "hotset"), f"the hotset ({format_size(hotset)}) does not fit in "
+                 f"the guest's memory ({format_size(self.total_memory)})")
+        return self
+
+    @property
+    def ram_blocks(self) -> tuple[Block, ...]:
+        """The RAM blocks, `memory:` being one block named "ram"."""
+        if self.blocks is not None:
+            return self.blocks
+        return (Block(name=QEMU_RAM_BLOCK, size=self.memory or DEFAULT_MEMORY),)
+
+    @property
+    def total_memory(self) -> int:
+        return sum(block.size for block in self.ram_blocks)
+
+
+# --- peers, hosts, transport ------------------------------------------------------------
+
+
+def _args_as_text(value: Any) -> Any:
+    """`args: [-m, 16]`: numbers on a command line are text."""
+    if isinstance(value, list):
+        return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                for v in value]
+    return value
+
+
+class Peer(ScenarioModel):
+    """`source:` / `destination:`: the harness's own peer or a real QEMU."""
+
+    kind: Annotated[PeerKind, choice("a peer kind", PEER_KINDS)] = "harness"
+    args: Annotated[tuple[str, ...], BeforeValidator(_args_as_text)] = ()
+    host: Text | None = None
+    binary: Path | None = None
+
+    @model_validator(mode="after")
+    def _qemu_only_keys(self) -> Peer:
+        if self.kind != "qemu":
+            issues = [Issue((key,), f"{key}: applies to kind: qemu only", at_key=True)
+                      for key, value in (("args", self.args), ("binary", self.binary)) if value]
+            raise_issues(issues)
+        return self
+
+
+def _agent_url(url: str) -> str:
+    if not re.fullmatch(r"[a-z]+://\S+", url):
+        raise ValueError(f"{url!r} is not an agent endpoint (expected a URL such as "
+                         "tcp://10.0.0.2:5555)")
+    return url
+
+
+class Host(ScenarioModel):
+    """A host of a multi-host run: where its agent listens."""
+
+    agent: Annotated[Text, AfterValidator(_agent_url)]
+
+
+_URI_FORMS = {
+    "tcp": (re.compile(r"tcp:(\[[^\]]+\]|[^:]*):(\d+)"), "tcp:HOST:PORT"),
+    "unix": (re.compile(r"unix:.+"), "unix:PATH"),
+    "exec": (re.compile(r"exec:.*\S.*"), "exec:COMMAND"),
+    "fd": (re.compile(r"fd:\S+"), "fd:NAME"),
+    "file": (re.compile(r"file:[^,]+(,offset=\d+)?"), "file:PATH[,offset=N]"),
+}
+
+
+class Transport(ScenarioModel):
+    """`transport: tcp` (the runner picks the address) or `transport: {uri: "tcp:..."}`."""
+
+    scheme: Annotated[TransportScheme, choice("a transport", TRANSPORT_SCHEMES)] = "tcp"
+    uri: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"uri": data} if ":" in data else {"scheme": data}
+        if isinstance(data, dict) and isinstance(data.get("uri"), str) and "scheme" not in data:
+            prefix = data["uri"].split(":", 1)[0]
+            return {**data, "scheme": prefix} if prefix in _URI_FORMS else data
+        return data
+
+    @model_validator(mode="after")
+    def _uri_form(self) -> Transport:
+        if self.uri is None:
+            return self
+        forms = ", ".join(form for _, form in _URI_FORMS.values())
+        pattern, form = _URI_FORMS[self.scheme]
+        prefix = self.uri.split(":", 1)[0]
+        if prefix in _URI_FORMS and prefix != self.scheme:
+            fail(("uri",), f"{self.uri!r} is a {prefix} URI, but scheme: is {self.scheme}")
+        if not self.uri.startswith(self.scheme + ":"):
+            fail(("uri",), f"{self.uri!r} is not a migration URI the harness speaks "
+                 f"(expected one of: {forms})")
+        match = pattern.fullmatch(self.uri)
+        if match is None or (self.scheme == "tcp" and int(match[2]) > 65535):
+            fail(("uri",), f"{self.uri!r} is not a {self.scheme} URI (expected {form})")
+        return self
+
+
+# --- expectations -----------------------------------------------------------------------
+
+
+class Expect(ScenarioModel):
+    """What the run must end with; a key left out is not checked."""
+
+    source: Status | None = None
+    destination: Status | None = None
+    memory: Annotated[MemoryExpectation, choice("a memory expectation",
+                                                MEMORY_EXPECTATIONS)] | None = None
+    guest_runs_on: Annotated[GuestPlace, choice("a place", GUEST_PLACES)] | None = None
+
+
+# --- the scenario -----------------------------------------------------------------------
+
+
+class Scenario(ScenarioModel):
+    """One scenario file. `source_file` is where it was loaded from (None if built in code)."""
+
+    name: Text
+    description: str = ""
+    seed: Annotated[StrictInt, AfterValidator(
+        in_range(0, 2**64 - 1, "an integer from 0 to 2**64 - 1"))] = 0
+    timeout: Annotated[Duration, AfterValidator(
+        in_range(1e-3, float("inf"), "a duration of at least 1ms"))] = DEFAULT_TIMEOUT
+    guest: Guest = Field(default_factory=Guest)
+    source: Peer = Field(default_factory=Peer)
+    destination: Peer = Field(default_factory=Peer)
+    hosts: dict[Text, Host] = Field(default_factory=dict)
+    transport: Transport = Field(default_factory=Transport)
+    capabilities: Capabilities = Field(default_factory=dict)
+    parameters: MigrationParameters = Field(default_factory=MigrationParameters)
+    steps: tuple[Step, ...] = ()
+    expect: Expect = Field(default_factory=Expect)
+
+    _source_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source_file(self) -> Path | None:
+        return self._source_file
+
+    @property
+    def postcopy(self) -> bool:
+        return bool(self.capabilities.get("postcopy-ram"))
+
+    def qmp_capabilities(self) -> list[dict[str, Any]]:
+        """The `migrate-set-capabilities` argument."""
+        return [{"capability": name, "state": state} for name, state in self.capabilities.items()]
+
+    def step_named(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(f"no step named {name!r}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, data: Any, info: ValidationInfo) -> Any:
+        default = (info.context or {}).get("default_name")
+        if isinstance(data, dict) and "name" not in data and default:
+            return {**data, "name": default}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> Scenario:
+        raise_issues(self._step_order_issues() + self._host_issues() + self._qemu_issues()
+                     + self._postcopy_issues() + self._throttle_issues())
+        source_file = (info.context or {}).get("source_file")
+        if source_file is not None:
+            self._source_file = Path(source_file)
+        return self
+
+    def _step_order_issues(self) -> list[Issue]:
+        issues: list[Issue] = []
+        looped: set[str | None] = set()
+        first_index: dict[str, int] = {}
+        for index, step in enumerate(self.steps):
+            if step.name is not None and step.name in first_index:
+                issues.append(Issue(("steps", index, "name"), f"step name {step.name!r} is "
+                                    f"already used by steps[{first_index[step.name]}]"))
+            elif step.name is not None:
+                first_index[step.name] = index
+        for index, step in enumerate(self.steps):
+            if step.name not in looped:
+                issues += self._after_issues(index, step, first_index, looped)
+        return issues
+
+    def _after_issues(self, index: int, step: Step, names: dict[str, int],
+                      looped: set[str | None]) -> list[Issue]:
+        where: tuple[PathItem, ...] = ("steps", index, "after")
+        if step.after is None:
+            return []
+        if step.after not in names:
+            known = ", ".join(names) or "none: give steps a name: to refer to them"
+            return [Issue(where, f"{step.after!r} is not the name of a step "
+                          f"(steps named: {known})")]
+        if step.after == step.name:
+            return [Issue(where, "a step cannot come after itself")]
+        chain = [step.name]
+        current: Step | None = self.steps[names[step.after]]
+        while current is not None and current.after is not None:
+            chain.append(current.name)
+            if current.after == step.name:
+                looped.update(chain)
+                loop = " -> ".join(repr(n) for n in [*chain, step.name])
+                return [Issue(where, f"the after: chain {loop} is a loop: no step in it "
+                              "could ever run")]
+            if current.after not in names or current.name in chain[:-1]:
+                break
+            current = self.steps[names[current.after]]
+        return []
+
+    def _host_issues(self) -> list[Issue]:
+        known = ", ".join(self.hosts) or "none: define them under hosts:"
+        places: list[tuple[tuple[PathItem, ...], str | None]] = [
+            (("source", "host"), self.source.host),
+            (("destination", "host"), self.destination.host)]
+        places += [(("steps", index, "fault", "host"), step.fault.host)
+                   for index, step in enumerate(self.steps) if isinstance(step.fault, LinkFault)]
+        return [Issue(path, f"{host!r} is not one of the hosts (hosts: {known})")
+                for path, host in places if host is not None and host not in self.hosts]
+
+    def _qemu_issues(self) -> list[Issue]:
+        qemu_peers = [name for name in ("source", "destination")
+                      if getattr(self, name).kind == "qemu"]
+        if not qemu_peers:
+            return []
+        peer = f"{qemu_peers[0]}.kind: qemu"
+        supports = (f"a QEMU peer runs machine {QEMU_MACHINE} with one RAM block "
+                    f"\"{QEMU_RAM_BLOCK}\" and the devices {' and '.join(QEMU_DEVICES)}")
+        return self._qemu_guest_issues(f"{supports} ({peer})")
+
+    def _qemu_guest_issues(self, supports: str) -> list[Issue]:
+        guest = self.guest
+        issues = []
+        if guest.machine != QEMU_MACHINE:
+            issues.append(Issue(("guest", "machine"), f"{supports}; not machine {guest.machine}"))
+        blocks = guest.ram_blocks
+        if len(blocks) != 1 or blocks[0].name != QEMU_RAM_BLOCK:
+            names = ", ".join(block.name for block in blocks)
+            issues.append(Issue(("guest", "blocks"), f"{supports}; not the blocks {names} "
+                                "(write memory: SIZE instead)"))
+        issues += [Issue(("guest", "devices", index), f"{supports}; not {device}")
+                   for index, device in enumerate(guest.devices) if device not in QEMU_DEVICES]
+        missing = [d for d in QEMU_DEVICES if d not in guest.devices]
+        if missing:
+            issues.append(Issue(("guest", "devices"), f"{supports}; {' and '.join(missing)} "
+                                "cannot be left out"))
+        return issues
+
+    def _postcopy_issues(self) -> list[Issue]:
+        if self.postcopy:
+            return []
+        return [Issue(("steps", index, "do"), f"{step.action_name} needs capabilities: "
+                      "{postcopy-ram: true} (QEMU: \"Enable postcopy with "
+                      "migrate_set_capability before the start of migration\")")
+                for index, step in enumerate(self.steps)
+                if step.action_name in POSTCOPY_ACTIONS]
+
+    def _throttle_issues(self) -> list[Issue]:
+        """max-cpu-throttle against the cpu-throttle-initial in force (a mapping that sets
+        both was checked on its own already)."""
+        initial = self.parameters.cpu_throttle_initial
+        places: list[tuple[tuple[PathItem, ...], MigrationParameters]] = [
+            (("parameters",), self.parameters)]
+        places += [(("steps", index, "do", "migrate-set-parameters"),
+                    step.do.migrate_set_parameters) for index, step in enumerate(self.steps)
+                   if isinstance(step.do, SetParametersAction)]
+        issues = []
+        for path, params in places:
+            found = params.cpu_throttle_initial is None and throttle_issue(params, initial)
+            if found:
+                issues.append(Issue((*path, *found.path), found.message))
+        return issues
+
+
+__all__ = [
+    "Action", "Block", "BytesCondition", "BytesTrigger", "CommandAction", "CommandTrigger",
+    "EventTrigger", "Expect", "Fault", "Guest", "Host", "LinkFault", "MigrationParameters",
+    "NetFault", "PassTrigger", "Peer", "ProcessFault", "ProgressTrigger", "RemainingCondition",
+    "RemainingTrigger", "Scenario", "SetParametersAction", "StatusCondition", "StatusTrigger",
+    "Step", "TimeTrigger", "Transport", "Trigger", "TriggerBase", "Workload",
+]

@@ -1,0 +1,154 @@
+"""Migration capabilities and parameters, checked the way QEMU 7.2 checks them.
+
+Strategy: `MigrationParameters` is QEMU 7.2's `MigrateSetParameters` as a model: one optional
+field per member, so an unknown name is an unknown key and each value has its QAPI type.
+Ranges are QEMU's own (migration/migration.c: migrate_params_check), with QEMU's wording,
+so a scenario that validates here is not refused by a real QEMU later. Sizes and rates
+accept units; millisecond parameters accept durations. Capabilities stay a plain mapping
+name -> bool (what `migrate-set-capabilities` takes); the combinations QEMU refuses
+(migration/migration.c: migrate_caps_check) are refused here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, BeforeValidator, StrictInt, model_validator
+
+from .base import (
+    Issue,
+    Milliseconds,
+    Rate,
+    ScenarioModel,
+    Size,
+    choice,
+    in_range,
+    raise_issues,
+    unknown_name,
+)
+from .names import CAPABILITIES, LATER_CAPABILITIES, LATER_PARAMETERS, TARGET_PAGE_SIZE
+
+SIZE_MAX = 2**64 - 1
+UINT32_MAX = 2**32 - 1
+MAX_MIGRATE_DOWNTIME_MS = 2000 * 1000  # migration/migration.c: MAX_MIGRATE_DOWNTIME_SECONDS
+MultiFDCompression = Literal["none", "zlib", "zstd"]  # qapi/migration.json, QEMU 7.2
+MULTIFD_COMPRESSIONS: tuple[str, ...] = get_args(MultiFDCompression)
+DEFAULT_CPU_THROTTLE_INITIAL = 20  # migration/migration.c: DEFAULT_MIGRATE_CPU_THROTTLE_INITIAL
+
+
+def _qemu(name: str, low: int, high: int, words: str | None = None) -> AfterValidator:
+    return AfterValidator(in_range(low, high, words, name=name))
+
+
+def _power_of_two_page(value: int | None) -> int | None:
+    if value is not None and (value < TARGET_PAGE_SIZE or value & (value - 1)):
+        raise ValueError("xbzrle-cache-size expects a power of two no less than the target "
+                         f"page size ({TARGET_PAGE_SIZE}), got {value}")
+    return value
+
+
+def _between(name: str, low: int, high: int) -> AfterValidator:
+    return _qemu(name, low, high, f"a value between {low} and {high}")
+
+
+def _integer_range(name: str, low: int, high: int, unit: str = "") -> AfterValidator:
+    return _qemu(name, low, high, f"an integer in the range of {low} to {high}{unit}")
+
+
+class MigrationParameters(ScenarioModel):
+    """QEMU 7.2 `MigrateSetParameters`; unset members are None and are not sent."""
+
+    announce_initial: Annotated[Milliseconds | None, _between("announce-initial", 0, 100000)] = None
+    announce_max: Annotated[Milliseconds | None, _between("announce-max", 0, 100000)] = None
+    announce_rounds: Annotated[StrictInt | None, _between("announce-rounds", 0, 1000)] = None
+    announce_step: Annotated[Milliseconds | None, _qemu("announce-step", 1, 10000,
+                                                        "a value between 1 and 10000")] = None
+    compress_level: Annotated[StrictInt | None, _between("compress-level", 0, 9)] = None
+    compress_threads: Annotated[StrictInt | None, _between("compress-threads", 1, 255)] = None
+    compress_wait_thread: bool | None = None
+    decompress_threads: Annotated[StrictInt | None, _between("decompress-threads", 1, 255)] = None
+    throttle_trigger_threshold: Annotated[
+        StrictInt | None, _integer_range("throttle-trigger-threshold", 1, 100)] = None
+    cpu_throttle_initial: Annotated[
+        StrictInt | None, _integer_range("cpu-throttle-initial", 1, 99)] = None
+    cpu_throttle_increment: Annotated[
+        StrictInt | None, _integer_range("cpu-throttle-increment", 1, 99)] = None
+    cpu_throttle_tailslow: bool | None = None
+    tls_creds: str | None = None
+    tls_hostname: str | None = None
+    tls_authz: str | None = None
+    max_bandwidth: Annotated[Rate | None, _integer_range("max-bandwidth", 0, SIZE_MAX,
+                                                         " bytes/second")] = None
+    downtime_limit: Annotated[Milliseconds | None, _integer_range(
+        "downtime-limit", 0, MAX_MIGRATE_DOWNTIME_MS, " milliseconds")] = None
+    x_checkpoint_delay: Annotated[Milliseconds | None, _between("x-checkpoint-delay", 0,
+                                                                UINT32_MAX)] = None
+    block_incremental: bool | None = None
+    multifd_channels: Annotated[StrictInt | None, _between("multifd-channels", 1, 255)] = None
+    xbzrle_cache_size: Annotated[Size | None, AfterValidator(_power_of_two_page)] = None
+    max_postcopy_bandwidth: Annotated[Rate | None, _integer_range(
+        "max-postcopy-bandwidth", 0, SIZE_MAX, " bytes/second")] = None
+    max_cpu_throttle: Annotated[StrictInt | None, _qemu(
+        "max-cpu-throttle", 1, 99, "an integer in the range of cpu-throttle-initial to 99")
+                                ] = None
+    multifd_compression: Annotated[MultiFDCompression, choice(
+        "a multifd compression method", MULTIFD_COMPRESSIONS)] | None = None
+    multifd_zlib_level: Annotated[StrictInt | None, _between("multifd-zlib-level", 0, 9)] = None
+    multifd_zstd_level: Annotated[StrictInt | None, _between("multifd-zstd-level", 0, 20)] = None
+    block_bitmap_mapping: tuple[dict[str, Any], ...] | None = None
+
+    @classmethod
+    def unknown_key_message(cls, key: object) -> str:
+        return unknown_name(key, "a migration parameter", cls.file_keys(), LATER_PARAMETERS)
+
+    @model_validator(mode="after")
+    def _throttle_pair(self) -> MigrationParameters:
+        """Both set here; against the value already in force is Scenario's check."""
+        issue = self.cpu_throttle_initial is not None and throttle_issue(
+            self, self.cpu_throttle_initial)
+        raise_issues([issue] if issue else [])
+        return self
+
+    def qmp_arguments(self) -> dict[str, Any]:
+        """The `migrate-set-parameters` arguments: only the members the file set."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def throttle_issue(params: MigrationParameters, initial: int | None) -> Issue | None:
+    """max-cpu-throttle must not be below cpu-throttle-initial (QEMU checks the merged set)."""
+    limit = params.max_cpu_throttle
+    initial = DEFAULT_CPU_THROTTLE_INITIAL if initial is None else initial
+    if limit is None or limit >= initial:
+        return None
+    return Issue(("max-cpu-throttle",), "max-cpu-throttle expects an integer in the range of "
+                 f"cpu-throttle-initial ({initial}) to 99, got {limit}")
+
+
+def _capability_names(value: object) -> object:
+    if isinstance(value, Mapping):
+        raise_issues([Issue((name,), unknown_name(name, "a migration capability", CAPABILITIES,
+                                                  LATER_CAPABILITIES), at_key=True)
+                      for name in value if name not in CAPABILITIES])
+    return value
+
+
+#: (capability, another it needs on or off, QEMU 7.2's words), migrate_caps_check
+_CAPABILITY_RULES = (
+    ("postcopy-ram", "compress", False, "Postcopy is not currently compatible with compression"),
+    ("postcopy-ram", "x-ignore-shared", False, "Postcopy is not compatible with ignore-shared"),
+    ("postcopy-preempt", "postcopy-ram", True, "Postcopy preempt requires postcopy-ram"),
+    ("postcopy-preempt", "compress", False, "Postcopy preempt not compatible with compress"),
+)
+
+
+def _capability_combinations(caps: Mapping[str, bool]) -> Mapping[str, bool]:
+    issues = [Issue((name,), f"{message} (QEMU 7.2: migrate_caps_check)")
+              for name, other, wanted, message in _CAPABILITY_RULES
+              if caps.get(name) and bool(caps.get(other)) != wanted]
+    raise_issues(issues)
+    return caps
+
+
+Capabilities = Annotated[dict[str, bool], BeforeValidator(_capability_names),
+                         AfterValidator(_capability_combinations)]

@@ -1,0 +1,438 @@
+"""Steps: when something happens (`on:`), and what (`do:` an action or `fault:` a fault).
+
+Strategy: each trigger kind is its own model, and a trigger is a discriminated union whose
+tag is the one trigger key present in the mapping (`{pass: 2}` is a PassTrigger). Actions
+and faults are discriminated unions too (by shape, and by the `kind` prefix). Before
+pydantic picks a union member, a small pre-check says in plain words what is wrong with
+the shape (no trigger key, two trigger keys, an unknown fault kind), so the user never sees
+"unable to extract tag". Which fields a network fault takes is a table (`NET_FAULT_FIELDS`),
+not a tree of classes: one place to read, one place to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BeforeValidator, Discriminator, Tag, model_serializer, model_validator
+
+from .base import (
+    Duration,
+    Fraction,
+    Issue,
+    Percent,
+    PositiveCount,
+    Rate,
+    ScenarioModel,
+    Size,
+    Text,
+    choice,
+    describe,
+    fail,
+    raise_issues,
+    unknown_name,
+)
+from .names import (
+    CHANNEL_NAMES,
+    DIRECTIONS,
+    EVENT_NAMES,
+    FAULT_KINDS,
+    FRAME_NAMES,
+    FRAME_PARTS,
+    LATER_STATUSES,
+    LINK_FAULT_KINDS,
+    MAPPING_ACTIONS,
+    MESSAGE_NAMES,
+    MIG_CMD_NAMES,
+    MIGRATION_STATUSES,
+    NET_FAULT_KINDS,
+    PEER_NAMES,
+    PLAIN_ACTIONS,
+    PROCESS_FAULT_KINDS,
+    RETURN_PATH_ONLY,
+    ChannelName,
+    Direction,
+    EventName,
+    FramePart,
+    LinkFaultKind,
+    MigCmdName,
+    MigrationStatus,
+    NetFaultKind,
+    PeerName,
+    PlainActionName,
+    ProcessFaultKind,
+)
+from .parameters import MigrationParameters
+
+Peer = Annotated[PeerName, choice("a peer", PEER_NAMES)]
+Status = Annotated[MigrationStatus, choice("a migration status", MIGRATION_STATUSES,
+                                           LATER_STATUSES)]
+Channel = Annotated[ChannelName, choice("a channel", CHANNEL_NAMES)]
+
+# --- triggers ---------------------------------------------------------------------------
+
+
+class TriggerBase(ScenarioModel):
+    """What every trigger shares: `probability` (drawn from the scenario's seed)."""
+
+    KEY: ClassVar[str]
+    probability: Fraction = 1.0
+
+    @property
+    def kind(self) -> str:
+        return self.KEY
+
+
+class TimeTrigger(TriggerBase):
+    """`{time: 1.5s}`: this long after `migrate` (or after the `after:` step fired)."""
+
+    KEY = "time"
+    time: Duration
+
+
+class PassTrigger(TriggerBase):
+    """`{pass: N}`: when the source starts RAM pass N (1 is the bulk stage)."""
+
+    KEY = "pass"
+    pass_: PositiveCount
+
+
+class StatusCondition(ScenarioModel):
+    peer: Peer
+    is_: Status
+
+
+class StatusTrigger(TriggerBase):
+    """`{status: {peer: destination, is: postcopy-paused}}`."""
+
+    KEY = "status"
+    status: StatusCondition
+
+
+class EventTrigger(TriggerBase):
+    """`{event: page-request, count: 10}`: the count-th such event."""
+
+    KEY = "event"
+    event: Annotated[EventName, choice("an event", EVENT_NAMES)]
+    count: PositiveCount = 1
+
+
+class CommandTrigger(TriggerBase):
+    """`{command: POSTCOPY_RUN}`: a MIG_CMD seen on the wire (also inside PACKAGED)."""
+
+    KEY = "command"
+    command: Annotated[MigCmdName, choice("a MIG_CMD command", MIG_CMD_NAMES)]
+
+
+class BytesCondition(ScenarioModel):
+    channel: Channel = "main"
+    after: Size
+
+
+class BytesTrigger(TriggerBase):
+    """`{bytes: {channel: main, after: 8MiB}}`: once that many bytes crossed the channel."""
+
+    KEY = "bytes"
+    bytes: BytesCondition
+
+
+class RemainingCondition(ScenarioModel):
+    below: Size
+
+
+class RemainingTrigger(TriggerBase):
+    """`{remaining: {below: 16MiB}}`: query-migrate's ram.remaining drops below."""
+
+    KEY = "remaining"
+    remaining: RemainingCondition
+
+
+class ProgressTrigger(TriggerBase):
+    """`{progress: 50%}`: that share of guest RAM has been sent once."""
+
+    KEY = "progress"
+    progress: Percent
+
+
+TRIGGER_CLASSES: tuple[type[TriggerBase], ...] = (
+    TimeTrigger, PassTrigger, StatusTrigger, EventTrigger, CommandTrigger, BytesTrigger,
+    RemainingTrigger, ProgressTrigger)
+TRIGGER_KEYS = tuple(cls.KEY for cls in TRIGGER_CLASSES)
+_TRIGGER_EXTRAS = {"probability", "count"}
+
+
+def _trigger_tag(value: Any) -> str | None:
+    """The union's tag: the trigger key in a mapping (or the class of a model, when dumping)."""
+    if isinstance(value, TriggerBase):
+        return value.KEY
+    if isinstance(value, Mapping):
+        return next((key for key in TRIGGER_KEYS if key in value), None)
+    return None
+
+
+def _trigger_shape(value: Any) -> Any:
+    """Exactly one trigger key, said plainly before the union picks a member."""
+    example = "a mapping such as {pass: 2} or {status: {peer: source, is: active}}"
+    if isinstance(value, TriggerBase):
+        return value
+    if not isinstance(value, Mapping):
+        fail((), f"a trigger is {example}, got {describe(value)}")
+    present = [key for key in value if key in TRIGGER_KEYS]
+    if len(present) > 1:
+        fail((present[1],), f"a trigger names one condition, this one names {present[0]!r} "
+             f"and {present[1]!r}: split it into two steps (a step may wait for another "
+             "with after:)", at_key=True)
+    if not present:
+        others = [key for key in value if key not in _TRIGGER_EXTRAS]
+        if others:
+            fail((others[0],), unknown_name(others[0], "a trigger", TRIGGER_KEYS), at_key=True)
+        fail((), f"the trigger names no condition (expected one of: {', '.join(TRIGGER_KEYS)})")
+    return value
+
+
+Trigger = Annotated[
+    Annotated[TimeTrigger, Tag("time")] | Annotated[PassTrigger, Tag("pass")]
+    | Annotated[StatusTrigger, Tag("status")] | Annotated[EventTrigger, Tag("event")]
+    | Annotated[CommandTrigger, Tag("command")] | Annotated[BytesTrigger, Tag("bytes")]
+    | Annotated[RemainingTrigger, Tag("remaining")] | Annotated[ProgressTrigger, Tag("progress")],
+    Discriminator(_trigger_tag), BeforeValidator(_trigger_shape)]
+
+# --- actions ----------------------------------------------------------------------------
+
+
+class CommandAction(ScenarioModel):
+    """An action written as a bare name: `do: migrate-start-postcopy`."""
+
+    command: PlainActionName
+
+    @model_serializer
+    def _as_name(self) -> str:
+        return self.command
+
+
+class SetParametersAction(ScenarioModel):
+    """`do: {migrate-set-parameters: {max-bandwidth: 1GiB}}`."""
+
+    migrate_set_parameters: MigrationParameters
+
+    @property
+    def command(self) -> str:
+        return "migrate-set-parameters"
+
+
+def _action_tag(value: Any) -> str:
+    """Runs after _action_shape, which turned a bare name into {command: name}."""
+    if isinstance(value, SetParametersAction) or (
+            isinstance(value, Mapping) and "command" not in value):
+        return "migrate-set-parameters"
+    return "command"
+
+
+def _action_shape(value: Any) -> Any:
+    """A bare action name becomes {command: name}; a mapping names one action with arguments."""
+    if isinstance(value, (CommandAction, SetParametersAction)):
+        return value
+    if isinstance(value, str):
+        if value in MAPPING_ACTIONS:
+            fail((), f"{value} takes arguments: write do: {{{value}: {{max-bandwidth: 1GiB}}}}")
+        if value not in PLAIN_ACTIONS:
+            fail((), unknown_name(value, "an action", PLAIN_ACTIONS + MAPPING_ACTIONS))
+        return {"command": value}
+    if not isinstance(value, Mapping) or len(value) != 1:
+        fail((), f"an action is one of {', '.join(PLAIN_ACTIONS)}, or "
+             f"{{migrate-set-parameters: {{...}}}}; got {describe(value)}")
+    key = next(iter(value))
+    if key in PLAIN_ACTIONS:
+        fail((key,), f"{key} takes no arguments: write do: {key}", at_key=True)
+    if key not in MAPPING_ACTIONS:
+        fail((key,), unknown_name(key, "an action with arguments", MAPPING_ACTIONS), at_key=True)
+    return value
+
+
+Action = Annotated[
+    Annotated[CommandAction, Tag("command")]
+    | Annotated[SetParametersAction, Tag("migrate-set-parameters")],
+    Discriminator(_action_tag), BeforeValidator(_action_shape)]
+
+# --- faults -----------------------------------------------------------------------------
+
+
+class ProcessFault(ScenarioModel):
+    """`{kind: kill|stop|crash, target: source|destination, duration: 1s}`.
+
+    `stop` with a duration continues the process afterwards; kill and crash are final.
+    """
+
+    kind: ProcessFaultKind
+    target: Peer
+    duration: Duration | None = None
+
+    @model_validator(mode="after")
+    def _duration_only_for_stop(self) -> ProcessFault:
+        if self.duration is not None and self.kind != "stop":
+            fail(("duration",), f"duration applies to kind: stop only ({self.kind} is final)",
+                 at_key=True)
+        return self
+
+
+#: network fault kind -> (fields it requires, fields it may take) besides channel/direction
+NET_FAULT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "net.reset": (frozenset(), frozenset()),
+    "net.half-close": (frozenset(), frozenset()),
+    "net.blackhole": (frozenset(), frozenset({"duration"})),
+    "net.delay": (frozenset({"delay"}), frozenset({"duration"})),
+    "net.jitter": (frozenset({"delay"}), frozenset({"duration"})),
+    "net.bandwidth": (frozenset({"rate"}), frozenset({"duration"})),
+    "net.drop": (frozenset({"message"}), frozenset({"duration"})),
+    "net.duplicate": (frozenset({"message"}), frozenset({"duration"})),
+    "net.corrupt": (frozenset(), frozenset({"frame", "where"})),
+    "net.truncate": (frozenset(), frozenset({"frame", "where"})),
+}
+_NET_OPTIONAL_FIELDS = ("duration", "delay", "rate", "message", "where", "frame")
+
+
+class NetFault(ScenarioModel):
+    """A fault of the network proxy between the peers, on one channel.
+
+    `direction` is relative to the channel's own data flow (forward: main carries source to
+    destination, the return path destination to source). Without `channel`, a return-path
+    message (REQ_PAGES, PONG, ...) implies the return path; otherwise it is `main`.
+    """
+
+    kind: NetFaultKind
+    channel: Channel = "main"
+    direction: Annotated[Direction, choice("a direction", DIRECTIONS)] = "both"
+    duration: Duration | None = None
+    delay: Duration | None = None
+    rate: Rate | None = None
+    message: Annotated[str, choice("a message", MESSAGE_NAMES)] | None = None
+    where: Annotated[FramePart, choice("a part of a frame", FRAME_PARTS)] | None = None
+    frame: Annotated[str, choice("a frame", FRAME_NAMES)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _implied_channel(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "channel" not in data \
+                and data.get("message") in RETURN_PATH_ONLY:
+            return {**data, "channel": "return-path"}
+        return data
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> NetFault:
+        required, optional = NET_FAULT_FIELDS[self.kind]
+        given = {name for name in _NET_OPTIONAL_FIELDS if getattr(self, name) is not None}
+        issues = [Issue((), f"{self.kind} needs {name}:") for name in sorted(required - given)]
+        takes = ", ".join(["channel", "direction", *sorted(required | optional)])
+        issues += [Issue((name,), f"{name} does not apply to {self.kind} (it takes: {takes})",
+                         at_key=True) for name in sorted(given - required - optional)]
+        issues += self._channel_issues()
+        raise_issues(issues)
+        return self
+
+    def _channel_issues(self) -> list[Issue]:
+        issues = []
+        if self.message in RETURN_PATH_ONLY and self.channel != "return-path":
+            issues.append(Issue(("channel",), f"{self.message} travels on the return-path "
+                                "channel, not on main"))
+        if self.where is not None and self.frame is None:
+            issues.append(Issue(("where",), "where: needs frame: (which frame to aim at)",
+                                at_key=True))
+        return issues
+
+
+class LinkFault(ScenarioModel):
+    """`{kind: link.down|link.blackhole|link.bandwidth, host: NAME}`, for multi-host runs."""
+
+    kind: LinkFaultKind
+    host: Text
+    duration: Duration | None = None
+    rate: Rate | None = None
+
+    @model_validator(mode="after")
+    def _rate_only_for_bandwidth(self) -> LinkFault:
+        if self.kind == "link.bandwidth" and self.rate is None:
+            fail((), "link.bandwidth needs rate:")
+        if self.kind != "link.bandwidth" and self.rate is not None:
+            fail(("rate",), f"rate does not apply to {self.kind}", at_key=True)
+        return self
+
+
+def _fault_tag(value: Any) -> str | None:
+    kind = value.get("kind") if isinstance(value, Mapping) else getattr(value, "kind", None)
+    if kind in PROCESS_FAULT_KINDS:
+        return "process"
+    if kind in NET_FAULT_KINDS:
+        return "net"
+    return "link" if kind in LINK_FAULT_KINDS else None
+
+
+def _fault_shape(value: Any) -> Any:
+    if isinstance(value, (ProcessFault, NetFault, LinkFault)):
+        return value
+    if not isinstance(value, Mapping):
+        fail((), f"a fault is a mapping such as {{kind: kill, target: source}}, "
+             f"got {describe(value)}")
+    if "kind" not in value:
+        fail((), f"missing required key 'kind' (one of: {', '.join(FAULT_KINDS)})")
+    if value["kind"] not in FAULT_KINDS:
+        fail(("kind",), unknown_name(value["kind"], "a fault kind", FAULT_KINDS))
+    return value
+
+
+Fault = Annotated[
+    Annotated[ProcessFault, Tag("process")] | Annotated[NetFault, Tag("net")]
+    | Annotated[LinkFault, Tag("link")],
+    Discriminator(_fault_tag), BeforeValidator(_fault_shape)]
+
+# --- steps ------------------------------------------------------------------------------
+
+
+class Step(ScenarioModel):
+    """`{name?, on: TRIGGER, after?: STEP-NAME, do: ACTION | fault: FAULT}`."""
+
+    name: Text | None = None
+    on: Trigger
+    after: Text | None = None
+    do: Action | None = None
+    fault: Fault | None = None
+
+    @model_validator(mode="after")
+    def _one_effect(self) -> Step:
+        if self.do is not None and self.fault is not None:
+            fail((), "a step has either do: or fault:, not both: split it into two steps")
+        if self.do is None and self.fault is None:
+            fail((), "a step needs do: (an action) or fault: (a fault)")
+        return self
+
+    @property
+    def action_name(self) -> str | None:
+        """The QMP-ish name of the step's action, or None for a fault step."""
+        return self.do.command if self.do is not None else None
+
+
+__all__ = [
+    "NET_FAULT_FIELDS",
+    "TRIGGER_CLASSES",
+    "TRIGGER_KEYS",
+    "Action",
+    "BytesCondition",
+    "BytesTrigger",
+    "CommandAction",
+    "CommandTrigger",
+    "EventTrigger",
+    "Fault",
+    "LinkFault",
+    "NetFault",
+    "PassTrigger",
+    "ProcessFault",
+    "ProgressTrigger",
+    "RemainingCondition",
+    "RemainingTrigger",
+    "SetParametersAction",
+    "StatusCondition",
+    "StatusTrigger",
+    "Step",
+    "TimeTrigger",
+    "Trigger",
+    "TriggerBase",
+]
