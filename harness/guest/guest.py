@@ -1,0 +1,259 @@
+"""The guest a migration peer owns: RAM, workload, devices, runstate and the oracle.
+
+Strategy: `Guest` ties the pieces together the way QEMU's main loop ties a VM: the RAM
+blocks in shared memory (`memory.py`), a vCPU-like workload process (`workload.py`), the
+devices (`devices.py`) and a runstate with QEMU's RunState names.  A source guest is
+created with its version-0 content; a destination guest with zeroed RAM to be loaded,
+in runstate "inmigrate".  The oracle (`content.py`) tells, for every page and its
+version, what the page must hold -- so `mismatched_pages()` of an intact guest is empty,
+and the runner can compare a destination's `digests()` with the source's.
+
+Thread model: one owner thread drives a Guest (the peer's main loop); the migration
+thread may call `harvest_dirty` and read `memory.ram` concurrently -- the workload
+handle's lock serialises harvests against stop/cont.
+"""
+
+from __future__ import annotations
+
+import atexit
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Self
+
+import numpy as np
+
+from harness.protocol.constants import RUN_STATES
+from harness.protocol.vmstate import DeviceDescription, VMStateDescription
+
+from . import content
+from .devices import GuestDevice, MigrationBlockedError, make_devices
+from .memory import BlockSpec, GuestMemory
+from .workload import Workload, WorkloadSpec, harvest_dirty
+
+DEFAULT_RAM = 16 << 20
+
+
+def _default_blocks() -> list[BlockSpec]:
+    return [BlockSpec("ram", DEFAULT_RAM)]
+
+
+def _default_devices() -> list[str]:
+    return ["timer", "globalstate"]
+
+
+@dataclass
+class GuestSpec:
+    """What guest to build (the scenario file's `guest:` section, parsed)."""
+
+    machine: str = "none"
+    blocks: list[BlockSpec] = field(default_factory=_default_blocks)
+    fill: float = 0.0
+    seed: int = 0
+    workload: WorkloadSpec | None = None
+    devices: list[str] = field(default_factory=_default_devices)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fill <= 1.0:
+            raise ValueError(f"fill must be within [0, 1], got {self.fill}")
+        make_devices(self.devices)  # validates the names
+
+
+class SavedDevice(NamedTuple):
+    """One device's section as the source writes it."""
+
+    section_id: int
+    idstr: str
+    instance_id: int
+    vmsd: VMStateDescription
+    values: dict[str, Any]
+
+
+class Guest:
+    """A simulated VM.  Runstates are QEMU's: prelaunch, running, paused, ...
+
+    Methods take the states they say; `close()` is idempotent and safe at any time.
+    """
+
+    def __init__(self, spec: GuestSpec, memory: GuestMemory, runstate: str) -> None:
+        self.spec = spec
+        self.memory = memory
+        self.devices: list[GuestDevice] = make_devices(spec.devices)
+        self.runstate = runstate
+        self.stored_runstate: str | None = None  # global_state_store()
+        self.incoming_runstate: str | None = None  # loaded globalstate
+        self.timer: dict[str, int] = {"cpu_ticks_offset": 0, "cpu_clock_offset": 0}
+        self.workload: Workload | None = None
+        self._closed = False
+        atexit.register(self.close)
+
+    @classmethod
+    def create(cls, spec: GuestSpec, *, initial_content: bool = True) -> Self:
+        """A source guest (version-0 content, "prelaunch") or, with
+        `initial_content=False`, a destination guest (zeroed RAM, "inmigrate")."""
+        memory = GuestMemory.create(spec.blocks)
+        try:
+            if initial_content:
+                content.initial_fill(memory, spec.seed, spec.fill)
+        except BaseException:
+            memory.close()
+            memory.unlink()
+            raise
+        return cls(spec, memory, "prelaunch" if initial_content else "inmigrate")
+
+    @property
+    def machine(self) -> str:
+        """The machine type name sent in the configuration section."""
+        return self.spec.machine
+
+    @property
+    def ram(self) -> dict[str, np.ndarray]:
+        """Each block's RAM (uint8 views of the shared segment), in block order."""
+        self._check_open()
+        return self.memory.ram
+
+    # ------------------------------------------------------------------ runstate
+    def _set_runstate(self, runstate: str) -> None:
+        if runstate not in RUN_STATES:
+            raise ValueError(f"unknown runstate {runstate!r}; QEMU's are {', '.join(RUN_STATES)}")
+        self.runstate = runstate
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("guest is closed")
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Run the vCPU (QEMU's vm_start): start or resume the workload, if any."""
+        self._check_open()
+        spec = self.spec.workload
+        if spec is not None:
+            if self.workload is None:
+                self.workload = Workload.start(self.memory, spec, content_seed=self.spec.seed,
+                                               timeout=timeout)
+            else:
+                self.workload.resume(timeout)
+        self.stored_runstate = None
+        self._set_runstate("running")
+
+    cont = start
+
+    def stop(self, runstate: str = "paused", timeout: float = 10.0) -> None:
+        """Stop the vCPU (QEMU's vm_stop): returns once no guest write is in flight."""
+        self._check_open()
+        if self.workload is not None:
+            self.workload.pause(timeout)
+        self._set_runstate(runstate)
+
+    def global_state_store(self) -> None:
+        """Remember the current runstate for the globalstate section
+        (migration/global_state.c: global_state_store, called before vm_stop)."""
+        self.stored_runstate = self.runstate
+
+    def finish_incoming(self, autostart: bool = True) -> None:
+        """What a destination does once loaded (migration.c: process_incoming_migration_bh):
+        run if the source ran and autostart is on, else take the source's runstate."""
+        state = self.incoming_runstate
+        if autostart and state in (None, "running"):
+            self.start()
+        else:
+            self._set_runstate(state if state is not None else "paused")
+
+    # ------------------------------------------------------------------- memory
+    def harvest_dirty(self, timeout: float = 10.0) -> dict[str, np.ndarray]:
+        """Pages written since the last harvest, per block (bool arrays)."""
+        self._check_open()
+        return self.memory.split(harvest_dirty(self.memory, self.workload, timeout))
+
+    def versions(self) -> dict[str, np.ndarray]:
+        """Each block's page versions (a copy; consistent when the guest is stopped)."""
+        self._check_open()
+        return {name: v.copy() for name, v in self.memory.split(self.memory.version).items()}
+
+    def set_versions(self, versions: Mapping[str, np.ndarray]) -> None:
+        """Adopt another guest's page versions (a destination taking the source's oracle)."""
+        self._check_open()
+        for name, v in versions.items():
+            self.memory.version[self.memory.page_slice(name)] = v
+
+    def digests(self) -> dict[str, np.ndarray]:
+        """A 64-bit digest per page of every block (holes are not read: stays sparse)."""
+        self._check_open()
+        return {spec.name: content.page_digests(self.memory.ram[spec.name],
+                                                self.memory.backed_pages(index))
+                for index, spec in enumerate(self.memory.blocks)}
+
+    def mismatched_pages(self) -> dict[str, np.ndarray]:
+        """Pages differing from the oracle for their version (empty for an intact guest).
+
+        Holes of the segment are known zero pages and are not read (nor allocated)."""
+        self._check_open()
+        out = {}
+        for index, spec in enumerate(self.memory.blocks):
+            versions = self.memory.version[self.memory.page_slice(index)]
+            out[spec.name] = content.mismatched_pages(self.memory.ram[spec.name],
+                                                      self.spec.seed, index, versions,
+                                                      self.spec.fill,
+                                                      self.memory.backed_pages(index))
+        return out
+
+    # ------------------------------------------------------------------ devices
+    def device(self, idstr: str, instance_id: int = 0) -> GuestDevice:
+        for dev in self.devices:
+            if dev.idstr == idstr and dev.instance_id == instance_id:
+                return dev
+        # migration/savevm.c: qemu_loadvm_section_start_full
+        raise KeyError(f"Unknown savevm section or instance '{idstr}' {instance_id}. Make "
+                       f"sure that your current VM setup matches your saved VM setup, "
+                       f"including any hotplugged devices")
+
+    def device_descriptions(self) -> list[DeviceDescription]:
+        """The devices a destination decoder must know, as `DeviceDescription`s."""
+        return [d.description() for d in self.devices]
+
+    def unmigratable_devices(self) -> list[str]:
+        return [d.idstr for d in self.devices if d.unmigratable]
+
+    def save_devices(self) -> list[SavedDevice]:
+        """Every device's values, in section-id order (QEMU's handler order).
+
+        Raises MigrationBlockedError when an unmigratable device exists."""
+        self._check_open()
+        blocked = self.unmigratable_devices()
+        if blocked:
+            raise MigrationBlockedError(
+                f"State blocked by non-migratable device '{blocked[0]}'")
+        devs = sorted(self.devices, key=lambda d: d.section_id)
+        return [SavedDevice(d.section_id, d.idstr, d.instance_id, d.vmsd, d.save(self))
+                for d in devs]
+
+    def load_device(self, idstr: str, instance_id: int, values: Mapping[str, Any]) -> None:
+        self._check_open()
+        self.device(idstr, instance_id).load(self, values)
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        """Stop and reap the workload, unmap and (owner) unlink the memory.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        try:
+            if self.workload is not None:
+                self.workload.stop()
+        finally:
+            self.memory.close()
+            if self.memory.owner:
+                self.memory.unlink()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Guest({self.spec.machine!r}, runstate={self.runstate!r}, "
+                f"memory={self.memory.name!r})")
