@@ -80,6 +80,121 @@ def analyze(
             typer.echo(line)
 
 
+@app.command()
+def run(
+    scenarios: Annotated[list[Path], typer.Argument(help="Scenario files (YAML).")],
+    json_path: Annotated[Path | None, typer.Option("--json", metavar="FILE",
+                                                   help="Write the JSON report.")] = None,
+    junit_path: Annotated[Path | None, typer.Option("--junit", metavar="FILE",
+                                                    help="Write a JUnit XML report.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override every scenario's seed.")
+                    ] = None,
+) -> None:
+    """Run scenarios: exit 0 when all met their `expect`, 1 when any did not, 2 on bad input."""
+    from .runner.run import run_files
+    from .scenario import ScenarioError
+
+    try:
+        results = run_files(scenarios, json_path=json_path, junit_path=junit_path, seed=seed)
+    except ScenarioError as err:
+        raise _fail(2, f"harness run: {err}")
+    raise typer.Exit(0 if all(r.verdict == "pass" for r in results) else 1)
+
+
+@app.command()
+def validate(
+    scenarios: Annotated[list[Path], typer.Argument(help="Scenario files (YAML).")],
+) -> None:
+    """Check scenario files only: exit 0 when all are valid, 2 otherwise."""
+    from .scenario import ScenarioError, load_scenarios
+
+    try:
+        loaded = load_scenarios(scenarios)
+    except ScenarioError as err:
+        raise _fail(2, f"harness validate: {err}")
+    for sc in loaded:
+        typer.echo(f"{sc.source_file}: {sc.name}: valid ({len(sc.steps)} steps)")
+
+
+def _peer_options(role: str, control: str, guest_json: str | None, memory: str, machine: str,
+                  seed: int, fill: float, dirty_rate: str, pattern: str, hotset: str | None,
+                  devices: str, fd: list[str], paused: bool, incoming: str | None):  # type: ignore[no-untyped-def]
+    from .migration.peer import PeerOptions, parse_guest_json
+    from .scenario.units import parse_rate, parse_size
+    from .transport import parse_fd_args
+
+    if guest_json is None:
+        import json
+
+        rate = parse_rate(dirty_rate)
+        guest_json = json.dumps({
+            "machine": machine, "seed": seed, "fill": fill,
+            "blocks": [{"name": "ram", "size": parse_size(memory)}],
+            "devices": [d for d in devices.split(",") if d],
+            "workload": {"dirty_rate": rate, "pattern": pattern,
+                         "hotset": parse_size(hotset) if hotset else 0, "seed": seed}
+            if rate else None})
+    return PeerOptions(role=role, control=control, guest=parse_guest_json(guest_json),
+                       fds=parse_fd_args(fd), autostart=not paused, incoming=incoming)
+
+
+_CONTROL = typer.Option("--control", metavar="ADDR",
+                        help="Control address to serve QMP-shaped commands on (ipc:// or tcp://).")
+_GUEST = typer.Option("--guest-json", metavar="JSON", help="The whole guest as JSON.")
+
+
+def _peer_main(role: str, options: dict) -> None:  # type: ignore[type-arg]
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format=f"harness {role}: %(message)s")
+    try:
+        opts = _peer_options(role, **options)
+    except (ValueError, KeyError) as err:
+        raise _fail(2, f"harness {role}: {err}")
+    if role == "source":
+        from source.main import run as run_peer
+    else:
+        from destination.main import run as run_peer
+    raise typer.Exit(run_peer(opts))
+
+
+@app.command()
+def source(
+    control: Annotated[str, _CONTROL],
+    guest_json: Annotated[str | None, _GUEST] = None,
+    memory: str = "16MiB", machine: str = "none", seed: int = 0, fill: float = 0.0,
+    dirty_rate: str = "0", pattern: str = "uniform", hotset: str | None = None,
+    devices: str = "timer,globalstate",
+    fd: Annotated[list[str], typer.Option(help="An inherited fd for fd: URIs: NAME=N.")] = [],  # noqa: B006
+    paused: Annotated[bool, typer.Option(help="Start with the guest stopped (QEMU's -S).")
+                      ] = False,
+) -> None:
+    """Run a migration source peer (what `harness run` starts)."""
+    _peer_main("source", {"control": control, "guest_json": guest_json, "memory": memory,
+                              "machine": machine, "seed": seed, "fill": fill, "dirty_rate": dirty_rate,
+                              "pattern": pattern, "hotset": hotset, "devices": devices, "fd": fd,
+                              "paused": paused, "incoming": None})
+
+
+@app.command()
+def destination(
+    control: Annotated[str, _CONTROL],
+    guest_json: Annotated[str | None, _GUEST] = None,
+    memory: str = "16MiB", machine: str = "none", seed: int = 0,
+    devices: str = "timer,globalstate",
+    incoming: Annotated[str, typer.Option(help="'defer' (wait for migrate-incoming) or a URI.")
+                        ] = "defer",
+    fd: Annotated[list[str], typer.Option(help="An inherited fd for fd: URIs: NAME=N.")] = [],  # noqa: B006
+    paused: Annotated[bool, typer.Option(help="Do not start the guest after the load.")
+                      ] = False,
+) -> None:
+    """Run a migration destination peer (what `harness run` starts)."""
+    _peer_main("destination", {"control": control, "guest_json": guest_json, "memory": memory,
+                                   "machine": machine, "seed": seed, "fill": 0.0, "dirty_rate": "0",
+                                   "pattern": "uniform", "hotset": None, "devices": devices, "fd": fd,
+                                   "paused": paused, "incoming": incoming})
+
+
 def main() -> None:
     try:
         app()

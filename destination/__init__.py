@@ -1,0 +1,1 @@
+"""The incoming side of a migration: QEMU's incoming listener and loadvm."""

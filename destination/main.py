@@ -1,0 +1,51 @@
+"""`harness destination`: a peer process that receives a guest.
+
+Strategy: the common peer frame (`harness.migration.peer`) plus QEMU's incoming commands:
+`migrate-incoming URI` (only when started with `--incoming defer`, as QEMU's
+`-incoming defer`), or listening at once when started with `--incoming URI`.  The guest
+memory starts zeroed; it runs only after a complete load (QEMU's autostart, off with
+`--paused`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.control import CommandError
+from harness.migration.peer import Peer, PeerOptions
+from harness.transport import listen, parse_uri
+
+from .incoming import IncomingError, IncomingMigration
+
+
+def run(options: PeerOptions) -> int:
+    peer = Peer(options)
+    fds = options.fds
+
+    def listener(uri: str) -> Any:
+        return_path = peer.config.cap("return-path") or peer.config.cap("postcopy-ram")
+        return listen(parse_uri(uri, "destination", fds=fds), fds=fds, return_path=return_path)
+
+    incoming = IncomingMigration(peer.guest, peer.config, listener, peer.emit,
+                                 autostart=options.autostart)
+    peer.migration = incoming
+    peer.guest.runstate = "inmigrate" if options.incoming else "prelaunch"
+
+    def migrate_incoming(args: dict[str, Any]) -> dict[str, Any]:
+        uri = args.get("uri")
+        if not isinstance(uri, str):
+            raise CommandError("GenericError", "Parameter 'uri' is missing")
+        if options.incoming != "defer":
+            raise CommandError("GenericError", "'-incoming' was not specified on the command "
+                                               "line" if not options.incoming else
+                               "The incoming migration has already been started")
+        try:
+            incoming.migrate_incoming(uri)
+        except IncomingError as err:
+            raise CommandError("GenericError", str(err)) from None
+        return {}
+
+    peer.register("migrate-incoming", migrate_incoming)
+    if options.incoming and options.incoming != "defer":
+        incoming.migrate_incoming(options.incoming)
+    return peer.run()

@@ -1,0 +1,27 @@
+"""Checks over what a run produced: statuses, memory, where the guest runs, transitions.
+
+Strategy: each invariant is one file implementing the `Invariant` protocol (a name, whether
+it applies to this run, and a check returning a verdict with a detail that says what was
+compared); `check_all` runs those that apply.  Invariants read only the `Evidence` the
+runner collected, never a live process.
+"""
+
+from __future__ import annotations
+
+from .base import Evidence, Invariant
+from .memory import MemoryIdentical, SourceIntact
+from .runs_on import GuestRunsOn
+from .statuses import ExpectedStatus
+from .transitions import LegalTransitions
+
+ALL: tuple[Invariant, ...] = (
+    ExpectedStatus("source"), ExpectedStatus("destination"), LegalTransitions(),
+    MemoryIdentical(), SourceIntact(), GuestRunsOn(),
+)
+
+
+def check_all(evidence: Evidence):  # type: ignore[no-untyped-def]
+    return [inv.check(evidence) for inv in ALL if inv.applies(evidence)]
+
+
+__all__ = ["ALL", "Evidence", "Invariant", "check_all"]

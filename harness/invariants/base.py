@@ -1,0 +1,42 @@
+"""The evidence a run leaves behind, and the protocol every invariant follows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from harness.runner.result import InvariantResult, PeerOutcome
+
+
+@dataclass
+class Expectations:
+    """The scenario's `expect` (every key optional)."""
+
+    source: str | None = None
+    destination: str | None = None
+    memory: str | None = None  # identical | source-intact
+    guest_runs_on: str | None = None  # destination | source | nowhere
+
+
+@dataclass
+class Evidence:
+    expect: Expectations
+    source: PeerOutcome
+    destination: PeerOutcome
+    #: per-page digests of the source at the end (its guest stopped when it completed)
+    source_digests: dict[str, np.ndarray] | None = None
+    #: per-page digests of the destination when its load completed (before it ran)
+    destination_digests: dict[str, np.ndarray] | None = None
+    #: pages of the source that differ from what its workload wrote
+    source_mismatched: dict[str, int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Invariant(Protocol):
+    name: str
+
+    def applies(self, evidence: Evidence) -> bool: ...
+
+    def check(self, evidence: Evidence) -> InvariantResult: ...

@@ -1,0 +1,170 @@
+"""Migration capabilities and parameters with QEMU 7.2's names, defaults and checks.
+
+Strategy: one `MigrationConfig` per peer, set through the QMP commands
+`migrate-set-capabilities` / `migrate-set-parameters` and read by the migration code.
+Defaults and range checks are QEMU 7.2's (`migration/migration.c: migrate_params_check`,
+`migrate_caps_check`), and so are the error texts (QERR_INVALID_PARAMETER_VALUE is
+"Parameter '%s' expects %s", with the C field name).  Changes are refused while a
+migration runs ("There's a migration process in progress") except the parameters QEMU
+applies live (bandwidths, downtime, throttling).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+#: qapi/migration.json MigrationCapability, QEMU 7.2 order
+CAPABILITIES = (
+    "xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events",
+    "postcopy-ram", "x-colo", "release-ram", "block", "return-path", "pause-before-switchover",
+    "multifd", "dirty-bitmaps", "postcopy-blocktime", "late-block-activate", "x-ignore-shared",
+    "validate-uuid", "background-snapshot", "zero-copy-send", "postcopy-preempt",
+)
+
+#: capabilities this harness implements; the others are accepted only as "off"
+SUPPORTED_CAPABILITIES = frozenset({
+    "xbzrle", "auto-converge", "compress", "events", "postcopy-ram", "return-path",
+    "x-ignore-shared", "validate-uuid", "postcopy-blocktime", "late-block-activate",
+    "zero-blocks", "pause-before-switchover", "release-ram",
+})
+
+#: MigrationParameters of QEMU 7.2 with their defaults
+PARAMETER_DEFAULTS: dict[str, Any] = {
+    "announce-initial": 50, "announce-max": 550, "announce-rounds": 5, "announce-step": 100,
+    "compress-level": 1, "compress-threads": 8, "compress-wait-thread": True,
+    "decompress-threads": 2, "throttle-trigger-threshold": 50, "cpu-throttle-initial": 20,
+    "cpu-throttle-increment": 10, "cpu-throttle-tailslow": False, "tls-creds": "",
+    "tls-hostname": "", "tls-authz": "", "max-bandwidth": 134217728, "downtime-limit": 300,
+    "x-checkpoint-delay": 20000, "block-incremental": False, "multifd-channels": 2,
+    "xbzrle-cache-size": 67108864, "max-postcopy-bandwidth": 0, "max-cpu-throttle": 99,
+    "multifd-compression": "none", "multifd-zlib-level": 1, "multifd-zstd-level": 1,
+}
+
+#: name -> (low, high, QEMU's "expects ..." text)
+_RANGES: dict[str, tuple[int, int, str]] = {
+    "compress-level": (0, 9, "a value between 0 and 9"),
+    "compress-threads": (1, 255, "a value between 1 and 255"),
+    "decompress-threads": (1, 255, "a value between 1 and 255"),
+    "throttle-trigger-threshold": (1, 100, "an integer in the range of 1 to 100"),
+    "cpu-throttle-initial": (1, 99, "an integer in the range of 1 to 99"),
+    "cpu-throttle-increment": (1, 99, "an integer in the range of 1 to 99"),
+    "max-bandwidth": (0, 2**64 - 1,
+                      "an integer in the range of 0 to 18446744073709551615 bytes/second"),
+    "downtime-limit": (0, 2000 * 1000, "an integer in the range of 0 to (2000 * 1000) ms"),
+    "multifd-channels": (1, 255, "a value between 1 and 255"),
+    "multifd-zlib-level": (0, 9, "a value between 0 and 9"),
+    "multifd-zstd-level": (0, 20, "a value between 0 and 20"),
+    "announce-initial": (0, 100000, "a value between 0 and 100000"),
+    "announce-max": (0, 100000, "a value between 0 and 100000"),
+    "announce-rounds": (0, 1000, "a value between 0 and 1000"),
+    "announce-step": (0, 10000, "a value between 0 and 10000"),
+    "max-postcopy-bandwidth": (0, 2**64 - 1,
+                               ("an integer in the range of 0 to 18446744073709551615 "
+                               "bytes/second")),
+    "x-checkpoint-delay": (0, 2**32 - 1, "an integer"),
+}
+
+#: parameters QEMU applies to a running migration
+LIVE_PARAMETERS = frozenset({"max-bandwidth", "downtime-limit", "max-postcopy-bandwidth",
+                             "cpu-throttle-initial", "cpu-throttle-increment",
+                             "max-cpu-throttle", "throttle-trigger-threshold",
+                             "cpu-throttle-tailslow", "xbzrle-cache-size",
+                             "compress-level", "x-checkpoint-delay"})
+
+MIGRATION_ACTIVE = "There's a migration process in progress"
+
+
+class ConfigError(ValueError):
+    """A refused capability or parameter, in QEMU's words."""
+
+
+@dataclass
+class MigrationConfig:
+    capabilities: dict[str, bool]
+    parameters: dict[str, Any]
+
+    @classmethod
+    def default(cls) -> MigrationConfig:
+        return cls({name: False for name in CAPABILITIES}, dict(PARAMETER_DEFAULTS))
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def cap(self, name: str) -> bool:
+        return self.capabilities[name]
+
+    def param(self, name: str) -> Any:
+        return self.parameters[name]
+
+    # ------------------------------------------------------------------ QMP
+    def set_capabilities(self, caps: list[dict[str, Any]], running: bool) -> None:
+        """migrate-set-capabilities: [{"capability": NAME, "state": bool}, ...]."""
+        if running:
+            raise ConfigError(MIGRATION_ACTIVE)
+        new = dict(self.capabilities)
+        for item in caps:
+            name = item.get("capability")
+            state = item.get("state")
+            if name not in new:
+                raise ConfigError(f"Parameter 'capability' does not accept value '{name}'")
+            if not isinstance(state, bool):
+                raise ConfigError("Invalid parameter type for 'state', expected: boolean")
+            if state and name not in SUPPORTED_CAPABILITIES:
+                raise ConfigError(f"Capability '{name}' is not supported by this harness")
+            new[name] = state
+        _check_caps(new)
+        with self._lock:
+            self.capabilities = new
+
+    def set_parameters(self, params: dict[str, Any], running: bool) -> None:
+        """migrate-set-parameters: QMP names, checked as QEMU checks them."""
+        new = dict(self.parameters)
+        for name, value in params.items():
+            if name not in new:
+                raise ConfigError(f"Parameter '{name}' is unexpected")
+            if running and name not in LIVE_PARAMETERS:
+                raise ConfigError(MIGRATION_ACTIVE)
+            new[name] = _check_param(name, value, new[name])
+        if new["max-cpu-throttle"] < new["cpu-throttle-initial"] or new["max-cpu-throttle"] > 99:
+            raise ConfigError("Parameter 'max_cpu_throttle' expects an integer in the range of "
+                              "cpu_throttle_initial to 99")
+        size = new["xbzrle-cache-size"]
+        if size < 4096 or size & (size - 1):
+            raise ConfigError("Parameter 'xbzrle_cache_size' expects a power of two no less "
+                              "than the target page size")
+        with self._lock:
+            self.parameters = new
+
+    def query_capabilities(self) -> list[dict[str, Any]]:
+        return [{"capability": n, "state": s} for n, s in self.capabilities.items()]
+
+    def query_parameters(self) -> dict[str, Any]:
+        return dict(self.parameters)
+
+
+def _check_param(name: str, value: Any, old: Any) -> Any:
+    c_name = name.replace("-", "_")
+    if isinstance(old, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"Invalid parameter type for '{name}', expected: boolean")
+        return value
+    if isinstance(old, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"Invalid parameter type for '{name}', expected: string")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"Invalid parameter type for '{name}', expected: integer")
+    low, high, text = _RANGES.get(name, (0, 2**63 - 1, "an integer"))
+    if not low <= value <= high:
+        raise ConfigError(f"Parameter '{c_name}' expects {text}")
+    return value
+
+
+def _check_caps(caps: dict[str, bool]) -> None:
+    """migration/migration.c: migrate_caps_check (the combinations QEMU 7.2 refuses)."""
+    if caps["postcopy-ram"] and caps["x-ignore-shared"]:
+        raise ConfigError("Postcopy is not compatible with ignore-shared")
+    if caps["postcopy-preempt"] and not caps["postcopy-ram"]:
+        raise ConfigError("Postcopy preempt requires postcopy-ram")

@@ -1,0 +1,192 @@
+"""A migration peer process: its guest, its control server, and the QMP commands both roles share.
+
+Strategy: `harness source` and `harness destination` are one frame with a role plugged in.
+The frame owns the guest (shared-memory RAM, workload process, devices), the capabilities
+and parameters, and a `ControlServer` answering QMP-shaped commands on the runner's
+address; the role adds its commands (`migrate`, `migrate_cancel` or `migrate-incoming`)
+and its `query-migrate`.  The main thread only serves commands; the migration runs in
+its own thread and reports through events.  `quit`, SIGTERM or the end of the runner
+all lead to the same cleanup: the migration is cancelled, the workload reaped, the
+shared memory unlinked.  Commands beyond QMP's are prefixed `x-` (digests and checks of
+guest memory for the runner's invariants).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from harness.control import CommandError, ControlServer
+from harness.control.server import BlobResult
+from harness.guest import Guest, GuestSpec
+
+from .config import ConfigError, MigrationConfig
+from .status import RUNNING
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class PeerOptions:
+    role: str  # "source" | "destination"
+    control: str  # the control server's address (ipc:// or tcp://)
+    guest: GuestSpec
+    fds: dict[str, int] = field(default_factory=dict)
+    autostart: bool = True  # QEMU's autostart: -S turns it off
+    incoming: str | None = None  # destination: a URI, "defer", or None (not a destination)
+
+
+class Peer:
+    """One peer process: serve commands until `quit`."""
+
+    def __init__(self, options: PeerOptions) -> None:
+        self.options = options
+        self.config = MigrationConfig.default()
+        self.quit_requested = threading.Event()
+        self.guest = Guest.create(options.guest, initial_content=options.role == "source")
+        self.server = ControlServer(options.control)
+        self.migration: Any = None  # OutgoingMigration or IncomingMigration
+        self._register_common()
+
+    # ------------------------------------------------------------------ lifecycle
+    def register(self, name: str, handler: Handler) -> None:
+        def wrapped(arguments: dict[str, Any]) -> Any:
+            try:
+                return handler(arguments or {})
+            except (ConfigError, ValueError) as err:
+                raise CommandError("GenericError", str(err)) from None
+
+        self.server.register(name, wrapped)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.quit_requested.set())
+        try:
+            self.server.serve_forever(self.quit_requested)
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        migration = self.migration
+        try:
+            if hasattr(migration, "cancel") and migration.state.status in RUNNING:
+                migration.cancel()
+                migration.join(5.0)
+            if migration is not None and hasattr(migration, "close"):
+                migration.close()
+        finally:
+            self.guest.close()
+            self.server.close()
+
+    def emit(self, name: str, data: dict[str, Any]) -> None:
+        self.server.emit(name, data)
+
+    def migration_running(self) -> bool:
+        return self.migration is not None and self.migration.state.status in RUNNING
+
+    # ------------------------------------------------------------------ commands
+    def _register_common(self) -> None:
+        r = self.register
+        r("query-status", lambda a: {"running": self.guest.runstate == "running",
+                                     "singlestep": False, "status": self.guest.runstate})
+        r("stop", self._stop)
+        r("cont", self._cont)
+        r("quit", self._quit)
+        r("migrate-set-capabilities", self._set_capabilities)
+        r("migrate-set-parameters", self._set_parameters)
+        r("query-migrate-capabilities", lambda a: self.config.query_capabilities())
+        r("query-migrate-parameters", lambda a: self.config.query_parameters())
+        r("query-migrate", lambda a: self.migration.query() if self.migration else {})
+        r("x-guest-info", self._guest_info)
+        r("x-guest-digests", self._digests)
+        r("x-guest-check", self._check)
+
+    def _set_capabilities(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.config.set_capabilities(args.get("capabilities", []), self.migration_running())
+        return {}
+
+    def _set_parameters(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.config.set_parameters(args, self.migration_running())
+        return {}
+
+    def _stop(self, _: dict[str, Any]) -> dict[str, Any]:
+        if self.guest.runstate == "running":
+            self.guest.stop("paused")
+            self.emit("STOP", {})
+        return {}
+
+    def _cont(self, _: dict[str, Any]) -> dict[str, Any]:
+        if self.guest.runstate == "inmigrate":
+            raise CommandError("GenericError", "Guest is waiting for an incoming migration")
+        if self.guest.runstate != "running":
+            self.guest.cont()
+            self.emit("RESUME", {})
+        return {}
+
+    def _quit(self, _: dict[str, Any]) -> dict[str, Any]:
+        self.quit_requested.set()
+        return {}
+
+    def _guest_info(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {"runstate": self.guest.runstate, "pid": os.getpid(),
+                "machine": self.guest.machine,
+                "blocks": [{"name": b.name, "size": b.size} for b in self.guest.spec.blocks],
+                "writes": int(getattr(self.guest, "writes", 0))}
+
+    def _digests(self, args: dict[str, Any]) -> Any:
+        """Per-page digests of every block: metadata, plus the uint64 array as a blob.
+
+        `{"at": "incoming"}`: as the incoming migration loaded them (before the guest ran)."""
+        if args.get("at") == "incoming":
+            digests = getattr(self.migration, "loaded_digests", None)
+            if digests is None:
+                raise CommandError("GenericError", "no incoming migration has completed")
+        else:
+            digests = self.guest.digests()
+        blocks = [{"name": name, "pages": int(d.size)} for name, d in digests.items()]
+        blob = b"".join(np.ascontiguousarray(d, dtype=np.uint64).tobytes()
+                        for d in digests.values())
+        return BlobResult({"blocks": blocks}, blob)
+
+    def _check(self, _: dict[str, Any]) -> dict[str, Any]:
+        """Pages that differ from what the workload wrote (an intact guest has none).
+
+        A running workload is paused for the check (without a runstate change): a page is
+        only comparable with its version when no write is in flight."""
+        workload = self.guest.workload if self.guest.runstate == "running" else None
+        if workload is not None:
+            workload.pause(10.0)
+        try:
+            bad = self.guest.mismatched_pages()
+        finally:
+            if workload is not None:
+                workload.resume(10.0)
+        return {"mismatched": {name: int(p.size) for name, p in bad.items()},
+                "first": {name: [int(x) for x in p[:8]] for name, p in bad.items() if p.size}}
+
+
+def parse_guest_json(text: str) -> GuestSpec:
+    """A GuestSpec from the JSON the runner passes on the command line."""
+    from harness.guest import BlockSpec, WorkloadSpec
+
+    doc = json.loads(text)
+    workload = doc.get("workload")
+    return GuestSpec(
+        machine=doc.get("machine", "none"),
+        blocks=[BlockSpec(b["name"], int(b["size"])) for b in doc.get("blocks", [])]
+        or [BlockSpec("ram", 16 << 20)],
+        fill=float(doc.get("fill", 0.0)),
+        seed=int(doc.get("seed", 0)),
+        workload=WorkloadSpec(**workload) if workload else None,
+        devices=list(doc.get("devices", ["timer", "globalstate"])),
+    )

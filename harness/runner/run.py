@@ -1,0 +1,73 @@
+"""`harness run`: load scenario files, run each, print and write the reports.
+
+Strategy: validation first (any bad file -> exit 2 before anything starts), then one
+coordinator per scenario in order, each in its own work directory (peer logs, streams),
+kept when the scenario did not pass and removed when it did.  While a scenario runs, a
+rich status line shows the statuses and passes; the summary table comes at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from harness.report.formats import json_report, junit_report, print_summary, summary_lines
+from harness.scenario import load_scenarios
+from harness.scenario.model import Scenario
+
+from .coordinator import Coordinator
+from .result import ScenarioResult
+
+
+def run_scenario(scenario: Scenario, seed: int | None = None,
+                 console: Console | None = None) -> ScenarioResult:
+    base = os.environ.get("HARNESS_WORKDIR")
+    if base:
+        Path(base).mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{scenario.name}-", dir=base))
+    console = console or Console(stderr=True)
+    status = {"source": "none", "destination": "none", "pass": 0}
+
+    def text() -> str:
+        return (f"[bold]{scenario.name}[/bold]: source {status['source']}, destination "
+                f"{status['destination']}, pass {status['pass']}")
+
+    with console.status(text()) as live:
+        def progress(what: str, info: dict[str, Any]) -> None:
+            if what == "status":
+                status[info["peer"]] = info["status"]
+            elif what == "pass":
+                status["pass"] = info["pass"]
+            live.update(text())
+
+        result = Coordinator(scenario, workdir, seed, progress).run()
+    if result.verdict == "pass":
+        shutil.rmtree(workdir, ignore_errors=True)
+        result.workdir = None
+    return result
+
+
+def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = None,
+              junit_path: str | Path | None = None, seed: int | None = None,
+              console: Console | None = None) -> list[ScenarioResult]:
+    """Run every scenario of the given files; raises ScenarioError for a bad file."""
+    scenarios = load_scenarios(paths)
+    out = console or Console()
+    results = []
+    for scenario in scenarios:
+        result = run_scenario(scenario, seed, Console(stderr=True, quiet=not out.is_terminal))
+        results.append(result)
+        for line in summary_lines(result)[:1]:
+            out.print(line, markup=False, highlight=False)
+    print_summary(results, out)
+    if json_path:
+        Path(json_path).write_text(json_report(results))
+    if junit_path:
+        Path(junit_path).write_text(junit_report(results))
+    return results

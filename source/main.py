@@ -1,0 +1,54 @@
+"""`harness source`: a peer process that owns a running guest and migrates it out.
+
+Strategy: the common peer frame (`harness.migration.peer`) plus QEMU's outgoing commands:
+`migrate` (qmp_migrate, asynchronous: it returns once the migration thread started),
+`migrate_cancel` (always succeeds, as in QEMU) and `query-migrate`.  The guest starts
+running at once unless the peer was started paused (QEMU's `-S`: runstate prelaunch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.control import CommandError
+from harness.migration.peer import Peer, PeerOptions
+from harness.transport import connect, parse_uri
+
+from .migration import MigrationError, OutgoingMigration
+
+
+def run(options: PeerOptions) -> int:
+    peer = Peer(options)
+    fds = options.fds
+
+    def connector(uri: str, timeout: float) -> Any:
+        return_path = peer.config.cap("return-path") or peer.config.cap("postcopy-ram")
+        return connect(parse_uri(uri, "source", fds=fds), timeout=timeout, fds=fds,
+                       return_path=return_path)
+
+    migration = OutgoingMigration(peer.guest, peer.config, connector, peer.emit)
+    peer.migration = migration
+
+    def migrate(args: dict[str, Any]) -> dict[str, Any]:
+        uri = args.get("uri")
+        if not isinstance(uri, str):
+            raise CommandError("GenericError", "Parameter 'uri' is missing")
+        if args.get("resume"):
+            raise CommandError("GenericError", "Cannot resume if there is no paused migration")
+        try:
+            migration.migrate(uri)
+        except MigrationError as err:
+            raise CommandError("GenericError", str(err)) from None
+        return {}
+
+    def cancel(_: dict[str, Any]) -> dict[str, Any]:
+        migration.cancel()
+        return {}
+
+    peer.register("migrate", migrate)
+    peer.register("migrate_cancel", cancel)
+    if options.autostart:
+        peer.guest.start()
+    else:
+        peer.guest.runstate = "prelaunch"
+    return peer.run()

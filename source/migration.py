@@ -1,0 +1,442 @@
+"""The outgoing migration: QEMU's `qmp_migrate`, `migrate_fd_connect` and `migration_thread`.
+
+Strategy: one `OutgoingMigration` per source peer, mirroring QEMU 7.2's
+`migration/migration.c` step by step.  `migrate()` checks what `qmp_migrate` checks
+(a migration in progress, blockers, the URI), moves none -> setup and starts the
+migration thread, which connects, writes the header, configuration and RAM setup,
+goes active, then loops: while not rate limited (max-bandwidth per 100 ms window) it
+either iterates (a PART of dirty pages) or, once pending <= threshold (bandwidth x
+downtime-limit), completes: stop the guest, final bitmap sync, END with every remaining
+page, device state, EOF, VM description; then completed (and postmigrate) or failed.
+Counters are updated per window like `migration_update_counters`.  Every blocking
+point can be woken: `migrate_cancel` shuts the channel down and sets an event the
+thread sleeps on.  A failure or cancel restarts the guest if it was running and
+postcopy was not entered.  The thread never dies silently: its exception becomes the
+`failed` status with an error-desc.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from harness.migration.config import MIGRATION_ACTIVE, MigrationConfig
+from harness.migration.status import RUNNING, MigrationStatus, StatusMachine, source_machine
+from harness.protocol import OpenReturnPath, Ping, SectionType, StreamEncoder
+from harness.protocol.ram import EOS, PAGE
+
+from .ram_save import RamSave
+from .return_path import ReturnPathReader
+
+log = logging.getLogger(__name__)
+S = MigrationStatus
+
+BUFFER_DELAY = 0.1  # migration.c: BUFFER_DELAY, the rate-limit window
+XFER_LIMIT_RATIO = 10  # windows per second
+MAX_WAIT = 0.05  # ram.c: MAX_WAIT, the longest an iteration may run
+RETURN_PATH_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
+
+
+class MigrationError(Exception):
+    """A refused QMP command (GenericError), in QEMU's words."""
+
+
+class GuestLike(Protocol):
+    """What the migration needs of the guest (harness.guest.Guest provides it)."""
+
+    runstate: str
+
+    @property
+    def machine(self) -> str: ...
+    @property
+    def ram(self) -> Mapping[str, Any]: ...
+    def harvest_dirty(self) -> Mapping[str, Any]: ...
+    def stop(self, runstate: str = ...) -> None: ...
+    def cont(self) -> None: ...
+    def save_devices(self) -> Sequence[Any]: ...
+    def global_state_store(self) -> None: ...
+    def unmigratable_devices(self) -> list[str]: ...
+
+
+class Channel(Protocol):
+    def sendall(self, data: bytes | bytearray | memoryview) -> None: ...
+    def recv_into(self, view: memoryview) -> int: ...
+    def shutdown(self) -> None: ...
+    def close(self) -> None: ...
+
+
+Connector = Callable[[str, float], Channel]
+
+
+@dataclass
+class Timing:
+    start: float = 0.0  # time.monotonic() of `migrate`
+    setup_time: float = 0.0
+    downtime_start: float = 0.0
+    end: float = 0.0
+    total_time: float = 0.0
+    downtime: float = 0.0
+    expected_downtime: float = 0.0
+
+
+class _Writer:
+    """The outgoing stream: counts bytes, for statistics and the rate limit."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.total = 0
+
+    def write(self, data: bytes | bytearray) -> None:
+        if data:
+            self.channel.sendall(data)
+            self.total += len(data)
+
+
+class OutgoingMigration:
+    """The source side of one peer: status, statistics and the migration thread."""
+
+    def __init__(self, guest: GuestLike, config: MigrationConfig, connect: Connector,
+                 emit: Callable[[str, dict[str, Any]], None]) -> None:
+        self.guest = guest
+        self.config = config
+        self._connect = connect
+        self._emit = emit
+        self.state: StatusMachine = source_machine()
+        self.state.on_change(self._status_changed)
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._channel: Channel | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.timing = Timing()
+        self.ram: RamSave | None = None
+        self.error_desc: str | None = None
+        self._writer: _Writer | None = None
+        self._rp: ReturnPathReader | None = None
+        self.vm_was_running = False
+        self.entered_postcopy = False
+        self.threshold = 0.0
+        self.mbps = 0.0
+        self._window_start = 0.0
+        self._window_bytes = 0
+        self._wake.clear()
+
+    # ------------------------------------------------------------------ QMP
+    def migrate(self, uri: str) -> None:
+        """qmp_migrate: checks, then none/completed/failed/cancelled -> setup, thread."""
+        if self.state.status in RUNNING:
+            raise MigrationError(MIGRATION_ACTIVE)
+        blockers = self.guest.unmigratable_devices()
+        if blockers:
+            raise MigrationError(f"State blocked by non-migratable device '{blockers[0]}'")
+        self._check_uri(uri)
+        self._reset()
+        self.timing.start = time.monotonic()
+        self.state.move(S.SETUP)
+        self._thread = threading.Thread(target=self._thread_main, args=(uri,),
+                                        name="migration", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """migrate_fd_cancel: running states -> cancelling, then wake everything up."""
+        while True:
+            old = self.state.status
+            if old not in RUNNING or old is S.CANCELLING:
+                break
+            if self.state.set(old, S.CANCELLING):
+                break
+        if self.state.status is S.CANCELLING:
+            self._wake.set()
+            if self._rp is not None:
+                self._rp.shutdown()
+            if self._channel is not None:
+                self._channel.shutdown()
+
+    def query(self) -> dict[str, Any]:
+        """query-migrate, as QEMU 7.2 fills MigrationInfo for the source."""
+        status = self.state.status
+        if status is S.NONE:
+            return {}
+        info: dict[str, Any] = {"status": str(status)}
+        now = time.monotonic()
+        if status in (S.ACTIVE, S.CANCELLING, S.POSTCOPY_ACTIVE, S.COMPLETED,
+                      S.PRE_SWITCHOVER, S.DEVICE, S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER):
+            info["ram"] = self._ram_info(status)
+        if status in (S.SETUP, S.ACTIVE, S.CANCELLING, S.POSTCOPY_ACTIVE, S.PRE_SWITCHOVER,
+                      S.DEVICE, S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER):
+            info["total-time"] = int((now - self.timing.start) * 1000)
+            info["setup-time"] = int(self.timing.setup_time * 1000)
+            if status is S.ACTIVE:
+                info["expected-downtime"] = int(self.timing.expected_downtime * 1000)
+        if status is S.COMPLETED:
+            info["total-time"] = int(self.timing.total_time * 1000)
+            info["downtime"] = int(self.timing.downtime * 1000)
+            info["setup-time"] = int(self.timing.setup_time * 1000)
+        if self.entered_postcopy and status is not S.COMPLETED:
+            info["downtime"] = int(self.timing.downtime * 1000)
+        if self.error_desc:
+            info["error-desc"] = self.error_desc
+        return info
+
+    def _ram_info(self, status: MigrationStatus) -> dict[str, Any]:
+        ram = self.ram
+        if ram is None:
+            return {}
+        st = ram.stats
+        done = status is S.COMPLETED
+        return {
+            "transferred": self._writer.total if self._writer else 0,
+            "remaining": 0 if done else ram.remaining(),
+            "total": ram.total,
+            "duplicate": st.duplicate,
+            "skipped": 0,
+            "normal": st.normal,
+            "normal-bytes": st.normal * PAGE,
+            "dirty-pages-rate": 0 if done else st.dirty_pages_rate,
+            "mbps": round(self.mbps, 6),
+            "dirty-sync-count": st.dirty_sync_count,
+            "postcopy-requests": st.postcopy_requests,
+            "page-size": PAGE,
+            "precopy-bytes": st.precopy_bytes,
+            "downtime-bytes": st.downtime_bytes,
+            "postcopy-bytes": st.postcopy_bytes,
+            "multifd-bytes": 0,
+            "pages-per-second": 0,
+            "dirty-sync-missed-zero-copy": 0,
+        }
+
+    def join(self, timeout: float) -> bool:
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------------ thread
+    def _check_uri(self, uri: str) -> None:
+        from harness.transport import UriError, parse_uri
+
+        try:
+            parse_uri(uri, "source")
+        except UriError as err:
+            raise MigrationError(str(err)) from None
+
+    def _thread_main(self, uri: str) -> None:
+        try:
+            self._run(uri)
+        except Exception as err:  # the thread never dies silently
+            if self.state.status is not S.CANCELLING:
+                log.warning("migration failed: %s", err, exc_info=not _expected(err))
+                self.error_desc = self.error_desc or _describe(err)
+            self._fail_or_cancel()
+        finally:
+            self._cleanup()
+
+    def _run(self, uri: str) -> None:
+        channel = self._connect(uri, CONNECT_TIMEOUT)
+        self._channel = channel
+        if self.state.status is S.CANCELLING:  # cancelled while connecting
+            return
+        self._writer = _Writer(channel)
+        ram = RamSave(self.guest_ram(), self.guest.harvest_dirty)
+        self.ram = ram
+        self._setup(ram, channel)
+        while self.state.status is S.ACTIVE:
+            if not self._rate_limited() and self._iteration(ram):
+                break
+            self._update_counters()
+            self._rate_limit_wait()
+
+    def guest_ram(self) -> Mapping[str, Any]:
+        return self.guest.ram
+
+    def _setup(self, ram: RamSave, channel: Channel) -> None:
+        """qemu_savevm_state_header + qemu_savevm_state_setup, then setup -> active."""
+        enc = self._encoder = StreamEncoder()
+        out = bytearray(enc.header())
+        out += enc.configuration(self.guest.machine, self._validated_caps(), self._uuid())
+        if self.config.cap("return-path") or self.config.cap("postcopy-ram"):
+            self._rp = ReturnPathReader(channel, self._emit_rp)
+            self._rp.start()
+            out += enc.command(OpenReturnPath()) + enc.command(Ping(1))
+        ram.bitmap_sync()  # ram_init_bitmaps: the first sync (pass 1)
+        self._pass_event(ram)
+        out += enc.ram_start(self.ram_section_id, ram.block_list())
+        assert self._writer is not None
+        self._writer.write(out)
+        self.timing.setup_time = time.monotonic() - self.timing.start
+        self._window_start = time.monotonic()
+        self._window_bytes = self._writer.total
+        self.state.set(S.SETUP, S.ACTIVE)
+
+    ram_section_id = 2  # as QEMU's -M none registers it
+
+    def _validated_caps(self) -> tuple[str, ...] | None:
+        caps = tuple(c for c in ("x-ignore-shared",) if self.config.cap(c))
+        return caps or None
+
+    def _uuid(self) -> bytes | None:
+        if not self.config.cap("validate-uuid"):
+            return None
+        return getattr(self.guest, "uuid", None)
+
+    def _iteration(self, ram: RamSave) -> bool:
+        """migration_iteration_run: True when the migration completed (or failed)."""
+        pending = ram.remaining()
+        if pending < self.threshold:
+            ram.bitmap_sync()  # ram_save_pending: exact figure below the threshold
+            self._pass_event(ram)
+            pending = ram.remaining()
+        if pending and pending >= self.threshold:
+            self._iterate(ram)
+            return False
+        self._completion(ram)
+        return True
+
+    def _iterate(self, ram: RamSave) -> None:
+        """One PART of `ram`: dirty pages until rate limited, none left or MAX_WAIT."""
+        enc = self._encoder
+        assert self._writer is not None
+        self._writer.write(enc.section_header(SectionType.SECTION_PART, self.ram_section_id))
+        started = time.monotonic()
+        sent = 0
+        while not self._rate_limited():
+            batch = ram.next_batch()
+            if batch is None:
+                break
+            out = bytearray()
+            ram.encode(out, *batch)
+            self._writer.write(out)
+            sent += len(out)
+            if time.monotonic() - started > MAX_WAIT:
+                break
+        tail = EOS + enc.footer(self.ram_section_id)
+        self._writer.write(tail)
+        ram.stats.precopy_bytes += sent + len(tail)
+
+    def _completion(self, ram: RamSave) -> None:
+        """migration_completion (precopy): stop, last sync, END, devices, EOF, trailer."""
+        self.timing.downtime_start = time.monotonic()
+        self.vm_was_running = self.guest.runstate == "running"
+        self.guest.global_state_store()
+        self.guest.stop("finish-migrate")
+        ram.bitmap_sync()
+        self._pass_event(ram)
+        enc = self._encoder
+        assert self._writer is not None
+        start = self._writer.total
+        self._writer.write(enc.section_header(SectionType.SECTION_END, self.ram_section_id))
+        while (batch := ram.next_batch()) is not None:
+            out = bytearray()
+            ram.encode(out, *batch)
+            self._writer.write(out)
+        self._writer.write(EOS + enc.footer(self.ram_section_id))
+        out = bytearray()
+        for section_id, idstr, instance_id, vmsd, values in self.guest.save_devices():
+            out += enc.device(section_id, idstr, instance_id, vmsd, values)
+        out += enc.eof() + enc.vmdesc()
+        self._writer.write(out)
+        ram.stats.downtime_bytes += self._writer.total - start
+        if self._rp is not None:
+            self._await_return_path()
+        if not self.state.set(S.ACTIVE, S.COMPLETED):
+            return
+        now = time.monotonic()
+        self.timing.end = now
+        self.timing.total_time = now - self.timing.start
+        self.timing.downtime = now - self.timing.downtime_start
+        total = self._writer.total
+        self.mbps = total * 8 / max(self.timing.total_time, 1e-9) / 1e6
+        self.guest.runstate = "postmigrate"
+
+    def _await_return_path(self) -> None:
+        """await_return_path_close_on_source: wait for SHUT (or the channel closing)."""
+        assert self._rp is not None
+        if not self._rp.wait_closed(RETURN_PATH_TIMEOUT):
+            raise RuntimeError(f"the destination did not close the return path within "
+                               f"{RETURN_PATH_TIMEOUT:.0f} s")
+        if self._rp.error:
+            raise RuntimeError(self._rp.error)
+
+    # ------------------------------------------------------------------ rate limit
+    def _limit(self) -> float:
+        bandwidth = self.config.param("max-bandwidth")
+        return bandwidth / XFER_LIMIT_RATIO if bandwidth else float("inf")
+
+    def _rate_limited(self) -> bool:
+        """qemu_file_rate_limit: over this window's budget (or shut down)."""
+        if self._wake.is_set() or self._writer is None:
+            return True
+        return self._writer.total - self._window_bytes > self._limit()
+
+    def _update_counters(self) -> None:
+        """migration_update_counters: bandwidth, threshold, mbps, expected downtime."""
+        now = time.monotonic()
+        spent = now - self._window_start
+        if spent < BUFFER_DELAY or self._writer is None or self.ram is None:
+            return
+        transferred = self._writer.total - self._window_bytes
+        bandwidth = transferred / (spent * 1000)  # bytes per ms
+        self.threshold = bandwidth * self.config.param("downtime-limit")
+        self.mbps = transferred * 8 / spent / 1e6
+        if self.ram.stats.dirty_pages_rate and transferred > 10000 and bandwidth:
+            self.timing.expected_downtime = self.ram.remaining() / bandwidth / 1000
+        self._window_start = now
+        self._window_bytes = self._writer.total
+
+    def _rate_limit_wait(self) -> None:
+        """migration_rate_limit: when over budget, sleep to the end of the window."""
+        if self.state.status is not S.ACTIVE or not self._rate_limited():
+            return
+        left = self._window_start + BUFFER_DELAY - time.monotonic()
+        if left > 0:
+            self._wake.wait(left)
+
+    # ------------------------------------------------------------------ endings
+    def _fail_or_cancel(self) -> None:
+        status = self.state.status
+        if status in (S.ACTIVE, S.SETUP, S.POSTCOPY_ACTIVE):
+            self.state.set(status, S.FAILED)
+
+    def _cleanup(self) -> None:
+        """migration_iteration_finish + migrate_fd_cleanup."""
+        status = self.state.status
+        if status in (S.FAILED, S.CANCELLING, S.CANCELLED):
+            if self.vm_was_running and not self.entered_postcopy:
+                self.guest.cont()
+            elif self.guest.runstate == "finish-migrate":
+                self.guest.runstate = "postmigrate"
+        if self._rp is not None:
+            self._rp.shutdown()
+        if self._channel is not None:
+            self._channel.close()
+        if self._rp is not None:
+            self._rp.join(5.0)
+        if self.state.status is S.CANCELLING:
+            self.state.set(S.CANCELLING, S.CANCELLED)
+
+    # ------------------------------------------------------------------ events
+    def _status_changed(self, change: Any) -> None:
+        if self.config.cap("events"):
+            self._emit("MIGRATION", {"status": str(change.new)})
+
+    def _pass_event(self, ram: RamSave) -> None:
+        if self.config.cap("events"):
+            self._emit("MIGRATION_PASS", {"pass": ram.stats.dirty_sync_count})
+
+    def _emit_rp(self, name: str, data: dict[str, Any]) -> None:
+        self._emit(name, data)
+
+
+def _expected(err: Exception) -> bool:
+    return isinstance(err, (OSError, RuntimeError, TimeoutError))
+
+
+def _describe(err: Exception) -> str:
+    text = str(err) or type(err).__name__
+    return text
