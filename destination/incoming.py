@@ -90,6 +90,7 @@ class IncomingMigration:
         self.pages = {"normal": 0, "duplicate": 0, "xbzrle": 0, "compressed": 0}
         self.runstate_received: str | None = None
         self.loaded_digests: dict[str, Any] | None = None
+        self.snapshot = False  # take page digests when the load completes
         self.started_at = 0.0
         self.finished_at = 0.0
 
@@ -243,9 +244,11 @@ class IncomingMigration:
     def _complete(self) -> None:
         """process_incoming_migration_bh: runstate, completed, then SHUT(0).
 
-        The page digests of the loaded memory are taken first, before the guest runs and
-        changes it: they are what the runner compares with the source."""
-        self.loaded_digests = self.guest.digests()
+        When asked (`snapshot`), the page digests of the loaded memory are taken first,
+        before the guest runs and changes it: they are what the runner compares with the
+        source.  (It delays the guest's start by the time digesting takes.)"""
+        if self.snapshot:
+            self.loaded_digests = self.guest.digests()
         self.guest.finish_incoming(self.autostart)
         self.finished_at = time.monotonic()
         self.state.set(S.ACTIVE, S.COMPLETED)

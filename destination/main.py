@@ -45,7 +45,12 @@ def run(options: PeerOptions) -> int:
             raise CommandError("GenericError", str(err)) from None
         return {}
 
+    def snapshot(args: dict[str, Any]) -> dict[str, Any]:
+        incoming.snapshot = bool(args.get("enable", True))
+        return {}
+
     peer.register("migrate-incoming", migrate_incoming)
+    peer.register("x-incoming-snapshot", snapshot)
     if options.incoming and options.incoming != "defer":
         incoming.migrate_incoming(options.incoming)
     return peer.run()

@@ -195,6 +195,31 @@ def destination(
                                    "paused": paused, "incoming": incoming})
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks, each against a baseline "
+                                                   "measured in the same run.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("precopy")
+def bench_precopy(
+    size: Annotated[str, typer.Option(help="Guest RAM size.")] = "1GiB",
+    json_path: Annotated[Path | None, typer.Option("--json", metavar="FILE",
+                                                   help="Write the figures as JSON.")] = None,
+) -> None:
+    """Precopy of an idle random-content guest over TCP vs a raw socket stream (and QEMU)."""
+    from .bench import precopy
+    from .bench.figures import table, write_json
+    from .scenario.units import parse_size
+
+    try:
+        figures = precopy.run(parse_size(size))
+    except (RuntimeError, TimeoutError, OSError) as err:
+        raise _fail(1, f"harness bench precopy: {err}")
+    typer.echo(table(figures))
+    if json_path:
+        write_json(figures, json_path)
+
+
 def main() -> None:
     try:
         app()

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from harness.migration.config import MIGRATION_ACTIVE, MigrationConfig
 from harness.migration.status import RUNNING, MigrationStatus, StatusMachine, source_machine
 from harness.protocol import OpenReturnPath, Ping, SectionType, StreamEncoder
-from harness.protocol.ram import EOS, PAGE
+from harness.protocol.ram import EOS, PAGE, FrameBuffer
 
 from .ram_save import RamSave
 from .return_path import ReturnPathReader
@@ -91,7 +91,7 @@ class _Writer:
         self.channel = channel
         self.total = 0
 
-    def write(self, data: bytes | bytearray) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if data:
             self.channel.sendall(data)
             self.total += len(data)
@@ -118,6 +118,7 @@ class OutgoingMigration:
         self.ram: RamSave | None = None
         self.error_desc: str | None = None
         self._writer: _Writer | None = None
+        self._frame = FrameBuffer()
         self._rp: ReturnPathReader | None = None
         self.vm_was_running = False
         self.entered_postcopy = False
@@ -309,15 +310,22 @@ class OutgoingMigration:
             batch = ram.next_batch()
             if batch is None:
                 break
-            out = bytearray()
-            ram.encode(out, *batch)
-            self._writer.write(out)
-            sent += len(out)
+            sent += self._send_batch(ram, batch)
             if time.monotonic() - started > MAX_WAIT:
                 break
         tail = EOS + enc.footer(self.ram_section_id)
         self._writer.write(tail)
         ram.stats.precopy_bytes += sent + len(tail)
+
+    def _send_batch(self, ram: RamSave, batch: tuple[Any, Any]) -> int:
+        """Frame a batch of pages into the reused buffer and send it; bytes sent."""
+        frame = self._frame
+        frame.clear()
+        ram.encode(frame, *batch)
+        assert self._writer is not None
+        with frame.view() as data:
+            self._writer.write(data)
+        return len(frame)
 
     def _completion(self, ram: RamSave) -> None:
         """migration_completion (precopy): stop, last sync, END, devices, EOF, trailer."""
@@ -332,9 +340,7 @@ class OutgoingMigration:
         start = self._writer.total
         self._writer.write(enc.section_header(SectionType.SECTION_END, self.ram_section_id))
         while (batch := ram.next_batch()) is not None:
-            out = bytearray()
-            ram.encode(out, *batch)
-            self._writer.write(out)
+            self._send_batch(ram, batch)
         self._writer.write(EOS + enc.footer(self.ram_section_id))
         out = bytearray()
         for section_id, idstr, instance_id, vmsd, values in self.guest.save_devices():

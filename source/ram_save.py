@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.protocol import RamBlockInfo
-from harness.protocol.ram import PAGE, RamSaver
+from harness.protocol.ram import PAGE, Out, RamSaver
 
 BATCH_PAGES = 256  # about 1 MiB of page data per send
 SCAN_WINDOW = 1 << 16  # pages looked at per flatnonzero
@@ -70,6 +70,7 @@ class RamSave:
         self.stats = RamStats()
         self._scan_block = 0
         self._scan_page = 0
+        self._found = np.empty(0, dtype=np.intp)  # dirty pages of the last scan window
         self._period_start = clock()
         self._period_dirtied = 0
         self.total = sum(b.mem.size for b in self.blocks)
@@ -107,21 +108,30 @@ class RamSave:
 
     # ------------------------------------------------------------------ sending
     def next_batch(self, limit: int = BATCH_PAGES) -> tuple[_Block, np.ndarray] | None:
-        """The next dirty pages from the scan position (wrapping), cleared from the bitmap."""
-        for _ in range(len(self.blocks) + 1):
+        """The next dirty pages from the scan position (wrapping), cleared from the bitmap.
+
+        A window of the bitmap is scanned once and its dirty pages handed out batch by
+        batch (each re-checked: a page request may have sent one meanwhile)."""
+        for _ in range(2 * len(self.blocks) + 2):
             block = self.blocks[self._scan_block]
+            while self._found.size:
+                pages, self._found = self._found[:limit], self._found[limit:]
+                pages = pages[block.bitmap[pages]]
+                if pages.size:
+                    block.bitmap[pages] = False
+                    return block, pages
             start = self._scan_page
             while start < block.pages:
                 window = block.bitmap[start:start + SCAN_WINDOW]
-                found = np.flatnonzero(window)
-                if found.size:
-                    pages = found[:limit] + start
-                    block.bitmap[pages] = False
-                    self._scan_page = int(pages[-1]) + 1
-                    return block, pages
+                self._scan_page = start + window.size
+                hits = np.flatnonzero(window)
+                if hits.size:
+                    self._found = hits + start
+                    break
                 start += window.size
-            self._scan_block = (self._scan_block + 1) % len(self.blocks)
-            self._scan_page = 0
+            else:
+                self._scan_block = (self._scan_block + 1) % len(self.blocks)
+                self._scan_page = 0
         return None
 
     def take_pages(self, block_name: str, start: int, length: int) -> np.ndarray:
@@ -137,8 +147,9 @@ class RamSave:
         """Continue the background scan after a requested page, as QEMU does."""
         self._scan_block = next(i for i, b in enumerate(self.blocks) if b.name == block_name)
         self._scan_page = page
+        self._found = np.empty(0, dtype=np.intp)
 
-    def encode(self, out: bytearray, block: _Block, pages: np.ndarray) -> None:
+    def encode(self, out: Out, block: _Block, pages: np.ndarray) -> None:
         zeros, normal = self.saver.save_pages(out, block.name, block.mem, pages)
         self.stats.duplicate += zeros
         self.stats.normal += normal

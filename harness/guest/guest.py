@@ -87,13 +87,20 @@ class Guest:
         atexit.register(self.close)
 
     @classmethod
-    def create(cls, spec: GuestSpec, *, initial_content: bool = True) -> Self:
+    def create(cls, spec: GuestSpec, *, initial_content: bool = True,
+               prefault: bool = False) -> Self:
         """A source guest (version-0 content, "prelaunch") or, with
-        `initial_content=False`, a destination guest (zeroed RAM, "inmigrate")."""
+        `initial_content=False`, a destination guest (zeroed RAM, "inmigrate").
+
+        `prefault` backs every page with memory now (one madvise per block), so that
+        loading a migration does not pay a page fault per page on its critical path."""
         memory = GuestMemory.create(spec.blocks)
         try:
             if initial_content:
                 content.initial_fill(memory, spec.seed, spec.fill)
+            if prefault:
+                for block in spec.blocks:
+                    memory.populate(block.name, 0, block.pages)
         except BaseException:
             memory.close()
             memory.unlink()

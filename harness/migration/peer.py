@@ -53,7 +53,8 @@ class Peer:
         self.options = options
         self.config = MigrationConfig.default()
         self.quit_requested = threading.Event()
-        self.guest = Guest.create(options.guest, initial_content=options.role == "source")
+        source = options.role == "source"
+        self.guest = Guest.create(options.guest, initial_content=source, prefault=not source)
         self.server = ControlServer(options.control)
         self.migration: Any = None  # OutgoingMigration or IncomingMigration
         self._register_common()

@@ -145,6 +145,9 @@ class Coordinator:
         caps = [{"capability": "events", "state": True}]
         caps += [c for c in self.sc.qmp_capabilities() if c["capability"] != "events"]
         params = self.sc.parameters.qmp_arguments()
+        if self.sc.expect.memory == "identical" and self.dst is not None and \
+                self.dst.kind == "harness":
+            self.dst.execute("x-incoming-snapshot", {"enable": True})
         for peer in self._peers():
             try:
                 peer.execute("migrate-set-capabilities", {"capabilities": caps})

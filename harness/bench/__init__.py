@@ -1,0 +1,1 @@
+"""`harness bench`: figures measured against a baseline taken in the same invocation."""

@@ -1,0 +1,126 @@
+"""`harness bench precopy`: migrate an idle guest of random content, beside a raw stream.
+
+Strategy: two harness peer processes (what `harness run` starts) migrate an idle guest
+whose pages are all non-zero random content over loopback TCP with max-bandwidth
+unlimited; the time runs from `migrate` to the destination's `completed` (so loading is
+inside it).  The baseline, measured right after in the same invocation, is a raw
+two-process socket stream (`sendall` / `recv_into`) of as many bytes as the migration
+stream had.  When QEMU is installed, a real QEMU -> QEMU precopy of an equal guest is
+measured the same way and given against its own raw stream.  Figures are GB/s of guest
+RAM (size / seconds).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.runner.peers import HarnessPeer, PeerHandle, QemuPeer
+
+from .figures import Figure
+from .rawstream import stream_seconds
+
+UNLIMITED = 100 << 30  # bytes/s: far above what loopback carries
+
+
+def _random_ram(size: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty(size, dtype=np.uint8)
+    step = 64 << 20
+    for at in range(0, size, step):
+        out[at:at + step] = rng.integers(0, 256, min(step, size - at), dtype=np.uint8)
+    return out
+
+
+def _wait_status(peer: PeerHandle, want: set[str], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = peer.execute("query-migrate") or {}
+        if info.get("status") in want:
+            return info
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{peer.role} still {info.get('status')} after {timeout:.0f} s")
+        time.sleep(0.005)
+
+
+def _migrate(src: PeerHandle, dst: PeerHandle, timeout: float) -> tuple[float, int]:
+    """(seconds from migrate to the destination's completion, stream bytes)."""
+    for peer in (src, dst):
+        peer.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
+    dst.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    info = dst.execute("query-migrate")
+    addr = info["socket-address"][0]
+    start = time.perf_counter()
+    src.execute("migrate", {"uri": f"tcp:{addr['host']}:{addr['port']}"})
+    done = _wait_status(dst, {"completed", "failed"}, timeout)
+    seconds = time.perf_counter() - start
+    result = _wait_status(src, {"completed", "failed"}, timeout)
+    if done["status"] != "completed" or result["status"] != "completed":
+        raise RuntimeError(f"migration ended {result['status']} / {done['status']}: "
+                           f"{result.get('error-desc') or done.get('error-desc')}")
+    return seconds, int(result["ram"]["transferred"])
+
+
+def harness_figures(size: int, workdir: Path, timeout: float) -> list[Figure]:
+    guest = {"machine": "none", "seed": 1, "fill": 1.0,
+             "blocks": [{"name": "ram", "size": size}], "devices": ["timer", "globalstate"],
+             "workload": None}
+    dst = HarnessPeer("destination", workdir, guest, ["--incoming", "defer"])
+    src = HarnessPeer("source", workdir, guest)
+    try:
+        dst.start()
+        src.start()
+        seconds, stream = _migrate(src, dst, timeout)
+    finally:
+        src.close()
+        dst.close()
+    raw = stream_seconds(_random_ram(stream))
+    gb = size / 1e9
+    return [Figure.of("precopy.harness.tcp.idle-random", gb / seconds, "GB/s", gb / raw,
+                      goal=0.5, note=f"{stream / 1e9:.3f} GB on the wire")]
+
+
+def qemu_figures(size: int, workdir: Path, timeout: float) -> list[Figure]:
+    from harness.qemu import find_qemu
+
+    if find_qemu() is None:
+        return [Figure.of("precopy.qemu.tcp.idle-random", 0.0, "GB/s", None,
+                          note="skipped: qemu-system-x86_64 not installed")]
+    loader = workdir / "random-ram.bin"
+    _random_ram(size, seed=2).tofile(loader)
+    src = QemuPeer("source", workdir, size, loader=loader)
+    dst = QemuPeer("destination", workdir, size)
+    try:
+        dst.start()
+        src.start()
+        for peer in (src, dst):
+            peer.execute("migrate-set-capabilities",
+                         {"capabilities": [{"capability": "events", "state": True}]})
+        seconds, stream = _migrate(src, dst, timeout)
+    finally:
+        src.close()
+        dst.close()
+    loader.unlink()
+    raw = stream_seconds(_random_ram(stream, seed=3))
+    gb = size / 1e9
+    return [Figure.of("precopy.qemu.tcp.idle-random", gb / seconds, "GB/s", gb / raw,
+                      note=f"{stream / 1e9:.3f} GB on the wire (QEMU 7.2 -> QEMU 7.2)")]
+
+
+def run(size: int = 1 << 30, timeout: float = 300.0) -> list[Figure]:
+    workdir = Path(tempfile.mkdtemp(prefix="harness-bench-"))
+    try:
+        figures = harness_figures(size, workdir, timeout)
+        figures += qemu_figures(size, workdir, timeout)
+        harness_fig, qemu_fig = figures[0], figures[-1]
+        if qemu_fig.value:
+            figures.append(Figure.of("precopy.harness-vs-qemu", harness_fig.value, "GB/s",
+                                     qemu_fig.value, note="harness GB/s over QEMU GB/s"))
+        return figures
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
