@@ -39,7 +39,7 @@ def stream_seconds(data: np.ndarray, timeout: float = 300.0) -> float:
             conn, _ = server.accept()
             with conn:
                 conn.settimeout(timeout)
-                view = memoryview(data)
+                view = data.data
                 start = time.perf_counter()
                 for at in range(0, len(view), CHUNK):
                     conn.sendall(view[at:at + CHUNK])

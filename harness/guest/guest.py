@@ -96,11 +96,11 @@ class Guest:
         loading a migration does not pay a page fault per page on its critical path."""
         memory = GuestMemory.create(spec.blocks)
         try:
-            if initial_content:
-                content.initial_fill(memory, spec.seed, spec.fill)
             if prefault:
                 for block in spec.blocks:
                     memory.populate(block.name, 0, block.pages)
+            if initial_content:
+                content.initial_fill(memory, spec.seed, spec.fill)
         except BaseException:
             memory.close()
             memory.unlink()

@@ -53,8 +53,11 @@ class Peer:
         self.options = options
         self.config = MigrationConfig.default()
         self.quit_requested = threading.Event()
-        source = options.role == "source"
-        self.guest = Guest.create(options.guest, initial_content=source, prefault=not source)
+        # RAM is backed up front on both sides: a destination then loads without a page
+        # fault per page, and a source reads its zero pages without the kernel allocating
+        # shared memory for each hole it reads (what an allocated VM's RAM would be)
+        self.guest = Guest.create(options.guest, initial_content=options.role == "source",
+                                  prefault=True)
         self.server = ControlServer(options.control)
         self.migration: Any = None  # OutgoingMigration or IncomingMigration
         self._register_common()

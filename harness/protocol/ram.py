@@ -574,8 +574,9 @@ class RamSaver:
                    pages: np.ndarray | range) -> tuple[int, int]:
         """Append ZERO or PAGE records for `pages` (page indices, in the order given).
 
-        Returns (zero pages, normal pages).  Runs of consecutive pages of one kind are
-        framed with numpy in one go; the first record naming the block goes alone.
+        Returns (zero pages, normal pages).  All headers of a batch are written with one
+        numpy operation and each normal page is one slice copy, whatever the mix of zero
+        and normal pages; the first record naming the block goes alone.
         """
         idx = np.asarray(pages, dtype=np.intp) if not isinstance(pages, range) else \
             np.arange(pages.start, pages.stop, pages.step, dtype=np.intp)
@@ -585,19 +586,13 @@ class RamSaver:
         contiguous = int(idx[-1]) - int(idx[0]) == n - 1 and \
             (n < 3 or bool((idx[1:] - idx[:-1] == 1).all()))
         zero = zero_pages(mem, slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx)
-        mpages = mem.reshape(-1, PAGE)
         view = mem.data.cast("B")
         i = 0
         if block != self.last_block:
             self._save_one(out, block, view, int(idx[0]), bool(zero[0]))
             i = 1
         if i < n:
-            for a, b in itertools.pairwise(_runs(idx, zero, i, contiguous)):
-                if b - a < 4:
-                    for j in range(a, b):
-                        self._save_one(out, block, view, int(idx[j]), bool(zero[j]))
-                else:
-                    _frame_run(out, mpages, int(idx[a]), b - a, bool(zero[a]))
+            _frame_batch(out, view, idx[i:], zero[i:])
         zeros = int(np.count_nonzero(zero))
         return zeros, n - zeros
 
@@ -638,13 +633,51 @@ class RamSaver:
         _put(out, pack_be32(len(data)) + data)
 
 
-def _runs(idx: np.ndarray, zero: np.ndarray, start: int, contiguous: bool) -> list[int]:
-    """Bounds of the runs of equal kind and consecutive pages in idx[start:]."""
-    cuts = np.flatnonzero(zero[start + 1:] != zero[start:-1]) + start + 1
-    if not contiguous:
-        gaps = np.flatnonzero(idx[start + 1:] - idx[start:-1] != 1) + start + 1
-        cuts = np.union1d(cuts, gaps)
-    return [start, *cuts.tolist(), idx.size]
+_HDR_BYTES = np.arange(8, dtype=np.intp)
+
+
+def _frame_batch(out: Out, view: memoryview, idx: np.ndarray, zero: np.ndarray) -> None:
+    """Append CONTINUE records for pages `idx` (zero or normal as `zero` says)."""
+    n = idx.size
+    sizes = np.where(zero, 9, PAGE + 8)
+    ends = np.cumsum(sizes)
+    buf, start = _reserve(out, int(ends[-1]))
+    at = start + ends - sizes  # where each record starts
+    words = (idx.astype(np.uint64) * np.uint64(PAGE)) | \
+        np.where(zero, np.uint64(_ZERO_CONT), np.uint64(_PAGE_CONT))
+    u8 = np.frombuffer(buf, dtype=np.uint8)
+    u8[at[:, None] + _HDR_BYTES] = words.astype(">u8").view(np.uint8).reshape(n, 8)
+    if zero.any():
+        u8[at[zero] + 8] = 0
+    del u8
+    _copy_bodies(buf, view, idx, zero, at)
+
+
+def _copy_bodies(buf: bytearray, view: memoryview, idx: np.ndarray, zero: np.ndarray,
+                 at: np.ndarray) -> None:
+    """Copy normal pages behind their headers: a run of consecutive normal pages with one
+    strided numpy copy, a lone page with one slice copy."""
+    normal = ~zero
+    if not normal.any():
+        return
+    # runs of records that are normal and whose pages follow each other in memory
+    follows = np.zeros(idx.size, dtype=bool)
+    follows[1:] = normal[1:] & normal[:-1] & (idx[1:] - idx[:-1] == 1)
+    starts = np.flatnonzero(normal & ~follows)
+    ends = np.append(starts[1:], idx.size)
+    mem = np.frombuffer(view, dtype=np.uint8)
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        count = int(np.count_nonzero(normal[a:b])) if b - a > 1 else 1
+        page, pos = int(idx[a]), int(at[a])
+        if count < 4:
+            for k in range(a, a + count):
+                addr = int(idx[k]) * PAGE
+                p = int(at[k]) + 8
+                buf[p:p + PAGE] = view[addr:addr + PAGE]
+            continue
+        body = np.ndarray((count, PAGE), dtype=np.uint8, buffer=buf, offset=pos + 8,
+                          strides=(PAGE + 8, 1))
+        body[:] = mem[page * PAGE:(page + count) * PAGE].reshape(count, PAGE)
 
 
 def _frame_run(out: Out, mpages: np.ndarray, first: int, count: int, zero: bool) -> None:
