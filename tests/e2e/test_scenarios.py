@@ -135,3 +135,42 @@ def test_seed_override_is_reported(tmp_path):
     code, report, output = run(scenario, tmp=tmp_path, extra=("--seed", "99"))
     assert code == 0, output
     assert report["scenarios"][0]["seed"] == 99
+
+
+def test_steps_fire_on_time_and_status_and_act_on_the_peers(tmp_path):
+    """time -> migrate-set-parameters speeds a throttled migration up; status -> stop, then
+    cont after the stop: the guest stopped mid-migration and still moved intact."""
+    scenario = tmp_path / "steps.yaml"
+    scenario.write_text("""\
+name: steps
+seed: 9
+timeout: 60s
+guest: {memory: 64MiB, fill: 1.0, workload: {dirty-rate: 2MiB/s}}
+parameters: {max-bandwidth: 8MiB}
+steps:
+  - name: pause-guest
+    on: {status: {peer: source, is: active}}
+    do: stop
+  - name: resume-guest
+    after: pause-guest
+    on: {time: 0.4s}
+    do: cont
+  - name: unthrottle
+    after: resume-guest
+    on: {time: 0.6s}
+    do: {migrate-set-parameters: {max-bandwidth: 4GiB}}
+expect: {source: completed, destination: completed, memory: identical,
+         guest-runs-on: destination}
+""")
+    code, report, output = run(scenario, tmp=tmp_path)
+    assert code == 0, output
+    [sc] = report["scenarios"]
+    fired = [(t["data"]["step"], t["data"]["command"], t["data"].get("error"))
+             for t in sc["timeline"] if t["name"] == "step"]
+    assert fired == [("pause-guest", "stop", None), ("resume-guest", "cont", None),
+                     ("unthrottle", "migrate-set-parameters", None)]
+    stop = next(t for t in sc["timeline"] if t["name"] == "STOP" and t["peer"] == "source")
+    resume = next(t for t in sc["timeline"] if t["name"] == "RESUME")
+    assert stop["t"] < resume["t"]
+    # 64 MiB at 8 MiB/s would take about 8 s: the new bandwidth applied live
+    assert sc["stats"]["total-time"] < 6000
