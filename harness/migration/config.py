@@ -42,8 +42,9 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
     "multifd-compression": "none", "multifd-zlib-level": 1, "multifd-zstd-level": 1,
 }
 
-#: name -> (low, high, QEMU's "expects ..." text)
-_RANGES: dict[str, tuple[int, int, str]] = {
+#: name -> (low, high, QEMU's "expects ..." text): the one table of QEMU 7.2's ranges
+#: (migration/migration.c: migrate_params_check); scenario validation uses it too
+PARAMETER_RANGES: dict[str, tuple[int, int, str]] = {
     "compress-level": (0, 9, "a value between 0 and 9"),
     "compress-threads": (1, 255, "a value between 1 and 255"),
     "decompress-threads": (1, 255, "a value between 1 and 255"),
@@ -59,7 +60,7 @@ _RANGES: dict[str, tuple[int, int, str]] = {
     "announce-initial": (0, 100000, "a value between 0 and 100000"),
     "announce-max": (0, 100000, "a value between 0 and 100000"),
     "announce-rounds": (0, 1000, "a value between 0 and 1000"),
-    "announce-step": (0, 10000, "a value between 0 and 10000"),
+    "announce-step": (1, 10000, "a value between 0 and 10000"),  # sic: QEMU checks >= 1
     "max-postcopy-bandwidth": (0, 2**64 - 1,
                                ("an integer in the range of 0 to 18446744073709551615 "
                                "bytes/second")),
@@ -118,14 +119,16 @@ class MigrationConfig:
         with self._lock:
             self.capabilities = new
 
-    def set_parameters(self, params: dict[str, Any], running: bool) -> None:
-        """migrate-set-parameters: QMP names, checked as QEMU checks them."""
+    def set_parameters(self, params: dict[str, Any], running: bool = False) -> None:
+        """migrate-set-parameters: QMP names, checked as QEMU checks them.
+
+        As in QEMU, parameters may change while a migration runs (`running` is only
+        informative): those in LIVE_PARAMETERS take effect at once, the others at the
+        next migration."""
         new = dict(self.parameters)
         for name, value in params.items():
             if name not in new:
                 raise ConfigError(f"Parameter '{name}' is unexpected")
-            if running and name not in LIVE_PARAMETERS:
-                raise ConfigError(MIGRATION_ACTIVE)
             new[name] = _check_param(name, value, new[name])
         if new["max-cpu-throttle"] < new["cpu-throttle-initial"] or new["max-cpu-throttle"] > 99:
             raise ConfigError("Parameter 'max_cpu_throttle' expects an integer in the range of "
@@ -156,7 +159,7 @@ def _check_param(name: str, value: Any, old: Any) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"Invalid parameter type for '{name}', expected: integer")
-    low, high, text = _RANGES.get(name, (0, 2**63 - 1, "an integer"))
+    low, high, text = PARAMETER_RANGES.get(name, (0, 2**63 - 1, "an integer"))
     if not low <= value <= high:
         raise ConfigError(f"Parameter '{c_name}' expects {text}")
     return value

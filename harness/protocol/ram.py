@@ -12,7 +12,6 @@ QEMU's `last_sent_block` so CONTINUE is set exactly where QEMU sets it.
 
 from __future__ import annotations
 
-import itertools
 import zlib
 from array import array
 from dataclasses import dataclass

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BeforeValidator, StrictInt, model_validator
 
+from harness.migration.config import PARAMETER_RANGES
+
 from .base import (
     Issue,
     Milliseconds,
@@ -48,54 +50,46 @@ def _power_of_two_page(value: int | None) -> int | None:
     return value
 
 
-def _between(name: str, low: int, high: int) -> AfterValidator:
-    return _qemu(name, low, high, f"a value between {low} and {high}")
-
-
-def _integer_range(name: str, low: int, high: int, unit: str = "") -> AfterValidator:
-    return _qemu(name, low, high, f"an integer in the range of {low} to {high}{unit}")
+def _qemu_range(name: str) -> AfterValidator:
+    """QEMU 7.2's range and words for `name` (harness.migration.config has the table)."""
+    low, high, words = PARAMETER_RANGES[name]
+    return _qemu(name, low, high, words)
 
 
 class MigrationParameters(ScenarioModel):
     """QEMU 7.2 `MigrateSetParameters`; unset members are None and are not sent."""
 
-    announce_initial: Annotated[Milliseconds | None, _between("announce-initial", 0, 100000)] = None
-    announce_max: Annotated[Milliseconds | None, _between("announce-max", 0, 100000)] = None
-    announce_rounds: Annotated[StrictInt | None, _between("announce-rounds", 0, 1000)] = None
-    announce_step: Annotated[Milliseconds | None, _qemu("announce-step", 1, 10000,
-                                                        "a value between 1 and 10000")] = None
-    compress_level: Annotated[StrictInt | None, _between("compress-level", 0, 9)] = None
-    compress_threads: Annotated[StrictInt | None, _between("compress-threads", 1, 255)] = None
+    announce_initial: Annotated[Milliseconds | None, _qemu_range("announce-initial")] = None
+    announce_max: Annotated[Milliseconds | None, _qemu_range("announce-max")] = None
+    announce_rounds: Annotated[StrictInt | None, _qemu_range("announce-rounds")] = None
+    announce_step: Annotated[Milliseconds | None, _qemu_range("announce-step")] = None
+    compress_level: Annotated[StrictInt | None, _qemu_range("compress-level")] = None
+    compress_threads: Annotated[StrictInt | None, _qemu_range("compress-threads")] = None
     compress_wait_thread: bool | None = None
-    decompress_threads: Annotated[StrictInt | None, _between("decompress-threads", 1, 255)] = None
+    decompress_threads: Annotated[StrictInt | None, _qemu_range("decompress-threads")] = None
     throttle_trigger_threshold: Annotated[
-        StrictInt | None, _integer_range("throttle-trigger-threshold", 1, 100)] = None
-    cpu_throttle_initial: Annotated[
-        StrictInt | None, _integer_range("cpu-throttle-initial", 1, 99)] = None
+        StrictInt | None, _qemu_range("throttle-trigger-threshold")] = None
+    cpu_throttle_initial: Annotated[StrictInt | None, _qemu_range("cpu-throttle-initial")] = None
     cpu_throttle_increment: Annotated[
-        StrictInt | None, _integer_range("cpu-throttle-increment", 1, 99)] = None
+        StrictInt | None, _qemu_range("cpu-throttle-increment")] = None
     cpu_throttle_tailslow: bool | None = None
     tls_creds: str | None = None
     tls_hostname: str | None = None
     tls_authz: str | None = None
-    max_bandwidth: Annotated[Rate | None, _integer_range("max-bandwidth", 0, SIZE_MAX,
-                                                         " bytes/second")] = None
-    downtime_limit: Annotated[Milliseconds | None, _integer_range(
-        "downtime-limit", 0, MAX_MIGRATE_DOWNTIME_MS, " milliseconds")] = None
-    x_checkpoint_delay: Annotated[Milliseconds | None, _between("x-checkpoint-delay", 0,
-                                                                UINT32_MAX)] = None
+    max_bandwidth: Annotated[Rate | None, _qemu_range("max-bandwidth")] = None
+    downtime_limit: Annotated[Milliseconds | None, _qemu_range("downtime-limit")] = None
+    x_checkpoint_delay: Annotated[Milliseconds | None, _qemu_range("x-checkpoint-delay")] = None
     block_incremental: bool | None = None
-    multifd_channels: Annotated[StrictInt | None, _between("multifd-channels", 1, 255)] = None
+    multifd_channels: Annotated[StrictInt | None, _qemu_range("multifd-channels")] = None
     xbzrle_cache_size: Annotated[Size | None, AfterValidator(_power_of_two_page)] = None
-    max_postcopy_bandwidth: Annotated[Rate | None, _integer_range(
-        "max-postcopy-bandwidth", 0, SIZE_MAX, " bytes/second")] = None
+    max_postcopy_bandwidth: Annotated[Rate | None, _qemu_range("max-postcopy-bandwidth")] = None
     max_cpu_throttle: Annotated[StrictInt | None, _qemu(
         "max-cpu-throttle", 1, 99, "an integer in the range of cpu-throttle-initial to 99")
                                 ] = None
     multifd_compression: Annotated[MultiFDCompression, choice(
         "a multifd compression method", MULTIFD_COMPRESSIONS)] | None = None
-    multifd_zlib_level: Annotated[StrictInt | None, _between("multifd-zlib-level", 0, 9)] = None
-    multifd_zstd_level: Annotated[StrictInt | None, _between("multifd-zstd-level", 0, 20)] = None
+    multifd_zlib_level: Annotated[StrictInt | None, _qemu_range("multifd-zlib-level")] = None
+    multifd_zstd_level: Annotated[StrictInt | None, _qemu_range("multifd-zstd-level")] = None
     block_bitmap_mapping: tuple[dict[str, Any], ...] | None = None
 
     @classmethod
