@@ -30,8 +30,13 @@ from harness.protocol import (
     EndOfStream,
     Event,
     OpenReturnPath,
+    Packaged,
     Ping,
     Pong,
+    PostcopyAdvise,
+    PostcopyListen,
+    PostcopyRamDiscard,
+    PostcopyRun,
     ProtocolError,
     RamPages,
     RemoteProtocolError,
@@ -43,6 +48,8 @@ from harness.protocol import (
     encode_rp,
 )
 from harness.protocol.devices import runstate_of
+
+from .postcopy import PostcopyIncoming, PostcopyState
 
 log = logging.getLogger(__name__)
 S = MigrationStatus
@@ -91,6 +98,8 @@ class IncomingMigration:
         self.runstate_received: str | None = None
         self.loaded_digests: dict[str, Any] | None = None
         self.snapshot = False  # take page digests when the load completes
+        self.postcopy: PostcopyIncoming | None = None
+        self._rp_lock = threading.Lock()  # the load loop and the fault thread both reply
         self.started_at = 0.0
         self.finished_at = 0.0
 
@@ -127,6 +136,11 @@ class IncomingMigration:
                            "normal-bytes": self.pages["normal"] * 4096}
             end = self.finished_at or time.monotonic()
             info["total-time"] = int((end - self.started_at) * 1000)
+            if self.postcopy is not None and self.postcopy.state >= PostcopyState.LISTENING:
+                blocked = self.guest.postcopy_stats()
+                info["postcopy-blocktime"] = blocked["blocked-ns"] // 1_000_000
+                info["x-postcopy"] = {**self.postcopy.stats(),
+                                      "blocked-count": blocked["blocked-count"]}
         if self.error_desc:
             info["error-desc"] = self.error_desc
         return info
@@ -134,6 +148,8 @@ class IncomingMigration:
     def close(self) -> None:
         """Stop listening/loading (the peer is quitting)."""
         self._stopping = True
+        if self.postcopy is not None:
+            self.postcopy.close()
         if self._listener is not None:
             self._listener.close()
         if self._channel is not None:
@@ -166,6 +182,8 @@ class IncomingMigration:
         self.started_at = time.monotonic()
         self.state.set(S.SETUP, S.ACTIVE)
         decoder = self._decoder()
+        self.postcopy = PostcopyIncoming(self.guest, self.config.cap("postcopy-ram"),
+                                         self._send_rp, decoder.loader)
         if hasattr(channel, "set_timeout"):
             channel.set_timeout(self.idle_timeout)
         done = False
@@ -185,10 +203,17 @@ class IncomingMigration:
             self.received += n
             if n == 0:
                 decoder.receive_data(b"")
-            for event in decoder.events():
+            # one event at a time: a command takes effect before the records after it are
+            # parsed (ADVISE before the pages it governs, LISTEN before placement)
+            while isinstance(event := decoder.next_event(), Event):
                 if isinstance(event, EndOfStream) and not event.packaged:
+                    if self.postcopy.listening:  # no trailer after a postcopy stream
+                        done = True
+                        break
                     eof_at = time.monotonic()
                 done = self._apply(event) or done
+            if self.postcopy.fault_error:
+                raise RuntimeError(self.postcopy.fault_error)
             if n == 0:
                 break
         self._complete()
@@ -207,6 +232,8 @@ class IncomingMigration:
             kinds = event.kinds
             self.pages["normal"] += int((kinds == 0x08).sum())
             self.pages["duplicate"] += int((kinds == 0x02).sum())
+            if self.postcopy is not None and self.postcopy.listening:
+                self.postcopy.placed(event)
         elif isinstance(event, DeviceState):
             assert event.state is not None
             if event.idstr == "globalstate":
@@ -232,14 +259,33 @@ class IncomingMigration:
                     f"CMD_PING (0x{command.value:x}) received with no return path",
                     offset=command.offset)
             self._send_rp(encode_rp(Pong(command.value)))
-        else:
+        elif isinstance(command, (PostcopyAdvise, PostcopyRamDiscard, PostcopyListen,
+                                  PostcopyRun)):
+            self._postcopy_command(command)
+        elif not isinstance(command, Packaged):
             raise RemoteProtocolError(
-                f"{command.cmd.name}: postcopy is not supported by this destination yet",
+                f"{command.cmd.name} is not supported by this destination",
                 offset=command.offset, qemu=False)
+
+    def _postcopy_command(self, command: Command) -> None:
+        pc = self.postcopy
+        assert pc is not None
+        if isinstance(command, PostcopyAdvise):
+            pc.advise(command)
+        elif isinstance(command, PostcopyRamDiscard):
+            pc.discard(command)
+        elif isinstance(command, PostcopyListen):
+            pc.listen(command)
+            if pc.state is PostcopyState.LISTENING:
+                self.state.set(S.ACTIVE, S.POSTCOPY_ACTIVE)
+        else:
+            assert isinstance(command, PostcopyRun)
+            pc.run(command, lambda: self.guest.finish_incoming(self.autostart))
 
     def _send_rp(self, data: bytes) -> None:
         if self._channel is not None and self._rp_open:
-            self._channel.sendall(data)
+            with self._rp_lock:
+                self._channel.sendall(data)
 
     def _complete(self) -> None:
         """process_incoming_migration_bh: runstate, completed, then SHUT(0).
@@ -247,16 +293,30 @@ class IncomingMigration:
         When asked (`snapshot`), the page digests of the loaded memory are taken first,
         before the guest runs and changes it: they are what the runner compares with the
         source.  (It delays the guest's start by the time digesting takes.)"""
-        if self.snapshot:
-            self.loaded_digests = self.guest.digests()
-        self.guest.finish_incoming(self.autostart)
-        self.finished_at = time.monotonic()
-        self.state.set(S.ACTIVE, S.COMPLETED)
+        pc = self.postcopy
+        if pc is not None and pc.listening:
+            def snapshot() -> None:  # what the guest found on each page at its first access
+                self.loaded_digests = self.guest.arrival_digests()
+
+            pc.end(snapshot if self.snapshot else None)
+            self.finished_at = time.monotonic()
+            self.state.set(S.POSTCOPY_ACTIVE, S.COMPLETED)
+        else:
+            if self.snapshot:
+                self.loaded_digests = self.guest.digests()
+            self.guest.finish_incoming(self.autostart)
+            self.finished_at = time.monotonic()
+            self.state.set(S.ACTIVE, S.COMPLETED)
         if self._rp_open:
             self._send_rp(encode_rp(Shut(0)))
 
     def _failed(self, desc: str, lines: list[str]) -> None:
         self.error_desc = desc
+        if self.postcopy is not None:
+            self.postcopy.close()
+            if self.postcopy.state >= PostcopyState.RUNNING and self.guest.runstate == "running":
+                # QEMU 7.2 (without recovery) exits here: the guest is lost, not half-run
+                self.guest.stop("internal-error")
         for line in lines:
             print(f"harness destination: {line}", file=sys.stderr, flush=True)
         self.finished_at = time.monotonic()

@@ -45,7 +45,15 @@ def run(options: PeerOptions) -> int:
         migration.cancel()
         return {}
 
+    def start_postcopy(_: dict[str, Any]) -> dict[str, Any]:
+        try:
+            migration.start_postcopy()
+        except MigrationError as err:
+            raise CommandError("GenericError", str(err)) from None
+        return {}
+
     peer.register("migrate", migrate)
+    peer.register("migrate-start-postcopy", start_postcopy)
     peer.register("migrate_cancel", cancel)
     if options.autostart:
         peer.guest.start()

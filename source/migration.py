@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 from harness.migration.config import MIGRATION_ACTIVE, MigrationConfig
 from harness.migration.status import RUNNING, MigrationStatus, StatusMachine, source_machine
-from harness.protocol import OpenReturnPath, Ping, SectionType, StreamEncoder
+from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise, SectionType, StreamEncoder
 from harness.protocol.ram import EOS, PAGE, FrameBuffer
 
+from .postcopy import POSTCOPY_BATCH, PostcopySource
 from .ram_save import RamSave
 from .return_path import ReturnPathReader
 
@@ -109,7 +110,8 @@ class OutgoingMigration:
         self.state: StatusMachine = source_machine()
         self.state.on_change(self._status_changed)
         self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # set by cancel: every wait ends
+        self._urgent = threading.Event()  # set by a page request (or cancel)
         self._channel: Channel | None = None
         self._reset()
 
@@ -127,6 +129,9 @@ class OutgoingMigration:
         self._window_start = 0.0
         self._window_bytes = 0
         self._wake.clear()
+        self._urgent.clear()
+        self.postcopy: PostcopySource | None = None
+        self.postcopy_requested = False
 
     # ------------------------------------------------------------------ QMP
     def migrate(self, uri: str) -> None:
@@ -144,6 +149,15 @@ class OutgoingMigration:
                                         name="migration", daemon=True)
         self._thread.start()
 
+    def start_postcopy(self) -> None:
+        """qmp_migrate_start_postcopy: only sets a flag the migration thread acts on."""
+        if not self.config.cap("postcopy-ram"):
+            raise MigrationError("Enable postcopy with migrate_set_capability before the "
+                                 "start of migration")
+        if self.state.status is S.NONE:
+            raise MigrationError("Postcopy must be started after migration has been started")
+        self.postcopy_requested = True  # no error even if finished: that would be racy
+
     def cancel(self) -> None:
         """migrate_fd_cancel: running states -> cancelling, then wake everything up."""
         while True:
@@ -154,6 +168,7 @@ class OutgoingMigration:
                 break
         if self.state.status is S.CANCELLING:
             self._wake.set()
+            self._urgent.set()
             if self._rp is not None:
                 self._rp.shutdown()
             if self._channel is not None:
@@ -181,6 +196,10 @@ class OutgoingMigration:
             info["setup-time"] = int(self.timing.setup_time * 1000)
         if self.entered_postcopy and status is not S.COMPLETED:
             info["downtime"] = int(self.timing.downtime * 1000)
+        if self.postcopy is not None:
+            info["x-postcopy"] = self.postcopy.stats()
+        if self._rp is not None:
+            info["x-return-path"] = {"pongs": list(self._rp.pongs), "shut": self._rp.shut}
         if self.error_desc:
             info["error-desc"] = self.error_desc
         return info
@@ -202,11 +221,11 @@ class OutgoingMigration:
             "dirty-pages-rate": 0 if done else st.dirty_pages_rate,
             "mbps": round(self.mbps, 6),
             "dirty-sync-count": st.dirty_sync_count,
-            "postcopy-requests": st.postcopy_requests,
+            "postcopy-requests": self.postcopy.requests if self.postcopy else 0,
             "page-size": PAGE,
             "precopy-bytes": st.precopy_bytes,
             "downtime-bytes": st.downtime_bytes,
-            "postcopy-bytes": st.postcopy_bytes,
+            "postcopy-bytes": self.postcopy.bytes if self.postcopy else 0,
             "multifd-bytes": 0,
             "pages-per-second": 0,
             "dirty-sync-missed-zero-copy": 0,
@@ -247,8 +266,11 @@ class OutgoingMigration:
         ram = RamSave(self.guest_ram(), self.guest.harvest_dirty)
         self.ram = ram
         self._setup(ram, channel)
-        while self.state.status is S.ACTIVE:
-            if not self._rate_limited() and self._iteration(ram):
+        while self.state.status in (S.ACTIVE, S.POSTCOPY_ACTIVE):
+            if self._rp is not None and self._rp.error:
+                raise RuntimeError(self._rp.error)
+            urgent = self.postcopy is not None and self.postcopy.pending()
+            if (urgent or not self._rate_limited()) and self._iteration(ram):
                 break
             self._update_counters()
             self._rate_limit_wait()
@@ -261,10 +283,16 @@ class OutgoingMigration:
         enc = self._encoder = StreamEncoder()
         out = bytearray(enc.header())
         out += enc.configuration(self.guest.machine, self._validated_caps(), self._uuid())
-        if self.config.cap("return-path") or self.config.cap("postcopy-ram"):
-            self._rp = ReturnPathReader(channel, self._emit_rp)
+        postcopy = self.config.cap("postcopy-ram")
+        if postcopy:
+            self.postcopy = PostcopySource(ram, self._urgent)
+        if self.config.cap("return-path") or postcopy:
+            on_request = self.postcopy.on_request if self.postcopy else None
+            self._rp = ReturnPathReader(channel, self._emit_rp, on_request)
             self._rp.start()
             out += enc.command(OpenReturnPath()) + enc.command(Ping(1))
+        if postcopy:
+            out += enc.command(PostcopyAdvise(PAGE, PAGE))
         ram.bitmap_sync()  # ram_init_bitmaps: the first sync (pass 1)
         self._pass_event(ram)
         out += enc.ram_start(self.ram_section_id, ram.block_list())
@@ -288,13 +316,23 @@ class OutgoingMigration:
 
     def _iteration(self, ram: RamSave) -> bool:
         """migration_iteration_run: True when the migration completed (or failed)."""
+        if self.state.status is S.POSTCOPY_ACTIVE:
+            assert self.postcopy is not None
+            if ram.remaining() == 0 and not self.postcopy.pending():
+                self._completion_postcopy(ram)
+                return True
+            self._postcopy_iterate(ram)
+            return False
         pending = ram.remaining()
         if pending < self.threshold:
             ram.bitmap_sync()  # ram_save_pending: exact figure below the threshold
             self._pass_event(ram)
             pending = ram.remaining()
         if pending and pending >= self.threshold:
-            self._iterate(ram)
+            if self.postcopy_requested and self.postcopy is not None:
+                self._postcopy_start(ram)
+            else:
+                self._iterate(ram)
             return False
         self._completion(ram)
         return True
@@ -316,6 +354,73 @@ class OutgoingMigration:
         tail = EOS + enc.footer(self.ram_section_id)
         self._writer.write(tail)
         ram.stats.precopy_bytes += sent + len(tail)
+
+    # ------------------------------------------------------------------ postcopy
+    def _postcopy_start(self, ram: RamSave) -> None:
+        """postcopy_start: stop, last sync, discards, PING 2, package, PING 4."""
+        assert self.postcopy is not None and self._writer is not None
+        if not self.state.set(S.ACTIVE, S.POSTCOPY_ACTIVE):
+            return
+        self.timing.downtime_start = time.monotonic()
+        self.vm_was_running = self.guest.runstate == "running"
+        self.guest.global_state_store()
+        self.guest.stop("finish-migrate")
+        ram.bitmap_sync()  # the last one: the guest is stopped
+        self._pass_event(ram)
+        enc = self._encoder
+        out = bytearray()
+        for command in self.postcopy.discards():
+            out += enc.command(command)
+        ram.saver.reset()  # QEMU forgets the last block sent at the switch
+        ram.reset_scan()
+        out += enc.command(Ping(2))
+        out += self.postcopy.package(enc, list(self.guest.save_devices()))
+        self.entered_postcopy = True
+        self._writer.write(out)
+        self.timing.downtime = time.monotonic() - self.timing.downtime_start
+        self._writer.write(enc.command(Ping(4)))
+        self._window_start = time.monotonic()
+        self._window_bytes = self._writer.total
+
+    def _postcopy_iterate(self, ram: RamSave) -> None:
+        """A postcopy PART: requested pages first, then the background push."""
+        pc = self.postcopy
+        assert pc is not None and self._writer is not None
+        enc = self._encoder
+        self._writer.write(enc.section_header(SectionType.SECTION_PART, self.ram_section_id))
+        started = time.monotonic()
+
+        def send(block: Any, pages: Any) -> int:
+            return self._send_batch(ram, (block, pages))
+
+        while not self._wake.is_set():
+            pc.serve(send)
+            if self._rate_limited():
+                if pc.pending():
+                    continue
+                break
+            batch = ram.next_batch(POSTCOPY_BATCH)
+            if batch is None:
+                break
+            pc.bytes += self._send_batch(ram, batch)
+            if time.monotonic() - started > MAX_WAIT:
+                break
+        self._writer.write(EOS + enc.footer(self.ram_section_id))
+
+    def _completion_postcopy(self, ram: RamSave) -> None:
+        """migration_completion in postcopy: END (nothing left), EOF, then wait for SHUT."""
+        assert self._writer is not None
+        enc = self._encoder
+        self._writer.write(enc.section_header(SectionType.SECTION_END, self.ram_section_id)
+                           + EOS + enc.footer(self.ram_section_id) + enc.eof())
+        self._await_return_path()
+        if not self.state.set(S.POSTCOPY_ACTIVE, S.COMPLETED):
+            return
+        now = time.monotonic()
+        self.timing.end = now
+        self.timing.total_time = now - self.timing.start
+        self.mbps = self._writer.total * 8 / max(self.timing.total_time, 1e-9) / 1e6
+        self.guest.runstate = "postmigrate"
 
     def _send_batch(self, ram: RamSave, batch: tuple[Any, Any]) -> int:
         """Frame a batch of pages into the reused buffer and send it; bytes sent."""
@@ -371,7 +476,8 @@ class OutgoingMigration:
 
     # ------------------------------------------------------------------ rate limit
     def _limit(self) -> float:
-        bandwidth = self.config.param("max-bandwidth")
+        name = "max-postcopy-bandwidth" if self.entered_postcopy else "max-bandwidth"
+        bandwidth = self.config.param(name)
         return bandwidth / XFER_LIMIT_RATIO if bandwidth else float("inf")
 
     def _rate_limited(self) -> bool:
@@ -397,11 +503,12 @@ class OutgoingMigration:
 
     def _rate_limit_wait(self) -> None:
         """migration_rate_limit: when over budget, sleep to the end of the window."""
-        if self.state.status is not S.ACTIVE or not self._rate_limited():
+        if self.state.status not in (S.ACTIVE, S.POSTCOPY_ACTIVE) or not self._rate_limited():
             return
         left = self._window_start + BUFFER_DELAY - time.monotonic()
         if left > 0:
-            self._wake.wait(left)
+            self._urgent.wait(left)  # a page request (or cancel) ends the wait early
+            self._urgent.clear()
 
     # ------------------------------------------------------------------ endings
     def _fail_or_cancel(self) -> None:

@@ -143,6 +143,12 @@ class RamSave:
         block.bitmap[pages] = False
         return pages
 
+    def reset_scan(self) -> None:
+        """Start the next scan at the first page (QEMU resets its position at the switch)."""
+        self._scan_block = 0
+        self._scan_page = 0
+        self._found = np.empty(0, dtype=np.intp)
+
     def jump_to(self, block_name: str, page: int) -> None:
         """Continue the background scan after a requested page, as QEMU does."""
         self._scan_block = next(i for i, b in enumerate(self.blocks) if b.name == block_name)

@@ -16,6 +16,7 @@ handle's lock serialises harvests against stop/cont.
 from __future__ import annotations
 
 import atexit
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Self
@@ -28,7 +29,7 @@ from harness.protocol.vmstate import DeviceDescription, VMStateDescription
 from . import content
 from .devices import GuestDevice, MigrationBlockedError, make_devices
 from .memory import BlockSpec, GuestMemory
-from .workload import Workload, WorkloadSpec, harvest_dirty
+from .workload import Ctl, Workload, WorkloadSpec, harvest_dirty
 
 DEFAULT_RAM = 16 << 20
 
@@ -80,6 +81,7 @@ class Guest:
         self.devices: list[GuestDevice] = make_devices(spec.devices)
         self.runstate = runstate
         self.stored_runstate: str | None = None  # global_state_store()
+        self._postcopy: tuple[tuple[int, int], tuple[int, int]] | None = None
         self.incoming_runstate: str | None = None  # loaded globalstate
         self.timer: dict[str, int] = {"cpu_ticks_offset": 0, "cpu_clock_offset": 0}
         self.workload: Workload | None = None
@@ -134,8 +136,9 @@ class Guest:
         spec = self.spec.workload
         if spec is not None:
             if self.workload is None:
+                faults = self._postcopy[1] if self._postcopy else None
                 self.workload = Workload.start(self.memory, spec, content_seed=self.spec.seed,
-                                               timeout=timeout)
+                                               timeout=timeout, fault_fds=faults)
             else:
                 self.workload.resume(timeout)
         self.stored_runstate = None
@@ -149,6 +152,53 @@ class Guest:
         if self.workload is not None:
             self.workload.pause(timeout)
         self._set_runstate(runstate)
+
+    # ------------------------------------------------------------------ postcopy
+    def enable_postcopy(self) -> tuple[int, int]:
+        """From now on pages may be missing: the guest (its workload) faults on them.
+
+        Returns the owner's ends: (fault pipe read end: 8-byte global page indices the
+        guest waits for, wake pipe write end: a byte wakes a waiting guest).  Must come
+        before the guest starts.  Every page starts missing (QEMU's ADVISE discards all
+        RAM); the loader marks pages present as it places them.
+        """
+        self._check_open()
+        if self.workload is not None:
+            raise RuntimeError("postcopy must be enabled before the guest runs")
+        if self._postcopy is None:
+            request_r, request_w = os.pipe()
+            wake_r, wake_w = os.pipe()
+            self._postcopy = ((request_r, wake_w), (request_w, wake_r))
+        ctl = self.memory.control
+        ctl[Ctl.WAIT_PAGE] = -1
+        ctl[Ctl.POSTCOPY] = 1
+        self.memory.present[:] = 0
+        self.memory.touched[:] = 0
+        return self._postcopy[0]
+
+    def finish_postcopy(self) -> None:
+        """Every page is here: the guest stops checking (the userfaultfd goes away)."""
+        if not self.memory.closed:
+            self.memory.control[Ctl.POSTCOPY] = 0
+
+    def postcopy_stats(self) -> dict[str, int]:
+        ctl = self.memory.control
+        return {"blocked-ns": int(ctl[Ctl.BLOCKED_NS]),
+                "blocked-count": int(ctl[Ctl.BLOCKED_COUNT]),
+                "waiting-page": int(ctl[Ctl.WAIT_PAGE])}
+
+    def arrival_digests(self) -> dict[str, np.ndarray]:
+        """Per page, what the guest found there: the digest at its first access after the
+        switch when it accessed it, its current digest otherwise."""
+        now = self.digests()
+        out = {}
+        for index, spec in enumerate(self.memory.blocks):
+            part = self.memory.page_slice(index)
+            touched = self.memory.touched[part].astype(bool)
+            digests = now[spec.name].copy()
+            digests[touched] = self.memory.touch_digest[part][touched]
+            out[spec.name] = digests
+        return out
 
     def global_state_store(self) -> None:
         """Remember the current runstate for the globalstate section
@@ -247,6 +297,10 @@ class Guest:
             if self.workload is not None:
                 self.workload.stop()
         finally:
+            if self._postcopy is not None:
+                for fd in (*self._postcopy[0], *self._postcopy[1]):
+                    os.close(fd)
+                self._postcopy = None
             self.memory.close()
             if self.memory.owner:
                 self.memory.unlink()

@@ -37,7 +37,7 @@ import numpy as np
 PAGE_SIZE = 4096
 CONTROL_WORDS = 64
 SEGMENT_PREFIX = "mh-guest-"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 MADV_POPULATE_WRITE = 23  # Linux >= 5.14; not in Python 3.11's mmap constants
 
 
@@ -78,11 +78,15 @@ def compute_layout(blocks: list[BlockSpec]) -> dict[str, Any]:
     npages = offset // PAGE_SIZE
     dirty = offset
     harvest = dirty + npages
-    version = _align(harvest + npages, 8)
-    control = _align(version + 4 * npages, 8)
+    present = harvest + npages
+    touched = present + npages
+    version = _align(touched + npages, 8)
+    touch_digest = _align(version + 4 * npages, 8)
+    control = _align(touch_digest + 8 * npages, 8)
     size = _align(control + 8 * CONTROL_WORDS, PAGE_SIZE)
     return {"layout_version": LAYOUT_VERSION, "blocks": entries, "npages": npages,
-            "dirty": dirty, "harvest": harvest, "version": version, "control": control,
+            "dirty": dirty, "harvest": harvest, "present": present, "touched": touched,
+            "version": version, "touch_digest": touch_digest, "control": control,
             "control_words": CONTROL_WORDS, "size": size}
 
 
@@ -115,6 +119,13 @@ class GuestMemory:
         self.dirty = np.frombuffer(buf, np.uint8, npages, layout["dirty"])
         self.harvest = np.frombuffer(buf, np.uint8, npages, layout["harvest"])
         self.version = np.frombuffer(buf, np.uint32, npages, layout["version"])
+        # postcopy (the userfaultfd of this guest): `present` says a page may be accessed
+        # (written only by the loader while postcopy runs, which sets it after the page's
+        # content); `touched` / `touch_digest` keep what each page held when the guest
+        # first accessed it after the switch (written only by the workload)
+        self.present = np.frombuffer(buf, np.uint8, npages, layout["present"])
+        self.touched = np.frombuffer(buf, np.uint8, npages, layout["touched"])
+        self.touch_digest = np.frombuffer(buf, np.uint64, npages, layout["touch_digest"])
         self.control = np.frombuffer(buf, np.int64, layout["control_words"], layout["control"])
 
     # ----------------------------------------------------------------- lifecycle
@@ -170,7 +181,8 @@ class GuestMemory:
         if self._mmap is None:
             return
         self.ram = {}
-        for attr in ("dirty", "harvest", "version", "control"):
+        for attr in ("dirty", "harvest", "present", "touched", "version", "touch_digest",
+                     "control"):
             setattr(self, attr, None)
         buf, self._mmap = self._mmap, None
         os.close(self._fd)

@@ -28,6 +28,15 @@ word has exactly one writer:
   just before it exits; FAILED (after printing its traceback) if it crashed.  It exits
   by itself when its parent process disappears (os.getppid() changes).
 
+Postcopy (the destination's userfaultfd): while POSTCOPY is 1 the workload accesses a
+page only when `present[p]` is 1.  On a miss it stores WAIT_PAGE, writes the page's
+global index (8 bytes) to its fault pipe, and waits on its wake pipe until the page is
+present (re-checking every few ms, and giving up the batch if asked to pause or exit);
+the blocked time is BLOCKED_NS.  The first access to each page after the switch records
+the page's digest in `touch_digest` (what the guest read before it wrote), then the
+write goes ahead as usual.  The loader that places pages writes content, then sets
+`present`, then wakes the workload if WAIT_PAGE names a page now present.
+
 Dirty harvest (QEMU's migration_bitmap_sync, with KVM's get-dirty-log): while the
 workload runs, only the workload writes `dirty`.  The owner bumps SYNC_REQUEST; the
 workload, between batches, does `harvest |= dirty; dirty[:] = 0` and sets SYNC_ACK to
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -78,6 +88,10 @@ class Ctl(IntEnum):
     RFLAGS = 11
     TSC = 12
     REGS = 16  # 16 words: 16..31
+    POSTCOPY = 32  # owner: 1 = pages may be missing (check `present`, fault on a miss)
+    WAIT_PAGE = 33  # workload: the global page it is blocked on, -1 when none
+    BLOCKED_NS = 34  # workload: time spent blocked on missing pages (postcopy blocktime)
+    BLOCKED_COUNT = 35  # workload: faults it waited for
 
 
 class Req(IntEnum):
@@ -98,6 +112,7 @@ MAGIC = 0x4D48_4755_4553_5431  # "MHGUEST1"
 BATCH_SECONDS = 0.001
 IDLE_POLL = 0.0005
 MAX_BATCH_PAGES = 4096
+FAULT_RECHECK = 0.002  # a blocked access re-checks its page at least this often
 
 
 class WorkloadError(RuntimeError):
@@ -150,16 +165,74 @@ class _PagePicker:
         return np.unique(self.rng.integers(self.lo, self.hi, n, dtype=np.int64))
 
 
+class _Faults:
+    """The workload's side of postcopy: wait for missing pages, record first touches."""
+
+    def __init__(self, memory: GuestMemory, fds: tuple[int, int]) -> None:
+        self.mem = memory
+        self.ctl = memory.control
+        self.request_w, self.wake_r = fds
+        os.set_blocking(self.wake_r, False)
+        self.starts = memory.block_starts()
+
+    def ready(self, pages: np.ndarray) -> bool:
+        """Make every page accessible; False if asked to stop meanwhile (skip the batch)."""
+        mem = self.mem
+        for page in pages[mem.present[pages] == 0].tolist():
+            if not self._wait(page):
+                return False
+        fresh = pages[mem.touched[pages] == 0]
+        if fresh.size:
+            self._touch(fresh)
+        return True
+
+    def _wait(self, page: int) -> bool:
+        mem, ctl = self.mem, self.ctl
+        start = time.monotonic_ns()
+        ctl[Ctl.WAIT_PAGE] = page
+        os.write(self.request_w, int(page).to_bytes(8, "little"))
+        try:
+            while not mem.present[page]:
+                if int(ctl[Ctl.REQ_STATE]) != Req.RUN or not int(ctl[Ctl.POSTCOPY]):
+                    return bool(mem.present[page]) or not int(ctl[Ctl.POSTCOPY])
+                select.select([self.wake_r], [], [], FAULT_RECHECK)
+                try:
+                    os.read(self.wake_r, 4096)
+                except BlockingIOError:
+                    pass
+        finally:
+            ctl[Ctl.WAIT_PAGE] = -1
+        ctl[Ctl.BLOCKED_NS] += time.monotonic_ns() - start
+        ctl[Ctl.BLOCKED_COUNT] += 1
+        return True
+
+    def _touch(self, pages: np.ndarray) -> None:
+        """What each page held when first accessed (before this write changes it)."""
+        mem = self.mem
+        which = np.searchsorted(self.starts, pages, side="right") - 1
+        for page, b in zip(pages.tolist(), which.tolist()):
+            local = page - int(self.starts[b])
+            block = mem.ram[mem.blocks[b].name]
+            digest = content.page_digests(block[local * PAGE_SIZE:(local + 1) * PAGE_SIZE])
+            mem.touch_digest[page] = digest[0]
+            mem.touched[page] = 1
+
+
 class _Writer:
     """Rewrites batches of pages: version, then content, then the dirty mark."""
 
-    def __init__(self, memory: GuestMemory, content_seed: int) -> None:
+    def __init__(self, memory: GuestMemory, content_seed: int,
+                 faults: _Faults | None = None) -> None:
         self.memory = memory
         self.seed = content_seed
         self.starts = memory.block_starts()
+        self.faults = faults
 
     def write(self, pages: np.ndarray) -> None:
         mem = self.memory
+        if self.faults is not None and int(mem.control[Ctl.POSTCOPY]):
+            if not self.faults.ready(pages):
+                return
         mem.version[pages] += 1
         which = np.searchsorted(self.starts, pages, side="right") - 1
         for b in np.unique(which):
@@ -185,12 +258,14 @@ class _Writer:
 class _Loop:
     """The workload's main loop: control, pacing, batches, syncs."""
 
-    def __init__(self, memory: GuestMemory, spec: WorkloadSpec, content_seed: int) -> None:
+    def __init__(self, memory: GuestMemory, spec: WorkloadSpec, content_seed: int,
+                 fault_fds: tuple[int, int] | None = None) -> None:
         self.mem = memory
         self.ctl = memory.control
         self.spec = spec
         self.picker = _PagePicker(spec, memory.npages)
-        self.writer = _Writer(memory, content_seed)
+        faults = _Faults(memory, fault_fds) if fault_fds is not None else None
+        self.writer = _Writer(memory, content_seed, faults)
         self.parent = int(self.ctl[Ctl.PARENT_PID])
         self.pages_per_s = spec.dirty_rate / PAGE_SIZE
         self.tokens = 0.0
@@ -272,7 +347,8 @@ class _Loop:
             self.batch_cap = max(1, min(MAX_BATCH_PAGES, (self.batch_cap + target) // 2 or 1))
 
 
-def workload_main(descriptor: dict[str, Any], spec: dict[str, Any], content_seed: int) -> None:
+def workload_main(descriptor: dict[str, Any], spec: dict[str, Any], content_seed: int,
+                  fault_fds: tuple[int, int] | None = None) -> None:
     """Body of the workload process: attach, run the loop, report how it ended."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its owner stops it, not the terminal
     memory = GuestMemory.attach(descriptor)
@@ -281,7 +357,7 @@ def workload_main(descriptor: dict[str, Any], spec: dict[str, Any], content_seed
         if int(ctl[Ctl.MAGIC]) != MAGIC:
             raise WorkloadError(f"segment '{memory.name}' has no workload control block")
         ctl[Ctl.WORKLOAD_PID] = os.getpid()
-        _Loop(memory, WorkloadSpec(**spec), content_seed).run()
+        _Loop(memory, WorkloadSpec(**spec), content_seed, fault_fds).run()
         ctl[Ctl.ACK_STATE] = Ack.EXITED
     except Exception:  # noqa: BLE001 -- any crash must reach the owner as FAILED
         ctl[Ctl.ACK_STATE] = Ack.FAILED
@@ -295,7 +371,9 @@ def workload_main(descriptor: dict[str, Any], spec: dict[str, Any], content_seed
 def _main(argv: list[str]) -> None:
     """`python -c ... JSON`: JSON = {descriptor, spec, content_seed}."""
     args = json.loads(argv[1])
-    workload_main(args["descriptor"], args["spec"], int(args["content_seed"]))
+    fds = args.get("fault_fds")
+    workload_main(args["descriptor"], args["spec"], int(args["content_seed"]),
+                  tuple(fds) if fds else None)
 
 
 # ==================================================================== in the owner
@@ -303,18 +381,18 @@ def _main(argv: list[str]) -> None:
 _IMPORT_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding `harness`
 
 
-def _spawn(descriptor: dict[str, Any], spec: WorkloadSpec,
-           content_seed: int) -> subprocess.Popen[bytes]:
+def _spawn(descriptor: dict[str, Any], spec: WorkloadSpec, content_seed: int,
+           fault_fds: tuple[int, int] | None = None) -> subprocess.Popen[bytes]:
     """A fresh interpreter running `workload_main` (no fork of a threaded owner, and --
     unlike multiprocessing's "spawn" -- no re-import of the owner's __main__, which
     fails for stdin/REPL mains and drags a CLI's imports into every workload)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_IMPORT_ROOT, env.get("PYTHONPATH")) if p)
     arg = json.dumps({"descriptor": descriptor, "spec": asdict(spec),
-                      "content_seed": content_seed})
+                      "content_seed": content_seed, "fault_fds": fault_fds})
     code = "import sys; from harness.guest.workload import _main; _main(sys.argv)"
     return subprocess.Popen([sys.executable, "-c", code, arg], env=env,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, pass_fds=fault_fds or ())
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, poll: float = 0.0002) -> bool:
@@ -349,8 +427,11 @@ class Workload:
 
     @classmethod
     def start(cls, memory: GuestMemory, spec: WorkloadSpec, *, content_seed: int = 0,
-              timeout: float = 30.0) -> Workload:
-        """Spawn the workload on `memory` and wait until it runs."""
+              timeout: float = 30.0, fault_fds: tuple[int, int] | None = None) -> Workload:
+        """Spawn the workload on `memory` and wait until it runs.
+
+        `fault_fds` (fault pipe write end, wake pipe read end) let it fault on missing
+        pages while the control word POSTCOPY is set (a postcopy destination)."""
         self = cls()
         self.memory, self.spec = memory, spec
         ctl = memory.control
@@ -360,7 +441,7 @@ class Workload:
         ctl[Ctl.SYNC_ACK] = ctl[Ctl.SYNC_REQUEST]
         ctl[Ctl.PARENT_PID] = os.getpid()
         try:
-            self.process = _spawn(memory.descriptor, spec, content_seed)
+            self.process = _spawn(memory.descriptor, spec, content_seed, fault_fds)
             self._await(Ack.RUNNING, timeout, "start")
         except BaseException:
             self.stop()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from .base import Evidence, Invariant
 from .memory import MemoryIdentical, SourceIntact
+from .postcopy import PostcopyRequests
 from .runs_on import GuestRunsOn
 from .statuses import ExpectedStatus
 from .transitions import LegalTransitions
 
 ALL: tuple[Invariant, ...] = (
     ExpectedStatus("source"), ExpectedStatus("destination"), LegalTransitions(),
-    MemoryIdentical(), SourceIntact(), GuestRunsOn(),
+    MemoryIdentical(), SourceIntact(), GuestRunsOn(), PostcopyRequests(),
 )
 
 

@@ -81,6 +81,11 @@ class RamLoader:
         self.host_page_size = host_page_size
         self.allow_compressed = allow_compressed
         self.postcopy_mode = False  # set once the destination listens (ram_load_postcopy)
+        #: per block, one byte per page: 1 = the page is here.  When given, pages loaded
+        #: mark it; in postcopy mode a page already present is never written again (QEMU
+        #: places each page once) and is counted in `duplicates` instead.
+        self.present: dict[str, np.ndarray] | None = None
+        self.duplicates = 0
         self.last_block: _Block | None = None  # mis->last_recv_block, kept across sections
         self.need = 0  # absolute offset the buffer must reach for the next record
         self.max_block_size = 1 << 40  # blocks created from a stream (analysis)
@@ -146,6 +151,8 @@ class RamLoader:
         to its start, so nothing is applied twice.  The loop keeps the current block's
         view and length in locals: this is the per-page hot path.
         """
+        if self.postcopy_mode:
+            return self._load_placing(r, section_id)
         events: list[RamMemSize | RamPages] = []
         buf = r.buf
         end = r.end
@@ -241,6 +248,72 @@ class RamLoader:
                 batch.apply_zeros()  # what came before the bad record stays applied
                 r.pos = pos
                 raise err.at(base + pos)
+            finally:
+                self.last_block = block
+        batch.flush(events, pos)
+        r.pos = pos
+        if self.present is not None:
+            self._mark_present(events)
+        return events, eos
+
+    def _mark_present(self, events: list[RamMemSize | RamPages]) -> None:
+        assert self.present is not None
+        for ev in events:
+            if isinstance(ev, RamPages):
+                self.present[ev.block][(ev.offsets >> np.uint64(12)).astype(np.intp)] = 1
+
+    def _load_placing(self, r: Reader, section_id: int
+                      ) -> tuple[list[RamMemSize | RamPages], bool]:
+        """migration/ram.c: ram_load_postcopy: each page placed once, then marked present
+        (after its content: whoever sees the mark sees the page)."""
+        events: list[RamMemSize | RamPages] = []
+        pos = r.pos
+        batch = _Batch(section_id, r.base, pos)
+        block = self.last_block
+        if block is not None:
+            batch.block = block
+        oapp, kapp = batch.appenders()
+        eos = False
+        with memoryview(r.buf) as bmv:
+            try:
+                while True:
+                    if pos + 8 > r.end:
+                        raise _short(r, pos, 8)
+                    (word,) = unpack_be64(r.buf, pos)
+                    flags = word & _FLAG_MASK
+                    addr = word ^ flags
+                    r.pos = pos + 8
+                    kind = flags & ~RamFlag.CONTINUE
+                    if kind == RamFlag.EOS:
+                        pos = r.pos
+                        eos = True
+                        break
+                    if kind not in (RamFlag.ZERO, RamFlag.PAGE, RamFlag.COMPRESS_PAGE):
+                        raise RemoteProtocolError(
+                            f"Unknown combination of migration flags: 0x{flags:x} "
+                            f"(postcopy mode)")
+                    found = self._block_from_stream(r, flags, addr)
+                    if found is not block:
+                        block = self.last_block = found
+                        batch.switch(found, events, pos)
+                        oapp, kapp = batch.appenders()
+                    assert self.present is not None
+                    present = self.present[block.idstr]
+                    page = addr // PAGE
+                    if present[page]:
+                        _skip_payload(r, kind)
+                        self.duplicates += 1
+                    else:
+                        self._load_page(r, bmv, kind, flags, addr, block)
+                        present[page] = 1
+                        oapp(addr)
+                        kapp(kind)
+                    pos = r.pos
+            except NeedData as need:
+                self.need = need.needed
+            except RemoteProtocolError as err:
+                r.pos = pos
+                raise err.at(r.base + pos)
             finally:
                 self.last_block = block
         batch.flush(events, pos)
@@ -364,6 +437,16 @@ class RamLoader:
             return RemoteProtocolError(
                 f"RAM_SAVE_FLAG_HOOK in flags 0x{flags:x} outside an RDMA migration", qemu=False)
         return RemoteProtocolError(f"Unknown combination of migration flags: 0x{flags:x}")
+
+
+def _skip_payload(r: Reader, kind: int) -> None:
+    """Consume a page record's payload without placing it."""
+    if kind == RamFlag.ZERO:
+        r.u8()
+    elif kind == RamFlag.PAGE:
+        r.skip(PAGE)
+    else:
+        r.skip(r.be32())
 
 
 def _short(r: Reader, pos: int, n: int) -> Exception:
