@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 from harness.migration.config import MigrationConfig
 from harness.migration.status import MigrationStatus, StatusMachine, destination_machine
@@ -100,6 +101,8 @@ class IncomingMigration:
         self.snapshot = False  # take page digests when the load completes
         self.postcopy: PostcopyIncoming | None = None
         self._rp_lock = threading.Lock()  # the load loop and the fault thread both reply
+        self.record_dir: Path | None = None  # save both directions for `harness analyze`
+        self._record: tuple[BinaryIO, BinaryIO] | None = None
         self.started_at = 0.0
         self.finished_at = 0.0
 
@@ -168,6 +171,10 @@ class IncomingMigration:
                 log.exception("incoming migration failed")
             self._failed(str(err) or type(err).__name__, [str(err)])
         finally:
+            with self._rp_lock:
+                files, self._record = self._record, None
+            for f in files or ():
+                f.close()
             if self._channel is not None:
                 self._channel.close()
             if self._listener is not None:
@@ -186,6 +193,16 @@ class IncomingMigration:
                                          self._send_rp, decoder.loader)
         if hasattr(channel, "set_timeout"):
             channel.set_timeout(self.idle_timeout)
+        readinto = channel.recv_into
+        if self.record_dir is not None:
+            self._record = ((self.record_dir / "stream.fwd.bin").open("wb"),
+                            (self.record_dir / "stream.rp.bin").open("wb"))
+            forward = self._record[0]
+
+            def readinto(view: memoryview) -> int:
+                n = channel.recv_into(view)
+                forward.write(view[:n])
+                return n
         done = False
         eof_at: float | None = None
         while not done:
@@ -194,7 +211,7 @@ class IncomingMigration:
             if eof_at is not None and hasattr(channel, "set_timeout"):
                 channel.set_timeout(max(0.1, VMDESC_TIMEOUT - (time.monotonic() - eof_at)))
             try:
-                n = decoder.receive_into(channel.recv_into, RECV_SIZE)
+                n = decoder.receive_into(readinto, RECV_SIZE)
             except TimeoutError:
                 if eof_at is not None:  # no trailer and no close: QEMU would block; we go on
                     break
@@ -286,6 +303,8 @@ class IncomingMigration:
         if self._channel is not None and self._rp_open:
             with self._rp_lock:
                 self._channel.sendall(data)
+                if self._record is not None:
+                    self._record[1].write(data)
 
     def _complete(self) -> None:
         """process_incoming_migration_bh: runstate, completed, then SHUT(0).

@@ -45,12 +45,23 @@ def run(options: PeerOptions) -> int:
             raise CommandError("GenericError", str(err)) from None
         return {}
 
+    def record(args: dict[str, Any]) -> dict[str, Any]:
+        """Save the incoming stream and the return path (stream.fwd.bin, stream.rp.bin)."""
+        from pathlib import Path
+
+        directory = Path(str(args.get("dir", ".")))
+        if not directory.is_dir():
+            raise CommandError("GenericError", f"x-record: {directory} is not a directory")
+        incoming.record_dir = directory
+        return {}
+
     def snapshot(args: dict[str, Any]) -> dict[str, Any]:
         incoming.snapshot = bool(args.get("enable", True))
         return {}
 
     peer.register("migrate-incoming", migrate_incoming)
     peer.register("x-incoming-snapshot", snapshot)
+    peer.register("x-record", record)
     if options.incoming and options.incoming != "defer":
         incoming.migrate_incoming(options.incoming)
     return peer.run()

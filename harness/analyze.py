@@ -113,6 +113,15 @@ class Analysis:
         return doc
 
 
+def harness_devices() -> list[Any]:
+    """The devices a harness guest can have beyond QEMU's -M none set (e.g. its cpu)."""
+    from .guest.devices import make_devices
+    from .protocol.vmstate import DeviceDescription
+
+    return [DeviceDescription(d.idstr, d.instance_id, d.vmsd)
+            for d in make_devices(["cpu"])]
+
+
 def find_vmdesc(data: bytes | mmap.mmap) -> bytes | None:
     """The VM description JSON at the end of a precopy stream, found as QEMU's analyzer does:
     the last NUL, the first '{' after it, 0x06 and a be32 length just before it."""
@@ -146,7 +155,7 @@ def analyze_file(path: str | Path, return_path: str | Path | None = None) -> Ana
 
 def _analyze(p: Path, data: bytes | mmap.mmap, return_path: str | Path | None) -> Analysis:
     result = Analysis(str(p), len(data))
-    devices = {(d.idstr, d.instance_id): d for d in standard_devices()}
+    devices = {(d.idstr, d.instance_id): d for d in standard_devices() + harness_devices()}
     trailer = find_vmdesc(data)
     if trailer is not None:
         import json
@@ -319,6 +328,9 @@ def summary_lines(a: Analysis) -> list[str]:
         lines.append("commands:")
         for cmd in a.commands:
             detail = {k: v for k, v in cmd.items() if k not in ("name", "offset", "packaged")}
+            if len(detail.get("ranges", [])) > 3:
+                ranges = detail["ranges"]
+                detail["ranges"] = f"{ranges[:3]}... ({len(ranges)} ranges)"
             where = " (in PACKAGED)" if cmd["packaged"] else ""
             text = " ".join(f"{k}={v}" for k, v in detail.items())
             lines.append(f"  @{cmd['offset']}: {cmd['name']}{' ' + text if text else ''}{where}")

@@ -89,13 +89,18 @@ def run(
                                                     help="Write a JUnit XML report.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override every scenario's seed.")
                     ] = None,
+    record: Annotated[bool, typer.Option(
+        "--record", help="Save both directions of each migration stream (stream.fwd.bin, "
+                         "stream.rp.bin) in the scenario's work directory, which is kept.")
+                      ] = False,
 ) -> None:
     """Run scenarios: exit 0 when all met their `expect`, 1 when any did not, 2 on bad input."""
     from .runner.run import run_files
     from .scenario import ScenarioError
 
     try:
-        results = run_files(scenarios, json_path=json_path, junit_path=junit_path, seed=seed)
+        results = run_files(scenarios, json_path=json_path, junit_path=junit_path, seed=seed,
+                            record=record)
     except ScenarioError as err:
         raise _fail(2, f"harness run: {err}")
     raise typer.Exit(0 if all(r.verdict == "pass" for r in results) else 1)

@@ -230,9 +230,9 @@ class _Writer:
 
     def write(self, pages: np.ndarray) -> None:
         mem = self.memory
-        if self.faults is not None and int(mem.control[Ctl.POSTCOPY]):
-            if not self.faults.ready(pages):
-                return
+        if self.faults is not None and int(mem.control[Ctl.POSTCOPY]) and \
+                not self.faults.ready(pages):
+            return
         mem.version[pages] += 1
         which = np.searchsorted(self.starts, pages, side="right") - 1
         for b in np.unique(which):

@@ -418,6 +418,9 @@ class StreamDecoder:
                     f"Unknown savevm section or instance '{idstr}' {instance_id}. Make sure "
                     f"that your current VM setup matches your saved VM setup, including any "
                     f"hotplugged devices", offset=start)
+            if handler is not None and version_id > handler.version_id and \
+                    self.skip_unknown_devices:
+                handler = None  # analysis: a different device of the same name; skip it
             if handler is not None and version_id > handler.version_id:
                 raise RemoteProtocolError(
                     f"savevm: unsupported version {version_id} for '{idstr}' "

@@ -45,7 +45,8 @@ class RunError(RuntimeError):
 
 class Coordinator:
     def __init__(self, scenario: Scenario, workdir: Path, seed: int | None = None,
-                 progress: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 progress: Callable[[str, dict[str, Any]], None] | None = None,
+                 record: bool = False) -> None:
         self.sc = scenario
         self.workdir = workdir
         self.seed = scenario.seed if seed is None else seed
@@ -62,6 +63,7 @@ class Coordinator:
         self._dirs: list[Path] = []
         self.src: PeerHandle | None = None
         self.dst: PeerHandle | None = None
+        self.record = record  # save both directions of the stream in the work directory
 
     # ------------------------------------------------------------------ run
     def run(self) -> ScenarioResult:
@@ -145,9 +147,11 @@ class Coordinator:
         caps = [{"capability": "events", "state": True}]
         caps += [c for c in self.sc.qmp_capabilities() if c["capability"] != "events"]
         params = self.sc.parameters.qmp_arguments()
-        if self.sc.expect.memory == "identical" and self.dst is not None and \
-                self.dst.kind == "harness":
-            self.dst.execute("x-incoming-snapshot", {"enable": True})
+        if self.dst is not None and self.dst.kind == "harness":
+            if self.sc.expect.memory == "identical":
+                self.dst.execute("x-incoming-snapshot", {"enable": True})
+            if self.record:
+                self.dst.execute("x-record", {"dir": str(self.workdir)})
         for peer in self._peers():
             try:
                 peer.execute("migrate-set-capabilities", {"capabilities": caps})

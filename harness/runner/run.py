@@ -26,7 +26,7 @@ from .result import ScenarioResult
 
 
 def run_scenario(scenario: Scenario, seed: int | None = None,
-                 console: Console | None = None) -> ScenarioResult:
+                 console: Console | None = None, record: bool = False) -> ScenarioResult:
     base = os.environ.get("HARNESS_WORKDIR")
     if base:
         Path(base).mkdir(parents=True, exist_ok=True)
@@ -46,8 +46,8 @@ def run_scenario(scenario: Scenario, seed: int | None = None,
                 status["pass"] = info["pass"]
             live.update(text())
 
-        result = Coordinator(scenario, workdir, seed, progress).run()
-    if result.verdict == "pass":
+        result = Coordinator(scenario, workdir, seed, progress, record).run()
+    if result.verdict == "pass" and not record:
         shutil.rmtree(workdir, ignore_errors=True)
         result.workdir = None
     return result
@@ -55,13 +55,14 @@ def run_scenario(scenario: Scenario, seed: int | None = None,
 
 def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = None,
               junit_path: str | Path | None = None, seed: int | None = None,
-              console: Console | None = None) -> list[ScenarioResult]:
+              console: Console | None = None, record: bool = False) -> list[ScenarioResult]:
     """Run every scenario of the given files; raises ScenarioError for a bad file."""
     scenarios = load_scenarios(paths)
     out = console or Console()
     results = []
     for scenario in scenarios:
-        result = run_scenario(scenario, seed, Console(stderr=True, quiet=not out.is_terminal))
+        result = run_scenario(scenario, seed, Console(stderr=True, quiet=not out.is_terminal),
+                              record)
         results.append(result)
         for line in summary_lines(result)[:1]:
             out.print(line, markup=False, highlight=False)
