@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.qemu import find_qemu
+from harness.qemu import find_qemu, userfaultfd_available
 from tests.conftest import REPO
 
 SCENARIOS = REPO / "scenarios"
-NEEDS_QEMU = {"precopy-qemu-destination", "precopy-qemu-source"}
+NEEDS_QEMU = {"precopy-qemu-destination", "precopy-qemu-source", "postcopy-qemu-destination",
+              "postcopy-qemu-source"}
+NEEDS_USERFAULTFD = {"postcopy-qemu-destination"}  # a QEMU postcopy destination uses it
 
 
 def run(*files: Path, tmp: Path, extra: tuple[str, ...] = ()) -> tuple[int, dict, str]:
@@ -32,13 +34,16 @@ def run(*files: Path, tmp: Path, extra: tuple[str, ...] = ()) -> tuple[int, dict
 
 
 def shipped() -> list[str]:
-    return sorted(p.stem for p in SCENARIOS.glob("precopy*.yaml"))
+    return sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", shipped())
 def test_shipped_scenario_passes(name, tmp_path):
     if name in NEEDS_QEMU and find_qemu() is None:
         pytest.skip("qemu-system-x86_64 not installed (CI installs Debian's qemu-system-x86)")
+    if name in NEEDS_USERFAULTFD and not userfaultfd_available():
+        pytest.skip("userfaultfd is not available to this process (a QEMU postcopy "
+                    "destination needs it: root, or vm.unprivileged_userfaultfd=1)")
     code, report, output = run(SCENARIOS / f"{name}.yaml", tmp=tmp_path)
     assert code == 0, output
     [sc] = report["scenarios"]
@@ -83,9 +88,54 @@ def _qemu_peer(role):
     return check
 
 
+def _switched(sc):
+    assert sc["source"]["statuses"] == ["setup", "active", "postcopy-active", "completed"]
+    assert sc["destination"]["statuses"] == ["setup", "active", "postcopy-active", "completed"]
+    assert "downtime" in sc["stats"]
+
+
+def _postcopy(sc):
+    _switched(sc)
+    names = [(t["name"], t["data"].get("pass"), t["data"].get("status")) for t in sc["timeline"]
+             if t["peer"] == "source" and t["name"] in ("MIGRATION", "MIGRATION_PASS")]
+    assert names.index(("MIGRATION_PASS", 2, None)) < names.index(("MIGRATION", None,
+                                                                   "postcopy-active"))
+    dst = sc["destination-stats"]["x-postcopy"]
+    assert dst["requests"] > 0 and dst["requests"] == sc["stats"]["ram"]["postcopy-requests"]
+    assert sc["destination-stats"]["postcopy-blocktime"] >= 0
+    assert sc["stats"]["x-return-path"]["shut"] == 0
+
+
+def _immediate(sc):
+    _switched(sc)
+    passes = [t["data"]["pass"] for t in sc["timeline"] if t["name"] == "MIGRATION_PASS"]
+    assert passes == [1, 2]  # setup's sync, then the last one at the switch: no precopy pass
+    assert sc["destination-stats"]["x-postcopy"]["requests"] > 20
+
+
+def _return_path_only(sc):
+    assert sc["stats"]["x-return-path"] == {"pongs": [1], "shut": 0}
+    assert "postcopy-active" not in sc["source"]["statuses"]
+
+
+def _qemu_postcopy(role):
+    def check(sc):
+        _qemu_peer(role)(sc)
+        _switched(sc)
+        if role == "source":  # QEMU served the harness guest's faults
+            requests = sc["stats"]["ram"]["postcopy-requests"]
+            assert requests > 0
+            assert requests == sc["destination-stats"]["x-postcopy"]["requests"]
+    return check
+
+
 FACTS = {"precopy": _precopy, "precopy-cancel": _cancel, "precopy-blocker": _blocker,
          "precopy-exec-file": _exec, "precopy-qemu-destination": _qemu_peer("destination"),
-         "precopy-qemu-source": _qemu_peer("source")}
+         "precopy-qemu-source": _qemu_peer("source"), "postcopy": _postcopy,
+         "postcopy-unix": _switched, "postcopy-immediate": _immediate,
+         "postcopy-return-path-only": _return_path_only,
+         "postcopy-qemu-destination": _qemu_postcopy("destination"),
+         "postcopy-qemu-source": _qemu_postcopy("source")}
 
 
 def test_fd_transport_migrates_over_an_inherited_socketpair(tmp_path):
@@ -174,3 +224,30 @@ expect: {source: completed, destination: completed, memory: identical,
     assert stop["t"] < resume["t"]
     # 64 MiB at 8 MiB/s would take about 8 s: the new bandwidth applied live
     assert sc["stats"]["total-time"] < 6000
+
+
+def test_analyze_reads_a_recording_of_our_own_postcopy_run(tmp_path):
+    code, report, output = run(SCENARIOS / "postcopy-immediate.yaml", tmp=tmp_path,
+                               extra=("--record",))
+    assert code == 0, output
+    [sc] = report["scenarios"]
+    work = Path(sc["workdir"])
+    fwd, rp = work / "stream.fwd.bin", work / "stream.rp.bin"
+    proc = subprocess.run([sys.executable, "-m", "harness", "analyze", "--json", str(fwd),
+                           "--return-path", str(rp)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    names = [c["name"] for c in doc["commands"]]
+    assert names[:3] == ["OPEN_RETURN_PATH", "PING", "POSTCOPY_ADVISE"]
+    at = names.index("PACKAGED")
+    assert "POSTCOPY_RAM_DISCARD" in names[3:at]
+    assert names[at + 1:at + 4] == ["POSTCOPY_LISTEN", "PING", "POSTCOPY_RUN"]
+    assert doc["vmdesc"] is None and doc["eof"]
+    kinds = [m["name"] for m in doc["return_path"]]
+    requests = sc["destination-stats"]["x-postcopy"]["requests"]
+    assert kinds[:4] == ["PONG"] * 4 and kinds[-1] == "SHUT"
+    assert kinds.count("REQ_PAGES_ID") + kinds.count("REQ_PAGES") == requests
+    assert kinds[4] == "REQ_PAGES_ID"
+    [block] = doc["ram"]["blocks"]
+    assert block["zero_pages"] + block["normal_pages"] >= (64 << 20) // 4096

@@ -1,0 +1,218 @@
+"""Postcopy's checks, in QEMU 7.2's words, with real guests and real sockets.
+
+Destination: crafted streams (written by the codec) against the postcopy state table.
+Source: page requests as `migrate_handle_rp_req_pages` / `ram_save_queue_pages` check them.
+A whole postcopy between the two runs in the e2e scenarios.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.protocol import (
+    OpenReturnPath,
+    Ping,
+    PostcopyAdvise,
+    PostcopyListen,
+    PostcopyRamDiscard,
+    PostcopyRun,
+    RamBlockInfo,
+    ReqPages,
+    ReqPagesId,
+    SectionType,
+    StreamEncoder,
+)
+from harness.protocol import xbzrle
+from harness.protocol.devices import GLOBALSTATE, TIMER, globalstate_values, timer_values
+from source.postcopy import PostcopySource, RequestError
+from source.ram_save import RamSave
+from tests.pair.test_precopy_pair import (  # noqa: F401 - fixtures
+    MiB,
+    _config,
+    _incoming,
+    _send_raw,
+    _spec,
+    _wait,
+    guests,
+    sockdir,
+)
+
+PAGE = 4096
+SIZE = 1 * MiB
+
+
+def _postcopy_stream(*, discard=True, extra_before_listen=b"", pages_after=(), advise=None,
+                     listen_first=False) -> bytes:
+    enc = StreamEncoder()
+    out = bytearray(enc.header() + enc.configuration("none"))
+    out += enc.command(OpenReturnPath()) + enc.command(Ping(1))
+    out += enc.command(advise or PostcopyAdvise(PAGE, PAGE))
+    out += enc.ram_start(2, [RamBlockInfo("ram", SIZE)])
+    records = bytearray()
+    enc.ram.save_page(records, "ram", 0, bytes([7]) * PAGE)
+    out += enc.ram_section(SectionType.SECTION_PART, 2, records)
+    if listen_first:
+        out += enc.command(PostcopyListen())
+    if discard:
+        out += enc.command(PostcopyRamDiscard("ram", ((PAGE, PAGE),)))
+    out += extra_before_listen
+    out += enc.command(Ping(2))
+    blob = (enc.command(PostcopyListen())
+            + enc.device(0, "timer", 0, TIMER, timer_values(), describe=False)
+            + enc.device(4, "globalstate", 0, GLOBALSTATE, globalstate_values("running"),
+                         describe=False)
+            + enc.command(Ping(3)) + enc.command(PostcopyRun()))
+    out += enc.packaged(blob) + enc.command(Ping(4))
+    enc.ram.reset()
+    records = bytearray()
+    for addr, fill in pages_after:
+        enc.ram.save_page(records, "ram", addr, bytes([fill]) * PAGE)
+    out += enc.ram_section(SectionType.SECTION_PART, 2, records)
+    rest = bytearray()
+    for page in range(1, SIZE // PAGE):
+        if page * PAGE not in {a for a, _ in pages_after}:
+            enc.ram.save_zero_page(rest, "ram", page * PAGE)
+    out += enc.ram_section(SectionType.SECTION_END, 2, rest) + enc.eof()
+    return bytes(out)
+
+
+def _load(guests, sockdir, data: bytes, postcopy_ram: bool = True, vanish: bool = False):
+    dst = guests(_spec(size=SIZE, devices=("timer", "globalstate")), source=False)
+    incoming = _incoming(dst, _config(postcopy_ram=postcopy_ram, return_path=True))
+    path = sockdir / "pc.sock"
+    incoming.migrate_incoming(f"unix:{path}")
+    sock = _send_raw(path, data, close=False)
+    if vanish:
+        sock.close()
+    try:
+        _wait(incoming, {"completed", "failed"})
+    finally:
+        sock.close()
+    return incoming, dst
+
+
+def test_a_well_formed_postcopy_stream_completes_and_places_each_page_once(guests, sockdir):
+    data = _postcopy_stream(pages_after=[(PAGE, 0x11), (PAGE, 0x22), (2 * PAGE, 0x33)])
+    incoming, dst = _load(guests, sockdir, data)
+    assert str(incoming.state.status) == "completed", incoming.error_desc
+    assert [t.new for t in incoming.state.history] == ["setup", "active", "postcopy-active",
+                                                       "completed"]
+    ram = dst.ram["ram"]
+    assert (ram[PAGE:2 * PAGE] == 0x11).all()  # the second copy of the page was dropped
+    assert incoming.postcopy.stats()["dropped-duplicates"] == 1
+    assert (ram[:PAGE] == 7).all() and (ram[2 * PAGE:3 * PAGE] == 0x33).all()
+    assert dst.runstate == "running"
+
+
+@pytest.mark.parametrize("stream,message", [
+    (dict(discard=False), "CMD_POSTCOPY_RUN in wrong postcopy state (2)"),  # QEMU 7.2's quirk
+    (dict(extra_before_listen=StreamEncoder.command(PostcopyListen())
+          + StreamEncoder.command(PostcopyRamDiscard("ram", ((0, PAGE),)))),
+     "CMD_POSTCOPY_RAM_DISCARD in wrong postcopy state (3)"),
+    (dict(extra_before_listen=StreamEncoder.command(PostcopyAdvise(PAGE, PAGE))),
+     "CMD_POSTCOPY_ADVISE in wrong postcopy state (2)"),
+    (dict(extra_before_listen=StreamEncoder.command(PostcopyRun())),
+     "CMD_POSTCOPY_RUN in wrong postcopy state (2)"),
+    (dict(advise=PostcopyAdvise(8192, PAGE)),
+     "Postcopy needs matching RAM page sizes (s=2000 d=1000)"),
+    (dict(advise=PostcopyAdvise(PAGE, 1024)),
+     "Postcopy needs matching target page sizes (s=1024 d=4096)"),
+])
+def test_postcopy_state_table_in_qemus_words(guests, sockdir, stream, message):
+    incoming, dst = _load(guests, sockdir, _postcopy_stream(**stream))
+    assert str(incoming.state.status) == "failed"
+    assert incoming.error_desc.split(": ", 1)[1] == message
+    assert dst.runstate != "running"
+
+
+def test_advise_without_postcopy_ram_on_the_destination(guests, sockdir):
+    incoming, _ = _load(guests, sockdir, _postcopy_stream(), postcopy_ram=False)
+    assert incoming.error_desc.endswith("RAM postcopy is disabled but have 16 byte advise")
+
+
+def test_xbzrle_is_refused_once_listening(guests, sockdir):
+    enc = StreamEncoder()
+    records = bytearray()
+    enc.ram.save_xbzrle_page(records, "ram", 5 * PAGE,
+                             xbzrle.encode(bytes(PAGE), b"\x01" + bytes(PAGE - 1)))
+    data = _postcopy_stream()
+    # put an XBZRLE record into the first postcopy PART
+    part = data.index(b"\x02\x00\x00\x00\x02", data.index(b"\x08\x00\x05\x00\x00"))
+    evil = data[:part + 5] + records + data[part + 5:]
+    incoming, _ = _load(guests, sockdir, evil)
+    assert incoming.error_desc.split(": ", 1)[1].startswith(
+        "Unknown combination of migration flags: 0x40 (postcopy mode)")
+
+
+def test_a_source_vanishing_in_postcopy_stops_the_half_migrated_guest(guests, sockdir):
+    import time
+
+    data = _postcopy_stream()
+    cut = data.index(b"\x08\x00\x02\x00\x04\x00\x00\x00\x04") + 9  # just after PING 4
+    dst = guests(_spec(size=SIZE, devices=("timer", "globalstate")), source=False)
+    incoming = _incoming(dst, _config(postcopy_ram=True, return_path=True))
+    path = sockdir / "gone.sock"
+    incoming.migrate_incoming(f"unix:{path}")
+    sock = _send_raw(path, data[:cut], close=False)
+    deadline = time.monotonic() + 10
+    while dst.runstate != "running":  # RUN arrived: the guest runs on the destination
+        assert time.monotonic() < deadline, dst.runstate
+        time.sleep(0.01)
+    sock.close()  # ... and then the source is gone
+    assert _wait(incoming, {"completed", "failed"}) == "failed"
+    # an EOF mid-stream, or a reset (the PONGs we never read): the source is gone either way
+    assert any(why in incoming.error_desc for why in
+               ("unexpected end of migration stream", "Connection reset by peer"))
+    assert dst.runstate == "internal-error"  # QEMU 7.2 would exit: the guest is gone
+
+
+def _source(guests) -> PostcopySource:
+    import threading
+
+    src = guests(_spec(size=SIZE), source=True)
+    ram = RamSave(src.ram, src.harvest_dirty)
+    return PostcopySource(ram, threading.Event())
+
+
+@pytest.mark.parametrize("messages,error", [
+    ([ReqPages(0, PAGE)], "ram_save_queue_pages: no previous block"),
+    ([ReqPagesId(100, PAGE, "ram")],
+     "migrate_handle_rp_req_pages: Misaligned page request, start: 64 len: 4096"),
+    ([ReqPagesId(0, PAGE, "rom")], "ram_save_queue_pages: Unknown ramblock 'rom'"),
+    ([ReqPagesId(SIZE, PAGE, "ram")],
+     "ram_save_queue_pages request overrun start=100000 len=1000 blocklen=100000"),
+])
+def test_source_refuses_bad_requests_in_qemus_words(guests, messages, error):
+    pc = _source(guests)
+    with pytest.raises(RequestError, match=f"^{error}$"):
+        for message in messages:
+            pc.on_request(message)
+
+
+def test_source_serves_requests_first_and_continues_after_them(guests):
+    pc = _source(guests)
+    pc.on_request(ReqPagesId(10 * PAGE, PAGE, "ram"))
+    pc.on_request(ReqPages(3 * PAGE, PAGE))
+    sent: list[int] = []
+    pc.serve(lambda block, pages: sent.extend(pages.tolist()) or 1)
+    assert sent == [10, 3] and pc.requests == 2
+    assert pc.ram.next_batch(1)[1].tolist() == [4]  # the push continues after page 3
+    pc.on_request(ReqPages(10 * PAGE, PAGE))  # already sent: nothing to send again
+    pc.serve(lambda block, pages: sent.extend(pages.tolist()) or 1)
+    assert sent == [10, 3] and pc.already_sent == 1
+
+
+def test_discards_cover_every_page_still_to_send_one_command_per_block_at_least(guests):
+    pc = _source(guests)
+    bitmap = pc.ram.blocks[0].bitmap
+    bitmap[:] = False
+    bitmap[[3, 4, 5, 9]] = True
+    [cmd] = pc.discards()
+    assert cmd.block == "ram" and cmd.ranges == ((3 * PAGE, 3 * PAGE), (9 * PAGE, PAGE))
+    bitmap[:] = False
+    [cmd] = pc.discards()
+    assert cmd.ranges == ((0, 0),)  # QEMU 7.2 needs a discard even when nothing is dirty
+    bitmap[::2] = True
+    assert [len(c.ranges) for c in pc.discards()] == [12] * 10 + [8]
+    assert np.count_nonzero(bitmap) == 128
