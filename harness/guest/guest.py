@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Self
@@ -154,38 +155,63 @@ class Guest:
         self._set_runstate(runstate)
 
     # ------------------------------------------------------------------ postcopy
-    def enable_postcopy(self) -> tuple[int, int]:
+    def enable_postcopy(self, request_fd: int | None = None) -> tuple[int | None, int]:
         """From now on pages may be missing: the guest (its workload) faults on them.
 
-        Returns the owner's ends: (fault pipe read end: 8-byte global page indices the
-        guest waits for, wake pipe write end: a byte wakes a waiting guest).  Must come
-        before the guest starts.  Every page starts missing (QEMU's ADVISE discards all
-        RAM); the loader marks pages present as it places them.
+        The guest writes its page requests as return-path messages to `request_fd` (the
+        return path's socket: no hop in between) or, without one, to a pipe whose read
+        end is returned for the owner to relay.  Returns (that read end or None, the wake
+        pipe's write end: a byte wakes a waiting guest).  Must come before the guest
+        starts.  Every page starts missing (QEMU's ADVISE discards all RAM); the loader
+        marks pages present as it places them.
         """
         self._check_open()
         if self.workload is not None:
             raise RuntimeError("postcopy must be enabled before the guest runs")
         if self._postcopy is None:
-            request_r, request_w = os.pipe()
+            if request_fd is None:
+                relay_r, request_w = os.pipe()
+            else:
+                relay_r, request_w = -1, os.dup(request_fd)
             wake_r, wake_w = os.pipe()
-            self._postcopy = ((request_r, wake_w), (request_w, wake_r))
+            self._postcopy = ((relay_r, wake_w), (request_w, wake_r))
         ctl = self.memory.control
         ctl[Ctl.WAIT_PAGE] = -1
         ctl[Ctl.POSTCOPY] = 1
         self.memory.present[:] = 0
         self.memory.touched[:] = 0
-        return self._postcopy[0]
+        relay_r, wake_w = self._postcopy[0]
+        return (None if relay_r < 0 else relay_r), wake_w
 
     def finish_postcopy(self) -> None:
         """Every page is here: the guest stops checking (the userfaultfd goes away)."""
         if not self.memory.closed:
             self.memory.control[Ctl.POSTCOPY] = 0
 
-    def postcopy_stats(self) -> dict[str, int]:
+    def postcopy_stats(self) -> dict[str, Any]:
         ctl = self.memory.control
+        count = int(ctl[Ctl.LAT_COUNT])
+        ring = self.memory.latency
+        latencies = ring[:min(count, ring.size)].copy()
         return {"blocked-ns": int(ctl[Ctl.BLOCKED_NS]),
                 "blocked-count": int(ctl[Ctl.BLOCKED_COUNT]),
-                "waiting-page": int(ctl[Ctl.WAIT_PAGE])}
+                "waiting-page": int(ctl[Ctl.WAIT_PAGE]),
+                "requests": int(ctl[Ctl.REQUESTS]),
+                "latencies-ns": latencies}
+
+    def postcopy_stats_waiting(self) -> int:
+        """The global page the guest is blocked on, -1 when none."""
+        return int(self.memory.control[Ctl.WAIT_PAGE])
+
+    def page_placed(self, page: int) -> bool:
+        """The loader placed global page `page`: if the guest waits for it, note when and
+        wake it (the wake pipe).  True when it was waited for."""
+        ctl = self.memory.control
+        if int(ctl[Ctl.WAIT_PAGE]) != page or self._postcopy is None:
+            return False
+        ctl[Ctl.PLACED_NS] = time.monotonic_ns()
+        os.write(self._postcopy[0][1], b"!")
+        return True
 
     def arrival_digests(self) -> dict[str, np.ndarray]:
         """Per page, what the guest found there: the digest at its first access after the
@@ -299,7 +325,8 @@ class Guest:
         finally:
             if self._postcopy is not None:
                 for fd in (*self._postcopy[0], *self._postcopy[1]):
-                    os.close(fd)
+                    if fd >= 0:
+                        os.close(fd)
                 self._postcopy = None
             self.memory.close()
             if self.memory.owner:

@@ -37,7 +37,8 @@ import numpy as np
 PAGE_SIZE = 4096
 CONTROL_WORDS = 64
 SEGMENT_PREFIX = "mh-guest-"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
+LATENCY_RING = 1 << 16  # postcopy request latencies kept (the most recent ones)
 MADV_POPULATE_WRITE = 23  # Linux >= 5.14; not in Python 3.11's mmap constants
 
 
@@ -82,11 +83,13 @@ def compute_layout(blocks: list[BlockSpec]) -> dict[str, Any]:
     touched = present + npages
     version = _align(touched + npages, 8)
     touch_digest = _align(version + 4 * npages, 8)
-    control = _align(touch_digest + 8 * npages, 8)
+    latency = _align(touch_digest + 8 * npages, 8)
+    control = _align(latency + 8 * LATENCY_RING, 8)
     size = _align(control + 8 * CONTROL_WORDS, PAGE_SIZE)
     return {"layout_version": LAYOUT_VERSION, "blocks": entries, "npages": npages,
             "dirty": dirty, "harvest": harvest, "present": present, "touched": touched,
-            "version": version, "touch_digest": touch_digest, "control": control,
+            "version": version, "touch_digest": touch_digest, "latency": latency,
+            "control": control,
             "control_words": CONTROL_WORDS, "size": size}
 
 
@@ -126,6 +129,8 @@ class GuestMemory:
         self.present = np.frombuffer(buf, np.uint8, npages, layout["present"])
         self.touched = np.frombuffer(buf, np.uint8, npages, layout["touched"])
         self.touch_digest = np.frombuffer(buf, np.uint64, npages, layout["touch_digest"])
+        #: request sent -> page placed, ns, of the guest's page requests (a ring)
+        self.latency = np.frombuffer(buf, np.int64, LATENCY_RING, layout["latency"])
         self.control = np.frombuffer(buf, np.int64, layout["control_words"], layout["control"])
 
     # ----------------------------------------------------------------- lifecycle
@@ -182,7 +187,7 @@ class GuestMemory:
             return
         self.ram = {}
         for attr in ("dirty", "harvest", "present", "touched", "version", "touch_digest",
-                     "control"):
+                     "latency", "control"):
             setattr(self, attr, None)
         buf, self._mmap = self._mmap, None
         os.close(self._fd)

@@ -29,10 +29,14 @@ word has exactly one writer:
   by itself when its parent process disappears (os.getppid() changes).
 
 Postcopy (the destination's userfaultfd): while POSTCOPY is 1 the workload accesses a
-page only when `present[p]` is 1.  On a miss it stores WAIT_PAGE, writes the page's
-global index (8 bytes) to its fault pipe, and waits on its wake pipe until the page is
-present (re-checking every few ms, and giving up the batch if asked to pause or exit);
-the blocked time is BLOCKED_NS.  The first access to each page after the switch records
+page only when `present[p]` is 1.  On a miss it stores WAIT_PAGE and writes the page
+request itself, as the return-path message QEMU's fault thread would send (REQ_PAGES_ID
+when the block changes, REQ_PAGES otherwise), to its request fd -- the return path's
+socket, or a pipe the destination relays -- then waits on its wake pipe until the page
+is present (re-checking every few ms, and giving up the batch if asked to pause or
+exit).  The loader stores PLACED_NS when it places the page named by WAIT_PAGE; the
+request latency (sent -> placed) goes to the memory's latency ring, the blocked time to
+BLOCKED_NS.  The first access to each page after the switch records
 the page's digest in `touch_digest` (what the guest read before it wrote), then the
 write goes ahead as usual.  The loader that places pages writes content, then sets
 `present`, then wakes the workload if WAIT_PAGE names a page now present.
@@ -92,6 +96,9 @@ class Ctl(IntEnum):
     WAIT_PAGE = 33  # workload: the global page it is blocked on, -1 when none
     BLOCKED_NS = 34  # workload: time spent blocked on missing pages (postcopy blocktime)
     BLOCKED_COUNT = 35  # workload: faults it waited for
+    REQUESTS = 36  # workload: page requests it sent
+    PLACED_NS = 37  # loader: monotonic ns when the page named by WAIT_PAGE was placed
+    LAT_COUNT = 38  # workload: latencies written to the memory's latency ring
 
 
 class Req(IntEnum):
@@ -174,6 +181,7 @@ class _Faults:
         self.request_w, self.wake_r = fds
         os.set_blocking(self.wake_r, False)
         self.starts = memory.block_starts()
+        self.last_block: int | None = None
 
     def ready(self, pages: np.ndarray) -> bool:
         """Make every page accessible; False if asked to stop meanwhile (skip the batch)."""
@@ -188,9 +196,10 @@ class _Faults:
 
     def _wait(self, page: int) -> bool:
         mem, ctl = self.mem, self.ctl
-        start = time.monotonic_ns()
+        ctl[Ctl.PLACED_NS] = 0
         ctl[Ctl.WAIT_PAGE] = page
-        os.write(self.request_w, int(page).to_bytes(8, "little"))
+        start = time.monotonic_ns()
+        self._request(page)
         try:
             while not mem.present[page]:
                 if int(ctl[Ctl.REQ_STATE]) != Req.RUN or not int(ctl[Ctl.POSTCOPY]):
@@ -202,9 +211,34 @@ class _Faults:
                     pass
         finally:
             ctl[Ctl.WAIT_PAGE] = -1
-        ctl[Ctl.BLOCKED_NS] += time.monotonic_ns() - start
+        woke = time.monotonic_ns()
+        ctl[Ctl.BLOCKED_NS] += woke - start
         ctl[Ctl.BLOCKED_COUNT] += 1
+        placed = int(ctl[Ctl.PLACED_NS]) or woke
+        n = int(ctl[Ctl.LAT_COUNT])
+        mem.latency[n % mem.latency.size] = placed - start
+        ctl[Ctl.LAT_COUNT] = n + 1
         return True
+
+    def _request(self, page: int) -> None:
+        """migrate_send_rp_req_pages: the page's whole (host) page, by block name when the
+        block changed since the previous request."""
+        from harness.protocol.return_path import ReqPages, ReqPagesId, encode_rp
+
+        index = int(np.searchsorted(self.starts, page, side="right") - 1)
+        start = (page - int(self.starts[index])) * PAGE_SIZE
+        if index != self.last_block:
+            message = encode_rp(ReqPagesId(start, PAGE_SIZE, self.mem.blocks[index].name))
+            self.last_block = index
+        else:
+            message = encode_rp(ReqPages(start, PAGE_SIZE))
+        view = memoryview(message)
+        while view:  # one write for a message this small, but be exact
+            try:
+                view = view[os.write(self.request_w, view):]
+            except BlockingIOError:  # the socket is shared with a non-blocking owner
+                select.select([], [self.request_w], [], FAULT_RECHECK)
+        self.ctl[Ctl.REQUESTS] += 1
 
     def _touch(self, pages: np.ndarray) -> None:
         """What each page held when first accessed (before this write changes it)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import zlib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,8 @@ class RamLoader:
         #: places each page once) and is counted in `duplicates` instead.
         self.present: dict[str, np.ndarray] | None = None
         self.duplicates = 0
+        #: postcopy: called with (block, page indices) right after pages are placed
+        self.on_place: Callable[[str, np.ndarray], None] | None = None
         self.last_block: _Block | None = None  # mis->last_recv_block, kept across sections
         self.need = 0  # absolute offset the buffer must reach for the next record
         self.max_block_size = 1 << 40  # blocks created from a stream (analysis)
@@ -265,7 +268,8 @@ class RamLoader:
     def _load_placing(self, r: Reader, section_id: int
                       ) -> tuple[list[RamMemSize | RamPages], bool]:
         """migration/ram.c: ram_load_postcopy: each page placed once, then marked present
-        (after its content: whoever sees the mark sees the page)."""
+        (after its content: whoever sees the mark sees the page).  Runs of consecutive
+        pages are placed with numpy, so the stream ahead of a requested page drains fast."""
         events: list[RamMemSize | RamPages] = []
         pos = r.pos
         batch = _Batch(section_id, r.base, pos)
@@ -274,6 +278,8 @@ class RamLoader:
             batch.block = block
         oapp, kapp = batch.appenders()
         eos = False
+        prev, run = -1, 0
+        assert self.present is not None
         with memoryview(r.buf) as bmv:
             try:
                 while True:
@@ -281,6 +287,18 @@ class RamLoader:
                         raise _short(r, pos, 8)
                     (word,) = unpack_be64(r.buf, pos)
                     flags = word & _FLAG_MASK
+                    if flags == prev:
+                        run += 1
+                        if run >= 2 and block is not None and block.pages is not None and \
+                                flags in (_PAGE_CONT, _ZERO_CONT):
+                            n = self._place_run(r.buf, pos, r.end, flags, block, batch)
+                            if n:
+                                pos += n * (PAGE + 8 if flags == _PAGE_CONT else 9)
+                                oapp, kapp = batch.appenders()
+                                run = 0
+                                continue
+                    else:
+                        prev, run = flags, 0
                     addr = word ^ flags
                     r.pos = pos + 8
                     kind = flags & ~RamFlag.CONTINUE
@@ -297,7 +315,6 @@ class RamLoader:
                         block = self.last_block = found
                         batch.switch(found, events, pos)
                         oapp, kapp = batch.appenders()
-                    assert self.present is not None
                     present = self.present[block.idstr]
                     page = addr // PAGE
                     if present[page]:
@@ -306,6 +323,8 @@ class RamLoader:
                     else:
                         self._load_page(r, bmv, kind, flags, addr, block)
                         present[page] = 1
+                        if self.on_place is not None:
+                            self.on_place(block.idstr, np.array([page]))
                         oapp(addr)
                         kapp(kind)
                     pos = r.pos
@@ -319,6 +338,45 @@ class RamLoader:
         batch.flush(events, pos)
         r.pos = pos
         return events, eos
+
+    def _place_run(self, buf: bytes | bytearray, pos: int, end: int, flags: int,
+                   block: _Block, batch: _Batch) -> int:
+        """Place a run of same-kind CONTINUE records of consecutive pages, skipping those
+        already present; returns the records consumed."""
+        page = flags == _PAGE_CONT
+        stride = PAGE + 8 if page else 9
+        k = min(_RUN_MAX, (end - pos) // stride)
+        if k < 2:
+            return 0
+        words = np.ndarray((k,), dtype=">u8", buffer=buf, offset=pos,
+                           strides=(stride,)).astype(np.uint64)
+        first = int(words[0])
+        ok = words == np.arange(first, first + k * PAGE, PAGE, dtype=np.uint64)
+        if not page:
+            ok &= np.ndarray((k,), dtype=np.uint8, buffer=buf, offset=pos + 8,
+                             strides=(9,)) == 0
+        n = k if ok.all() else int(np.argmin(ok))
+        index = (first - flags) // PAGE
+        if n < 2 or (index + n) * PAGE > block.used_length:
+            return 0
+        assert self.present is not None and block.pages is not None
+        present = self.present[block.idstr]
+        missing = np.flatnonzero(present[index:index + n] == 0)
+        targets = missing + index
+        if page:
+            src = np.ndarray((n, PAGE), dtype=np.uint8, buffer=buf, offset=pos + 8,
+                             strides=(stride, 1))
+            block.pages[targets] = src[missing]
+        else:
+            block.pages[targets] = 0
+        present[targets] = 1  # after the content
+        self.duplicates += n - missing.size
+        if missing.size:
+            if self.on_place is not None:
+                self.on_place(block.idstr, targets)
+            batch.add_many(targets.astype(np.uint64) * np.uint64(PAGE),
+                           RamFlag.PAGE if page else RamFlag.ZERO)
+        return n
 
     def _run(self, buf: bytes | bytearray, pos: int, end: int, flags: int, block: _Block,
              batch: _Batch) -> int:
