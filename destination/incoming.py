@@ -102,7 +102,8 @@ class IncomingMigration:
         self.postcopy: PostcopyIncoming | None = None
         self._rp_lock = threading.Lock()  # the load loop and the fault thread both reply
         self.record_dir: Path | None = None  # save both directions for `harness analyze`
-        self._record: tuple[BinaryIO, BinaryIO] | None = None
+        self.record_return_path = True  # False: the source records what it receives
+        self._record: tuple[BinaryIO, BinaryIO | None] | None = None
         self.started_at = 0.0
         self.finished_at = 0.0
 
@@ -142,8 +143,7 @@ class IncomingMigration:
             if self.postcopy is not None and self.postcopy.state >= PostcopyState.LISTENING:
                 blocked = self.guest.postcopy_stats()
                 info["postcopy-blocktime"] = blocked["blocked-ns"] // 1_000_000
-                info["x-postcopy"] = {**self.postcopy.stats(),
-                                      "blocked-count": blocked["blocked-count"]}
+                info["x-postcopy"] = self.postcopy.stats()
         if self.error_desc:
             info["error-desc"] = self.error_desc
         return info
@@ -174,7 +174,8 @@ class IncomingMigration:
             with self._rp_lock:
                 files, self._record = self._record, None
             for f in files or ():
-                f.close()
+                if f is not None:
+                    f.close()
             if self._channel is not None:
                 self._channel.close()
             if self._listener is not None:
@@ -189,14 +190,20 @@ class IncomingMigration:
         self.started_at = time.monotonic()
         self.state.set(S.SETUP, S.ACTIVE)
         decoder = self._decoder()
+        sock = getattr(channel, "sock", None)
+        # the workload writes its page requests straight to the socket, unless this side
+        # records the return path: then they pass through `_send_rp` to be saved
+        direct = not (self.record_dir and self.record_return_path)
         self.postcopy = PostcopyIncoming(self.guest, self.config.cap("postcopy-ram"),
-                                         self._send_rp, decoder.loader)
+                                         self._send_rp, decoder.loader,
+                                         sock.fileno() if sock is not None and direct else None)
         if hasattr(channel, "set_timeout"):
             channel.set_timeout(self.idle_timeout)
         readinto = channel.recv_into
         if self.record_dir is not None:
+            rp = self.record_dir / "stream.rp.bin"
             self._record = ((self.record_dir / "stream.fwd.bin").open("wb"),
-                            (self.record_dir / "stream.rp.bin").open("wb"))
+                            rp.open("wb") if self.record_return_path else None)
             forward = self._record[0]
 
             def readinto(view: memoryview) -> int:
@@ -229,8 +236,8 @@ class IncomingMigration:
                         break
                     eof_at = time.monotonic()
                 done = self._apply(event) or done
-            if self.postcopy.fault_error:
-                raise RuntimeError(self.postcopy.fault_error)
+            if self.postcopy.relay_error:
+                raise RuntimeError(self.postcopy.relay_error)
             if n == 0:
                 break
         self._complete()
@@ -249,8 +256,6 @@ class IncomingMigration:
             kinds = event.kinds
             self.pages["normal"] += int((kinds == 0x08).sum())
             self.pages["duplicate"] += int((kinds == 0x02).sum())
-            if self.postcopy is not None and self.postcopy.listening:
-                self.postcopy.placed(event)
         elif isinstance(event, DeviceState):
             assert event.state is not None
             if event.idstr == "globalstate":
@@ -293,6 +298,11 @@ class IncomingMigration:
             pc.discard(command)
         elif isinstance(command, PostcopyListen):
             pc.listen(command)
+            sock = getattr(self._channel, "sock", None)
+            if sock is not None:  # postcopy: a requested page should not queue behind much
+                import socket
+
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
             if pc.state is PostcopyState.LISTENING:
                 self.state.set(S.ACTIVE, S.POSTCOPY_ACTIVE)
         else:
@@ -303,7 +313,7 @@ class IncomingMigration:
         if self._channel is not None and self._rp_open:
             with self._rp_lock:
                 self._channel.sendall(data)
-                if self._record is not None:
+                if self._record is not None and self._record[1] is not None:
                     self._record[1].write(data)
 
     def _complete(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.control import CommandError
-from harness.migration.peer import Peer, PeerOptions
+from harness.migration.peer import Peer, PeerOptions, record_dir
 from harness.transport import listen, parse_uri
 
 from .incoming import IncomingError, IncomingMigration
@@ -46,13 +46,10 @@ def run(options: PeerOptions) -> int:
         return {}
 
     def record(args: dict[str, Any]) -> dict[str, Any]:
-        """Save the incoming stream and the return path (stream.fwd.bin, stream.rp.bin)."""
-        from pathlib import Path
-
-        directory = Path(str(args.get("dir", ".")))
-        if not directory.is_dir():
-            raise CommandError("GenericError", f"x-record: {directory} is not a directory")
-        incoming.record_dir = directory
+        """Save the incoming stream (stream.fwd.bin) and, unless `return-path` is false
+        (the source records it), the return path (stream.rp.bin)."""
+        incoming.record_dir = record_dir(args)
+        incoming.record_return_path = bool(args.get("return-path", True))
         return {}
 
     def snapshot(args: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,12 @@ QEMU's, including 7.2's quirk that LISTEN without any DISCARD leaves the state a
 so the RUN that follows fails (a 7.2 destination behaves so; a source must send a
 discard per block).  ADVISE makes every page of the guest missing (QEMU discards all
 RAM); pages loaded afterwards are present; DISCARD ranges make pages missing again.
-From LISTEN the loader places each page once and marks it present; the guest, started at
-RUN, faults on missing pages: a fault thread turns each fault into REQ_PAGES_ID (when the
-block changes) or REQ_PAGES on the return path, and placing the page wakes the guest.
-The time from request to placement of each requested page is recorded.
+From LISTEN the loader places each page once and marks it present.  The guest, started
+at RUN, faults on missing pages like a vCPU under userfaultfd: it writes the request
+(REQ_PAGES_ID when the block changes, REQ_PAGES otherwise) straight onto the return
+path's socket -- no thread hop, as a page request is latency-bound -- and placing the page
+it waits for wakes it at once, from inside the loader's loop.  Without a socket (an exec:
+channel) a relay thread carries the guest's requests to the return path.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import logging
 import os
 import select
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,11 +32,7 @@ from harness.protocol import (
     PostcopyListen,
     PostcopyRamDiscard,
     PostcopyRun,
-    RamPages,
     RemoteProtocolError,
-    ReqPages,
-    ReqPagesId,
-    encode_rp,
 )
 from harness.protocol.ram import PAGE
 
@@ -60,24 +57,20 @@ class PostcopyIncoming:
     """Postcopy on the destination of one incoming migration."""
 
     def __init__(self, guest: Any, postcopy_ram: bool, send_rp: Callable[[bytes], None],
-                 loader: Any) -> None:
+                 loader: Any, request_fd: int | None = None) -> None:
         self.guest = guest
         self.postcopy_ram = postcopy_ram
         self._send_rp = send_rp
         self._loader = loader
+        self._request_fd = request_fd
         self.state = P.NONE
-        self._fds: tuple[int, int] | None = None
-        self._fault_thread: threading.Thread | None = None
+        self._relay: threading.Thread | None = None
+        self._relay_fd: int | None = None
         self._stop = threading.Event()
-        self._pending: dict[int, float] = {}  # global page -> time its request was sent
-        self._lock = threading.Lock()
-        self._last_block: str | None = None
-        self.requests = 0
-        self.latencies: list[float] = []  # seconds, request sent -> page placed
-        self.fault_error: str | None = None
+        self.relay_error: str | None = None
         memory = guest.memory
-        self._starts = memory.block_starts()
-        self._names = [b.name for b in memory.blocks]
+        self._starts = {spec.name: int(start)
+                        for spec, start in zip(memory.blocks, memory.block_starts())}
 
     # ------------------------------------------------------------------ commands
     def advise(self, cmd: PostcopyAdvise) -> None:
@@ -100,7 +93,8 @@ class PostcopyIncoming:
         if cmd.target_page_size != PAGE:
             raise RemoteProtocolError(f"Postcopy needs matching target page sizes "
                                       f"(s={cmd.target_page_size} d={PAGE})", offset=cmd.offset)
-        self._fds = self.guest.enable_postcopy()  # every page missing (ADVISE discards all)
+        # every page missing from here (ADVISE discards all RAM)
+        self._relay_fd, _ = self.guest.enable_postcopy(self._request_fd)
         memory = self.guest.memory
         self._loader.present = {spec.name: memory.present[memory.page_slice(i)]
                                 for i, spec in enumerate(memory.blocks)}
@@ -136,9 +130,11 @@ class PostcopyIncoming:
         # preparation, which sets DISCARD again: the RUN that follows is refused.
         self.state = P.DISCARD if self.state is P.ADVISE else P.LISTENING
         self._loader.postcopy_mode = True
-        self._fault_thread = threading.Thread(target=self._faults, name="postcopy-faults",
-                                              daemon=True)
-        self._fault_thread.start()
+        self._loader.on_place = self._placed
+        if self._relay_fd is not None and self._relay is None:
+            self._relay = threading.Thread(target=self._relay_requests,
+                                           name="postcopy-requests", daemon=True)
+            self._relay.start()
 
     def run(self, cmd: PostcopyRun, start_guest: Callable[[], None]) -> None:
         """loadvm_postcopy_handle_run: the guest runs here from now on."""
@@ -150,23 +146,19 @@ class PostcopyIncoming:
 
     @property
     def listening(self) -> bool:
-        return self.state >= P.LISTENING and self._fault_thread is not None
+        return self._loader.postcopy_mode and self.state >= P.DISCARD
 
     # ------------------------------------------------------------------ pages
-    def placed(self, event: RamPages) -> None:
-        """After pages were placed: record request latencies, wake a waiting guest."""
-        now = time.monotonic()
-        if self._pending:
-            with self._lock:
-                for page in list(self._pending):
-                    if self.guest.memory.present[page]:
-                        self.latencies.append(now - self._pending.pop(page))
-        waiting = self.guest.postcopy_stats()["waiting-page"]
-        if waiting >= 0 and self.guest.memory.present[waiting] and self._fds is not None:
-            os.write(self._fds[1], b"!")
+    def _placed(self, block: str, pages: np.ndarray) -> None:
+        """Pages were placed: if the guest waits for one of them, wake it now."""
+        waiting = self.guest.postcopy_stats_waiting()
+        local = waiting - self._starts[block]
+        if waiting >= 0 and bool((pages == local).any()):
+            self.guest.page_placed(waiting)
 
     def missing_pages(self) -> int:
-        return int(self.guest.memory.present.size - np.count_nonzero(self.guest.memory.present))
+        present = self.guest.memory.present
+        return int(present.size - np.count_nonzero(present))
 
     def end(self, before_release: Callable[[], None] | None = None) -> None:
         """The stream ended: postcopy is over (END), the guest stops faulting.
@@ -174,9 +166,7 @@ class PostcopyIncoming:
         `before_release` runs while the guest still records first accesses (what it found
         on a page can only be known until it stops doing so)."""
         self.state = P.END
-        self._stop.set()
-        if self._fault_thread is not None:
-            self._fault_thread.join(5.0)
+        self.close()
         missing = self.missing_pages()
         if missing:
             raise RemoteProtocolError(f"postcopy ended with {missing} pages never received",
@@ -187,54 +177,33 @@ class PostcopyIncoming:
 
     def close(self) -> None:
         self._stop.set()
-        if self._fault_thread is not None:
-            self._fault_thread.join(5.0)
+        if self._relay is not None:
+            self._relay.join(5.0)
 
     def stats(self) -> dict[str, Any]:
-        lat = np.array(self.latencies) * 1e6
-        out: dict[str, Any] = {"requests": self.requests, "placed-twice": 0,
-                               "dropped-duplicates": int(self._loader.duplicates)}
+        guest = self.guest.postcopy_stats()
+        lat = guest["latencies-ns"] / 1e3
+        out: dict[str, Any] = {"requests": guest["requests"],
+                               "dropped-duplicates": int(self._loader.duplicates),
+                               "blocked-count": guest["blocked-count"]}
         if lat.size:
             out["latency-us"] = {"count": int(lat.size), "p50": float(np.percentile(lat, 50)),
                                  "p99": float(np.percentile(lat, 99)),
                                  "max": float(lat.max())}
         return out
 
-    # ------------------------------------------------------------------ faults
-    def _faults(self) -> None:
-        """The fault thread: a fault of the guest becomes a page request."""
-        assert self._fds is not None
-        request_r = self._fds[0]
-        buf = b""
+    # ------------------------------------------------------------------ relay
+    def _relay_requests(self) -> None:
+        """Without a socket to write on, the guest's requests come through a pipe."""
+        assert self._relay_fd is not None
         try:
             while not self._stop.is_set():
-                ready, _, _ = select.select([request_r], [], [], 0.1)
-                if not ready:
-                    continue
-                data = os.read(request_r, 4096)
-                if not data:
-                    return
-                buf += data
-                while len(buf) >= 8:
-                    self._request(int.from_bytes(buf[:8], "little"))
-                    buf = buf[8:]
+                ready, _, _ = select.select([self._relay_fd], [], [], 0.1)
+                if ready:
+                    data = os.read(self._relay_fd, 4096)
+                    if not data:
+                        return
+                    self._send_rp(data)
         except Exception as err:
-            log.exception("postcopy fault thread failed")
-            self.fault_error = f"postcopy fault thread: {err}"
-
-    def _request(self, page: int) -> None:
-        """postcopy_request_page / migrate_send_rp_req_pages: the whole (host) page."""
-        with self._lock:
-            if page in self._pending or self.guest.memory.present[page]:
-                return
-            index = int(np.searchsorted(self._starts, page, side="right") - 1)
-            block = self._names[index]
-            start = (page - int(self._starts[index])) * PAGE
-            if block != self._last_block:
-                message: Any = ReqPagesId(start, PAGE, block)
-                self._last_block = block
-            else:
-                message = ReqPages(start, PAGE)
-            self._pending[page] = time.monotonic()
-            self.requests += 1
-        self._send_rp(encode_rp(message))
+            log.exception("postcopy request relay failed")
+            self.relay_error = f"postcopy request relay: {err}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.control import CommandError
-from harness.migration.peer import Peer, PeerOptions
+from harness.migration.peer import Peer, PeerOptions, record_dir
 from harness.transport import connect, parse_uri
 
 from .migration import MigrationError, OutgoingMigration
@@ -52,7 +52,13 @@ def run(options: PeerOptions) -> int:
             raise CommandError("GenericError", str(err)) from None
         return {}
 
+    def record(args: dict[str, Any]) -> dict[str, Any]:
+        """Save the return path as it arrives (stream.rp.bin)."""
+        migration.record_dir = record_dir(args)
+        return {}
+
     peer.register("migrate", migrate)
+    peer.register("x-record", record)
     peer.register("migrate-start-postcopy", start_postcopy)
     peer.register("migrate_cancel", cancel)
     if options.autostart:

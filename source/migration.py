@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from harness.migration.config import MIGRATION_ACTIVE, MigrationConfig
@@ -113,6 +114,7 @@ class OutgoingMigration:
         self._wake = threading.Event()  # set by cancel: every wait ends
         self._urgent = threading.Event()  # set by a page request (or cancel)
         self._channel: Channel | None = None
+        self.record_dir: Path | None = None  # save the return path (stream.rp.bin)
         self._reset()
 
     def _reset(self) -> None:
@@ -121,6 +123,10 @@ class OutgoingMigration:
         self.error_desc: str | None = None
         self._writer: _Writer | None = None
         self._frame = FrameBuffer()
+        self._request_frame = FrameBuffer(64 << 10)
+        self._wlock = threading.Lock()  # postcopy: the stream, last block, bitmap
+        self._in_part = False  # a PART of the push is open (requests may go inside it)
+        self._stream_ended = False
         self._rp: ReturnPathReader | None = None
         self.vm_was_running = False
         self.entered_postcopy = False
@@ -269,8 +275,7 @@ class OutgoingMigration:
         while self.state.status in (S.ACTIVE, S.POSTCOPY_ACTIVE):
             if self._rp is not None and self._rp.error:
                 raise RuntimeError(self._rp.error)
-            urgent = self.postcopy is not None and self.postcopy.pending()
-            if (urgent or not self._rate_limited()) and self._iteration(ram):
+            if not self._rate_limited() and self._iteration(ram):
                 break
             self._update_counters()
             self._rate_limit_wait()
@@ -288,7 +293,9 @@ class OutgoingMigration:
             self.postcopy = PostcopySource(ram, self._urgent)
         if self.config.cap("return-path") or postcopy:
             on_request = self.postcopy.on_request if self.postcopy else None
-            self._rp = ReturnPathReader(channel, self._emit_rp, on_request)
+            record = ((self.record_dir / "stream.rp.bin").open("wb")
+                      if self.record_dir is not None else None)
+            self._rp = ReturnPathReader(channel, self._emit_rp, on_request, record)
             self._rp.start()
             out += enc.command(OpenReturnPath()) + enc.command(Ping(1))
         if postcopy:
@@ -318,7 +325,7 @@ class OutgoingMigration:
         """migration_iteration_run: True when the migration completed (or failed)."""
         if self.state.status is S.POSTCOPY_ACTIVE:
             assert self.postcopy is not None
-            if ram.remaining() == 0 and not self.postcopy.pending():
+            if ram.remaining() == 0:
                 self._completion_postcopy(ram)
                 return True
             self._postcopy_iterate(ram)
@@ -376,43 +383,73 @@ class OutgoingMigration:
         out += enc.command(Ping(2))
         out += self.postcopy.package(enc, list(self.guest.save_devices()))
         self.entered_postcopy = True
+        _small_queue(self._channel, "SO_SNDBUF")  # a requested page waits behind little
         self._writer.write(out)
         self.timing.downtime = time.monotonic() - self.timing.downtime_start
         self._writer.write(enc.command(Ping(4)))
+        self.postcopy.serve_with(self._serve_request)  # requests go out from now on
         self._window_start = time.monotonic()
         self._window_bytes = self._writer.total
 
     def _postcopy_iterate(self, ram: RamSave) -> None:
-        """A postcopy PART: requested pages first, then the background push."""
-        pc = self.postcopy
-        assert pc is not None and self._writer is not None
+        """A postcopy PART of the background push (requested pages go out meanwhile from
+        the return-path thread, between these batches, under the same lock)."""
+        assert self._writer is not None
         enc = self._encoder
-        self._writer.write(enc.section_header(SectionType.SECTION_PART, self.ram_section_id))
+        with self._wlock:
+            self._writer.write(enc.section_header(SectionType.SECTION_PART,
+                                                  self.ram_section_id))
+            self._in_part = True
         started = time.monotonic()
+        try:
+            while not self._wake.is_set() and time.monotonic() - started <= MAX_WAIT:
+                with self._wlock:
+                    if self._rate_limited():
+                        break
+                    batch = ram.next_batch(POSTCOPY_BATCH)
+                    if batch is None:
+                        break
+                    assert self.postcopy is not None
+                    self.postcopy.bytes += self._send_batch(ram, batch)
+        finally:
+            with self._wlock:
+                self._in_part = False
+                self._writer.write(EOS + enc.footer(self.ram_section_id))
 
-        def send(block: Any, pages: Any) -> int:
-            return self._send_batch(ram, (block, pages))
-
-        while not self._wake.is_set():
-            pc.serve(send)
-            if self._rate_limited():
-                if pc.pending():
-                    continue
-                break
-            batch = ram.next_batch(POSTCOPY_BATCH)
-            if batch is None:
-                break
-            pc.bytes += self._send_batch(ram, batch)
-            if time.monotonic() - started > MAX_WAIT:
-                break
-        self._writer.write(EOS + enc.footer(self.ram_section_id))
+    def _serve_request(self, block: str, start: int, length: int) -> bool:
+        """From the return-path thread: send a requested page now (QEMU's preempt path
+        does the same on its own channel).  Inside the push's open PART the records just
+        go between two batches; otherwise in a PART of their own.  False when the page
+        had already gone out."""
+        ram = self.ram
+        assert ram is not None and self._writer is not None and self.postcopy is not None
+        with self._wlock:
+            if self._stream_ended:
+                return False
+            pages = ram.take_pages(block, start, length)
+            if not pages.size:
+                return False
+            enc = self._encoder
+            opened = not self._in_part
+            if opened:
+                self._writer.write(enc.section_header(SectionType.SECTION_PART,
+                                                      self.ram_section_id))
+            self.postcopy.bytes += self._send_batch(ram, (ram.block(block), pages),
+                                                    self._request_frame)
+            if opened:
+                self._writer.write(EOS + enc.footer(self.ram_section_id))
+            ram.jump_to(block, int(pages[-1]) + 1)
+        return True
 
     def _completion_postcopy(self, ram: RamSave) -> None:
         """migration_completion in postcopy: END (nothing left), EOF, then wait for SHUT."""
         assert self._writer is not None
         enc = self._encoder
-        self._writer.write(enc.section_header(SectionType.SECTION_END, self.ram_section_id)
-                           + EOS + enc.footer(self.ram_section_id) + enc.eof())
+        with self._wlock:
+            self._stream_ended = True
+            self._writer.write(enc.section_header(SectionType.SECTION_END,
+                                                  self.ram_section_id)
+                               + EOS + enc.footer(self.ram_section_id) + enc.eof())
         self._await_return_path()
         if not self.state.set(S.POSTCOPY_ACTIVE, S.COMPLETED):
             return
@@ -422,9 +459,10 @@ class OutgoingMigration:
         self.mbps = self._writer.total * 8 / max(self.timing.total_time, 1e-9) / 1e6
         self.guest.runstate = "postmigrate"
 
-    def _send_batch(self, ram: RamSave, batch: tuple[Any, Any]) -> int:
-        """Frame a batch of pages into the reused buffer and send it; bytes sent."""
-        frame = self._frame
+    def _send_batch(self, ram: RamSave, batch: tuple[Any, Any],
+                    frame: FrameBuffer | None = None) -> int:
+        """Frame a batch of pages into a reused buffer and send it; bytes sent."""
+        frame = frame or self._frame
         frame.clear()
         ram.encode(frame, *batch)
         assert self._writer is not None
@@ -544,6 +582,19 @@ class OutgoingMigration:
 
     def _emit_rp(self, name: str, data: dict[str, Any]) -> None:
         self._emit(name, data)
+
+
+#: socket buffer during postcopy: what a requested page may queue behind
+POSTCOPY_SOCKET_BUFFER = 256 << 10
+
+
+def _small_queue(channel: Any, option: str) -> None:
+    """Shrink a channel's socket buffer (postcopy: latency over throughput)."""
+    import socket
+
+    sock = getattr(channel, "sock", None)
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, option), POSTCOPY_SOCKET_BUFFER)
 
 
 def _expected(err: Exception) -> bool:

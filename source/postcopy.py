@@ -1,4 +1,4 @@
-"""The source's postcopy: the switch, the page-request queue and the postcopy passes.
+"""The source's postcopy: the switch, page requests, and their answers.
 
 Strategy: QEMU 7.2's `postcopy_start` (`migration/migration.c`) and the postcopy parts
 of `migration/ram.c`, kept apart from the precopy thread that calls them.  The switch
@@ -7,11 +7,13 @@ every page still to be sent (one POSTCOPY_RAM_DISCARD per block at least: QEMU 7
 destinations need one), forgets the last block sent, sends PING 2, the PACKAGED blob
 (LISTEN, the devices, PING 3, RUN) and PING 4.  Page requests arrive on the return-path
 thread; they are checked as `migrate_handle_rp_req_pages` / `ram_save_queue_pages` check
-them and queued (QEMU's `src_page_requests`), and the migration thread is woken.  A
-postcopy pass sends queued pages first, ignoring the rate limit, then continues the
-background push from just after the last requested page, in small batches so that a new
-request never waits behind much; the background push alone obeys
-`max-postcopy-bandwidth`.  For every request the time from its arrival to the send of its
+them, and the page is sent right there, from that thread, between two batches of the
+background push (a lock keeps records whole and the CONTINUE state consistent) -- the
+latency a handover to the migration thread would add is what QEMU's postcopy-preempt
+removes too.  The push then continues from just after the requested page; it alone obeys
+`max-postcopy-bandwidth`, in small batches so that a request never waits behind much.
+Requests that arrive before pages can go out are queued (QEMU's `src_page_requests`) and
+answered at the switch.  For every request the time from its arrival to the send of its
 page is kept.
 """
 
@@ -61,8 +63,9 @@ class PostcopySource:
     def __init__(self, ram: RamSave, wake: threading.Event) -> None:
         self.ram = ram
         self._wake = wake
-        self._queue: deque[PageRequest] = deque()
+        self._queue: deque[PageRequest] = deque()  # requests before pages can go out
         self._lock = threading.Lock()
+        self._serve: Callable[[str, int, int], bool] | None = None
         self._last_block: str | None = None
         self.requests = 0
         self.already_sent = 0  # requested pages that had gone out before the request
@@ -91,7 +94,8 @@ class PostcopySource:
 
     # ------------------------------------------------------------------ requests
     def on_request(self, message: RpMessage) -> None:
-        """From the return-path thread: check a request, queue it, wake the sender."""
+        """From the return-path thread: check a request, then send its page at once (or
+        queue it while pages cannot go out yet)."""
         if isinstance(message, ReqPagesId):
             block, start, length = message.block, message.start, message.length
         else:
@@ -110,33 +114,31 @@ class PostcopySource:
         if length == 0 or start + length > used:
             raise RequestError(f"ram_save_queue_pages request overrun start={start:x} "
                                f"len={length:x} blocklen={used:x}")
+        request = PageRequest(block, start, length, time.monotonic())
         with self._lock:
-            self._queue.append(PageRequest(block, start, length, time.monotonic()))
             self.requests += 1
-        self._wake.set()
+            if self._serve is None:
+                self._queue.append(request)
+                return
+        self._answer(request)
+
+    def serve_with(self, serve: Callable[[str, int, int], bool]) -> None:
+        """From now on a request is answered as it arrives (and the queue is drained)."""
+        with self._lock:
+            self._serve = serve
+            queued, self._queue = list(self._queue), deque()
+        for request in queued:
+            self._answer(request)
+
+    def _answer(self, request: PageRequest) -> None:
+        assert self._serve is not None
+        if self._serve(request.block, request.start, request.length):
+            self.latencies.append(time.monotonic() - request.arrived)
+        else:
+            self.already_sent += 1
 
     def pending(self) -> bool:
         return bool(self._queue)
-
-    def take(self) -> PageRequest | None:
-        with self._lock:
-            return self._queue.popleft() if self._queue else None
-
-    # ------------------------------------------------------------------ passes
-    def serve(self, send: Callable[[Any, np.ndarray], int]) -> int:
-        """Send every queued page that still has to go; bytes sent."""
-        sent = 0
-        while (request := self.take()) is not None:
-            pages = self.ram.take_pages(request.block, request.start, request.length)
-            if not pages.size:
-                self.already_sent += 1
-                continue
-            block = self.ram.block(request.block)
-            sent += send(block, pages)
-            self.latencies.append(time.monotonic() - request.arrived)
-            self.ram.jump_to(request.block, int(pages[-1]) + 1)
-        self.bytes += sent
-        return sent
 
     def stats(self) -> dict[str, Any]:
         lat = np.array(self.latencies) * 1e6

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from harness.protocol import Pong, ProtocolError, ReqPages, ReqPagesId, ReturnPathDecoder, Shut
 from harness.protocol.return_path import RpMessage
@@ -29,8 +29,10 @@ class ReadableChannel(Protocol):
 class ReturnPathReader:
     def __init__(self, channel: ReadableChannel,
                  emit: Callable[[str, dict[str, Any]], None],
-                 on_request: Callable[[RpMessage], None] | None = None) -> None:
+                 on_request: Callable[[RpMessage], None] | None = None,
+                 record: BinaryIO | None = None) -> None:
         self._channel = channel
+        self._record = record  # the bytes as they arrived (`harness run --record`)
         self._emit = emit
         self._on_request = on_request
         self._decoder = ReturnPathDecoder()
@@ -64,6 +66,8 @@ class ReturnPathReader:
                 n = self._channel.recv_into(view)
                 if n == 0:
                     break
+                if self._record is not None:
+                    self._record.write(view[:n])
                 self._decoder.receive_data(bytes(view[:n]))
                 for message in self._decoder.events():
                     self._handle(message)
@@ -76,6 +80,8 @@ class ReturnPathReader:
             log.exception("return path reader failed")
             self.error = f"return path: {err}"
         finally:
+            if self._record is not None:
+                self._record.close()
             self._closed.set()
 
     def _handle(self, message: RpMessage) -> None:

@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,7 @@ from .status import RUNNING
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Any]
+SWITCH_INTERVAL = 0.0002
 
 
 @dataclass
@@ -74,6 +77,9 @@ class Peer:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.quit_requested.set())
+        # threads that wait for the GIL get it within this: a page request must not wait
+        # 5 ms (Python's default) behind a thread busy loading or sending pages
+        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             self.server.serve_forever(self.quit_requested)
         finally:
@@ -194,3 +200,11 @@ def parse_guest_json(text: str) -> GuestSpec:
         workload=WorkloadSpec(**workload) if workload else None,
         devices=list(doc.get("devices", ["timer", "globalstate"])),
     )
+
+
+def record_dir(args: dict[str, Any]) -> Path:
+    """The directory of an `x-record` command (`harness run --record`), checked."""
+    directory = Path(str(args.get("dir", ".")))
+    if not directory.is_dir():
+        raise CommandError("GenericError", f"x-record: {directory} is not a directory")
+    return directory

@@ -150,8 +150,12 @@ class Coordinator:
         if self.dst is not None and self.dst.kind == "harness":
             if self.sc.expect.memory == "identical":
                 self.dst.execute("x-incoming-snapshot", {"enable": True})
-            if self.record:
-                self.dst.execute("x-record", {"dir": str(self.workdir)})
+            if self.record:  # the return path as the source receives it, if it can
+                src = self.src if self.src is not None and self.src.kind == "harness" else None
+                self.dst.execute("x-record", {"dir": str(self.workdir),
+                                              "return-path": src is None})
+                if src is not None:
+                    src.execute("x-record", {"dir": str(self.workdir)})
         for peer in self._peers():
             try:
                 peer.execute("migrate-set-capabilities", {"capabilities": caps})
