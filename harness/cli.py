@@ -225,6 +225,31 @@ def bench_precopy(
         write_json(figures, json_path)
 
 
+@bench_app.command("postcopy")
+def bench_postcopy(
+    size: Annotated[str, typer.Option(help="Guest RAM size.")] = "256MiB",
+    rate: Annotated[str, typer.Option(help="The destination guest's dirty rate.")] = "64MiB/s",
+    push: Annotated[list[str], typer.Option(
+        help="max-postcopy-bandwidth of the background push (0: unlimited); repeatable.")
+                    ] = ["0", "64MiB/s"],  # noqa: B006
+    json_path: Annotated[Path | None, typer.Option("--json", metavar="FILE",
+                                                   help="Write the figures as JSON.")] = None,
+) -> None:
+    """Postcopy page-request latency (p50, p99) vs a raw request/response round trip."""
+    from .bench import postcopy
+    from .bench.figures import table, write_json
+    from .scenario.units import parse_rate, parse_size
+
+    try:
+        figures = postcopy.run(parse_size(size), parse_rate(rate),
+                               tuple(parse_rate(p) for p in push))
+    except (RuntimeError, TimeoutError, OSError) as err:
+        raise _fail(1, f"harness bench postcopy: {err}")
+    typer.echo(table(figures))
+    if json_path:
+        write_json(figures, json_path)
+
+
 def main() -> None:
     try:
         app()
