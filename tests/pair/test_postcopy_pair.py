@@ -22,21 +22,12 @@ from harness.protocol import (
     ReqPagesId,
     SectionType,
     StreamEncoder,
+    xbzrle,
 )
-from harness.protocol import xbzrle
 from harness.protocol.devices import GLOBALSTATE, TIMER, globalstate_values, timer_values
 from source.postcopy import PostcopySource, RequestError
 from source.ram_save import RamSave
-from tests.pair.test_precopy_pair import (  # noqa: F401 - fixtures
-    MiB,
-    _config,
-    _incoming,
-    _send_raw,
-    _spec,
-    _wait,
-    guests,
-    sockdir,
-)
+from tests.pair.test_precopy_pair import MiB, _config, _incoming, _send_raw, _spec, _wait
 
 PAGE = 4096
 SIZE = 1 * MiB
@@ -106,17 +97,17 @@ def test_a_well_formed_postcopy_stream_completes_and_places_each_page_once(guest
 
 
 @pytest.mark.parametrize("stream,message", [
-    (dict(discard=False), "CMD_POSTCOPY_RUN in wrong postcopy state (2)"),  # QEMU 7.2's quirk
-    (dict(extra_before_listen=StreamEncoder.command(PostcopyListen())
-          + StreamEncoder.command(PostcopyRamDiscard("ram", ((0, PAGE),)))),
+    ({"discard": False}, "CMD_POSTCOPY_RUN in wrong postcopy state (2)"),  # QEMU 7.2's quirk
+    ({"extra_before_listen": StreamEncoder.command(PostcopyListen())
+          + StreamEncoder.command(PostcopyRamDiscard("ram", ((0, PAGE),)))},
      "CMD_POSTCOPY_RAM_DISCARD in wrong postcopy state (3)"),
-    (dict(extra_before_listen=StreamEncoder.command(PostcopyAdvise(PAGE, PAGE))),
+    ({"extra_before_listen": StreamEncoder.command(PostcopyAdvise(PAGE, PAGE))},
      "CMD_POSTCOPY_ADVISE in wrong postcopy state (2)"),
-    (dict(extra_before_listen=StreamEncoder.command(PostcopyRun())),
+    ({"extra_before_listen": StreamEncoder.command(PostcopyRun())},
      "CMD_POSTCOPY_RUN in wrong postcopy state (2)"),
-    (dict(advise=PostcopyAdvise(8192, PAGE)),
+    ({"advise": PostcopyAdvise(8192, PAGE)},
      "Postcopy needs matching RAM page sizes (s=2000 d=1000)"),
-    (dict(advise=PostcopyAdvise(PAGE, 1024)),
+    ({"advise": PostcopyAdvise(PAGE, 1024)},
      "Postcopy needs matching target page sizes (s=1024 d=4096)"),
 ])
 def test_postcopy_state_table_in_qemus_words(guests, sockdir, stream, message):
@@ -190,17 +181,34 @@ def test_source_refuses_bad_requests_in_qemus_words(guests, messages, error):
             pc.on_request(message)
 
 
-def test_source_serves_requests_first_and_continues_after_them(guests):
+def test_source_queues_requests_until_it_can_serve_them_then_answers_at_once(guests):
     pc = _source(guests)
     pc.on_request(ReqPagesId(10 * PAGE, PAGE, "ram"))
-    pc.on_request(ReqPages(3 * PAGE, PAGE))
-    sent: list[int] = []
-    pc.serve(lambda block, pages: sent.extend(pages.tolist()) or 1)
-    assert sent == [10, 3] and pc.requests == 2
-    assert pc.ram.next_batch(1)[1].tolist() == [4]  # the push continues after page 3
-    pc.on_request(ReqPages(10 * PAGE, PAGE))  # already sent: nothing to send again
-    pc.serve(lambda block, pages: sent.extend(pages.tolist()) or 1)
-    assert sent == [10, 3] and pc.already_sent == 1
+    pc.on_request(ReqPages(3 * PAGE, 2 * PAGE))  # the block of the request before
+    assert pc.pending() and pc.requests == 2
+    served: list[tuple[str, int, int]] = []
+
+    def serve(block, start, length):
+        served.append((block, start, length))
+        return pc.ram.take_pages(block, start, length).size > 0
+
+    pc.serve_with(serve)  # the switch: the queue drains in order
+    assert served == [("ram", 10 * PAGE, PAGE), ("ram", 3 * PAGE, 2 * PAGE)]
+    assert not pc.pending() and pc.stats()["request-to-send-us"]["count"] == 2
+    pc.on_request(ReqPagesId(3 * PAGE, PAGE, "ram"))  # answered at once: already sent
+    assert served[-1] == ("ram", 3 * PAGE, PAGE) and pc.already_sent == 1
+    assert pc.requests == 3
+
+
+def test_ram_save_takes_requested_pages_once_and_the_push_continues_after_them(guests):
+    pc = _source(guests)
+    ram = pc.ram
+    assert ram.take_pages("ram", 10 * PAGE, 2 * PAGE).tolist() == [10, 11]
+    assert ram.take_pages("ram", 11 * PAGE, 2 * PAGE).tolist() == [12]  # 11 went already
+    ram.jump_to("ram", 13)
+    assert ram.next_batch(1)[1].tolist() == [13]
+    ram.jump_to("ram", 9)
+    assert ram.next_batch(4)[1].tolist() == [9, 14, 15, 16]  # skips what requests sent
 
 
 def test_discards_cover_every_page_still_to_send_one_command_per_block_at_least(guests):

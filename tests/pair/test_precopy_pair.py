@@ -11,17 +11,15 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from destination.incoming import IncomingMigration
-from harness.guest import BlockSpec, Guest, GuestSpec, WorkloadSpec
+from harness.guest import BlockSpec, GuestSpec, WorkloadSpec
 from harness.migration.config import MIGRATION_ACTIVE, ConfigError, MigrationConfig
 from harness.protocol.savevm import PausedStream
-from harness.runner.peers import short_dir
 from harness.transport import connect, listen, parse_uri
 from source.migration import MigrationError, OutgoingMigration
 
@@ -40,29 +38,6 @@ def _spec(size=8 * MiB, fill=0.5, devices=("timer", "globalstate", "cpu"), workl
           seed=3) -> GuestSpec:
     return GuestSpec(machine="none", blocks=[BlockSpec("ram", size)], fill=fill, seed=seed,
                      workload=workload, devices=list(devices))
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    d = short_dir("mhp")
-    yield d
-    import shutil
-
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def guests():
-    made: list[Guest] = []
-
-    def make(spec: GuestSpec, source: bool) -> Guest:
-        g = Guest.create(spec, initial_content=source, prefault=not source)
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.close()
 
 
 def _config(**caps: bool) -> MigrationConfig:
