@@ -298,11 +298,8 @@ class IncomingMigration:
             pc.discard(command)
         elif isinstance(command, PostcopyListen):
             pc.listen(command)
-            sock = getattr(self._channel, "sock", None)
-            if sock is not None:  # postcopy: a requested page should not queue behind much
-                import socket
-
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
+            if self._channel is not None:  # a requested page should not queue behind much
+                self._channel.prefer_latency()
             if pc.state is PostcopyState.LISTENING:
                 self.state.set(S.ACTIVE, S.POSTCOPY_ACTIVE)
         else:

@@ -22,6 +22,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,7 @@ class PostcopyState(enum.IntEnum):
 
 
 P = PostcopyState
+STATS_PERIOD = 1.0  # seconds between two computations of the latency percentiles
 
 
 class PostcopyIncoming:
@@ -68,6 +70,7 @@ class PostcopyIncoming:
         self._relay_fd: int | None = None
         self._stop = threading.Event()
         self.relay_error: str | None = None
+        self._latency: tuple[int, float, dict[str, Any]] = (0, 0.0, {})  # count, when, figures
         memory = guest.memory
         self._starts = {spec.name: int(start)
                         for spec, start in zip(memory.blocks, memory.block_starts())}
@@ -187,10 +190,19 @@ class PostcopyIncoming:
                                "dropped-duplicates": int(self._loader.duplicates),
                                "blocked-count": guest["blocked-count"]}
         if lat.size:
-            out["latency-us"] = {"count": int(lat.size), "p50": float(np.percentile(lat, 50)),
-                                 "p99": float(np.percentile(lat, 99)),
-                                 "max": float(lat.max())}
+            out["latency-us"] = self._latency_figures(lat, guest["requests"])
         return out
+
+    def _latency_figures(self, lat: np.ndarray, requests: int) -> dict[str, Any]:
+        """p50/p99/max of the request latencies, recomputed at most once a second while
+        requests keep coming (a poll of query-migrate stays cheap for the loader)."""
+        count, when, figures = self._latency
+        now = time.monotonic()
+        if requests != count and (now - when >= STATS_PERIOD or self.state is P.END):
+            figures = {"count": int(lat.size), "p50": float(np.percentile(lat, 50)),
+                       "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}
+            self._latency = (requests, now, figures)
+        return figures
 
     # ------------------------------------------------------------------ relay
     def _relay_requests(self) -> None:

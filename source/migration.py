@@ -70,6 +70,7 @@ class Channel(Protocol):
     def recv_into(self, view: memoryview) -> int: ...
     def shutdown(self) -> None: ...
     def close(self) -> None: ...
+    def prefer_latency(self) -> None: ...
 
 
 Connector = Callable[[str, float], Channel]
@@ -383,7 +384,8 @@ class OutgoingMigration:
         out += enc.command(Ping(2))
         out += self.postcopy.package(enc, list(self.guest.save_devices()))
         self.entered_postcopy = True
-        _small_queue(self._channel, "SO_SNDBUF")  # a requested page waits behind little
+        if self._channel is not None:  # a requested page waits behind little
+            self._channel.prefer_latency()
         self._writer.write(out)
         self.timing.downtime = time.monotonic() - self.timing.downtime_start
         self._writer.write(enc.command(Ping(4)))
@@ -585,18 +587,6 @@ class OutgoingMigration:
 
 
 #: socket buffer during postcopy: what a requested page may queue behind
-POSTCOPY_SOCKET_BUFFER = 256 << 10
-
-
-def _small_queue(channel: Any, option: str) -> None:
-    """Shrink a channel's socket buffer (postcopy: latency over throughput)."""
-    import socket
-
-    sock = getattr(channel, "sock", None)
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, option), POSTCOPY_SOCKET_BUFFER)
-
-
 def _expected(err: Exception) -> bool:
     return isinstance(err, (OSError, RuntimeError, TimeoutError))
 

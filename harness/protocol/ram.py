@@ -33,10 +33,14 @@ from .wire import NeedData, Reader, Truncated, pack_be16, pack_be32, pack_be64, 
 
 PAGE = TARGET_PAGE_SIZE
 _FLAG_MASK = PAGE - 1
+_CONTINUE = int(RamFlag.CONTINUE)  # plain ints: IntFlag operators are slow on the hot path
+_KIND_MASK = _FLAG_MASK & ~_CONTINUE
+_HOOK = int(RamFlag.HOOK)
 _ADDR_MASK = ~_FLAG_MASK & 0xFFFF_FFFF_FFFF_FFFF
 _PAGE_CONT = int(RamFlag.PAGE | RamFlag.CONTINUE)
 _ZERO_CONT = int(RamFlag.ZERO | RamFlag.CONTINUE)
 _ZERO_PAGE = bytes(PAGE)
+SMALL_BATCH = 4  # up to this many pages are framed one by one (save_pages)
 _RUN_TRIGGER = 8  # same-kind records in a row before trying a vectorised run
 _RUN_MAX = 1024
 _DEFERRED_ZERO = int(RamFlag.FULL)  # internal: a zero page not written yet (FULL is never sent)
@@ -224,7 +228,7 @@ class RamLoader:
                             batch.switch(found, events, pos)
                             oapp, kapp = batch.appenders()
                             view, used, pages = _locals(block)
-                    kind = flags & ~RamFlag.CONTINUE
+                    kind = flags & _KIND_MASK
                     if kind == RamFlag.MEM_SIZE:
                         batch.flush(events, pos)
                         oapp, kapp = batch.appenders()
@@ -301,7 +305,7 @@ class RamLoader:
                         prev, run = flags, 0
                     addr = word ^ flags
                     r.pos = pos + 8
-                    kind = flags & ~RamFlag.CONTINUE
+                    kind = flags & _KIND_MASK
                     if kind == RamFlag.EOS:
                         pos = r.pos
                         eos = True
@@ -422,7 +426,7 @@ class RamLoader:
 
     def _block_from_stream(self, r: Reader, flags: int, addr: int) -> _Block:
         """migration/ram.c: ram_block_from_stream + host_from_ram_block_offset."""
-        if flags & RamFlag.CONTINUE:
+        if flags & _CONTINUE:
             block = self.last_block
             if block is None:
                 raise RemoteProtocolError("Ack, bad migration stream!")
@@ -490,7 +494,7 @@ class RamLoader:
 
     @staticmethod
     def _bad_flags(flags: int, start: int, base: int) -> RemoteProtocolError:
-        if flags & RamFlag.HOOK:
+        if flags & _HOOK:
             # QEMU passes this to the RDMA hook, which fails without a message on TCP
             return RemoteProtocolError(
                 f"RAM_SAVE_FLAG_HOOK in flags 0x{flags:x} outside an RDMA migration", qemu=False)
@@ -727,6 +731,10 @@ class RamSaver:
             (n < 3 or bool((idx[1:] - idx[:-1] == 1).all()))
         zero = zero_pages(mem, slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx)
         view = mem.data.cast("B")
+        if n <= SMALL_BATCH:  # a requested page: plain records beat numpy's set-up costs
+            for page, is_zero in zip(idx.tolist(), zero.tolist()):
+                self._save_one(out, block, view, page, is_zero)
+            return int(np.count_nonzero(zero)), n - int(np.count_nonzero(zero))
         i = 0
         if block != self.last_block:
             self._save_one(out, block, view, int(idx[0]), bool(zero[0]))

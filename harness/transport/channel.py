@@ -56,6 +56,10 @@ Buffer = bytes | bytearray | memoryview
 IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
 #: SO_SNDBUF/SO_RCVBUF for unix sockets (the kernel caps it at net.core.wmem_max/rmem_max)
 UNIX_SOCKET_BUFFER = 4 * 1024 * 1024
+#: prefer_latency(): socket buffers, and the unsent bytes TCP may hold (TCP_NOTSENT_LOWAT)
+LATENCY_SOCKET_BUFFER = 128 << 10
+LATENCY_UNSENT = 16 << 10
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # linux/tcp.h
 #: how long close() waits for a woken thread to leave a send/receive
 _LEAVE_TIMEOUT = 5.0
 _EXEC_EXIT_TIMEOUT = 10.0
@@ -100,6 +104,10 @@ class Channel:
     def has_return_path(self) -> bool:
         """Whether both directions work (sockets: always; exec: stdout connected; file: no)."""
         return self._readable and self._writable
+
+    def prefer_latency(self) -> None:
+        """Keep little data queued in this channel (postcopy: a requested page must not
+        wait behind much of the background push).  Only sockets have queues to shrink."""
 
     def _read_once(self, view: memoryview, deadline: Deadline | None) -> int:
         raise NotImplementedError
@@ -311,6 +319,15 @@ class SocketChannel(Channel):
     def sock(self) -> socket.socket:
         """The underlying socket (for getsockopt and the like; do not read or write it)."""
         return self._sock
+
+    def prefer_latency(self) -> None:
+        """Small socket buffers, and for TCP little unsent data (TCP_NOTSENT_LOWAT)."""
+        sock = self._sock
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LATENCY_SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LATENCY_SOCKET_BUFFER)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, LATENCY_UNSENT)
 
     def _read_once(self, view: memoryview, deadline: Deadline | None) -> int:
         if deadline is None:

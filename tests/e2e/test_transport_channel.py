@@ -272,6 +272,37 @@ def test_unix_sockets_get_4mib_buffers_and_tcp_gets_nodelay(short_tmp):
             assert end.has_return_path
 
 
+def test_prefer_latency_shrinks_socket_queues_and_data_still_flows(sockets):
+    from harness.transport.channel import LATENCY_SOCKET_BUFFER, LATENCY_UNSENT, TCP_NOTSENT_LOWAT
+
+    source, destination = sockets
+    before = source.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    for end in sockets:
+        end.prefer_latency()
+    after = source.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert after == 2 * LATENCY_SOCKET_BUFFER  # Linux reports twice the request
+    if source.sock.family == socket.AF_UNIX:
+        assert after < before  # down from the 4 MiB of a bulk stream
+    assert destination.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == after
+    if source.sock.family == socket.AF_INET:
+        assert source.sock.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT) == LATENCY_UNSENT
+    data = os.urandom(4 * LATENCY_SOCKET_BUFFER)
+    sender = threading.Thread(target=source.sendall, args=(data,))
+    sender.start()
+    try:
+        assert destination.read_exact(len(data), timeout=10) == data
+    finally:
+        sender.join(10)
+
+
+def test_prefer_latency_is_harmless_on_a_pipe(short_tmp):
+    source, destination = pipe_pair()
+    with source, destination:
+        source.prefer_latency()
+        source.sendall(b"still works")
+        assert destination.read_exact(11, timeout=5) == b"still works"
+
+
 # -- listeners ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
