@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from harness.migration.config import MIGRATION_ACTIVE, MigrationConfig
 from harness.migration.status import RUNNING, MigrationStatus, StatusMachine, source_machine
 from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise, SectionType, StreamEncoder
-from harness.protocol.ram import EOS, PAGE, FrameBuffer
+from harness.protocol.ram_saver import EOS, PAGE, FrameBuffer
 
 from .postcopy import POSTCOPY_BATCH, PostcopySource
 from .ram_save import RamSave

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.protocol import RamBlockInfo
-from harness.protocol.ram import PAGE, Out, RamSaver
+from harness.protocol.ram_saver import PAGE, Out, RamSaver
 
 BATCH_PAGES = 256  # about 1 MiB of page data per send
 SCAN_WINDOW = 1 << 16  # pages looked at per flatnonzero

@@ -132,3 +132,7 @@ RUN_STATES = (
     "prelaunch", "finish-migrate", "restore-vm", "running", "save-vm", "shutdown",
     "suspended", "watchdog", "guest-panicked", "colo",
 )
+
+#: the header flags of a CONTINUE page / zero-page record, as plain ints (hot paths)
+RAM_PAGE_CONT = int(RamFlag.PAGE | RamFlag.CONTINUE)
+RAM_ZERO_CONT = int(RamFlag.ZERO | RamFlag.CONTINUE)

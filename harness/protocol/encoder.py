@@ -6,7 +6,7 @@ Strategy: `StreamEncoder` writes what `migration/savevm.c` writes: the file head
 (`qemu_savevm_command_send`), PACKAGED blobs, EOF and the VM description trailer.  It
 records the description of each device it writes, exactly as QEMU builds its JSON while
 saving, and renders it in QEMU's layout (Python's default `json.dumps` separators are
-QEMU's).  RAM page records come from `ram.RamSaver`, which the encoder owns so that the
+QEMU's).  RAM page records come from `ram_saver.RamSaver`, which the encoder owns so that the
 "last block" memory spans sections and passes as in QEMU.
 """
 
@@ -26,7 +26,7 @@ from .constants import (
     SectionType,
 )
 from .events import RamBlockInfo
-from .ram import EOS, RamSaver, encode_mem_size
+from .ram_saver import EOS, RamSaver, encode_mem_size
 from .vmstate import VMStateDescription, save_state, vmdesc_entry
 from .wire import pack_be32, str8
 

@@ -5,9 +5,7 @@ the decoder's buffer into each block's numpy array (`migration/ram.c: ram_load_p
 is the model, checks and messages included) and reports batches as `RamPages` events
 holding numpy arrays.  Long runs of same-kind CONTINUE records (the common case: a bulk
 pass) are recognised and placed with one vectorised numpy operation per run; everything
-else goes through a tight per-record loop.  `RamSaver` is the mirror: it frames a batch
-of pages of one block from its numpy array, detecting zero pages with numpy, and keeps
-QEMU's `last_sent_block` so CONTINUE is set exactly where QEMU sets it.
+else goes through a tight per-record loop.  Saving, the mirror, is in `ram_saver`.
 """
 
 from __future__ import annotations
@@ -23,13 +21,15 @@ from . import xbzrle
 from .constants import (
     COMPRESS_BOUND_PAGE,
     ENCODING_FLAG_XBZRLE,
+    RAM_PAGE_CONT,
     RAM_PAGE_FLAGS,
+    RAM_ZERO_CONT,
     TARGET_PAGE_SIZE,
     RamFlag,
 )
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import RemoteProtocolError
 from .events import RamBlockInfo, RamMemSize, RamPages
-from .wire import NeedData, Reader, Truncated, pack_be16, pack_be32, pack_be64, str8, unpack_be64
+from .wire import NeedData, Reader, Truncated, unpack_be64
 
 PAGE = TARGET_PAGE_SIZE
 _FLAG_MASK = PAGE - 1
@@ -37,10 +37,9 @@ _CONTINUE = int(RamFlag.CONTINUE)  # plain ints: IntFlag operators are slow on t
 _KIND_MASK = _FLAG_MASK & ~_CONTINUE
 _HOOK = int(RamFlag.HOOK)
 _ADDR_MASK = ~_FLAG_MASK & 0xFFFF_FFFF_FFFF_FFFF
-_PAGE_CONT = int(RamFlag.PAGE | RamFlag.CONTINUE)
-_ZERO_CONT = int(RamFlag.ZERO | RamFlag.CONTINUE)
+_PAGE_CONT = RAM_PAGE_CONT
+_ZERO_CONT = RAM_ZERO_CONT
 _ZERO_PAGE = bytes(PAGE)
-SMALL_BATCH = 4  # up to this many pages are framed one by one (save_pages)
 _RUN_TRIGGER = 8  # same-kind records in a row before trying a vectorised run
 _RUN_MAX = 1024
 _DEFERRED_ZERO = int(RamFlag.FULL)  # internal: a zero page not written yet (FULL is never sent)
@@ -605,241 +604,3 @@ def _locals(block: _Block | None) -> tuple[memoryview | None, int, np.ndarray | 
     if block is None:
         return None, -1, None
     return block.view, block.used_length, block.pages
-
-
-# ---------------------------------------------------------------------------- saving
-
-
-def encode_mem_size(blocks: list[RamBlockInfo] | tuple[RamBlockInfo, ...]) -> bytes:
-    """The setup payload's block list (without the EOS that follows it)."""
-    total = sum(b.used_length for b in blocks)
-    out = bytearray(pack_be64(total | RamFlag.MEM_SIZE))
-    for b in blocks:
-        out += str8(b.idstr) + pack_be64(b.used_length)
-        if b.page_size is not None:
-            out += pack_be64(b.page_size)
-        if b.addr is not None:
-            out += pack_be64(b.addr)
-    return bytes(out)
-
-
-EOS = pack_be64(RamFlag.EOS)
-
-
-def zero_pages(mem: np.ndarray, pages: np.ndarray | slice) -> np.ndarray:
-    """Which of the given pages are all zero.
-
-    A page whose first word is not zero is not a zero page: only pages passing that cheap
-    test are scanned whole (numpy), so pages of real data cost almost nothing."""
-    words = mem.view(np.uint64).reshape(-1, PAGE // 8)[pages]
-    zero = words[:, 0] == 0
-    maybe = np.flatnonzero(zero)
-    if maybe.size:
-        zero[maybe] = ~words[maybe].any(axis=1)
-    return zero
-
-
-class FrameBuffer:
-    """A reusable output buffer for page records: the bytes are `buf[:size]`.
-
-    It grows when needed and never shrinks, so a sender that frames a batch, sends
-    `view()` and `clear()`s it touches the same memory every time (no allocation and no
-    page fault per batch).
-    """
-
-    __slots__ = ("buf", "size")
-
-    def __init__(self, capacity: int = 2 << 20) -> None:
-        self.buf = bytearray(capacity)
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def reserve(self, n: int) -> int:
-        """Room for n more bytes; returns where they start (and counts them as written)."""
-        start = self.size
-        if start + n > len(self.buf):
-            self.buf.extend(bytes(max(start + n - len(self.buf), len(self.buf))))
-        self.size = start + n
-        return start
-
-    def put(self, data: bytes | bytearray | memoryview) -> None:
-        start = self.reserve(len(data))
-        self.buf[start:start + len(data)] = data
-
-    def view(self) -> memoryview:
-        """The framed bytes (release the view before framing more)."""
-        return memoryview(self.buf)[:self.size]
-
-    def clear(self) -> None:
-        self.size = 0
-
-
-Out = bytearray | FrameBuffer
-
-
-def _put(out: Out, data: bytes | bytearray | memoryview) -> None:
-    if isinstance(out, FrameBuffer):
-        out.put(data)
-    else:
-        out += data
-
-
-def _reserve(out: Out, n: int) -> tuple[bytearray, int]:
-    """(buffer, offset) of n new bytes at the end of `out`."""
-    if isinstance(out, FrameBuffer):
-        return out.buf, out.reserve(n)
-    start = len(out)
-    out.extend(bytes(n))
-    return out, start
-
-
-class RamSaver:
-    """Frames page records as QEMU's `ram_save_*` do, keeping `last_sent_block`.
-
-    Records are appended to a bytearray or to a reusable `FrameBuffer`."""
-
-    def __init__(self) -> None:
-        self.last_block: str | None = None
-
-    def reset(self) -> None:
-        """Forget the last block (QEMU does at setup, and at postcopy start)."""
-        self.last_block = None
-
-    def _header(self, out: Out, block: str, addr: int, flag: int) -> None:
-        if block == self.last_block:
-            _put(out, pack_be64(addr | flag | RamFlag.CONTINUE))
-        else:
-            _put(out, pack_be64(addr | flag) + str8(block))
-            self.last_block = block
-
-    def save_pages(self, out: Out, block: str, mem: np.ndarray,
-                   pages: np.ndarray | range) -> tuple[int, int]:
-        """Append ZERO or PAGE records for `pages` (page indices, in the order given).
-
-        Returns (zero pages, normal pages).  All headers of a batch are written with one
-        numpy operation and each normal page is one slice copy, whatever the mix of zero
-        and normal pages; the first record naming the block goes alone.
-        """
-        idx = np.asarray(pages, dtype=np.intp) if not isinstance(pages, range) else \
-            np.arange(pages.start, pages.stop, pages.step, dtype=np.intp)
-        n = idx.size
-        if n == 0:
-            return 0, 0
-        contiguous = int(idx[-1]) - int(idx[0]) == n - 1 and \
-            (n < 3 or bool((idx[1:] - idx[:-1] == 1).all()))
-        zero = zero_pages(mem, slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx)
-        view = mem.data.cast("B")
-        if n <= SMALL_BATCH:  # a requested page: plain records beat numpy's set-up costs
-            for page, is_zero in zip(idx.tolist(), zero.tolist()):
-                self._save_one(out, block, view, page, is_zero)
-            return int(np.count_nonzero(zero)), n - int(np.count_nonzero(zero))
-        i = 0
-        if block != self.last_block:
-            self._save_one(out, block, view, int(idx[0]), bool(zero[0]))
-            i = 1
-        if i < n:
-            _frame_batch(out, view, idx[i:], zero[i:])
-        zeros = int(np.count_nonzero(zero))
-        return zeros, n - zeros
-
-    def _save_one(self, out: Out, block: str, view: memoryview, page: int,
-                  is_zero: bool) -> None:
-        addr = page * PAGE
-        if is_zero:
-            self._header(out, block, addr, RamFlag.ZERO)
-            _put(out, b"\0")
-        else:
-            self._header(out, block, addr, RamFlag.PAGE)
-            _put(out, view[addr:addr + PAGE])
-
-    def save_zero_page(self, out: Out, block: str, addr: int) -> None:
-        self._header(out, block, addr, RamFlag.ZERO)
-        _put(out, b"\0")
-
-    def save_page(self, out: Out, block: str, addr: int, data: bytes | memoryview) -> None:
-        if len(data) != PAGE:
-            raise LocalProtocolError(f"a page is {PAGE} bytes, got {len(data)}")
-        self._header(out, block, addr, RamFlag.PAGE)
-        _put(out, data)
-
-    def save_xbzrle_page(self, out: Out, block: str, addr: int, delta: bytes) -> None:
-        """An XBZRLE record: u8 encoding 0x01, be16 length, the delta (ram.c: save_xbzrle_page)."""
-        if len(delta) > PAGE:
-            raise LocalProtocolError(f"XBZRLE delta of {len(delta)} bytes exceeds a page")
-        self._header(out, block, addr, RamFlag.XBZRLE)
-        _put(out, bytes((ENCODING_FLAG_XBZRLE,)) + pack_be16(len(delta)) + delta)
-
-    def save_compressed_page(self, out: Out, block: str, addr: int,
-                             page: bytes | memoryview, level: int = 1) -> None:
-        """A zlib-compressed page record: be32 length, zlib data (ram.c: do_compress_ram_page)."""
-        data = zlib.compress(bytes(page), level)
-        if len(data) > COMPRESS_BOUND_PAGE:
-            raise LocalProtocolError("compressed page exceeds compressBound(4096)")
-        self._header(out, block, addr, RamFlag.COMPRESS_PAGE)
-        _put(out, pack_be32(len(data)) + data)
-
-
-_HDR_BYTES = np.arange(8, dtype=np.intp)
-
-
-def _frame_batch(out: Out, view: memoryview, idx: np.ndarray, zero: np.ndarray) -> None:
-    """Append CONTINUE records for pages `idx` (zero or normal as `zero` says)."""
-    n = idx.size
-    sizes = np.where(zero, 9, PAGE + 8)
-    ends = np.cumsum(sizes)
-    buf, start = _reserve(out, int(ends[-1]))
-    at = start + ends - sizes  # where each record starts
-    words = (idx.astype(np.uint64) * np.uint64(PAGE)) | \
-        np.where(zero, np.uint64(_ZERO_CONT), np.uint64(_PAGE_CONT))
-    u8 = np.frombuffer(buf, dtype=np.uint8)
-    u8[at[:, None] + _HDR_BYTES] = words.astype(">u8").view(np.uint8).reshape(n, 8)
-    if zero.any():
-        u8[at[zero] + 8] = 0
-    del u8
-    _copy_bodies(buf, view, idx, zero, at)
-
-
-def _copy_bodies(buf: bytearray, view: memoryview, idx: np.ndarray, zero: np.ndarray,
-                 at: np.ndarray) -> None:
-    """Copy normal pages behind their headers: a run of consecutive normal pages with one
-    strided numpy copy, a lone page with one slice copy."""
-    normal = ~zero
-    if not normal.any():
-        return
-    # runs of records that are normal and whose pages follow each other in memory
-    follows = np.zeros(idx.size, dtype=bool)
-    follows[1:] = normal[1:] & normal[:-1] & (idx[1:] - idx[:-1] == 1)
-    starts = np.flatnonzero(normal & ~follows)
-    ends = np.append(starts[1:], idx.size)
-    mem = np.frombuffer(view, dtype=np.uint8)
-    for a, b in zip(starts.tolist(), ends.tolist()):
-        count = int(np.count_nonzero(normal[a:b])) if b - a > 1 else 1
-        page, pos = int(idx[a]), int(at[a])
-        if count < 4:
-            for k in range(a, a + count):
-                addr = int(idx[k]) * PAGE
-                p = int(at[k]) + 8
-                buf[p:p + PAGE] = view[addr:addr + PAGE]
-            continue
-        body = np.ndarray((count, PAGE), dtype=np.uint8, buffer=buf, offset=pos + 8,
-                          strides=(PAGE + 8, 1))
-        body[:] = mem[page * PAGE:(page + count) * PAGE].reshape(count, PAGE)
-
-
-def _frame_run(out: Out, mpages: np.ndarray, first: int, count: int, zero: bool) -> None:
-    """Append `count` CONTINUE records of consecutive pages of one kind with numpy."""
-    stride = 9 if zero else PAGE + 8
-    buf, start = _reserve(out, count * stride)
-    offsets = np.arange(first, first + count, dtype=np.uint64) * np.uint64(PAGE)
-    flag = _ZERO_CONT if zero else _PAGE_CONT
-    hdr = np.ndarray((count,), dtype=">u8", buffer=buf, offset=start, strides=(stride,))
-    hdr[:] = offsets | np.uint64(flag)
-    if zero:
-        np.ndarray((count,), dtype=np.uint8, buffer=buf, offset=start + 8,
-                   strides=(stride,))[:] = 0
-    else:
-        body = np.ndarray((count, PAGE), dtype=np.uint8, buffer=buf, offset=start + 8,
-                          strides=(stride, 1))
-        body[:] = mpages[first:first + count]

@@ -33,7 +33,7 @@ from .events import (
     StreamHeader,
     VmDescription,
 )
-from .ram import EOS, PAGE, encode_mem_size
+from .ram_saver import EOS, PAGE, encode_mem_size
 from .vmstate import DeviceDescription, save_state, vmdesc_entry
 
 

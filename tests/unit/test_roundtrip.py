@@ -461,7 +461,7 @@ def test_one_byte_chunks_equal_whole():
 
 def test_compressed_page_is_real_zlib():
     records = bytearray()
-    from harness.protocol.ram import RamSaver
+    from harness.protocol.ram_saver import RamSaver
 
     RamSaver().save_compressed_page(records, "ram", 0, bytes(PAGE))
     length = int.from_bytes(records[12:16], "big")
