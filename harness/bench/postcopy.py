@@ -13,29 +13,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.runner.peers import HarnessPeer, PeerHandle, short_dir
+from harness.runner.peers import HarnessPeer, short_dir
 
 from .figures import Figure
+from .precopy import wait_status
 from .rtt import round_trips
 
 MiB = 1 << 20
-
-
-def _wait(peer: PeerHandle, want: set[str], timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = peer.execute("query-migrate") or {}
-        if info.get("status") in want:
-            return info
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{peer.role} still {info.get('status')} after {timeout:.0f} s")
-        time.sleep(0.01)
 
 
 def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
@@ -62,9 +51,9 @@ def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
             uri = f"unix:{sockdir}/m.sock"
             dst.execute("migrate-incoming", {"uri": uri})
         src.execute("migrate", {"uri": uri})
-        _wait(src, {"active", "failed"}, timeout)
+        wait_status(src, {"active", "failed"}, timeout)
         src.execute("migrate-start-postcopy")
-        done = _wait(dst, {"completed", "failed"}, timeout)
+        done = wait_status(dst, {"completed", "failed"}, timeout)
         if done["status"] != "completed":
             raise RuntimeError(f"postcopy failed: {done.get('error-desc')}")
         return dict(done["x-postcopy"])

@@ -37,7 +37,8 @@ def _random_ram(size: int, seed: int = 1) -> np.ndarray:
     return out
 
 
-def _wait_status(peer: PeerHandle, want: set[str], timeout: float) -> dict[str, Any]:
+def wait_status(peer: PeerHandle, want: set[str], timeout: float) -> dict[str, Any]:
+    """Poll query-migrate until the status is one of `want` (TimeoutError after `timeout`)."""
     deadline = time.monotonic() + timeout
     while True:
         info = peer.execute("query-migrate") or {}
@@ -57,9 +58,9 @@ def _migrate(src: PeerHandle, dst: PeerHandle, timeout: float) -> tuple[float, i
     addr = info["socket-address"][0]
     start = time.perf_counter()
     src.execute("migrate", {"uri": f"tcp:{addr['host']}:{addr['port']}"})
-    done = _wait_status(dst, {"completed", "failed"}, timeout)
+    done = wait_status(dst, {"completed", "failed"}, timeout)
     seconds = time.perf_counter() - start
-    result = _wait_status(src, {"completed", "failed"}, timeout)
+    result = wait_status(src, {"completed", "failed"}, timeout)
     if done["status"] != "completed" or result["status"] != "completed":
         raise RuntimeError(f"migration ended {result['status']} / {done['status']}: "
                            f"{result.get('error-desc') or done.get('error-desc')}")

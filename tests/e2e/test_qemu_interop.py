@@ -28,18 +28,11 @@ from harness.protocol import (
 )
 from harness.protocol.constants import RamFlag
 from harness.protocol.savevm import PausedStream
-from harness.qemu import QemuProcess, QMPError, find_qemu, pmemsave, read_phys, wait_migration
+from harness.qemu import QemuProcess, QMPError, pmemsave, read_phys, wait_migration
+from tests.qemu_env import COMMON, QEMU_MARKS
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(find_qemu() is None,
-                       reason="qemu-system-x86_64 not installed "
-                              "(CI installs Debian's qemu-system-x86)"),
-]
+pytestmark = [*QEMU_MARKS]
 
-COMMON = ["-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config",
-          "-M", "none", "-m", "16"]
 RAM_SIZE = 16 << 20
 PAGE = 4096
 PATTERN_PAGES = 4

@@ -23,17 +23,10 @@ from harness.qemu import (
     find_qemu,
     userfaultfd_available,
 )
+from tests.qemu_env import COMMON, QEMU_MARKS
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(find_qemu() is None,
-                       reason="qemu-system-x86_64 not installed "
-                              "(CI installs Debian's qemu-system-x86)"),
-]
+pytestmark = [*QEMU_MARKS]
 
-COMMON = ["-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config",
-          "-M", "none", "-m", "16"]
 
 Launch = Callable[..., QemuProcess]
 

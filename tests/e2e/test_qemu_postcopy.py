@@ -12,24 +12,16 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 
 from harness.guest import BlockSpec, Guest, GuestSpec
 from harness.migration.config import MigrationConfig
 from harness.protocol import ReqPagesId
-from harness.qemu import QemuProcess, find_qemu, read_phys, userfaultfd_available
+from harness.qemu import QemuProcess, read_phys
 from harness.transport import connect, parse_uri
 from source.migration import OutgoingMigration
+from tests.qemu_env import COMMON, QEMU_MARKS, USERFAULTFD_MARK
 
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(find_qemu() is None, reason="qemu-system-x86_64 not installed "
-                                                   "(CI installs Debian's qemu-system-x86)"),
-    pytest.mark.skipif(not userfaultfd_available(),
-                       reason="userfaultfd is not available: a QEMU postcopy destination "
-                              "needs it (root, or vm.unprivileged_userfaultfd=1)"),
-]
+pytestmark = [*QEMU_MARKS, USERFAULTFD_MARK]
 MiB = 1 << 20
 
 
@@ -49,8 +41,7 @@ def test_harness_source_serves_a_qemu_destinations_faults(tmp_path):
     spec = GuestSpec(machine="none", blocks=[BlockSpec("ram", 16 * MiB)], fill=0.5, seed=41,
                      devices=["timer", "globalstate"])
     guest = Guest.create(spec, initial_content=True, prefault=True)
-    qemu = QemuProcess(["-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config",
-                        "-M", "none", "-m", "16", "-incoming", "defer"], tmp_path, name="dst")
+    qemu = QemuProcess([*COMMON, "-incoming", "defer"], tmp_path, name="dst")
     outgoing = None
     try:
         guest.start()

@@ -16,6 +16,7 @@ import pytest
 
 from harness.qemu import find_qemu, userfaultfd_available
 from tests.conftest import REPO
+from tests.qemu_env import NO_QEMU, NO_USERFAULTFD
 
 SCENARIOS = REPO / "scenarios"
 NEEDS_QEMU = {"precopy-qemu-destination", "precopy-qemu-source", "postcopy-qemu-destination",
@@ -40,10 +41,9 @@ def shipped() -> list[str]:
 @pytest.mark.parametrize("name", shipped())
 def test_shipped_scenario_passes(name, tmp_path):
     if name in NEEDS_QEMU and find_qemu() is None:
-        pytest.skip("qemu-system-x86_64 not installed (CI installs Debian's qemu-system-x86)")
+        pytest.skip(NO_QEMU)
     if name in NEEDS_USERFAULTFD and not userfaultfd_available():
-        pytest.skip("userfaultfd is not available to this process (a QEMU postcopy "
-                    "destination needs it: root, or vm.unprivileged_userfaultfd=1)")
+        pytest.skip(NO_USERFAULTFD)
     code, report, output = run(SCENARIOS / f"{name}.yaml", tmp=tmp_path)
     assert code == 0, output
     [sc] = report["scenarios"]
