@@ -63,6 +63,14 @@ def summary_lines(r: ScenarioResult) -> list[str]:
             f"setup {st.get('setup-time', '-')} ms, transferred {_mib(ram.get('transferred'))}, "
             f"{ram.get('normal', 0)} normal + {ram.get('duplicate', 0)} zero pages, "
             f"{ram.get('dirty-sync-count', 0)} passes, {ram.get('mbps', 0):.0f} Mbps")
+    postcopy = r.destination.stats.get("x-postcopy", {})
+    if postcopy:
+        lat = postcopy.get("latency-us", {})
+        lines.append(
+            f"  postcopy: {postcopy.get('requests', 0)} page requests"
+            + (f", request sent -> page placed p50 {lat['p50']:.0f} us, p99 {lat['p99']:.0f} us"
+               if lat else "")
+            + f", guest blocked {r.destination.stats.get('postcopy-blocktime', 0)} ms")
     for inv in r.invariants:
         lines.append(f"  {'ok    ' if inv.ok else 'FAILED'} {inv.name}: {inv.detail}")
     return lines
@@ -81,7 +89,7 @@ def print_summary(results: Sequence[ScenarioResult], console: Console) -> None:
                       str(r.stats.get("downtime", "-")), _mib(ram.get("transferred")),
                       str(ram.get("dirty-sync-count", "-")))
     console.print(table)
-    for r in results:
-        if r.verdict != "pass":
+    for r in results:  # the details: of every scenario that did not pass, or of the only one
+        if r.verdict != "pass" or len(results) == 1:
             for line in summary_lines(r):
                 console.print(line, markup=False, highlight=False)

@@ -49,6 +49,10 @@ def test_shipped_scenario_passes(name, tmp_path):
     [sc] = report["scenarios"]
     assert sc["verdict"] == "pass", sc["reason"]
     assert all(i["ok"] for i in sc["invariants"]) and sc["invariants"]
+    for inv in sc["invariants"]:  # a single scenario's summary lists what was checked
+        assert f"ok     {inv['name']}: " in output
+    if sc["stats"].get("ram", {}).get("postcopy-requests"):
+        assert f"postcopy: {sc['stats']['ram']['postcopy-requests']} page requests" in output
     check = FACTS.get(name)
     if check:
         check(sc)
