@@ -29,6 +29,7 @@ PAGE = TARGET_PAGE_SIZE
 SMALL_BATCH = 4  # up to this many pages are framed one by one (save_pages)
 _PAGE_CONT = RAM_PAGE_CONT
 _ZERO_CONT = RAM_ZERO_CONT
+_CONTINUE = int(RamFlag.CONTINUE)
 
 
 def encode_mem_size(blocks: list[RamBlockInfo] | tuple[RamBlockInfo, ...]) -> bytes:
@@ -129,8 +130,9 @@ class RamSaver:
         self.last_block = None
 
     def _header(self, out: Out, block: str, addr: int, flag: int) -> None:
+        flag = int(flag)  # IntFlag's operators are slow: a requested page goes this way
         if block == self.last_block:
-            _put(out, pack_be64(addr | flag | RamFlag.CONTINUE))
+            _put(out, pack_be64(addr | flag | _CONTINUE))
         else:
             _put(out, pack_be64(addr | flag) + str8(block))
             self.last_block = block
