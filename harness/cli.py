@@ -208,6 +208,8 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("precopy")
 def bench_precopy(
     size: Annotated[str, typer.Option(help="Guest RAM size.")] = "1GiB",
+    repeat: Annotated[int, typer.Option(min=1, help="Rounds of harness and raw stream; "
+                                                    "the medians are compared.")] = 3,
     json_path: Annotated[Path | None, typer.Option("--json", metavar="FILE",
                                                    help="Write the figures as JSON.")] = None,
 ) -> None:
@@ -217,7 +219,7 @@ def bench_precopy(
     from .scenario.units import parse_size
 
     try:
-        figures = precopy.run(parse_size(size))
+        figures = precopy.run(parse_size(size), repeat=repeat)
     except (RuntimeError, TimeoutError, OSError) as err:
         raise _fail(1, f"harness bench precopy: {err}")
     typer.echo(table(figures))

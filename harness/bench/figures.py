@@ -39,13 +39,13 @@ class Figure:
 
 
 def table(figures: list[Figure]) -> str:
-    rows = [("figure", "value", "baseline", "ratio", "goal", "")]
+    rows = [("figure", "value", "baseline", "ratio", "goal", "", "")]
     for f in figures:
         rows.append((f.name, f"{f.value:.3f} {f.unit}",
                      "-" if f.baseline is None else f"{f.baseline:.3f} {f.unit}",
                      "-" if f.ratio is None else f"{f.ratio:.2f}",
                      "-" if f.goal is None else f"{'<=' if f.lower_is_better else '>='} {f.goal:g}",
-                     {True: "met", False: "MISSED", None: f.note}[f.met]))
+                     {True: "met", False: "MISSED", None: ""}[f.met], f.note or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
