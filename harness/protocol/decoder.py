@@ -8,9 +8,11 @@ qemu_loadvm_state`, `qemu_loadvm_state_main`, `qemu_loadvm_section_start_full`,
 its checks and its words.  Each record is parsed from a `Reader` and committed only when
 complete, so chunk boundaries never change the events; a record that needs N more bytes
 is not retried before they arrive.  RAM payloads stream record by record into numpy RAM
-(`ram.RamLoader`).  A PACKAGED blob is waited for whole, as QEMU reads it, then decoded
-in place as a nested stream bounded by its length.  After any error the decoder refuses
-further use.
+(`ram.RamLoader`), or, with `ram="discard"`, are checked and located without being kept
+(a proxy between two peers has no guest RAM).  A PACKAGED blob is waited for whole, as
+QEMU reads it, then decoded in place as a nested stream bounded by its length.  After
+any error the decoder refuses further use.  `successor()` continues a stream on a new
+connection (postcopy recovery), knowing the sections and RAM blocks seen so far.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class StreamDecoder:
     """Decode a migration stream pushed in chunks.
 
     Options mirror the destination's local view, as QEMU's loader has one:
-    `ram` (idstr -> uint8 numpy array; None = create blocks from the stream),
+    `ram` (idstr -> uint8 numpy array; None = create blocks from the stream; "discard" =
+    keep no RAM: pages are checked and skipped, and `RamPages.spans` says where they lie),
     `devices` (DeviceDescriptions it can load; the `-M none` set by default),
     `configuration` / `footers` (True, False, or None = detect from the stream),
     `header` (False for a stream that continues without one, e.g. a PACKAGED blob),
@@ -112,7 +115,7 @@ class StreamDecoder:
     then a warning, as QEMU logs it).
     """
 
-    def __init__(self, *, ram: dict[str, np.ndarray] | None = None,
+    def __init__(self, *, ram: dict[str, np.ndarray] | str | None = None,
                  devices: Iterable[DeviceDescription] | None = None,
                  configuration: bool | None = None, footers: bool | None = None,
                  header: bool = True, machine: str | None = None,
@@ -121,10 +124,19 @@ class StreamDecoder:
                  page_sizes: dict[str, int] | None = None,
                  skip_unknown_devices: bool = False, vmdesc: bool = False,
                  max_packaged: int = 1 << 30) -> None:
+        if isinstance(ram, str) and ram != "discard":
+            raise ValueError(f"ram={ram!r}: expected a dict of blocks, None or 'discard'")
+        self._options: dict[str, Any] = {
+            "ram": ram, "devices": devices, "configuration": configuration,
+            "footers": footers, "machine": machine, "capabilities": capabilities, "uuid": uuid,
+            "postcopy_ram": postcopy_ram, "ignore_shared": ignore_shared,
+            "page_sizes": page_sizes, "skip_unknown_devices": skip_unknown_devices,
+            "vmdesc": vmdesc, "max_packaged": max_packaged}
         self._buf = bytearray(_INITIAL_BUFFER)  # bytes live in [_pos, _end)
         self._end = 0
         self._pos = 0
         self._base = 0
+        self._retain: int | None = None  # absolute offset kept in the buffer (retain())
         self._closed = False
         self._need = 0
         self._events: deque[Event] = deque()
@@ -147,8 +159,10 @@ class StreamDecoder:
         self.skip_unknown_devices = skip_unknown_devices
         self.expect_vmdesc = vmdesc
         self.max_packaged = max_packaged
-        self.loader = RamLoader(ram, postcopy_ram=postcopy_ram,
-                                ignore_shared=bool(ignore_shared), page_sizes=page_sizes)
+        discard = ram == "discard"
+        self.loader = RamLoader(None if discard else ram,  # type: ignore[arg-type]
+                                postcopy_ram=postcopy_ram, ignore_shared=bool(ignore_shared),
+                                page_sizes=page_sizes, discard=discard)
 
     # ------------------------------------------------------------------ public
     @property
@@ -167,6 +181,39 @@ class StreamDecoder:
     @property
     def footers(self) -> bool | None:
         return self._footers
+
+    def successor(self) -> StreamDecoder:
+        """A decoder for a new connection that continues this stream (postcopy recovery:
+        `migration/savevm.c` goes on loading from the new channel, which carries no header
+        and no configuration, commands first, then PART sections of known section ids).
+        It has this decoder's options, sections, footer mode, configuration and RAM blocks;
+        its offsets count from 0 on the new connection.  This decoder is left as it is."""
+        if self._error is not None and self.configuration is None and not self._sections:
+            raise self._refuse()
+        new = StreamDecoder(**{**self._options, "header": False})
+        new._sections = dict(self._sections)
+        new._footers = self._footers
+        new.configuration = self.configuration
+        new.loader = self.loader.fork()
+        return new
+
+    def retain(self, offset: int) -> None:
+        """Keep the input from absolute `offset` on in the buffer, parsed or not, until a
+        later call moves the mark (a proxy forwards bytes after it has framed them)."""
+        self._retain = offset
+
+    def buffered(self, start: int, end: int) -> memoryview:
+        """The input bytes at absolute offsets [start, end) while the buffer holds them:
+        what was fed and not yet dropped (everything from the offset reached before the
+        last feed, or from the `retain()` mark).  Release the view before feeding more
+        (the buffer may move)."""
+        lo, hi = start - self._base, end - self._base
+        if not 0 <= lo <= hi <= self._end:
+            raise LocalProtocolError(
+                f"bytes [{start}, {end}) are not held: the buffer holds "
+                f"[{self._base}, {self._base + self._end})")
+        with memoryview(self._buf) as whole:
+            return whole[lo:hi]
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes; b"" means the input has ended."""
@@ -201,11 +248,13 @@ class StreamDecoder:
         """Room for n more bytes: move the unparsed tail to the front, or grow."""
         if self._end + n <= len(self._buf):
             return
-        live = self._end - self._pos
-        if live + n <= len(self._buf) // 2 or (self._pos and live + n <= len(self._buf)):
-            self._buf[:live] = self._buf[self._pos:self._end]
-            self._base += self._pos
-            self._pos = 0
+        keep = self._pos if self._retain is None else \
+            min(self._pos, max(0, self._retain - self._base))
+        live = self._end - keep
+        if keep and live + n <= len(self._buf):
+            self._buf[:live] = self._buf[keep:self._end]
+            self._base += keep
+            self._pos -= keep
             self._end = live
         if self._end + n > len(self._buf):
             self._buf.extend(bytes(max(self._end + n - len(self._buf), len(self._buf))))

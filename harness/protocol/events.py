@@ -93,13 +93,17 @@ class RamPages(Event):
     """A batch of page records of one block, already written into RAM.
 
     `offsets` are byte offsets in the block (uint64), `kinds` the record type of each
-    (RamFlag.ZERO / PAGE / XBZRLE / COMPRESS_PAGE, uint16).
+    (RamFlag.ZERO / PAGE / XBZRLE / COMPRESS_PAGE, uint16).  A decoder that discards
+    pages (`StreamDecoder(ram="discard")`) writes nothing and gives `spans` instead: where
+    each record lies in the stream, one row per record (int64: record start, payload
+    start, record end; absolute offsets).
     """
 
     section_id: int
     block: str
     offsets: np.ndarray
     kinds: np.ndarray
+    spans: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.offsets.size)

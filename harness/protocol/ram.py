@@ -5,11 +5,14 @@ the decoder's buffer into each block's numpy array (`migration/ram.c: ram_load_p
 is the model, checks and messages included) and reports batches as `RamPages` events
 holding numpy arrays.  Long runs of same-kind CONTINUE records (the common case: a bulk
 pass) are recognised and placed with one vectorised numpy operation per run; everything
-else goes through a tight per-record loop.  Saving, the mirror, is in `ram_saver`.
+else goes through a tight per-record loop.  A loader in discard mode (a proxy, which has
+no guest RAM) validates and locates records without storing them (`ram_discard`).
+Saving, the mirror, is in `ram_saver`.
 """
 
 from __future__ import annotations
 
+import copy
 import zlib
 from array import array
 from collections.abc import Callable
@@ -29,6 +32,7 @@ from .constants import (
 )
 from .errors import RemoteProtocolError
 from .events import RamBlockInfo, RamMemSize, RamPages
+from .ram_discard import load_discarding
 from .wire import NeedData, Reader, Truncated, unpack_be64
 
 PAGE = TARGET_PAGE_SIZE
@@ -53,13 +57,14 @@ def new_ram(size: int) -> np.ndarray:
 @dataclass
 class _Block:
     idstr: str
-    mem: np.ndarray
+    mem: np.ndarray | None  # None in discard mode: the block is known, its RAM is not kept
     used_length: int
 
     def __post_init__(self) -> None:
-        self.view = self.mem.data.cast("B")
-        aligned = self.used_length % PAGE == 0 and self.mem.flags.c_contiguous
-        self.pages = self.mem[: self.used_length].reshape(-1, PAGE) if aligned else None
+        mem = self.mem
+        self.view: memoryview | None = None if mem is None else mem.data.cast("B")
+        aligned = mem is not None and self.used_length % PAGE == 0 and mem.flags.c_contiguous
+        self.pages = mem[: self.used_length].reshape(-1, PAGE) if aligned else None  # type: ignore[index]
 
 
 class RamLoader:
@@ -69,12 +74,17 @@ class RamLoader:
     created from the stream's MEM_SIZE list (analysis).  `page_sizes` gives a block's page
     size where it differs from the host page size (hugepages: the stream carries it only
     then, and only with postcopy-ram).  `ignore_shared` is the x-ignore-shared capability.
+    `discard`: keep no RAM at all (blocks come from the stream, pages are checked and
+    skipped, and each `RamPages` says where its records lie in `spans`).
     """
 
     def __init__(self, blocks: dict[str, np.ndarray] | None = None, *,
                  postcopy_ram: bool = False, ignore_shared: bool = False,
                  page_sizes: dict[str, int] | None = None, host_page_size: int = PAGE,
-                 allow_compressed: bool = True) -> None:
+                 allow_compressed: bool = True, discard: bool = False) -> None:
+        if discard and blocks:
+            raise ValueError("a discarding RAM loader keeps no RAM: give it no blocks")
+        self.discard = discard
         self.create_blocks = blocks is None
         self._blocks: dict[str, _Block] = {}
         for name, mem in (blocks or {}).items():
@@ -98,7 +108,20 @@ class RamLoader:
 
     @property
     def ram(self) -> dict[str, np.ndarray]:
-        return {name: b.mem for name, b in self._blocks.items()}
+        return {name: b.mem for name, b in self._blocks.items() if b.mem is not None}
+
+    @property
+    def block_lengths(self) -> dict[str, int]:
+        """idstr -> used_length of every block known (given, or from the stream)."""
+        return {name: b.used_length for name, b in self._blocks.items()}
+
+    def fork(self) -> RamLoader:
+        """A loader for the same stream continued on a new connection (postcopy recovery):
+        the same blocks (and RAM), modes and last block, its own table from now on."""
+        new = copy.copy(self)
+        new._blocks = dict(self._blocks)
+        new.need = 0
+        return new
 
     # ------------------------------------------------------------------ MEM_SIZE
     def load_mem_size(self, r: Reader, section_id: int, total: int, start: int) -> RamMemSize:
@@ -133,8 +156,8 @@ class RamLoader:
             remaining -= length
         for info in infos:
             if info.idstr not in self._blocks:
-                self._blocks[info.idstr] = _Block(info.idstr, self._allocate(info),
-                                                  info.used_length)
+                mem = None if self.discard else self._allocate(info)
+                self._blocks[info.idstr] = _Block(info.idstr, mem, info.used_length)
         return RamMemSize(section_id, total, tuple(infos), offset=start)
 
     def _allocate(self, info: RamBlockInfo) -> np.ndarray:
@@ -157,6 +180,8 @@ class RamLoader:
         to its start, so nothing is applied twice.  The loop keeps the current block's
         view and length in locals: this is the per-page hot path.
         """
+        if self.discard:
+            return load_discarding(self, r, section_id)
         if self.postcopy_mode:
             return self._load_placing(r, section_id)
         events: list[RamMemSize | RamPages] = []
@@ -446,6 +471,7 @@ class RamLoader:
             raise RemoteProtocolError(
                 f"Unknown combination of migration flags: 0x{flags:x} (postcopy mode)")
         view = block.view
+        assert view is not None  # placing pages needs RAM (not a discarding loader)
         if kind == RamFlag.ZERO:
             fill = r.u8()
             view[addr:addr + PAGE] = bytes((fill,)) * PAGE  # QEMU 7.2 honours the fill byte
@@ -584,8 +610,10 @@ class _Batch:
         if pages is not None:
             pages[(zero_at >> np.uint64(12)).astype(np.intp)] = 0
         else:
+            view = self.block.view
+            assert view is not None
             for addr in zero_at.tolist():
-                self.block.view[addr:addr + PAGE] = _ZERO_PAGE
+                view[addr:addr + PAGE] = _ZERO_PAGE
         kinds[deferred] = RamFlag.ZERO
 
     def flush(self, events: list, pos: int) -> None:
