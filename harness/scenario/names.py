@@ -59,7 +59,13 @@ RETURN_PATH_ONLY = tuple(n for n in RP_MESSAGE_NAMES if n not in MIG_CMD_NAMES)
 #: QEMU_VM_* record types (migration/savevm.h) a fault may aim at, besides messages
 SECTION_RECORD_NAMES = ("EOF", "SECTION_START", "SECTION_PART", "SECTION_END", "SECTION_FULL",
                         "SUBSECTION", "VMDESCRIPTION", "CONFIGURATION", "COMMAND")
-FRAME_NAMES: tuple[str, ...] = MESSAGE_NAMES + SECTION_RECORD_NAMES
+#: a page record of the `ram` section (header: be64 offset|flags [+ block name]; payload)
+RAM_PAGE = "RAM_PAGE"
+FRAME_NAMES: tuple[str, ...] = MESSAGE_NAMES + SECTION_RECORD_NAMES + (RAM_PAGE,)
+#: what a `frame:` trigger may count: whole frames (a page is a record inside a section,
+#: a subsection a part of a device's payload)
+FRAME_TRIGGER_NAMES: tuple[str, ...] = tuple(
+    n for n in FRAME_NAMES if n not in (RAM_PAGE, "SUBSECTION"))
 
 PeerName = Literal["source", "destination"]
 PEER_NAMES: tuple[str, ...] = get_args(PeerName)

@@ -1,0 +1,147 @@
+"""`harness proxy`: the fault-injecting proxy as a process, driven like a peer.
+
+Strategy: the process is a `Proxy` plus a `ControlServer` on the runner's address,
+answering QMP-shaped commands (as `harness.migration.peer` does for the peers) and
+forwarding the proxy's events to every client.  The main thread only serves commands;
+the proxy runs in its own threads.  `quit`, SIGTERM and SIGINT lead to the same end: the
+serving loop stops, the proxy closes every session and joins its threads, the control
+socket goes.
+
+Commands:
+    x-proxy-arm {"id": str, "trigger": TRIGGER|null, "fault": NETFAULT|null, "hold": bool,
+                 "probability"?: number}
+    x-proxy-release {"id": str}
+    x-proxy-target {"uri": str}
+    query-proxy
+    quit
+Events:
+    WIRE {id, trigger, session, channel, offset, frame, count, held}   a trigger matched
+    FAULT {id, kind, channel, direction, flow, session, offset, frame, detail}  it acted
+    SESSION {n, event: accepted|closed, reason}
+    HOLD_RELEASED {id, by: x-proxy-release|deadline, held}
+    FRAMING_LOST {session, channel, message}
+    PROXY_ERROR {session, error}
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from harness.control import CommandError, ControlError, ControlServer
+
+from .proxy import Proxy
+
+__all__ = ["ProxyProcess", "main"]
+
+log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL = 0.0002  # s: as the peers' (harness.migration.peer)
+
+
+class ProxyProcess:
+    """The proxy and its control server; `run()` serves until quit or SIGTERM."""
+
+    def __init__(self, control: str, listen: str, target: str, seed: int = 0) -> None:
+        self.server = ControlServer(control, role="proxy")
+        self.stop = threading.Event()
+        try:
+            self.proxy = Proxy(listen, target, seed=seed, emit=self.server.emit)
+        except BaseException:
+            self.server.close()
+            raise
+        for name, handler in (("x-proxy-arm", self._arm), ("x-proxy-release", self._release),
+                              ("x-proxy-target", self._target), ("query-proxy", self._query),
+                              ("quit", self._quit)):
+            self.server.register(name, _plain_errors(handler))
+
+    def run(self) -> int:
+        def on_signal(*_: object) -> None:
+            self.stop.set()
+            self.server.wakeup()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        # a page request must not wait 5 ms (Python's default) for the GIL behind the
+        # thread forwarding the bulk of the stream (the peers do the same)
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        try:
+            self.proxy.start()
+            self.server.serve_forever(self.stop)
+        finally:
+            try:
+                self.proxy.close()
+                self.server.serve_once(0)  # the last events (sessions closed) go out
+            finally:
+                self.server.close()
+        return 0
+
+    # ------------------------------------------------------------------ commands
+    def _arm(self, args: dict[str, Any]) -> Any:
+        _only(args, "x-proxy-arm", {"id", "trigger", "fault", "hold", "probability"})
+        hold = args.get("hold", False)
+        if not isinstance(hold, bool):
+            raise CommandError("GenericError", "x-proxy-arm: hold must be true or false")
+        probability = args.get("probability")
+        if probability is not None and (isinstance(probability, bool)
+                                        or not isinstance(probability, (int, float))):
+            raise CommandError("GenericError",
+                               "x-proxy-arm: probability must be a number between 0 and 1")
+        for key in ("trigger", "fault"):
+            if args.get(key) is not None and not isinstance(args[key], dict):
+                raise CommandError("GenericError", f"x-proxy-arm: {key} must be an object or null")
+        if probability is not None and args.get("trigger") is None:
+            raise ValueError("x-proxy-arm: probability applies to a trigger (none given)")
+        return self.proxy.arm(args.get("id", ""), args.get("trigger"), args.get("fault"), hold,
+                              probability)
+
+    def _release(self, args: dict[str, Any]) -> Any:
+        _only(args, "x-proxy-release", {"id"})
+        return self.proxy.release(str(args.get("id", "")))
+
+    def _target(self, args: dict[str, Any]) -> Any:
+        _only(args, "x-proxy-target", {"uri"})
+        uri = args.get("uri")
+        if not isinstance(uri, str):
+            raise CommandError("GenericError", "x-proxy-target needs uri (a tcp: or unix: URI)")
+        return self.proxy.set_target(uri)
+
+    def _query(self, args: dict[str, Any]) -> Any:
+        _only(args, "query-proxy", set())
+        return self.proxy.query()
+
+    def _quit(self, args: dict[str, Any]) -> Any:
+        self.stop.set()
+        return {}
+
+
+def _only(args: dict[str, Any], command: str, allowed: set[str]) -> None:
+    extra = sorted(set(args) - allowed)
+    if extra:
+        raise ValueError(f"{command}: unexpected argument {extra[0]!r} "
+                         f"(it takes: {', '.join(sorted(allowed)) or 'nothing'})")
+
+
+def _plain_errors(handler: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    def wrapped(args: dict[str, Any]) -> Any:
+        try:
+            return handler(args or {})
+        except ValueError as err:
+            raise CommandError("GenericError", str(err)) from None
+
+    return wrapped
+
+
+def main(control: str, listen: str, target: str, seed: int = 0) -> int:
+    """Run the proxy process; 0 after quit/SIGTERM, 2 when it cannot start."""
+    logging.basicConfig(level=logging.WARNING, format="harness proxy: %(message)s")
+    try:
+        process = ProxyProcess(control, listen, target, seed)
+    except (ValueError, OSError, ControlError) as err:
+        log.error("cannot start: %s", err)
+        return 2
+    return process.run()

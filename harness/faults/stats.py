@@ -1,0 +1,75 @@
+"""The proxy's counters: bytes and frames per flow, and the protocol events it saw.
+
+Strategy: one lock, taken once per forwarded chunk (never per page: a batch of page
+records counts with one addition), so `query-proxy` reads a consistent snapshot while
+both flows of every session keep adding.  Bytes are counted where they are decided:
+`received` when read from a peer, `forwarded` when handed to the receiver's socket,
+`discarded` when a fault removed them (a drop, or input after a half-close or a cut);
+with no fault, forwarded equals received on both flows once the sessions ended.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from .framing import MAIN, RETURN_PATH, Framing
+
+__all__ = ["FLOWS", "Stats"]
+
+FLOWS = (MAIN, RETURN_PATH)
+_PAGE_REQUESTS = ("REQ_PAGES", "REQ_PAGES_ID")
+
+
+class Stats:
+    """Counters of one proxy, across its sessions."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bytes = {flow: {"received": 0, "forwarded": 0, "discarded": 0} for flow in FLOWS}
+        self._frames: dict[str, Counter[str]] = {flow: Counter() for flow in FLOWS}
+        self._seen = {"page-requests": 0, "pongs": 0, "sections": 0, "commands": 0}
+
+    def received(self, flow: str, n: int) -> int:
+        """Count `n` bytes read on `flow`; the flow's total before them."""
+        with self._lock:
+            counts = self._bytes[flow]
+            before = counts["received"]
+            counts["received"] = before + n
+            return before
+
+    def total_received(self, flow: str) -> int:
+        with self._lock:
+            return self._bytes[flow]["received"]
+
+    def add(self, flow: str, what: str, n: int) -> None:
+        """Count `n` bytes `forwarded` or `discarded` on `flow`."""
+        with self._lock:
+            self._bytes[flow][what] += n
+
+    def frames_seen(self, flow: str, framing: Framing) -> None:
+        if not framing.frames and not framing.pages:
+            return
+        with self._lock:
+            names = self._frames[flow]
+            seen = self._seen
+            for frame in framing.frames:
+                names[frame.name] += 1
+                if frame.kind == "section":
+                    seen["sections"] += 1
+                elif frame.kind == "command":
+                    seen["commands"] += 1
+                elif frame.name == "PONG":
+                    seen["pongs"] += 1
+                elif frame.name in _PAGE_REQUESTS:
+                    seen["page-requests"] += 1
+            if framing.pages:
+                names["RAM_PAGE"] += sum(len(batch) for batch in framing.pages)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"bytes": {flow: dict(counts) for flow, counts in self._bytes.items()},
+                    "frames": {flow: dict(sorted(names.items()))
+                               for flow, names in self._frames.items()},
+                    **self._seen}
