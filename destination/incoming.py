@@ -10,7 +10,20 @@ guest takes the runstate the source stored (running -> it starts, unless autosta
 the status becomes completed and the return path gets SHUT(0).  Any error — a malformed
 stream, a source that vanishes, a deadline — makes the status failed with QEMU's words and
 the byte offset in `error-desc`, sends SHUT(1) when it can, and never starts the guest.
-Postcopy commands are handed to `postcopy` (the next issue); until then they fail cleanly.
+Postcopy commands are handed to `postcopy`.
+
+Postcopy recovery (QEMU 7.2's `qemu_loadvm_state_main` -> `postcopy_pause_incoming`):
+once the guest runs here (PostcopyState RUNNING), any load error -- the source gone, a
+reset, `migrate-pause`, garbage -- pauses instead of failing: the channel is shut down
+and closed, the status becomes postcopy-paused, the guest keeps running (an access to a
+missing page blocks) and the load thread waits, without a deadline but woken by the
+peer quitting, for the connection of `migrate-recover URI` (`postcopy_try_recover`:
+-> postcopy-recover).  The loader then goes on with the same section table, RAM state
+and present bitmap on the new channel, which starts without a header: RECV_BITMAP is
+answered with the block's received bitmap on the new return path, POSTCOPY_RESUME makes
+it postcopy-active again, answered with RESUME_ACK(1) (postcopy.py re-sends the request
+the guest waits for).  A break while recovering pauses again.  Before RUN (LISTENING) a
+break fails, as in QEMU.  Statistics carry on across a recovery.
 """
 
 from __future__ import annotations
@@ -24,7 +37,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from harness.migration.config import MigrationConfig
-from harness.migration.status import MigrationStatus, StatusMachine, destination_machine
+from harness.migration.status import (
+    MIGRATE_PAUSE_REFUSED,
+    MIGRATE_RECOVER_REFUSED,
+    MigrationStatus,
+    StatusMachine,
+    destination_machine,
+)
 from harness.protocol import (
     Command,
     DeviceState,
@@ -37,10 +56,14 @@ from harness.protocol import (
     PostcopyAdvise,
     PostcopyListen,
     PostcopyRamDiscard,
+    PostcopyResume,
     PostcopyRun,
     ProtocolError,
     RamPages,
+    RecvBitmap,
+    RecvBitmapRequest,
     RemoteProtocolError,
+    ResumeAck,
     Shut,
     StreamClosed,
     StreamDecoder,
@@ -88,6 +111,8 @@ class IncomingMigration:
         self.state: StatusMachine = destination_machine()
         self.state.on_change(self._status_changed)
         self._listener: Listener | None = None
+        self._recover = threading.Condition()  # migrate-recover's listener, or quitting
+        self._recover_listener: Listener | None = None
         self._channel: Any = None
         self._thread: threading.Thread | None = None
         self._rp_open = False
@@ -119,20 +144,56 @@ class IncomingMigration:
             raise IncomingError(str(err)) from None
         listener = self._listen(uri)
         self._listener = listener
-        address = getattr(listener, "socket_address", None)
-        if address is not None:
-            self.socket_address = [address] if isinstance(address, dict) else list(address)
+        self._note_address(listener)
         self.guest.runstate = "inmigrate"
         self.state.set(S.NONE, S.SETUP)
         self._thread = threading.Thread(target=self._thread_main, name="incoming", daemon=True)
         self._thread.start()
+
+    def migrate_recover(self, uri: str) -> None:
+        """qmp_migrate_recover: only when postcopy is paused.  Listens on `uri`; the
+        load thread accepts the source's new connection.  A listener of an earlier
+        migrate-recover is released first (7.2: migration_incoming_transport_cleanup)."""
+        from harness.transport import TransportError, UriError, parse_uri
+
+        if self.state.status is not S.POSTCOPY_PAUSED:
+            raise IncomingError(MIGRATE_RECOVER_REFUSED)
+        try:
+            parse_uri(uri, "destination")
+            listener = self._listen(uri)
+        except (UriError, TransportError, OSError) as err:
+            raise IncomingError(str(err)) from None
+        with self._recover:
+            old, self._recover_listener = self._recover_listener, listener
+            if self._stopping:
+                old, self._recover_listener = listener, None
+            self._recover.notify_all()
+        if old is not None:
+            old.close()
+        self._note_address(listener)
+
+    def pause(self) -> None:
+        """qmp_migrate_pause on the destination: shut the channel down; the loader sees
+        the failure and pauses (7.2 accepts it in postcopy-active only)."""
+        if self.state.status is not S.POSTCOPY_ACTIVE:
+            raise IncomingError(MIGRATE_PAUSE_REFUSED)
+        channel = self._channel
+        if channel is not None:
+            channel.shutdown()
+
+    def _note_address(self, listener: Listener) -> None:
+        """query-migrate's socket-address: where we listen (the port after port 0)."""
+        address = getattr(listener, "socket_address", None)
+        if address is not None:
+            self.socket_address = [address] if isinstance(address, dict) else list(address)
 
     def query(self) -> dict[str, Any]:
         status = self.state.status
         if status is S.NONE:
             return {}
         info: dict[str, Any] = {"status": str(status)}
-        if status is S.SETUP and self.socket_address:
+        listening = (S.SETUP, S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER)
+        if status in listening and self.socket_address:
             info["socket-address"] = self.socket_address
         if status is not S.SETUP:
             info["ram"] = {"transferred": self.received, "normal": self.pages["normal"],
@@ -151,6 +212,11 @@ class IncomingMigration:
     def close(self) -> None:
         """Stop listening/loading (the peer is quitting)."""
         self._stopping = True
+        with self._recover:
+            recover, self._recover_listener = self._recover_listener, None
+            self._recover.notify_all()
+        if recover is not None:
+            recover.close()
         if self.postcopy is not None:
             self.postcopy.close()
         if self._listener is not None:
@@ -171,11 +237,7 @@ class IncomingMigration:
                 log.exception("incoming migration failed")
             self._failed(str(err) or type(err).__name__, [str(err)])
         finally:
-            with self._rp_lock:
-                files, self._record = self._record, None
-            for f in files or ():
-                if f is not None:
-                    f.close()
+            self._stop_recording()
             if self._channel is not None:
                 self._channel.close()
             if self._listener is not None:
@@ -184,32 +246,50 @@ class IncomingMigration:
     def _run(self) -> None:
         assert self._listener is not None
         channel = self._listener.accept(timeout=self.accept_timeout)
-        self._channel = channel
         self._listener.close()
         self._listener = None
         self.started_at = time.monotonic()
         self.state.set(S.SETUP, S.ACTIVE)
+        self._attach(channel)
         decoder = self._decoder()
-        sock = getattr(channel, "sock", None)
-        # the workload writes its page requests straight to the socket, unless this side
-        # records the return path: then they pass through `_send_rp` to be saved
-        direct = not (self.record_dir and self.record_return_path)
         self.postcopy = PostcopyIncoming(self.guest, self.config.cap("postcopy-ram"),
                                          self._send_rp, decoder.loader,
-                                         sock.fileno() if sock is not None and direct else None)
-        if hasattr(channel, "set_timeout"):
-            channel.set_timeout(self.idle_timeout)
-        readinto = channel.recv_into
+                                         self._request_fd(channel))
         if self.record_dir is not None:
             rp = self.record_dir / "stream.rp.bin"
             self._record = ((self.record_dir / "stream.fwd.bin").open("wb"),
                             rp.open("wb") if self.record_return_path else None)
-            forward = self._record[0]
+        while True:
+            try:
+                self._load(channel, decoder)
+                break
+            except Exception as err:
+                if not self._pausable():
+                    raise
+                recovered = self._postcopy_pause(err)
+                if recovered is None:
+                    return  # quitting while paused
+                channel = recovered
+                decoder = _continue_decoder(decoder)
+        self._complete()
 
-            def readinto(view: memoryview) -> int:
-                n = channel.recv_into(view)
-                forward.write(view[:n])
-                return n
+    def _request_fd(self, channel: Any) -> int | None:
+        """The socket the guest writes its page requests on itself -- unless this side
+        records the return path: then they pass through `_send_rp` to be saved."""
+        sock = getattr(channel, "sock", None)
+        direct = not (self.record_dir and self.record_return_path)
+        return sock.fileno() if sock is not None and direct else None
+
+    def _attach(self, channel: Any) -> None:
+        with self._rp_lock:
+            self._channel = channel
+        if hasattr(channel, "set_timeout"):
+            channel.set_timeout(self.idle_timeout)
+
+    def _load(self, channel: Any, decoder: StreamDecoder) -> None:
+        """qemu_loadvm_state_main on one channel, until the stream is over."""
+        assert self.postcopy is not None
+        readinto = self._reader(channel)
         done = False
         eof_at: float | None = None
         while not done:
@@ -239,9 +319,111 @@ class IncomingMigration:
             if self.postcopy.relay_error:
                 raise RuntimeError(self.postcopy.relay_error)
             if n == 0:
+                if not done and self._pausable():  # cut between two records
+                    raise ConnectionResetError("the migration stream ended before its EOF")
                 break
-        self._complete()
 
+    def _reader(self, channel: Any) -> Callable[[memoryview], int]:
+        """The channel's recv_into, saving what it reads when recording."""
+        forward = self._record[0] if self._record is not None else None
+        if forward is None:
+            return channel.recv_into  # type: ignore[no-any-return]
+
+        def readinto(view: memoryview) -> int:
+            n: int = channel.recv_into(view)
+            forward.write(view[:n])
+            return n
+        return readinto
+
+    def _stop_recording(self) -> None:
+        with self._rp_lock:
+            files, self._record = self._record, None
+        for f in files or ():
+            if f is not None:
+                f.close()
+
+    # ------------------------------------------------------------------ recovery
+    def _pausable(self) -> bool:
+        """qemu_loadvm_state_main: a load error pauses only once the guest runs here
+        (PostcopyState RUNNING, RAM postcopy), not while LISTENING."""
+        pc = self.postcopy
+        return (not self._stopping and pc is not None and pc.postcopy_ram
+                and pc.state is PostcopyState.RUNNING
+                and self.state.status in (S.POSTCOPY_ACTIVE, S.POSTCOPY_RECOVER))
+
+    def _postcopy_pause(self, err: Exception) -> Any:
+        """postcopy_pause_incoming, then postcopy_try_recover: the new channel (status
+        postcopy-recover), or None when the peer quits meanwhile."""
+        assert self.postcopy is not None
+        if not isinstance(err, (OSError, ProtocolError)):
+            log.error("postcopy load failed", exc_info=err)
+        self.error_desc = str(err) or type(err).__name__
+        print("harness destination: Detected IO failure for postcopy. Migration paused. "
+              f"({self.error_desc})", file=sys.stderr, flush=True)
+        self.postcopy.pause()
+        self._stop_recording()  # a recording holds one stream: the first channel's
+        with self._rp_lock:
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.shutdown()  # the guest's writes on its dup of the socket fail now
+            channel.close()
+        self.state.move(S.POSTCOPY_PAUSED)
+        new = self._wait_for_recovery()
+        if new is None:
+            return None
+        self._attach(new)
+        if self.postcopy.listening and hasattr(new, "prefer_latency"):
+            new.prefer_latency()
+        self.state.set(S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER)
+        return new
+
+    def _wait_for_recovery(self) -> Any:
+        """Accept on migrate-recover's listener (no deadline: a paused guest waits for
+        its user; quitting, or a newer migrate-recover, interrupts the accept)."""
+        from harness.transport import TransportError
+
+        while True:
+            with self._recover:
+                while self._recover_listener is None and not self._stopping:
+                    self._recover.wait()
+                listener = self._recover_listener
+                if self._stopping or listener is None:
+                    return None
+            try:
+                channel = listener.accept(timeout=None)
+            except (TransportError, OSError) as err:
+                log.info("migrate-recover listener: %s", err)
+                channel = None
+            with self._recover:
+                if self._recover_listener is listener:
+                    self._recover_listener = None
+            listener.close()
+            if channel is not None:
+                return channel
+
+    def _recv_bitmap(self, command: RecvBitmapRequest) -> None:
+        """loadvm_handle_recv_bitmap -> migrate_send_rp_recv_bitmap."""
+        bitmap = self.postcopy.received_bitmap(command.block) if self.postcopy else None
+        if bitmap is None:
+            raise RemoteProtocolError(f"loadvm_handle_recv_bitmap: block '{command.block}' "
+                                      f"not found", offset=command.offset)
+        self._send_rp(encode_rp(RecvBitmap(command.block, bitmap)))
+
+    def _postcopy_resume(self) -> None:
+        """loadvm_postcopy_handle_resume: postcopy-active, RESUME_ACK, then the fault path
+        is released on the new channel (postcopy.py)."""
+        if self.state.status is not S.POSTCOPY_RECOVER:
+            # "Don't fail the load, only for this."
+            print("harness destination: loadvm_postcopy_handle_resume: illegal resume "
+                  "received", file=sys.stderr, flush=True)
+            return
+        assert self.postcopy is not None
+        self.state.set(S.POSTCOPY_RECOVER, S.POSTCOPY_ACTIVE)
+        self.error_desc = None
+        self._send_rp(encode_rp(ResumeAck(1)))
+        self.postcopy.resume(self._request_fd(self._channel))
+
+    # ------------------------------------------------------------------ loading
     def _decoder(self) -> StreamDecoder:
         caps = [c for c in ("x-ignore-shared",) if self.config.cap(c)]
         return StreamDecoder(
@@ -270,7 +452,7 @@ class IncomingMigration:
         return False
 
     def _command(self, command: Command) -> None:
-        """loadvm_process_command (precopy part)."""
+        """loadvm_process_command."""
         if isinstance(command, OpenReturnPath):
             if self._rp_open:
                 log.warning("CMD_OPEN_RETURN_PATH called when RP already open")
@@ -284,6 +466,10 @@ class IncomingMigration:
         elif isinstance(command, (PostcopyAdvise, PostcopyRamDiscard, PostcopyListen,
                                   PostcopyRun)):
             self._postcopy_command(command)
+        elif isinstance(command, RecvBitmapRequest):
+            self._recv_bitmap(command)
+        elif isinstance(command, PostcopyResume):
+            self._postcopy_resume()
         elif not isinstance(command, Packaged):
             raise RemoteProtocolError(
                 f"{command.cmd.name} is not supported by this destination",
@@ -307,11 +493,14 @@ class IncomingMigration:
             pc.run(command, lambda: self.guest.finish_incoming(self.autostart))
 
     def _send_rp(self, data: bytes) -> None:
-        if self._channel is not None and self._rp_open:
-            with self._rp_lock:
-                self._channel.sendall(data)
-                if self._record is not None and self._record[1] is not None:
-                    self._record[1].write(data)
+        """migrate_send_rp_message: one whole message under the lock (none while paused:
+        there is no return path then)."""
+        with self._rp_lock:
+            if self._channel is None or not self._rp_open:
+                return
+            self._channel.sendall(data)
+            if self._record is not None and self._record[1] is not None:
+                self._record[1].write(data)
 
     def _complete(self) -> None:
         """process_incoming_migration_bh: runstate, completed, then SHUT(0).
@@ -337,6 +526,9 @@ class IncomingMigration:
             self._send_rp(encode_rp(Shut(0)))
 
     def _failed(self, desc: str, lines: list[str]) -> None:
+        if self.state.status in (S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER):
+            log.warning("postcopy stays paused: %s", desc)  # quitting: nothing fails
+            return
         self.error_desc = desc
         if self.postcopy is not None:
             self.postcopy.close()
@@ -357,3 +549,14 @@ class IncomingMigration:
     def _status_changed(self, change: Any) -> None:
         if self.config.cap("events"):
             self._emit("MIGRATION", {"status": str(change.new)})
+
+
+def _continue_decoder(old: StreamDecoder) -> StreamDecoder:
+    """qemu_loadvm_state_main's `retry` on the recovered channel: the codec's successor
+    (known sections, no header or configuration; a record cut by the break is dropped)
+    with the very same RAM loader, whose present bitmap, placement hook and counters
+    the postcopy state shares."""
+    new = old.successor()
+    new.loader = old.loader
+    old.loader.need = 0
+    return new

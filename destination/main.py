@@ -4,7 +4,9 @@ Strategy: the common peer frame (`harness.migration.peer`) plus QEMU's incoming 
 `migrate-incoming URI` (only when started with `--incoming defer`, as QEMU's
 `-incoming defer`), or listening at once when started with `--incoming URI`.  The guest
 memory starts zeroed; it runs only after a complete load (QEMU's autostart, off with
-`--paused`).
+`--paused`) -- or, in postcopy, from POSTCOPY_RUN.  Postcopy recovery: `migrate-recover
+URI` (only when postcopy is paused) listens for the source's new connection, and
+`migrate-pause` (postcopy-active only, as in 7.2) breaks the channel on purpose.
 """
 
 from __future__ import annotations
@@ -45,6 +47,23 @@ def run(options: PeerOptions) -> int:
             raise CommandError("GenericError", str(err)) from None
         return {}
 
+    def migrate_recover(args: dict[str, Any]) -> dict[str, Any]:
+        uri = args.get("uri")
+        if not isinstance(uri, str):
+            raise CommandError("GenericError", "Parameter 'uri' is missing")
+        try:
+            incoming.migrate_recover(uri)
+        except IncomingError as err:
+            raise CommandError("GenericError", str(err)) from None
+        return {}
+
+    def pause(_: dict[str, Any]) -> dict[str, Any]:
+        try:
+            incoming.pause()
+        except IncomingError as err:
+            raise CommandError("GenericError", str(err)) from None
+        return {}
+
     def record(args: dict[str, Any]) -> dict[str, Any]:
         """Save the incoming stream (stream.fwd.bin) and, unless `return-path` is false
         (the source records it), the return path (stream.rp.bin)."""
@@ -57,6 +76,8 @@ def run(options: PeerOptions) -> int:
         return {}
 
     peer.register("migrate-incoming", migrate_incoming)
+    peer.register("migrate-recover", migrate_recover)
+    peer.register("migrate-pause", pause)
     peer.register("x-incoming-snapshot", snapshot)
     peer.register("x-record", record)
     if options.incoming and options.incoming != "defer":

@@ -13,6 +13,14 @@ at RUN, faults on missing pages like a vCPU under userfaultfd: it writes the req
 path's socket -- no thread hop, as a page request is latency-bound -- and placing the page
 it waits for wakes it at once, from inside the loader's loop.  Without a socket (an exec:
 channel) a relay thread carries the guest's requests to the return path.
+
+Recovery (`postcopy_pause_incoming` .. `loadvm_postcopy_handle_resume`): while paused the
+guest keeps running and its accesses to missing pages block; a request written on the
+dead socket fails in the guest (and is retried there), one relayed is dropped.
+RECV_BITMAP is answered from the loader's present bitmap (QEMU's receivedmap).  On
+POSTCOPY_RESUME, after RESUME_ACK, the request of the page the guest waits for is sent
+again (`migrate_send_rp_req_pages_pending`), and only then is the guest's fault path
+released: it is handed the new socket, or the relay forwards again.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from harness.protocol import (
     PostcopyRamDiscard,
     PostcopyRun,
     RemoteProtocolError,
+    ReqPagesId,
+    encode_rp,
+    pack_received_bitmap,
 )
 from harness.protocol.ram import PAGE
 
@@ -69,6 +80,8 @@ class PostcopyIncoming:
         self._relay: threading.Thread | None = None
         self._relay_fd: int | None = None
         self._stop = threading.Event()
+        self._held = False  # paused: the fault path has no channel to write on
+        self.resent = 0  # requests sent again after a recovery
         self.relay_error: str | None = None
         self._latency: tuple[int, float, dict[str, Any]] = (0, 0.0, {})  # count, when, figures
         memory = guest.memory
@@ -178,6 +191,38 @@ class PostcopyIncoming:
             before_release()
         self.guest.finish_postcopy()
 
+    # ------------------------------------------------------------------ recovery
+    def pause(self) -> None:
+        """postcopy_pause_incoming: the fault path has nowhere to send until resume."""
+        self._held = True
+
+    def received_bitmap(self, block: str) -> bytes | None:
+        """The block's received pages as RECV_BITMAP data (ramblock_recv_bitmap_send);
+        None for a block this destination does not have."""
+        present = self._loader.present
+        if present is None or block not in present:
+            return None
+        return pack_received_bitmap(present[block].astype(bool))
+
+    def resume(self, request_fd: int | None) -> None:
+        """loadvm_postcopy_handle_resume, after RESUME_ACK: ask again for the page the
+        guest waits for (migrate_send_rp_req_pages_pending), then release the fault path
+        (postcopy_pause_sem_fault): the guest writes on the new socket `request_fd`."""
+        waiting = self.guest.postcopy_stats_waiting()
+        if waiting >= 0 and not self.guest.memory.present[waiting]:
+            block, offset = self._block_of(waiting)
+            self._send_rp(encode_rp(ReqPagesId(offset, PAGE, block)))
+            self.resent += 1
+        self._held = False
+        if request_fd is not None and self.guest.requests_direct:
+            self.guest.replace_request_fd(request_fd)
+
+    def _block_of(self, page: int) -> tuple[str, int]:
+        """A global page index -> (block name, byte offset in the block)."""
+        name, start = max(((n, s) for n, s in self._starts.items() if s <= page),
+                          key=lambda item: item[1])
+        return name, (page - start) * PAGE
+
     def close(self) -> None:
         self._stop.set()
         if self._relay is not None:
@@ -189,6 +234,8 @@ class PostcopyIncoming:
         out: dict[str, Any] = {"requests": guest["requests"],
                                "dropped-duplicates": int(self._loader.duplicates),
                                "blocked-count": guest["blocked-count"]}
+        if guest["resent"] or self.resent:  # after a recovery: asked again, not anew
+            out["resent"] = guest["resent"] + self.resent
         if lat.size:
             out["latency-us"] = self._latency_figures(lat, guest["requests"])
         return out
@@ -215,7 +262,17 @@ class PostcopyIncoming:
                     data = os.read(self._relay_fd, 4096)
                     if not data:
                         return
-                    self._send_rp(data)
+                    self._forward(data)
         except Exception as err:
             log.exception("postcopy request relay failed")
             self.relay_error = f"postcopy request relay: {err}"
+
+    def _forward(self, data: bytes) -> None:
+        """Forward the guest's requests; while paused (or as the channel breaks) they are
+        lost, like those the guest writes on a dead socket: `resume` asks again."""
+        if self._held:
+            return
+        try:
+            self._send_rp(data)
+        except OSError as err:
+            log.debug("page request lost with the channel: %s", err)

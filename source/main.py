@@ -1,8 +1,10 @@
 """`harness source`: a peer process that owns a running guest and migrates it out.
 
 Strategy: the common peer frame (`harness.migration.peer`) plus QEMU's outgoing commands:
-`migrate` (qmp_migrate, asynchronous: it returns once the migration thread started),
-`migrate_cancel` (always succeeds, as in QEMU) and `query-migrate`.  The guest starts
+`migrate` (qmp_migrate, asynchronous: it returns once the migration thread started; with
+`resume: true` it wakes a postcopy-paused migration to recover on the new URI),
+`migrate-pause` (postcopy-active only, as in 7.2), `migrate_cancel` (always succeeds, as
+in QEMU) and `query-migrate`.  The guest starts
 running at once unless the peer was started paused (QEMU's `-S`: runstate prelaunch).
 """
 
@@ -33,10 +35,18 @@ def run(options: PeerOptions) -> int:
         uri = args.get("uri")
         if not isinstance(uri, str):
             raise CommandError("GenericError", "Parameter 'uri' is missing")
-        if args.get("resume"):
-            raise CommandError("GenericError", "Cannot resume if there is no paused migration")
         try:
-            migration.migrate(uri)
+            if args.get("resume"):
+                migration.resume(uri)
+            else:
+                migration.migrate(uri)
+        except MigrationError as err:
+            raise CommandError("GenericError", str(err)) from None
+        return {}
+
+    def pause(_: dict[str, Any]) -> dict[str, Any]:
+        try:
+            migration.pause()
         except MigrationError as err:
             raise CommandError("GenericError", str(err)) from None
         return {}
@@ -61,6 +71,7 @@ def run(options: PeerOptions) -> int:
     peer.register("x-record", record)
     peer.register("migrate-start-postcopy", start_postcopy)
     peer.register("migrate_cancel", cancel)
+    peer.register("migrate-pause", pause)
     if options.autostart:
         peer.guest.start()
     else:

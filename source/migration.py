@@ -13,6 +13,20 @@ point can be woken: `migrate_cancel` shuts the channel down and sets an event th
 thread sleeps on.  A failure or cancel restarts the guest if it was running and
 postcopy was not entered.  The thread never dies silently: its exception becomes the
 `failed` status with an error-desc.
+
+Postcopy recovery (QEMU 7.2's `migration_detect_error` -> `postcopy_pause`): in
+postcopy-active an I/O failure -- a send that fails, the return path failing or ending
+before SHUT, `migrate-pause` shutting the channel down -- does not fail the migration:
+the broken channel and its return-path reader are released, requests are queued, the
+status becomes postcopy-paused (error-desc says why) and the thread waits, without a
+deadline but woken by `migrate_cancel`, for `migrate resume=true`.  It then connects
+(a refused connect leaves it paused: 7.2 has no postcopy-recover-setup), goes
+postcopy-recover, starts a return-path reader on the new channel and runs the handshake
+(recovery.py); RESUME_ACK makes it postcopy-active and the push carries on, PART after
+PART, until END/EOF/SHUT as before.  Any failure during the recovery goes back to
+postcopy-paused, and the user may try again.  The guest stays stopped here throughout:
+it runs on the destination only.  A protocol error (a bad page request, SHUT(1)) still
+fails the migration.
 """
 
 from __future__ import annotations
@@ -26,13 +40,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.migration.config import MIGRATION_ACTIVE, MigrationConfig
-from harness.migration.status import RUNNING, MigrationStatus, StatusMachine, source_machine
+from harness.migration.status import (
+    MIGRATE_PAUSE_REFUSED,
+    MIGRATE_RESUME_REFUSED,
+    RUNNING,
+    MigrationStatus,
+    StatusMachine,
+    source_machine,
+)
 from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise, SectionType, StreamEncoder
 from harness.protocol.ram_saver import EOS, PAGE, FrameBuffer
+from harness.protocol.return_path import ResumeAck, RpMessage
 
 from .postcopy import POSTCOPY_BATCH, PostcopySource
 from .ram_save import RamSave
-from .return_path import ReturnPathReader
+from .recovery import RecoveryInbox, resume_handshake, resume_prepare
+from .return_path import ReturnPathError, ReturnPathReader
 
 log = logging.getLogger(__name__)
 S = MigrationStatus
@@ -46,6 +69,10 @@ CONNECT_TIMEOUT = 10.0
 
 class MigrationError(Exception):
     """A refused QMP command (GenericError), in QEMU's words."""
+
+
+class _PostcopyStartFailed(RuntimeError):
+    """postcopy_start failed: 7.2 fails the migration (it pauses only afterwards)."""
 
 
 class GuestLike(Protocol):
@@ -116,6 +143,9 @@ class OutgoingMigration:
         self._urgent = threading.Event()  # set by a page request (or cancel)
         self._channel: Channel | None = None
         self.record_dir: Path | None = None  # save the return path (stream.rp.bin)
+        self._resume = threading.Condition()  # postcopy_pause_sem: `migrate resume`, cancel
+        self._resume_uri: str | None = None
+        self._inbox = RecoveryInbox(RETURN_PATH_TIMEOUT)
         self._reset()
 
     def _reset(self) -> None:
@@ -139,6 +169,7 @@ class OutgoingMigration:
         self._urgent.clear()
         self.postcopy: PostcopySource | None = None
         self.postcopy_requested = False
+        self._resume_uri = None
 
     # ------------------------------------------------------------------ QMP
     def migrate(self, uri: str) -> None:
@@ -165,8 +196,40 @@ class OutgoingMigration:
             raise MigrationError("Postcopy must be started after migration has been started")
         self.postcopy_requested = True  # no error even if finished: that would be racy
 
+    def resume(self, uri: str) -> None:
+        """qmp_migrate with resume=true (migrate_prepare's checks): the paused migration
+        thread connects to `uri` and recovers (migrate_fd_connect, postcopy_do_resume)."""
+        if self.state.status is not S.POSTCOPY_PAUSED:
+            raise MigrationError(MIGRATE_RESUME_REFUSED)
+        if self.config.cap("release-ram"):
+            raise MigrationError("Postcopy recovery cannot work when release-ram "
+                                 "capability is set")
+        self._check_uri(uri)
+        with self._resume:
+            self._resume_uri = uri
+            self._resume.notify_all()
+
+    def pause(self) -> None:
+        """qmp_migrate_pause on the source: shut the channel down; the migration thread
+        sees the failure and pauses (7.2 accepts it in postcopy-active only)."""
+        if self.state.status is not S.POSTCOPY_ACTIVE:
+            raise MigrationError(MIGRATE_PAUSE_REFUSED)
+        channel = self._channel
+        if channel is not None:
+            channel.shutdown()
+
     def cancel(self) -> None:
-        """migrate_fd_cancel: running states -> cancelling, then wake everything up."""
+        """migrate_fd_cancel: running states -> cancelling, then wake everything up.
+
+        `migration_is_running` includes postcopy-active, -paused and -recover, so 7.2
+        cancels there too.  After the switch the guest is not restarted: QEMU 7.2 sets
+        `vm_was_running` only in `migration_completion`'s precopy path, so
+        `migration_iteration_finish` moves finish-migrate to postmigrate instead of
+        calling `vm_start` (here it is cleared as the package goes out).  The
+        destination sees its stream break and, running the guest, goes postcopy-paused
+        -- where it stays, as nothing is left to recover it.  7.2's `migrate_fd_cancel`
+        kicks only the pre-switchover pause; we also wake a postcopy-paused or
+        -recovering thread, so that the cancel always ends in cancelled."""
         while True:
             old = self.state.status
             if old not in RUNNING or old is S.CANCELLING:
@@ -176,6 +239,9 @@ class OutgoingMigration:
         if self.state.status is S.CANCELLING:
             self._wake.set()
             self._urgent.set()
+            with self._resume:
+                self._resume.notify_all()
+            self._inbox.close()
             if self._rp is not None:
                 self._rp.shutdown()
             if self._channel is not None:
@@ -274,15 +340,54 @@ class OutgoingMigration:
         self.ram = ram
         self._setup(ram, channel)
         while self.state.status in (S.ACTIVE, S.POSTCOPY_ACTIVE):
-            if self._rp is not None and self._rp.error:
-                raise RuntimeError(self._rp.error)
-            if not self._rate_limited() and self._iteration(ram):
-                break
-            self._update_counters()
-            self._rate_limit_wait()
+            try:
+                if self._step(ram):
+                    break
+            except Exception as err:
+                if not self._pausable(err):
+                    raise
+                if not self._postcopy_pause(err):
+                    return  # cancelled while paused or recovering
+
+    def _step(self, ram: RamSave) -> bool:
+        """One turn of migration_thread's loop; True once the migration is over."""
+        self._check_return_path(broken_only=True)
+        if not self._rate_limited() and self._iteration(ram):
+            return True
+        self._update_counters()
+        self._rate_limit_wait()
+        return False
+
+    def _check_return_path(self, broken_only: bool = False) -> None:
+        """An I/O failure of the return path is a file error now (postcopy pauses); any
+        other error -- a bad message, SHUT(1) -- only marks it bad, and fails the
+        migration at completion, as QEMU 7.2's mark_source_rp_bad does (meanwhile a
+        destination that failed and closed makes the stream itself fail)."""
+        rp = self._rp
+        if rp is None or not rp.error:
+            return
+        if rp.broken:
+            raise ConnectionAbortedError(rp.error)  # an I/O failure: postcopy pauses
+        if not broken_only:
+            raise RuntimeError(rp.error)
+
+    def _pausable(self, err: Exception) -> bool:
+        """migration_detect_error: in postcopy-active a file error pauses."""
+        return (self.state.status is S.POSTCOPY_ACTIVE and isinstance(err, OSError)
+                and self.config.cap("postcopy-ram"))
 
     def guest_ram(self) -> Mapping[str, Any]:
         return self.guest.ram
+
+    def _start_return_path(self, channel: Channel, record: bool) -> ReturnPathReader:
+        """open_return_path_on_source: a reader thread on `channel`."""
+        on_request = self.postcopy.on_request if self.postcopy else None
+        recording = ((self.record_dir / "stream.rp.bin").open("wb")
+                     if record and self.record_dir is not None else None)
+        self._rp = ReturnPathReader(channel, self._emit_rp, on_request, recording,
+                                    on_recovery=self._on_recovery, on_end=self._rp_ended)
+        self._rp.start()
+        return self._rp
 
     def _setup(self, ram: RamSave, channel: Channel) -> None:
         """qemu_savevm_state_header + qemu_savevm_state_setup, then setup -> active."""
@@ -293,11 +398,7 @@ class OutgoingMigration:
         if postcopy:
             self.postcopy = PostcopySource(ram, self._urgent)
         if self.config.cap("return-path") or postcopy:
-            on_request = self.postcopy.on_request if self.postcopy else None
-            record = ((self.record_dir / "stream.rp.bin").open("wb")
-                      if self.record_dir is not None else None)
-            self._rp = ReturnPathReader(channel, self._emit_rp, on_request, record)
-            self._rp.start()
+            self._start_return_path(channel, record=True)
             out += enc.command(OpenReturnPath()) + enc.command(Ping(1))
         if postcopy:
             out += enc.command(PostcopyAdvise(PAGE, PAGE))
@@ -365,10 +466,20 @@ class OutgoingMigration:
 
     # ------------------------------------------------------------------ postcopy
     def _postcopy_start(self, ram: RamSave) -> None:
-        """postcopy_start: stop, last sync, discards, PING 2, package, PING 4."""
+        """postcopy_start: stop, last sync, discards, PING 2, package, PING 4.
+
+        A stream error on the way fails the migration, as 7.2's postcopy_start does
+        ("Migration stream errored"); only later ones pause it."""
         assert self.postcopy is not None and self._writer is not None
         if not self.state.set(S.ACTIVE, S.POSTCOPY_ACTIVE):
             return
+        try:
+            self._switch_to_postcopy(ram)
+        except OSError as err:
+            raise _PostcopyStartFailed(_describe(err)) from err
+
+    def _switch_to_postcopy(self, ram: RamSave) -> None:
+        assert self.postcopy is not None and self._writer is not None
         self.timing.downtime_start = time.monotonic()
         self.vm_was_running = self.guest.runstate == "running"
         self.guest.global_state_store()
@@ -384,6 +495,9 @@ class OutgoingMigration:
         out += enc.command(Ping(2))
         out += self.postcopy.package(enc, list(self.guest.save_devices()))
         self.entered_postcopy = True
+        # 7.2 sets vm_was_running only for a precopy completion: from the package on, no
+        # failure or cancel may restart the source's copy of the guest
+        self.vm_was_running = False
         if self._channel is not None:  # a requested page waits behind little
             self._channel.prefer_latency()
         self._writer.write(out)
@@ -506,13 +620,112 @@ class OutgoingMigration:
         self.guest.runstate = "postmigrate"
 
     def _await_return_path(self) -> None:
-        """await_return_path_close_on_source: wait for SHUT (or the channel closing)."""
+        """await_return_path_close_on_source: wait for SHUT (or the channel closing).
+        No SHUT in time, or the channel failing first, pauses a postcopy migration."""
         assert self._rp is not None
         if not self._rp.wait_closed(RETURN_PATH_TIMEOUT):
-            raise RuntimeError(f"the destination did not close the return path within "
+            raise TimeoutError(f"the destination did not close the return path within "
                                f"{RETURN_PATH_TIMEOUT:.0f} s")
-        if self._rp.error:
-            raise RuntimeError(self._rp.error)
+        self._check_return_path()
+
+    # ------------------------------------------------------------------ recovery
+    def _postcopy_pause(self, err: Exception) -> bool:
+        """postcopy_pause: paused until a recovery succeeds (True) or a cancel (False)."""
+        self._enter_pause(err)
+        while self.state.status is S.POSTCOPY_PAUSED:
+            uri = self._wait_for_resume()
+            if uri is None:
+                break
+            try:
+                self._postcopy_recover(uri)
+                return True
+            except Exception as failure:  # "Pause is always better than throwing data away"
+                if self.state.status is S.CANCELLING:
+                    break
+                if not _expected(failure):
+                    log.exception("postcopy recovery failed")
+                self._enter_pause(failure)
+        return False
+
+    def _enter_pause(self, err: Exception) -> None:
+        """Release the broken channel and its return path; postcopy-active or -recover
+        -> postcopy-paused ("Detected IO failure for postcopy. Migration paused.")."""
+        self.error_desc = _describe(err)
+        log.warning("Detected IO failure for postcopy. Migration paused. (%s)", err)
+        if self.postcopy is not None:
+            self.postcopy.hold()  # requests wait for the new channel
+        rp, channel = self._rp, self._channel
+        if rp is not None:
+            rp.shutdown()
+        if channel is not None:
+            channel.shutdown()
+        if rp is not None:
+            rp.join(5.0)
+        if channel is not None:
+            channel.close()
+        self._channel = None
+        old = self.state.status
+        if old in (S.POSTCOPY_ACTIVE, S.POSTCOPY_RECOVER):
+            self.state.set(old, S.POSTCOPY_PAUSED)
+
+    def _wait_for_resume(self) -> str | None:
+        """The URI of `migrate resume=true`; None once cancelled (no deadline: a paused
+        migration waits for its user, but a cancel or quit always wakes it)."""
+        with self._resume:
+            while self._resume_uri is None and self.state.status is S.POSTCOPY_PAUSED:
+                self._resume.wait()
+            uri, self._resume_uri = self._resume_uri, None
+        return uri if self.state.status is S.POSTCOPY_PAUSED else None
+
+    def _postcopy_recover(self, uri: str) -> None:
+        """migrate_fd_connect (resume) + postcopy_do_resume, on a new channel."""
+        assert self._writer is not None and self.ram is not None and self.postcopy is not None
+        channel = self._connect(uri, CONNECT_TIMEOUT)  # refused: we stay paused
+        self._channel = channel
+        if not self.state.set(S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER):
+            raise ConnectionAbortedError("cancelled while connecting")
+        self._inbox = RecoveryInbox(RETURN_PATH_TIMEOUT)
+        self._writer.channel = channel  # `transferred` carries on
+        rp = self._start_return_path(channel, record=False)
+
+        def why_closed() -> str:
+            return rp.error or "postcopy recovery: the return path ended"
+
+        resume_prepare(self._write_locked, self._encoder, self.ram, self._inbox, why_closed)
+        resume_handshake(self._write_locked, self._encoder, self._inbox, why_closed)
+        if not self.state.set(S.POSTCOPY_RECOVER, S.POSTCOPY_ACTIVE):
+            raise ConnectionAbortedError("cancelled during the recovery handshake")
+        self.error_desc = None
+        self._stream_ended = False
+        channel.prefer_latency()
+        self._window_start = time.monotonic()
+        self._window_bytes = self._writer.total
+        self.postcopy.serve_with(self._serve_request)
+
+    def _write_locked(self, data: bytes) -> None:
+        assert self._writer is not None
+        with self._wlock:
+            self._writer.write(data)
+
+    def _on_recovery(self, message: RpMessage) -> None:
+        """From the return-path thread: RECV_BITMAP / RESUME_ACK for the handshake.
+        A bitmap outside postcopy-recover is refused (ram_dirty_bitmap_reload); a stray
+        RESUME_ACK does nothing, as 7.2's compare-and-swap from postcopy-recover."""
+        status = self.state.status
+        if status is S.POSTCOPY_RECOVER:
+            self._inbox.put(message)
+        elif not isinstance(message, ResumeAck):
+            raise ReturnPathError(f"ram_dirty_bitmap_reload: incorrect state {status}")
+
+    def _rp_ended(self, reader: ReturnPathReader) -> None:
+        """From the return-path thread as it ends: wake whoever waits for it."""
+        if reader is not self._rp:
+            return
+        self._inbox.close()
+        self._urgent.set()
+        channel = self._channel
+        if reader.broken and self.state.status is S.POSTCOPY_ACTIVE and channel is not None:
+            channel.shutdown()  # a send blocked on a dead peer fails now: pause
 
     # ------------------------------------------------------------------ rate limit
     def _limit(self) -> float:
@@ -557,7 +770,11 @@ class OutgoingMigration:
             self.state.set(status, S.FAILED)
 
     def _cleanup(self) -> None:
-        """migration_iteration_finish + migrate_fd_cleanup."""
+        """migration_iteration_finish + migrate_fd_cleanup.
+
+        After the switch to postcopy the guest is never restarted here, whether the
+        migration failed or was cancelled (7.2 leaves `vm_was_running` unset after the
+        switch): its only valid copy runs on the destination."""
         status = self.state.status
         if status in (S.FAILED, S.CANCELLING, S.CANCELLED):
             if self.vm_was_running and not self.entered_postcopy:

@@ -14,7 +14,9 @@ removes too.  The push then continues from just after the requested page; it alo
 `max-postcopy-bandwidth`, in small batches so that a request never waits behind much.
 Requests that arrive before pages can go out are queued (QEMU's `src_page_requests`) and
 answered at the switch.  For every request the time from its arrival to the send of its
-page is kept.
+page is kept.  While postcopy is paused (and until the recovery handshake is over)
+requests are queued again (`hold`), to be answered once pages can go out on the new
+channel; the counters carry on across the recovery.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ from harness.protocol.ram import PAGE
 from harness.protocol.return_path import RpMessage
 
 from .ram_save import RamSave
+from .return_path import ReturnPathError
 
 POSTCOPY_BATCH = 32  # background pages per send: a request waits behind at most these
 
 
-class RequestError(RuntimeError):
+class RequestError(ReturnPathError):
     """A page request QEMU's source would refuse (the migration fails)."""
 
 
@@ -117,10 +120,11 @@ class PostcopySource:
         request = PageRequest(block, start, length, time.monotonic())
         with self._lock:
             self.requests += 1
-            if self._serve is None:
+            serve = self._serve
+            if serve is None:
                 self._queue.append(request)
                 return
-        self._answer(request)
+        self._answer(request, serve)
 
     def serve_with(self, serve: Callable[[str, int, int], bool]) -> None:
         """From now on a request is answered as it arrives (and the queue is drained)."""
@@ -128,11 +132,15 @@ class PostcopySource:
             self._serve = serve
             queued, self._queue = list(self._queue), deque()
         for request in queued:
-            self._answer(request)
+            self._answer(request, serve)
 
-    def _answer(self, request: PageRequest) -> None:
-        assert self._serve is not None
-        if self._serve(request.block, request.start, request.length):
+    def hold(self) -> None:
+        """Postcopy paused: requests are queued until `serve_with` again."""
+        with self._lock:
+            self._serve = None
+
+    def _answer(self, request: PageRequest, serve: Callable[[str, int, int], bool]) -> None:
+        if serve(request.block, request.start, request.length):
             self.latencies.append(time.monotonic() - request.arrived)
         else:
             self.already_sent += 1

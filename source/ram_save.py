@@ -7,7 +7,9 @@ measures the dirty-page rate every >= 1 s as `migration_bitmap_sync` does.  Page
 found by scanning on from where the last batch ended (`last_seen_block` / `last_page`),
 wrapping, in batches of up to 256 pages that are cleared from the bitmap and framed in one
 go by the codec's `RamSaver` (zero pages detected with numpy).  Statistics use
-`query-migrate`'s names.
+`query-migrate`'s names.  Postcopy recovery reloads each block's bitmap from the
+destination's received-page bitmap (`ram_dirty_bitmap_reload`: dirty = not received, so
+whatever was lost in flight goes again) and restarts the scan (`ram_state_resume_prepare`).
 """
 
 from __future__ import annotations
@@ -142,6 +144,19 @@ class RamSave:
         pages = pages[block.bitmap[pages]]
         block.bitmap[pages] = False
         return pages
+
+    def received_bitmap_size(self, block_name: str) -> int:
+        """Bytes of a block's RECV_BITMAP data: one bit per page, in whole 64-bit words
+        (ram.c: ram_dirty_bitmap_reload's `local_size`)."""
+        pages = self._by_name[block_name].pages
+        return (pages + 63) // 64 * 8
+
+    def reload_received(self, block_name: str, received: np.ndarray) -> int:
+        """ram_dirty_bitmap_reload: the block's dirty bitmap becomes the complement of what
+        the destination received; returns the dirty pages of the block."""
+        block = self._by_name[block_name]
+        np.logical_not(received[:block.pages], out=block.bitmap)
+        return int(np.count_nonzero(block.bitmap))
 
     def reset_scan(self) -> None:
         """Start the next scan at the first page (QEMU resets its position at the switch)."""

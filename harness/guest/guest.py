@@ -18,7 +18,7 @@ from __future__ import annotations
 import atexit
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Self
 
@@ -29,6 +29,7 @@ from harness.protocol.vmstate import DeviceDescription, VMStateDescription
 
 from . import content
 from .devices import GuestDevice, MigrationBlockedError, make_devices
+from .faults import FaultFds
 from .memory import BlockSpec, GuestMemory
 from .workload import Ctl, Workload, WorkloadSpec, harvest_dirty
 
@@ -81,8 +82,10 @@ class Guest:
         self.memory = memory
         self.devices: list[GuestDevice] = make_devices(spec.devices)
         self.runstate = runstate
+        #: called with True when the guest starts running, False when it stops
+        self.on_running: list[Callable[[bool], None]] = []
         self.stored_runstate: str | None = None  # global_state_store()
-        self._postcopy: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self._postcopy: FaultFds | None = None
         self.incoming_runstate: str | None = None  # loaded globalstate
         self.timer: dict[str, int] = {"cpu_ticks_offset": 0, "cpu_clock_offset": 0}
         self.workload: Workload | None = None
@@ -125,7 +128,10 @@ class Guest:
     def _set_runstate(self, runstate: str) -> None:
         if runstate not in RUN_STATES:
             raise ValueError(f"unknown runstate {runstate!r}; QEMU's are {', '.join(RUN_STATES)}")
-        self.runstate = runstate
+        old, self.runstate = self.runstate, runstate
+        if (old == "running") != (runstate == "running"):
+            for listener in self.on_running:  # QEMU's STOP / RESUME events (vm_state_notify)
+                listener(runstate == "running")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -137,7 +143,7 @@ class Guest:
         spec = self.spec.workload
         if spec is not None:
             if self.workload is None:
-                faults = self._postcopy[1] if self._postcopy else None
+                faults = self._postcopy.for_workload() if self._postcopy else None
                 self.workload = Workload.start(self.memory, spec, content_seed=self.spec.seed,
                                                timeout=timeout, fault_fds=faults)
             else:
@@ -163,25 +169,37 @@ class Guest:
         end is returned for the owner to relay.  Returns (that read end or None, the wake
         pipe's write end: a byte wakes a waiting guest).  Must come before the guest
         starts.  Every page starts missing (QEMU's ADVISE discards all RAM); the loader
-        marks pages present as it places them.
+        marks pages present as it places them.  A socket can be replaced later
+        (`replace_request_fd`, postcopy recovery).
         """
         self._check_open()
         if self.workload is not None:
             raise RuntimeError("postcopy must be enabled before the guest runs")
         if self._postcopy is None:
-            if request_fd is None:
-                relay_r, request_w = os.pipe()
-            else:
-                relay_r, request_w = -1, os.dup(request_fd)
-            wake_r, wake_w = os.pipe()
-            self._postcopy = ((relay_r, wake_w), (request_w, wake_r))
+            self._postcopy = FaultFds.create(request_fd)
         ctl = self.memory.control
         ctl[Ctl.WAIT_PAGE] = -1
         ctl[Ctl.POSTCOPY] = 1
+        ctl[Ctl.REQUEST_FD_GEN] = 0
         self.memory.present[:] = 0
         self.memory.touched[:] = 0
-        relay_r, wake_w = self._postcopy[0]
-        return (None if relay_r < 0 else relay_r), wake_w
+        fds = self._postcopy
+        return (None if fds.relay_r < 0 else fds.relay_r), fds.wake_w
+
+    def replace_request_fd(self, request_fd: int) -> None:
+        """Postcopy recovery: the guest writes its page requests on the socket
+        `request_fd` (the new return path) from now on, instead of the broken one.
+        Only for a guest that wrote on a socket (see `enable_postcopy`)."""
+        self._check_open()
+        if self._postcopy is None:
+            raise RuntimeError("postcopy is not enabled")
+        self._postcopy.handoff_socket(self.memory.control, request_fd,
+                                      self.workload is not None)
+
+    @property
+    def requests_direct(self) -> bool:
+        """Whether the guest writes its page requests on a socket itself (no relay)."""
+        return self._postcopy is not None and self._postcopy.direct
 
     def finish_postcopy(self) -> None:
         """Every page is here: the guest stops checking (the userfaultfd goes away)."""
@@ -197,6 +215,7 @@ class Guest:
                 "blocked-count": int(ctl[Ctl.BLOCKED_COUNT]),
                 "waiting-page": int(ctl[Ctl.WAIT_PAGE]),
                 "requests": int(ctl[Ctl.REQUESTS]),
+                "resent": int(ctl[Ctl.RESENT]),
                 "latencies-ns": latencies}
 
     def postcopy_stats_waiting(self) -> int:
@@ -210,7 +229,7 @@ class Guest:
         if int(ctl[Ctl.WAIT_PAGE]) != page or self._postcopy is None:
             return False
         ctl[Ctl.PLACED_NS] = time.monotonic_ns()
-        os.write(self._postcopy[0][1], b"!")
+        os.write(self._postcopy.wake_w, b"!")
         return True
 
     def arrival_digests(self) -> dict[str, np.ndarray]:
@@ -324,9 +343,7 @@ class Guest:
                 self.workload.stop()
         finally:
             if self._postcopy is not None:
-                for fd in (*self._postcopy[0], *self._postcopy[1]):
-                    if fd >= 0:
-                        os.close(fd)
+                self._postcopy.close()
                 self._postcopy = None
             self.memory.close()
             if self.memory.owner:

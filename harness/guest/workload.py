@@ -34,7 +34,10 @@ request itself, as the return-path message QEMU's fault thread would send (REQ_P
 when the block changes, REQ_PAGES otherwise), to its request fd -- the return path's
 socket, or a pipe the destination relays -- then waits on its wake pipe until the page
 is present (re-checking every few ms, and giving up the batch if asked to pause or
-exit).  The loader stores PLACED_NS when it places the page named by WAIT_PAGE; the
+exit).  When the socket breaks (postcopy paused) the write fails and the request is
+lost; the access keeps waiting.  After a recovery the owner passes the new socket over
+the handoff socketpair (a third fault fd) and bumps REQUEST_FD_GEN: the workload adopts
+it before its next request, and a waiting access whose request was lost asks again.  The loader stores PLACED_NS when it places the page named by WAIT_PAGE; the
 request latency (sent -> placed) goes to the memory's latency ring, the blocked time to
 BLOCKED_NS.  The first access to each page after the switch records
 the page's digest in `touch_digest` (what the guest read before it wrote), then the
@@ -55,6 +58,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -96,9 +100,11 @@ class Ctl(IntEnum):
     WAIT_PAGE = 33  # workload: the global page it is blocked on, -1 when none
     BLOCKED_NS = 34  # workload: time spent blocked on missing pages (postcopy blocktime)
     BLOCKED_COUNT = 35  # workload: faults it waited for
-    REQUESTS = 36  # workload: page requests it sent
+    REQUESTS = 36  # workload: page requests (one per fault; a re-send counts in RESENT)
     PLACED_NS = 37  # loader: monotonic ns when the page named by WAIT_PAGE was placed
     LAT_COUNT = 38  # workload: latencies written to the memory's latency ring
+    REQUEST_FD_GEN = 39  # owner: request sockets handed over so far (postcopy recovery)
+    RESENT = 40  # workload: requests written again on a new socket after a recovery
 
 
 class Req(IntEnum):
@@ -120,6 +126,7 @@ BATCH_SECONDS = 0.001
 IDLE_POLL = 0.0005
 MAX_BATCH_PAGES = 4096
 FAULT_RECHECK = 0.002  # a blocked access re-checks its page at least this often
+HANDOFF_TIMEOUT = 10.0  # a new request socket is sent before its generation is bumped
 
 
 class WorkloadError(RuntimeError):
@@ -175,11 +182,17 @@ class _PagePicker:
 class _Faults:
     """The workload's side of postcopy: wait for missing pages, record first touches."""
 
-    def __init__(self, memory: GuestMemory, fds: tuple[int, int]) -> None:
+    def __init__(self, memory: GuestMemory, fds: tuple[int, ...]) -> None:
         self.mem = memory
         self.ctl = memory.control
-        self.request_w, self.wake_r = fds
+        self.request_w, self.wake_r = fds[0], fds[1]
         os.set_blocking(self.wake_r, False)
+        #: postcopy recovery: a new request socket arrives here (faults.py)
+        self.handoff = socket.socket(fileno=fds[2]) if len(fds) > 2 else None
+        if self.handoff is not None:
+            self.handoff.settimeout(HANDOFF_TIMEOUT)
+        self.fd_gen = int(self.ctl[Ctl.REQUEST_FD_GEN])
+        self.unsent = False  # the last request died with its socket
         self.starts = memory.block_starts()
         self.last_block: int | None = None
 
@@ -199,11 +212,15 @@ class _Faults:
         ctl[Ctl.PLACED_NS] = 0
         ctl[Ctl.WAIT_PAGE] = page
         start = time.monotonic_ns()
+        self.ctl[Ctl.REQUESTS] += 1  # one request per fault, however often it is written
         self._request(page)
         try:
             while not mem.present[page]:
                 if int(ctl[Ctl.REQ_STATE]) != Req.RUN or not int(ctl[Ctl.POSTCOPY]):
                     return bool(mem.present[page]) or not int(ctl[Ctl.POSTCOPY])
+                if self.unsent and int(ctl[Ctl.REQUEST_FD_GEN]) != self.fd_gen:
+                    self._request(page)  # the socket it died on was replaced: ask again
+                    ctl[Ctl.RESENT] += 1
                 select.select([self.wake_r], [], [], FAULT_RECHECK)
                 try:
                     os.read(self.wake_r, 4096)
@@ -225,6 +242,7 @@ class _Faults:
         block changed since the previous request."""
         from harness.protocol.return_path import ReqPages, ReqPagesId, encode_rp
 
+        self._adopt_new_socket()
         index = int(np.searchsorted(self.starts, page, side="right") - 1)
         start = (page - int(self.starts[index])) * PAGE_SIZE
         if index != self.last_block:
@@ -233,12 +251,35 @@ class _Faults:
         else:
             message = encode_rp(ReqPages(start, PAGE_SIZE))
         view = memoryview(message)
-        while view:  # one write for a message this small, but be exact
+        try:
+            while view:  # one write for a message this small, but be exact
+                try:
+                    view = view[os.write(self.request_w, view):]
+                except BlockingIOError:  # the socket is shared with a non-blocking owner
+                    select.select([], [self.request_w], [], FAULT_RECHECK)
+        except OSError:  # the channel broke (postcopy paused): the request is lost
+            self.unsent = True
+            self.last_block = None
+            return
+        self.unsent = False
+
+    def _adopt_new_socket(self) -> None:
+        """After a postcopy recovery: write on the new return path's socket (passed over
+        the handoff before REQUEST_FD_GEN was bumped), starting with a REQ_PAGES_ID."""
+        gen = int(self.ctl[Ctl.REQUEST_FD_GEN])
+        if self.handoff is None or gen == self.fd_gen:
+            return
+        while self.fd_gen != gen:
             try:
-                view = view[os.write(self.request_w, view):]
-            except BlockingIOError:  # the socket is shared with a non-blocking owner
-                select.select([], [self.request_w], [], FAULT_RECHECK)
-        self.ctl[Ctl.REQUESTS] += 1
+                _, fds, _, _ = socket.recv_fds(self.handoff, 16, 1)
+            except OSError as err:  # not there (yet): keep the old one, try next time
+                print(f"workload: no request socket handed over: {err}", file=sys.stderr)
+                return
+            for fd in fds:
+                os.close(self.request_w)
+                self.request_w = fd
+            self.fd_gen += 1
+        self.last_block = None
 
     def _touch(self, pages: np.ndarray) -> None:
         """What each page held when first accessed (before this write changes it)."""
@@ -293,7 +334,7 @@ class _Loop:
     """The workload's main loop: control, pacing, batches, syncs."""
 
     def __init__(self, memory: GuestMemory, spec: WorkloadSpec, content_seed: int,
-                 fault_fds: tuple[int, int] | None = None) -> None:
+                 fault_fds: tuple[int, ...] | None = None) -> None:
         self.mem = memory
         self.ctl = memory.control
         self.spec = spec
@@ -382,7 +423,7 @@ class _Loop:
 
 
 def workload_main(descriptor: dict[str, Any], spec: dict[str, Any], content_seed: int,
-                  fault_fds: tuple[int, int] | None = None) -> None:
+                  fault_fds: tuple[int, ...] | None = None) -> None:
     """Body of the workload process: attach, run the loop, report how it ended."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its owner stops it, not the terminal
     memory = GuestMemory.attach(descriptor)
@@ -416,7 +457,7 @@ _IMPORT_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding
 
 
 def _spawn(descriptor: dict[str, Any], spec: WorkloadSpec, content_seed: int,
-           fault_fds: tuple[int, int] | None = None) -> subprocess.Popen[bytes]:
+           fault_fds: tuple[int, ...] | None = None) -> subprocess.Popen[bytes]:
     """A fresh interpreter running `workload_main` (no fork of a threaded owner, and --
     unlike multiprocessing's "spawn" -- no re-import of the owner's __main__, which
     fails for stdin/REPL mains and drags a CLI's imports into every workload)."""
@@ -461,11 +502,12 @@ class Workload:
 
     @classmethod
     def start(cls, memory: GuestMemory, spec: WorkloadSpec, *, content_seed: int = 0,
-              timeout: float = 30.0, fault_fds: tuple[int, int] | None = None) -> Workload:
+              timeout: float = 30.0, fault_fds: tuple[int, ...] | None = None) -> Workload:
         """Spawn the workload on `memory` and wait until it runs.
 
-        `fault_fds` (fault pipe write end, wake pipe read end) let it fault on missing
-        pages while the control word POSTCOPY is set (a postcopy destination)."""
+        `fault_fds` (request fd, wake pipe read end[, handoff socket]: faults.py) let
+        it fault on missing pages while the control word POSTCOPY is set (a postcopy
+        destination)."""
         self = cls()
         self.memory, self.spec = memory, spec
         ctl = memory.control

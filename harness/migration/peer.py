@@ -62,6 +62,8 @@ class Peer:
         self.guest = Guest.create(options.guest, initial_content=options.role == "source",
                                   prefault=True)
         self.server = ControlServer(options.control)
+        self.guest.on_running.append(lambda running: self.emit("RESUME" if running else "STOP",
+                                                                {}))
         self.migration: Any = None  # OutgoingMigration or IncomingMigration
         self._register_common()
 
@@ -132,7 +134,6 @@ class Peer:
     def _stop(self, _: dict[str, Any]) -> dict[str, Any]:
         if self.guest.runstate == "running":
             self.guest.stop("paused")
-            self.emit("STOP", {})
         return {}
 
     def _cont(self, _: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +141,6 @@ class Peer:
             raise CommandError("GenericError", "Guest is waiting for an incoming migration")
         if self.guest.runstate != "running":
             self.guest.cont()
-            self.emit("RESUME", {})
         return {}
 
     def _quit(self, _: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,17 @@ applies a transition compare-and-swap style, as QEMU does (a transition from a s
 are no longer in simply does not happen), raises one exact message for an illegal one,
 records the history with timestamps (the invariants check it), and notifies listeners
 (the peer turns that into `MIGRATION` events).
+
+Postcopy recovery: the source pauses on a stream or return-path failure
+(`postcopy_pause`, from postcopy-active or from a failed postcopy-recover), recovers on
+`migrate resume=true` (`migrate_fd_connect`) and is active again on RESUME_ACK
+(`migrate_handle_rp_resume_ack`); `migrate_fd_cancel` may end any of the three.  The
+destination pauses in `postcopy_pause_incoming`, recovers on the new connection
+(`postcopy_try_recover`) and is active again on POSTCOPY_RESUME
+(`loadvm_postcopy_handle_resume`).  A destination broken again while recovering goes
+back to paused, as QEMU 8.2+ does (7.2's CAS from postcopy-active fails there and its
+loader retries on a closed file).  No pause or recovery ever ends in failed: 7.2 has no
+postcopy-recover-setup, and a refused connection leaves the source paused.
 """
 
 from __future__ import annotations
@@ -49,9 +60,8 @@ SOURCE_TRANSITIONS: dict[MigrationStatus, frozenset[MigrationStatus]] = {
     S.PRE_SWITCHOVER: frozenset({S.DEVICE, S.POSTCOPY_ACTIVE, S.CANCELLING, S.FAILED}),
     S.DEVICE: frozenset({S.COMPLETED, S.FAILED, S.CANCELLING}),
     S.POSTCOPY_ACTIVE: frozenset({S.COMPLETED, S.FAILED, S.CANCELLING, S.POSTCOPY_PAUSED}),
-    S.POSTCOPY_PAUSED: frozenset({S.POSTCOPY_RECOVER, S.CANCELLING, S.FAILED}),
-    S.POSTCOPY_RECOVER: frozenset({S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED, S.CANCELLING,
-                                   S.FAILED}),
+    S.POSTCOPY_PAUSED: frozenset({S.POSTCOPY_RECOVER, S.CANCELLING}),
+    S.POSTCOPY_RECOVER: frozenset({S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED, S.CANCELLING}),
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED}),
     S.COLO: frozenset({S.COMPLETED, S.FAILED}),
     S.COMPLETED: frozenset(_RESTART),
@@ -64,8 +74,8 @@ DESTINATION_TRANSITIONS: dict[MigrationStatus, frozenset[MigrationStatus]] = {
     S.SETUP: frozenset({S.ACTIVE, S.FAILED}),
     S.ACTIVE: frozenset({S.COMPLETED, S.FAILED, S.POSTCOPY_ACTIVE, S.COLO}),
     S.POSTCOPY_ACTIVE: frozenset({S.COMPLETED, S.FAILED, S.POSTCOPY_PAUSED}),
-    S.POSTCOPY_PAUSED: frozenset({S.POSTCOPY_RECOVER, S.FAILED}),
-    S.POSTCOPY_RECOVER: frozenset({S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED, S.FAILED}),
+    S.POSTCOPY_PAUSED: frozenset({S.POSTCOPY_RECOVER}),
+    S.POSTCOPY_RECOVER: frozenset({S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED}),
     S.COLO: frozenset({S.COMPLETED, S.FAILED}),
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset(),
@@ -76,6 +86,13 @@ RUNNING = frozenset({S.SETUP, S.ACTIVE, S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED,
                      S.POSTCOPY_RECOVER, S.CANCELLING, S.PRE_SWITCHOVER, S.DEVICE,
                      S.WAIT_UNPLUG, S.COLO})
 FINAL = frozenset({S.COMPLETED, S.FAILED, S.CANCELLED})
+
+#: QEMU 7.2's refusals of the postcopy recovery commands (migration/migration.c:
+#: qmp_migrate_pause, qmp_migrate_recover, migrate_prepare)
+MIGRATE_PAUSE_REFUSED = ("migrate-pause is currently only supported during postcopy-active "
+                         "state")
+MIGRATE_RECOVER_REFUSED = "Migrate recover can only be run when postcopy is paused."
+MIGRATE_RESUME_REFUSED = "Cannot resume if there is no paused migration"
 
 
 class IllegalTransition(RuntimeError):
