@@ -93,6 +93,9 @@ def run(
         "--record", help="Save both directions of each migration stream (stream.fwd.bin, "
                          "stream.rp.bin) in the scenario's work directory, which is kept.")
                       ] = False,
+    repeat: Annotated[int, typer.Option(
+        "--repeat", min=1, help="Run each scenario this many times with the same seed and "
+                                "report which ones are flaky.")] = 1,
 ) -> None:
     """Run scenarios: exit 0 when all met their `expect`, 1 when any did not, 2 on bad input."""
     from .runner.run import run_files
@@ -100,7 +103,7 @@ def run(
 
     try:
         results = run_files(scenarios, json_path=json_path, junit_path=junit_path, seed=seed,
-                            record=record)
+                            record=record, repeat=repeat)
     except ScenarioError as err:
         raise _fail(2, f"harness run: {err}")
     raise typer.Exit(0 if all(r.verdict == "pass" for r in results) else 1)
@@ -198,6 +201,21 @@ def destination(
                                    "machine": machine, "seed": seed, "fill": 0.0, "dirty_rate": "0",
                                    "pattern": "uniform", "hotset": None, "devices": devices, "fd": fd,
                                    "paused": paused, "incoming": incoming})
+
+
+@app.command()
+def proxy(
+    control: Annotated[str, _CONTROL],
+    listen: Annotated[str, typer.Option(metavar="URI", help="Where the source connects "
+                                        "(tcp:HOST:PORT or unix:PATH; port 0: any).")],
+    target: Annotated[str, typer.Option(metavar="URI", help="Where each connection is "
+                                        "forwarded (the destination's URI).")],
+    seed: Annotated[int, typer.Option(help="Seed of random faults (jitter, corrupt).")] = 0,
+) -> None:
+    """Run the fault-injecting proxy between the peers (what `harness run` starts)."""
+    from .faults.proxy_main import main as run_proxy
+
+    raise typer.Exit(run_proxy(control, listen, target, seed))
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks, each against a baseline "

@@ -9,7 +9,9 @@ runner collected, never a live process.
 from __future__ import annotations
 
 from .base import Evidence, Invariant
+from .leftovers import NoLeftovers
 from .memory import MemoryIdentical, SourceIntact
+from .one_runner import OneRunner
 from .postcopy import PostcopyRequests
 from .runs_on import GuestRunsOn
 from .statuses import ExpectedStatus
@@ -17,7 +19,8 @@ from .transitions import LegalTransitions
 
 ALL: tuple[Invariant, ...] = (
     ExpectedStatus("source"), ExpectedStatus("destination"), LegalTransitions(),
-    MemoryIdentical(), SourceIntact(), GuestRunsOn(), PostcopyRequests(),
+    MemoryIdentical(), SourceIntact(), GuestRunsOn(), OneRunner(), PostcopyRequests(),
+    NoLeftovers(),
 )
 
 

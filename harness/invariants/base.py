@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from harness.runner.result import InvariantResult, PeerOutcome
+from harness.runner.result import FaultRecord, InvariantResult, PeerOutcome, TimelineEntry
 
 
 @dataclass
@@ -32,6 +32,15 @@ class Evidence:
     #: pages of the source that differ from what its workload wrote
     source_mismatched: dict[str, int] | None = None
     notes: list[str] = field(default_factory=list)
+    #: everything every process reported, in the order the runner learnt it
+    timeline: list[TimelineEntry] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
+    frozen: set[str] = field(default_factory=set)  # peers stopped (SIGSTOP) at the end
+    proxy: dict | None = None  # the proxy's final query-proxy, when there was one
+    leftovers: list[str] = field(default_factory=list)  # processes alive after the run
+
+    def fault_kinds(self) -> set[str]:
+        return {f.kind for f in self.faults}
 
 
 class Invariant(Protocol):

@@ -18,7 +18,26 @@ from harness.runner.result import ScenarioResult
 
 
 def json_report(results: Sequence[ScenarioResult]) -> str:
-    return json.dumps({"scenarios": [r.to_json() for r in results]}, indent=1)
+    doc: dict[str, Any] = {"scenarios": [r.to_json() for r in results]}
+    rounds = flakiness(results)
+    if rounds:
+        doc["repeat"] = rounds
+    return json.dumps(doc, indent=1, default=str)
+
+
+def flakiness(results: Sequence[ScenarioResult]) -> list[dict[str, Any]]:
+    """Per scenario run more than once (`--repeat`): its verdicts, and whether they differ."""
+    by_name: dict[tuple[str, str], list[ScenarioResult]] = {}
+    for r in results:
+        if r.repeat is not None:
+            by_name.setdefault((r.file, r.name), []).append(r)
+    out = []
+    for (file, name), rounds in by_name.items():
+        verdicts = [r.verdict for r in rounds]
+        out.append({"name": name, "file": file, "seed": rounds[0].seed, "rounds": len(rounds),
+                    "passed": verdicts.count("pass"), "verdicts": verdicts,
+                    "flaky": len(set(verdicts)) > 1})
+    return out
 
 
 def junit_report(results: Sequence[ScenarioResult]) -> str:
@@ -27,7 +46,8 @@ def junit_report(results: Sequence[ScenarioResult]) -> str:
                        errors=str(sum(r.verdict == "error" for r in results)),
                        time=f"{sum(r.duration for r in results):.3f}")
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname="scenarios", name=r.name,
+        name = r.name if r.repeat is None else f"{r.name}[round {r.repeat}]"
+        case = ET.SubElement(suite, "testcase", classname="scenarios", name=name,
                              file=r.file, time=f"{r.duration:.3f}")
         if r.verdict == "fail":
             ET.SubElement(case, "failure", message=r.reason).text = _detail(r)
@@ -63,6 +83,13 @@ def summary_lines(r: ScenarioResult) -> list[str]:
             f"setup {st.get('setup-time', '-')} ms, transferred {_mib(ram.get('transferred'))}, "
             f"{ram.get('normal', 0)} normal + {ram.get('duplicate', 0)} zero pages, "
             f"{ram.get('dirty-sync-count', 0)} passes, {ram.get('mbps', 0):.0f} Mbps")
+    for fault in r.faults:
+        where = fault.detail.get("offset")
+        lines.append(f"  fault {fault.kind} on {fault.target} at {fault.t:.3f} s "
+                     f"(step {fault.step}" + (f", stream offset {where}" if where is not None
+                                              else "") + ")")
+    if r.events_log:
+        lines.append(f"  event log: {r.events_log}")
     postcopy = r.destination.stats.get("x-postcopy", {})
     if postcopy:
         lat = postcopy.get("latency-us", {})
@@ -74,6 +101,34 @@ def summary_lines(r: ScenarioResult) -> list[str]:
     for inv in r.invariants:
         lines.append(f"  {'ok    ' if inv.ok else 'FAILED'} {inv.name}: {inv.detail}")
     return lines
+
+
+#: what the console timeline shows: statuses, passes, runstates, steps, faults, exits
+_TIMELINE = {"MIGRATION", "MIGRATION_PASS", "STOP", "RESUME", "step", "fault", "armed",
+             "exited", "thawed", "migrate", "FAULT", "WIRE", "SESSION"}
+
+
+def timeline_lines(r: ScenarioResult, limit: int = 60) -> list[str]:
+    """The run's history, one line per status change, pass, step, fault or exit."""
+    rows = [e for e in r.timeline if e.name in _TIMELINE]
+    lines = []
+    for e in rows[:limit]:
+        lines.append(f"  {e.t:8.3f}s  {e.peer:<11} {_timeline_text(e.name, e.data)}")
+    if len(rows) > limit:
+        lines.append(f"  ... {len(rows) - limit} more (the JSON report and the event log "
+                     f"have them all)")
+    return lines
+
+
+def _timeline_text(name: str, data: dict[str, Any]) -> str:
+    if name == "MIGRATION":
+        return f"status {data.get('status')}"
+    if name == "MIGRATION_PASS":
+        return f"pass {data.get('pass')}"
+    if name in ("step", "fault", "FAULT", "WIRE"):
+        keep = {k: v for k, v in data.items() if k not in ("result",) and v not in (None, {})}
+        return f"{name} " + ", ".join(f"{k}={v}" for k, v in keep.items())
+    return f"{name} " + ", ".join(f"{k}={v}" for k, v in data.items()) if data else name
 
 
 def print_summary(results: Sequence[ScenarioResult], console: Console) -> None:
@@ -93,3 +148,11 @@ def print_summary(results: Sequence[ScenarioResult], console: Console) -> None:
         if r.verdict != "pass" or len(results) == 1:
             for line in summary_lines(r):
                 console.print(line, markup=False, highlight=False)
+            if len(results) == 1:
+                console.print("  timeline:", markup=False, highlight=False)
+                for line in timeline_lines(r):
+                    console.print(line, markup=False, highlight=False)
+    for entry in flakiness(results):
+        verdict = "FLAKY" if entry["flaky"] else "stable"
+        console.print(f"{entry['name']}: {entry['passed']}/{entry['rounds']} rounds passed "
+                      f"with seed {entry['seed']} - {verdict}", markup=False, highlight=False)

@@ -1,27 +1,34 @@
 """The coordinator: run one scenario from start to verdict.
 
 Strategy (after locust / pytest-xdist): one loop owns all state.  It starts the destination
-and then the source (harness processes or real QEMUs), sets capabilities (always with
-`events`, so statuses arrive as events) and parameters on both, starts the incoming side
-and the migration, and then loops: pull events from both peers, record them on the
-timeline, fire the scenario's steps whose triggers hold, and stop when both peers have
-settled, a peer died, or the scenario's deadline passed.  Then it collects the final
-statuses, statistics, runstates and per-page digests, runs the invariants, and always
-closes (reaps) both peers.  A failure of the harness itself (a peer that cannot start, a
-deadline) is the verdict `error`; an unmet expectation is `fail`.
+and then the source (harness processes or real QEMUs) -- and, when the scenario has network
+faults or wire triggers, the protocol-aware proxy between them -- sets capabilities (always
+with `events`, so statuses arrive as events) and parameters on both, starts the incoming
+side and the migration, and then loops: pull events from every process, record them on
+the timeline (and in the JSONL event log, as they come), fire the steps whose triggers
+hold, run timers (a frozen peer's thaw), and stop as soon as the run has settled -- every
+peer dead, frozen, or in a status it cannot leave by itself (completed, failed,
+cancelled, postcopy-paused...) and no step able to fire any more -- or at the deadline,
+which is reported with the step and status each peer was stuck in and their stacks.
+Then it collects the final statuses, statistics, runstates and per-page digests, closes
+(reaps) every process, checks that none is left behind, and runs the invariants.  A
+failure of the harness itself (a peer that cannot start, a deadline) is the verdict
+`error`; an unmet expectation is `fail`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import random
+import resource
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from harness.control import CommandError, ControlError
+from harness.faults import process
 from harness.invariants import Evidence, check_all
 from harness.invariants.base import Expectations
 from harness.migration.status import FINAL
@@ -29,14 +36,19 @@ from harness.qemu import QemuError
 from harness.scenario.model import Scenario
 
 from .peers import HarnessPeer, PeerError, PeerHandle, QemuPeer, short_dir
-from .result import PeerOutcome, ScenarioResult, TimelineEntry
-from .steps import StepRunner, UnsupportedStep
+from .proxy import ProxyHandle
+from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
+from .stacks import proc_stacks, python_stacks
+from .steps import StepRunner, UnsupportedStep, needs_proxy
 
 log = logging.getLogger(__name__)
 
-SETTLE = 10.0  # after the source ended, how long the destination gets to notice
 POLL = 0.02
+SETTLED_FOR = 0.5  # how long nothing may move before the run counts as settled
+STATS_PERIOD = 0.05  # how often `remaining`/`progress` triggers poll the source
 FD_NAME = "migfd"
+#: statuses a peer does not leave by itself: it waits for an admin (or nothing at all)
+RESTING = FINAL | {"postcopy-paused"}
 
 
 class RunError(RuntimeError):
@@ -46,35 +58,50 @@ class RunError(RuntimeError):
 class Coordinator:
     def __init__(self, scenario: Scenario, workdir: Path, seed: int | None = None,
                  progress: Callable[[str, dict[str, Any]], None] | None = None,
-                 record: bool = False) -> None:
+                 record: bool = False, events_log: Path | None = None) -> None:
         self.sc = scenario
         self.workdir = workdir
         self.seed = scenario.seed if seed is None else seed
         self.progress = progress or (lambda what, info: None)
-        self.rng = random.Random(self.seed)
         self.t0 = time.monotonic()
         self.result = ScenarioResult(scenario.name, str(scenario.source_file or ""), self.seed,
                                      workdir=str(workdir))
         self.status = {"source": "none", "destination": "none"}
         self.statuses: dict[str, list[str]] = {"source": [], "destination": []}
+        #: (the peer's timestamp, status) of every status change, per peer
+        self.status_log: dict[str, list[tuple[float, str]]] = {"source": [], "destination": []}
         self.passes = 0
         self.refused: str | None = None
         self._fds: list[socket.socket] = []
         self._dirs: list[Path] = []
         self.src: PeerHandle | None = None
         self.dst: PeerHandle | None = None
+        self.proxy: ProxyHandle | None = None
         self.record = record  # save both directions of the stream in the work directory
+        self.frozen: dict[str, process.Frozen] = {}
+        self._timers: list[tuple[float, Callable[[], None]]] = []
+        self._ram: tuple[float, dict[str, Any]] = (0.0, {})
+        self._pids: list[int] = []
+        self._log_path = events_log or workdir / "events.jsonl"
+        self._log: IO[str] | None = None
+        self.steps: StepRunner | None = None
+        self._stacks: dict[str, str] = {}
 
     # ------------------------------------------------------------------ run
     def run(self) -> ScenarioResult:
         deadline = self.t0 + self.sc.timeout
+        evidence: Evidence | None = None
         try:
+            self._log = self._log_path.open("w")
+            self.result.events_log = str(self._log_path)
+            self.note("runner", "scenario", {"name": self.sc.name, "seed": self.seed,
+                                             "file": self.result.file})
+            self.steps = StepRunner(self.sc.steps, self)
             self._start_peers()
             self._configure()
-            steps = StepRunner(self.sc.steps, self)
             self._begin()
-            self._loop(steps, deadline)
-            self._collect()
+            self._loop(self.steps, deadline)
+            evidence = self._collect()
         except (RunError, UnsupportedStep, ControlError, OSError, TimeoutError) as err:
             self.result.verdict = "error"
             self.result.reason = str(err)
@@ -89,12 +116,30 @@ class Coordinator:
             self._collect_quietly()
         finally:
             self._close()
+        left = process.leftovers(self._pids)
+        if evidence is not None:
+            evidence.leftovers = left
+            self._judge(evidence)
+        elif left:
+            self.result.reason += f"; processes left behind: {', '.join(left)}"
         self.result.duration = time.monotonic() - self.t0
+        self.note("runner", "verdict", {"verdict": self.result.verdict,
+                                        "reason": self.result.reason})
+        if self._log is not None:
+            self._log.close()
         return self.result
 
-    def note(self, peer: str, name: str, data: dict[str, Any] | None = None) -> None:
-        self.result.timeline.append(TimelineEntry(time.monotonic() - self.t0, peer, name,
-                                                  data or {}))
+    def note(self, peer: str, name: str, data: dict[str, Any] | None = None,
+             at: float | None = None) -> None:
+        entry = TimelineEntry(time.monotonic() - self.t0, peer, name, data or {}, at)
+        self.result.timeline.append(entry)
+        if self._log is not None:
+            self._log.write(json.dumps(entry.to_json(), default=str) + "\n")
+            self._log.flush()
+
+    def record_fault(self, step: str, kind: str, target: str, detail: dict[str, Any]) -> None:
+        self.result.faults.append(FaultRecord(step, kind, target, self.elapsed(), detail))
+        self.note("runner", "fault", {"step": step, "kind": kind, "target": target, **detail})
 
     # ------------------------------------------------------------------ start
     def _guest_json(self) -> dict[str, Any]:
@@ -115,6 +160,8 @@ class Coordinator:
             a, b = socket.socketpair()
             self._fds += [a, b]
             fds = {"source": {FD_NAME: a.fileno()}, "destination": {FD_NAME: b.fileno()}}
+        # a crash (SIGABRT) should not write a core of the guest's RAM: peers inherit this
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         self.dst = self._make_peer("destination", fds["destination"])
         self.src = self._make_peer("source", fds["source"])
         for peer in (self.dst, self.src):
@@ -122,7 +169,10 @@ class Coordinator:
                 peer.start()
             except (PeerError, QemuError, ControlError, OSError) as err:
                 raise RunError(f"cannot start the {peer.role} ({peer.kind}): {err}") from None
-            self.note(peer.role, "started", {"kind": peer.kind})
+            if peer.pid is not None:
+                self._pids.append(peer.pid)
+            self.note(peer.role, "started", {"kind": peer.kind, "pid": peer.pid,
+                                             "runstate": peer.runstate()}, time.time())
 
     def _make_peer(self, role: str, fds: dict[str, int]) -> PeerHandle:
         spec = self.sc.source if role == "source" else self.sc.destination
@@ -195,6 +245,10 @@ class Coordinator:
             self.dst.execute("migrate-incoming", {"uri": self.dst_uri})
             if not src_uri:
                 src_uri = self._listening_uri()
+            if needs_proxy(self.sc.steps):
+                src_uri = self._start_proxy(src_uri)
+                assert self.steps is not None
+                self.steps.arm_due()
         self.note("runner", "migrate", {"uri": src_uri})
         self.migrate_started = time.monotonic()
         try:
@@ -214,56 +268,207 @@ class Coordinator:
             time.sleep(0.01)
         raise RunError("the destination did not report its listening port")
 
+    def _start_proxy(self, target: str) -> str:
+        """Put the proxy between the peers: the source migrates to it, it to `target`."""
+        if target.startswith("unix:"):
+            d = short_dir("mhx")
+            self._dirs.append(d)
+            listen = f"unix:{d}/proxy.sock"
+        else:
+            listen = "tcp:127.0.0.1:0"
+        self.proxy = ProxyHandle("proxy", self.workdir, listen, target, self.seed)
+        try:
+            self.proxy.start()
+            uri = self.proxy.address_for_source()
+        except (PeerError, ControlError, OSError) as err:
+            raise RunError(f"cannot start the proxy: {err}") from None
+        if self.proxy.pid is not None:
+            self._pids.append(self.proxy.pid)
+        self.note("proxy", "started", {"listen": uri, "target": target, "pid": self.proxy.pid})
+        return uri
+
+    def proxy_execute(self, command: str, arguments: dict[str, Any]) -> Any:
+        if self.proxy is None:
+            raise RunError(f"{command}: the scenario has no proxy between the peers")
+        return self.proxy.execute(command, arguments)
+
     # ------------------------------------------------------------------ loop
     def _loop(self, steps: StepRunner, deadline: float) -> None:
-        settle_until: float | None = None
         incoming_started = not self.two_phase
+        quiet_since: float | None = None
+        exited: set[str] = set()
         while True:
-            self._pump()
-            steps.tick()
+            moved = self._pump()
+            moved |= steps.tick()
+            moved |= self._run_timers()
             now = time.monotonic()
             if self.refused is not None:
                 return
-            src_done = self.status["source"] in FINAL
-            if self.two_phase and src_done and not incoming_started:
+            if self.two_phase and self.status["source"] in FINAL and not incoming_started:
                 incoming_started = True
+                moved = True
                 if self.status["source"] == "completed":
                     assert self.dst is not None
                     self.dst.execute("migrate-incoming", {"uri": self.dst_uri})
-            dst_done = self.status["destination"] in FINAL
-            if src_done and (dst_done or not incoming_started):
-                return
-            if src_done:
-                settle_until = settle_until or now + SETTLE
-                if now > settle_until:
-                    return
-            dead = [p for p in self._peers() if not p.alive()]
-            if dead:
-                for p in dead:
+            for p in self._peers():
+                if not p.alive() and p.role not in exited:
+                    exited.add(p.role)
+                    moved = True
                     self.note(p.role, "exited", {"code": p.exit_code()})
-                if not (src_done and self.status["destination"] in FINAL):
-                    return
+            if moved or self._timers or not self._settled(incoming_started) \
+                    or steps.may_still_fire():
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= SETTLED_FOR:
+                return
             if now > deadline:
-                raise RunError(f"timeout: the scenario did not finish within "
-                               f"{self.sc.timeout:g} s (source {self.status['source']}, "
-                               f"destination {self.status['destination']})")
+                raise RunError(self._stuck(steps))
             time.sleep(POLL)
 
-    def _pump(self) -> None:
-        for peer in self._peers():
+    def _settled(self, incoming_started: bool) -> bool:
+        """Every peer dead, frozen, or resting in a status it does not leave by itself."""
+        for role in ("source", "destination"):
+            peer = self.peer(role)
+            status = self.status[role]
+            if not peer.alive() or role in self.frozen or status in RESTING:
+                continue
+            if role == "destination" and status in ("none", "setup") and (
+                    not incoming_started or self._source_gone()):
+                continue  # listening for a source that will not come (any more)
+            return False
+        return True
+
+    def _source_gone(self) -> bool:
+        assert self.src is not None
+        return not self.src.alive() or self.status["source"] in FINAL
+
+    def _stuck(self, steps: StepRunner) -> str:
+        """The deadline's report: each peer's status, the steps still waiting, the stacks."""
+        parts = []
+        for role in ("source", "destination"):
+            peer = self.peer(role)
+            state = "dead" if not peer.alive() else "frozen" if role in self.frozen else \
+                self.status[role]
+            if role == "source" and self.passes:
+                state += f", pass {self.passes}"
+            parts.append(f"{role} {state}")
+            self._dump_stacks(role, peer)
+        waiting = steps.waiting()
+        text = (f"timeout: the scenario did not finish within {self.sc.timeout:g} s "
+                f"({', '.join(parts)})")
+        if waiting:
+            text += "; steps not fired: " + ", ".join(waiting)
+        return text + "; the stacks of each peer are in the report"
+
+    def _dump_stacks(self, role: str, peer: PeerHandle) -> None:
+        if not peer.alive() or peer.pid is None:
+            return
+        log_path = getattr(peer, "stderr_path", None)
+        if peer.kind == "harness" and log_path is not None and role not in self.frozen:
+            text = python_stacks(peer.pid, log_path)
+        else:
+            text = proc_stacks(peer.pid)
+        self._stacks[role] = text
+
+    def _pump(self) -> bool:
+        moved = False
+        handles: list[Any] = [*self._peers(), *([self.proxy] if self.proxy else [])]
+        for peer in handles:
             for event in peer.poll_events():
-                self.note(peer.role, event.name, event.data)
-                if event.name == "MIGRATION":
+                moved = True
+                self.note(peer.role, event.name, event.data, event.timestamp)
+                if peer.role == "proxy":
+                    self._proxy_event(event.name, event.data, event.timestamp)
+                elif event.name == "MIGRATION":
                     status = str(event.data.get("status"))
                     self.status[peer.role] = status
                     self.statuses[peer.role].append(status)
+                    self.status_log[peer.role].append((event.timestamp, status))
                     self.progress("status", {"peer": peer.role, "status": status})
                 elif event.name == "MIGRATION_PASS" and peer.role == "source":
                     self.passes = int(event.data.get("pass", 0))
                     self.progress("pass", {"pass": self.passes})
+        return moved
+
+    def _proxy_event(self, name: str, data: dict[str, Any], at: float) -> None:
+        assert self.steps is not None
+        if name == "WIRE":
+            self.steps.on_wire(str(data.get("id")), data, at)
+        elif name == "FAULT":
+            step = str(data.get("id"))
+            label = self.steps.label_of(step)
+            self.result.faults.append(FaultRecord(label, str(data.get("kind")),
+                                                  f"proxy {data.get('channel', 'main')}",
+                                                  self.elapsed(), dict(data)))
+
+    # ------------------------------------------------------------------ timers, faults
+    def after(self, delay: float, action: Callable[[], None]) -> None:
+        self._timers.append((time.monotonic() + delay, action))
+
+    def _run_timers(self) -> bool:
+        now = time.monotonic()
+        due = [t for t in self._timers if t[0] <= now]
+        self._timers = [t for t in self._timers if t[0] > now]
+        for _, action in due:
+            action()
+        return bool(due)
+
+    def thaw(self, role: str, step: str) -> None:
+        frozen = self.frozen.pop(role, None)
+        if frozen is not None:
+            self.note("runner", "thawed", {"step": step, "peer": role, "pids": frozen.thaw()})
+
+    def source_ram(self) -> dict[str, Any]:
+        """The source's query-migrate `ram` (polled at most every STATS_PERIOD)."""
+        when, ram = self._ram
+        now = time.monotonic()
+        if now - when >= STATS_PERIOD and self.src is not None and self.src.alive() \
+                and "source" not in self.frozen:
+            try:
+                ram = dict((self.src.execute("query-migrate", timeout=5) or {}).get("ram", {}))
+            except ControlError:
+                pass
+            self._ram = (now, ram)
+        return ram
+
+    def progress_share(self) -> float:
+        """Share of guest RAM sent at least once (pages sent over all pages), for `progress`."""
+        ram = self.source_ram()
+        total = int(ram.get("total", 0))
+        sent = (int(ram.get("normal", 0)) + int(ram.get("duplicate", 0))) * 4096
+        return min(1.0, sent / total) if total else 0.0
+
+    def recover(self, step: str) -> None:
+        """migrate-recover: the destination listens anew, then the source resumes to it."""
+        assert self.src is not None and self.dst is not None
+        uri = self._recovery_uri()
+        data: dict[str, Any] = {"step": step, "peer": "destination", "command": "migrate-recover",
+                                "uri": uri}
+        try:
+            self.dst.execute("migrate-recover", {"uri": uri})
+            target = self._listening_uri() if uri.endswith(":0") else uri
+            source_uri = target
+            if self.proxy is not None:
+                self.proxy.execute("x-proxy-target", {"uri": target})
+                source_uri = self.proxy.address_for_source()
+            data["source-uri"] = source_uri
+            self.src.execute("migrate", {"uri": source_uri, "resume": True})
+        except CommandError as err:
+            data["error"] = err.desc
+        except ControlError as err:
+            data["error"] = f"a peer did not answer: {err}"
+        self.note("runner", "step", data)
+
+    def _recovery_uri(self) -> str:
+        if self.sc.transport.scheme == "unix":
+            d = short_dir("mhr")
+            self._dirs.append(d)
+            return f"unix:{d}/recover.sock"
+        return "tcp:127.0.0.1:0"  # QEMU 7.2, like our peer, then lists the port it took
 
     # ------------------------------------------------------------------ end
-    def _collect(self) -> None:
+    def _collect(self) -> Evidence:
         assert self.src is not None and self.dst is not None
         self._pump()
         source = self._outcome(self.src)
@@ -272,7 +477,15 @@ class Coordinator:
         if self.refused:
             source.error = self.refused
         evidence = Evidence(_expectations(self.sc), source, destination)
+        evidence.timeline = self.result.timeline
+        evidence.faults = self.result.faults
+        evidence.frozen = set(self.frozen)
         self._memory_evidence(evidence)
+        if self.proxy is not None and self.proxy.alive():
+            evidence.proxy = dict(self.proxy.execute("query-proxy") or {})
+        return evidence
+
+    def _judge(self, evidence: Evidence) -> None:
         self.result.invariants = check_all(evidence)
         failed = [i for i in self.result.invariants if not i.ok]
         self.result.verdict = "fail" if failed else "pass"
@@ -283,16 +496,16 @@ class Coordinator:
         if want is None:
             return
         assert self.src is not None and self.dst is not None
-        src_alive = self.src.alive()
-        if src_alive:
+        if self.src.alive() and "source" not in self.frozen:
             evidence.source_digests = self.src.digests()
             evidence.source_mismatched = self.src.check_intact()
-        if want == "identical" and self.dst.alive() and \
-                self.status["destination"] == "completed":
+        if want == "identical" and self.dst.alive() and "destination" not in self.frozen \
+                and self.status["destination"] == "completed":
             evidence.destination_digests = self.dst.digests(at_incoming=True)
 
     def _outcome(self, peer: PeerHandle) -> PeerOutcome:
-        out = PeerOutcome(kind=peer.kind, statuses=list(self.statuses[peer.role]))
+        out = PeerOutcome(kind=peer.kind, statuses=list(self.statuses[peer.role]),
+                          stacks=self._stacks.get(peer.role))
         log_path = getattr(peer, "stderr_path", None)
         out.log = str(log_path) if log_path else None
         if not peer.alive():
@@ -300,6 +513,10 @@ class Coordinator:
             out.status = self.status[peer.role]
             out.error = f"the {peer.role} exited with status {out.exit_code}: " + \
                 peer.stderr_tail(5).replace("\n", " / ")
+            return out
+        if peer.role in self.frozen:  # it cannot answer; what it said last is what it is
+            out.status, out.frozen = self.status[peer.role], True
+            out.error = f"the {peer.role} is frozen (SIGSTOP) by the scenario"
             return out
         info = peer.execute("query-migrate") or {}
         out.stats = info
@@ -316,15 +533,19 @@ class Coordinator:
                 outcome = self._outcome(peer)
             except Exception as err:  # noqa: BLE001 - collecting after a failure: best effort
                 outcome = PeerOutcome(kind=peer.kind, status=self.status[role],
-                                      error=f"not reachable: {err}")
+                                      error=f"not reachable: {err}",
+                                      stacks=self._stacks.get(role))
             setattr(self.result, role, outcome)
 
     def _close(self) -> None:
-        for peer in self._peers():
+        for role in list(self.frozen):  # the run is over: let it go, to be shut down cleanly
+            self.thaw(role, "end of run")
+        handles: list[Any] = [*self._peers(), *([self.proxy] if self.proxy else [])]
+        for handle in handles:
             try:
-                peer.close()
-            except Exception as err:  # noqa: BLE001 - keep closing (reaping) the other one
-                log.warning("closing the %s: %s", peer.role, err)
+                handle.close()
+            except Exception as err:  # noqa: BLE001 - keep closing (reaping) the others
+                log.warning("closing the %s: %s", handle.role, err)
         for s in self._fds:
             s.close()
         import shutil

@@ -60,6 +60,8 @@ class PeerHandle(Protocol):
     def exit_code(self) -> int | None: ...
     def stderr_tail(self, lines: int = 20) -> str: ...
     def close(self) -> None: ...
+    @property
+    def pid(self) -> int | None: ...
 
 
 def short_dir(prefix: str) -> Path:
@@ -67,18 +69,14 @@ def short_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-@dataclass
-class HarnessPeer:
-    """`python -m harness ROLE` driven over its control plane."""
+class ControlledProcess:
+    """A `python -m harness ...` process driven over its zmq control plane: started in a
+    session of its own, answered `hello` before `start` returns, always reaped by `close`."""
 
     role: str
     workdir: Path
-    guest: dict[str, Any]
-    extra_args: list[str] = field(default_factory=list)
-    pass_fds: dict[str, int] = field(default_factory=dict)
-    kind: str = "harness"
 
-    def __post_init__(self) -> None:
+    def _init_process(self) -> None:
         self._sockdir = short_dir("mh")
         self.address = f"ipc://{self._sockdir}/{self.role[0]}.ctl"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -86,17 +84,16 @@ class HarnessPeer:
         self.stderr_path = self.workdir / f"{self.role}.log"
 
     def command_line(self) -> list[str]:
-        args = [sys.executable, "-m", "harness", self.role, "--control", self.address,
-                "--guest-json", json.dumps(self.guest), *self.extra_args]
-        for name, fd in self.pass_fds.items():
-            args += ["--fd", f"{name}={fd}"]
-        return args
+        raise NotImplementedError
+
+    def _pass_fds(self) -> tuple[int, ...]:
+        return ()
 
     def start(self) -> None:
         with self.stderr_path.open("wb") as err:
             self._proc = subprocess.Popen(
                 self.command_line(), stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                pass_fds=tuple(self.pass_fds.values()), start_new_session=True)
+                pass_fds=self._pass_fds(), start_new_session=True)
         self._client = ControlClient(self.address, timeout=COMMAND_TIMEOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -113,8 +110,12 @@ class HarnessPeer:
 
     @property
     def client(self) -> ControlClient:
-        assert self._client is not None, "peer not started"
+        assert self._client is not None, f"{self.role} not started"
         return self._client
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None,
                 timeout: float | None = None) -> Any:
@@ -128,26 +129,6 @@ class HarnessPeer:
         except PeerGone:
             pass
         return [PeerEvent(e.name, dict(e.data), e.timestamp) for e in self._client.events()]
-
-    def runstate(self) -> str | None:
-        return str(self.execute("query-status", timeout=10)["status"])
-
-    def digests(self, at_incoming: bool = False) -> dict[str, np.ndarray] | None:
-        args = {"at": "incoming"} if at_incoming else {}
-        value, blob = self.client.execute_blob("x-guest-digests", args, timeout=120)
-        if value is None or blob is None:
-            return None
-        out: dict[str, np.ndarray] = {}
-        offset = 0
-        for block in value["blocks"]:
-            count = int(block["pages"])
-            out[block["name"]] = np.frombuffer(blob, dtype=np.uint64, count=count,
-                                               offset=offset * 8).copy()
-            offset += count
-        return out
-
-    def check_intact(self) -> dict[str, int] | None:
-        return dict(self.execute("x-guest-check", timeout=120)["mismatched"])
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -179,6 +160,51 @@ class HarnessPeer:
             if self._client is not None:
                 self._client.close()
             shutil.rmtree(self._sockdir, ignore_errors=True)
+
+
+@dataclass
+class HarnessPeer(ControlledProcess):
+    """`python -m harness ROLE` driven over its control plane."""
+
+    role: str
+    workdir: Path
+    guest: dict[str, Any]
+    extra_args: list[str] = field(default_factory=list)
+    pass_fds: dict[str, int] = field(default_factory=dict)
+    kind: str = "harness"
+
+    def __post_init__(self) -> None:
+        self._init_process()
+
+    def command_line(self) -> list[str]:
+        args = [sys.executable, "-m", "harness", self.role, "--control", self.address,
+                "--guest-json", json.dumps(self.guest), *self.extra_args]
+        for name, fd in self.pass_fds.items():
+            args += ["--fd", f"{name}={fd}"]
+        return args
+
+    def _pass_fds(self) -> tuple[int, ...]:
+        return tuple(self.pass_fds.values())
+
+    def runstate(self) -> str | None:
+        return str(self.execute("query-status", timeout=10)["status"])
+
+    def digests(self, at_incoming: bool = False) -> dict[str, np.ndarray] | None:
+        args = {"at": "incoming"} if at_incoming else {}
+        value, blob = self.client.execute_blob("x-guest-digests", args, timeout=120)
+        if value is None or blob is None:
+            return None
+        out: dict[str, np.ndarray] = {}
+        offset = 0
+        for block in value["blocks"]:
+            count = int(block["pages"])
+            out[block["name"]] = np.frombuffer(blob, dtype=np.uint64, count=count,
+                                               offset=offset * 8).copy()
+            offset += count
+        return out
+
+    def check_intact(self) -> dict[str, int] | None:
+        return dict(self.execute("x-guest-check", timeout=120)["mismatched"])
 
 
 def kill_tree(pid: int) -> None:
@@ -262,6 +288,10 @@ class QemuPeer:
 
     def alive(self) -> bool:
         return self._qemu is not None and self._qemu.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._qemu is None else self._qemu.pid
 
     def exit_code(self) -> int | None:
         return None if self._qemu is None else self._qemu.returncode

@@ -22,6 +22,8 @@ class PeerOutcome:
     exit_code: int | None = None  # None while it was still running at the end
     log: str | None = None  # its stderr file
     statuses: list[str] = field(default_factory=list)  # every status it reported, in order
+    stacks: str | None = None  # its threads' stacks, when the run missed its deadline
+    frozen: bool = False  # stopped (SIGSTOP) by the scenario at the end
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "kind": self.kind,
@@ -32,6 +34,10 @@ class PeerOutcome:
             out["exit-code"] = self.exit_code
         if self.log:
             out["log"] = self.log
+        if self.stacks:
+            out["stacks"] = self.stacks
+        if self.frozen:
+            out["frozen"] = True
         return out
 
 
@@ -47,13 +53,32 @@ class InvariantResult:
 
 @dataclass
 class TimelineEntry:
-    t: float  # seconds since the run started
-    peer: str  # source | destination | runner
-    name: str  # MIGRATION, MIGRATION_PASS, step, ...
+    t: float  # seconds since the run started (the runner's clock, when it learnt of it)
+    peer: str  # source | destination | proxy | runner
+    name: str  # MIGRATION, MIGRATION_PASS, STOP, RESUME, step, fault, ...
     data: dict[str, Any] = field(default_factory=dict)
+    at: float | None = None  # the reporting process's own timestamp (seconds since the epoch)
 
     def to_json(self) -> dict[str, Any]:
-        return {"t": round(self.t, 6), "peer": self.peer, "name": self.name, "data": self.data}
+        out = {"t": round(self.t, 6), "peer": self.peer, "name": self.name, "data": self.data}
+        if self.at is not None:
+            out["at"] = round(self.at, 6)
+        return out
+
+
+@dataclass
+class FaultRecord:
+    """A fault that fired: which step, what, on what, when, and the injector's report."""
+
+    step: str
+    kind: str
+    target: str  # source | destination | proxy main | proxy return-path
+    t: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "kind": self.kind, "target": self.target,
+                "t": round(self.t, 6), "detail": self.detail}
 
 
 @dataclass
@@ -68,7 +93,10 @@ class ScenarioResult:
     invariants: list[InvariantResult] = field(default_factory=list)
     duration: float = 0.0
     timeline: list[TimelineEntry] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
     workdir: str | None = None
+    events_log: str | None = None  # the JSONL event log of the run
+    repeat: int | None = None  # which round of `--repeat`, from 1
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -83,6 +111,9 @@ class ScenarioResult:
             "destination-stats": self.destination.stats,
             "invariants": [i.to_json() for i in self.invariants],
             "duration": round(self.duration, 3),
+            "faults": [f.to_json() for f in self.faults],
             "timeline": [t.to_json() for t in self.timeline],
             "workdir": self.workdir,
+            "events": self.events_log,
+            **({"repeat": self.repeat} if self.repeat is not None else {}),
         }

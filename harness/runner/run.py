@@ -26,7 +26,8 @@ from .result import ScenarioResult
 
 
 def run_scenario(scenario: Scenario, seed: int | None = None,
-                 console: Console | None = None, record: bool = False) -> ScenarioResult:
+                 console: Console | None = None, record: bool = False,
+                 events_log: Path | None = None) -> ScenarioResult:
     base = os.environ.get("HARNESS_WORKDIR")
     if base:
         Path(base).mkdir(parents=True, exist_ok=True)
@@ -46,26 +47,46 @@ def run_scenario(scenario: Scenario, seed: int | None = None,
                 status["pass"] = info["pass"]
             live.update(text())
 
-        result = Coordinator(scenario, workdir, seed, progress, record).run()
-    if result.verdict == "pass" and not record:
+        result = Coordinator(scenario, workdir, seed, progress, record, events_log).run()
+    if result.verdict == "pass" and not record and events_log is not None:
         shutil.rmtree(workdir, ignore_errors=True)
         result.workdir = None
+    elif result.verdict == "pass" and not record:  # keep the event log, drop the rest
+        for item in workdir.iterdir():
+            if item.is_dir():
+                shutil.rmtree(item, ignore_errors=True)
+            elif item.name != "events.jsonl":
+                item.unlink()
     return result
+
+
+def events_path(json_path: str | Path | None, scenario: Scenario, round_: int | None
+                ) -> Path | None:
+    """Beside the JSON report: REPORT.NAME[.rN].events.jsonl (None: in the work dir)."""
+    if json_path is None:
+        return None
+    report = Path(json_path)
+    suffix = f".r{round_}" if round_ is not None else ""
+    return report.with_name(f"{report.stem}.{scenario.name}{suffix}.events.jsonl")
 
 
 def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = None,
               junit_path: str | Path | None = None, seed: int | None = None,
-              console: Console | None = None, record: bool = False) -> list[ScenarioResult]:
+              console: Console | None = None, record: bool = False,
+              repeat: int = 1) -> list[ScenarioResult]:
     """Run every scenario of the given files; raises ScenarioError for a bad file."""
     scenarios = load_scenarios(paths)
     out = console or Console()
     results = []
     for scenario in scenarios:
-        result = run_scenario(scenario, seed, Console(stderr=True, quiet=not out.is_terminal),
-                              record)
-        results.append(result)
-        for line in summary_lines(result)[:1]:
-            out.print(line, markup=False, highlight=False)
+        for round_ in range(1, repeat + 1):
+            label = round_ if repeat > 1 else None
+            result = run_scenario(scenario, seed, Console(stderr=True, quiet=not out.is_terminal),
+                                  record, events_path(json_path, scenario, label))
+            result.repeat = label
+            results.append(result)
+            for line in summary_lines(result)[:1]:
+                out.print(line, markup=False, highlight=False)
     print_summary(results, out)
     if json_path:
         Path(json_path).write_text(json_report(results))

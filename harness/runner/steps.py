@@ -1,100 +1,219 @@
-"""The scenario's steps: when each fires (its trigger) and what it does (its action).
+"""The scenario's steps: when each fires (its trigger) and what it does (its effect).
 
-Strategy: `StepRunner.tick()` is called by the coordinator loop; each step fires at most
-once, when its trigger holds, the step it comes `after` has fired, and its `probability`
-(drawn once, from the scenario seed) allows it.  Triggers read only what the coordinator
-has recorded (time since `migrate`, passes, statuses seen); actions go to the peers as
-QMP commands.  Trigger and action kinds this runner does not implement yet are reported
-as an error when the run starts, never silently skipped.
+Strategy: two kinds of trigger, two places that watch them.  What the runner records --
+time since `migrate`, passes, statuses, the source's `remaining` and progress -- is checked
+by `StepRunner.tick()` from the coordinator's loop.  What only the wire shows -- the N-th
+page request, PONG, section or command, a command inside PACKAGED, a frame by name (the
+END section that opens the completion...), N bytes of a channel --
+is watched by the protocol-aware proxy (harness.faults): such a step is armed there when
+it becomes due (at the start, or when the step it comes `after` fired), and the proxy
+either applies its network fault at that exact byte, or holds the stream right there
+while the runner carries out the step's action or process fault (then releases it).
+
+`probability` is drawn per occurrence of the trigger (the 2nd, 3rd... pass at or after
+`pass: N`, each entry into the status...) from (seed, step, occurrence) alone, so the same
+seed takes the same decisions whatever the timing: that is what `--seed` replays.  Steps
+the runner cannot carry out are refused before anything starts, never skipped.
 """
 
 from __future__ import annotations
 
+import random
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from harness.control import CommandError
 from harness.scenario import steps as model
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
 
-SUPPORTED_TRIGGERS = (model.TimeTrigger, model.PassTrigger, model.StatusTrigger)
-#: action -> (peer, QMP command)
-COMMANDS = {
-    "migrate-cancel": ("source", "migrate_cancel"),
-    "migrate-start-postcopy": ("source", "migrate-start-postcopy"),
-    "migrate-pause": ("source", "migrate-pause"),
-    "stop": ("guest", "stop"),
-    "cont": ("guest", "cont"),
-}
+WIRE_TRIGGERS = (model.EventTrigger, model.CommandTrigger, model.FrameTrigger,
+                 model.BytesTrigger)
 
 
 class UnsupportedStep(RuntimeError):
     pass
 
 
+def needs_proxy(steps: tuple[Any, ...]) -> bool:
+    """Whether a scenario's steps need the proxy between the peers."""
+    return any(isinstance(s.on, WIRE_TRIGGERS) or isinstance(s.fault, model.NetFault)
+               for s in steps)
+
+
+def draw(seed: int, index: int, occurrence: int, probability: float) -> bool:
+    """The seeded decision of one occurrence of a step's trigger."""
+    if probability >= 1.0:
+        return True
+    return random.Random(f"{seed}/{index}/{occurrence}").random() < probability
+
+
+def describe_trigger(trigger: Any) -> str:
+    data = trigger.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    return ", ".join(f"{k}: {v}" for k, v in data.items())
+
+
+def wire_trigger(trigger: Any) -> dict[str, Any]:
+    """A wire trigger as the proxy's `x-proxy-arm` takes it."""
+    if isinstance(trigger, model.EventTrigger):
+        return {"event": trigger.event, "count": trigger.count}
+    if isinstance(trigger, model.CommandTrigger):
+        return {"command": trigger.command}
+    if isinstance(trigger, model.FrameTrigger):
+        return {"frame": trigger.frame, "count": trigger.count}
+    assert isinstance(trigger, model.BytesTrigger)
+    return {"bytes": {"channel": trigger.bytes.channel, "after": trigger.bytes.after}}
+
+
+@dataclass
+class StepState:
+    index: int
+    step: Any
+    fired_at: float | None = None
+    armed: bool = False  # a wire step handed to the proxy
+    occurrences: int = 0  # occurrences of its trigger seen so far (for probability)
+    fired_epoch: float | None = None  # when it fired, by the clock peers stamp events with
+
+    @property
+    def label(self) -> str:
+        return self.step.name or f"steps[{self.index}]"
+
+    @property
+    def wire(self) -> bool:
+        return isinstance(self.step.on, WIRE_TRIGGERS)
+
+
 class StepRunner:
     def __init__(self, steps: tuple[Any, ...], coordinator: Coordinator) -> None:
-        self.steps = list(steps)
         self.c = coordinator
-        self.fired: dict[int, float] = {}
-        self._names = {s.name: i for i, s in enumerate(self.steps) if s.name}
-        self._draws: dict[int, bool] = {}
-        for i, step in enumerate(self.steps):
-            self._check_supported(i, step)
+        self.states = [StepState(i, s) for i, s in enumerate(steps)]
+        self._by_name = {s.name: st for st, s in zip(self.states, steps) if s.name}
+        for state in self.states:
+            self._check_supported(state)
 
-    def _check_supported(self, index: int, step: Any) -> None:
-        label = step.name or f"steps[{index}]"
-        if step.fault is not None:
-            raise UnsupportedStep(f"{label}: faults ({step.fault.kind}) are not implemented yet")
-        if not isinstance(step.on, SUPPORTED_TRIGGERS):
-            raise UnsupportedStep(f"{label}: the trigger {type(step.on).KEY!r} is not "
-                                  f"implemented yet")
-        action = step.do
-        if isinstance(action, model.CommandAction) and action.command not in COMMANDS:
-            raise UnsupportedStep(f"{label}: the action {action.command!r} is not implemented yet")
+    def _check_supported(self, state: StepState) -> None:
+        fault = state.step.fault
+        if isinstance(fault, model.LinkFault):
+            raise UnsupportedStep(f"{state.label}: {fault.kind} acts on a host's network link; "
+                                  "link faults need the multi-host runs of network namespaces, "
+                                  "which this runner does not have yet")
 
-    def tick(self) -> None:
-        for i, step in enumerate(self.steps):
-            if i in self.fired or not self._ready(i, step):
+    # ------------------------------------------------------------------ the loop's side
+    def tick(self) -> bool:
+        """Fire the runner-side steps whose trigger holds; arm due wire steps.  True when
+        anything fired."""
+        fired = False
+        for state in self.states:
+            if state.fired_at is not None or not self._after_done(state):
                 continue
-            self.fired[i] = self.c.elapsed()
-            self._fire(i, step)
+            if state.wire:
+                if not state.armed:
+                    self._arm(state)
+                    fired = True
+                continue
+            if self._occurred(state):
+                state.occurrences += 1
+                if draw(self.c.seed, state.index, state.occurrences,
+                        state.step.on.probability):
+                    self._fire(state, None, time.time())
+                    fired = True
+        return fired
 
-    def _ready(self, index: int, step: Any) -> bool:
-        if step.after is not None and self._names.get(step.after) not in self.fired:
-            return False
-        if not self._holds(step.on):
-            return False
-        if index not in self._draws:
-            self._draws[index] = self.c.rng.random() < step.on.probability
-        return self._draws[index]
+    def _after_done(self, state: StepState) -> bool:
+        after = state.step.after
+        return after is None or self._by_name[after].fired_at is not None
 
-    def _holds(self, trigger: Any) -> bool:
+    def _occurred(self, state: StepState) -> bool:
+        """Whether a new occurrence of the trigger is there (the next one to draw for)."""
+        trigger, n = state.step.on, state.occurrences
+        c = self.c
         if isinstance(trigger, model.TimeTrigger):
-            return self.c.elapsed() >= trigger.time
+            start = self._after_time(state)
+            return n == 0 and c.elapsed() - start >= trigger.time
         if isinstance(trigger, model.PassTrigger):
-            return self.c.passes >= trigger.pass_
+            return c.passes >= trigger.pass_ + n
         if isinstance(trigger, model.StatusTrigger):
+            # an entry into the status counts if it happened after the step it comes
+            # `after:` fired (by the peers' own timestamps: the runner may learn of a
+            # pause in the same poll as of the reset that caused it)
             cond = trigger.status
-            return cond.is_ in self.c.statuses[cond.peer]
+            since = self._after_epoch(state)
+            seen = sum(1 for at, status in c.status_log[cond.peer]
+                       if status == cond.is_ and at >= since)
+            return seen > n
+        if isinstance(trigger, model.RemainingTrigger):
+            remaining = c.source_ram().get("remaining")
+            return n == 0 and remaining is not None and int(remaining) < trigger.remaining.below
+        if isinstance(trigger, model.ProgressTrigger):
+            return n == 0 and c.progress_share() >= trigger.progress
         return False
 
-    def _fire(self, index: int, step: Any) -> None:
-        label = step.name or f"steps[{index}]"
-        action = step.do
-        if isinstance(action, model.SetParametersAction):
-            peer, command = "source", "migrate-set-parameters"
-            arguments = action.migrate_set_parameters.qmp_arguments()
-        else:
-            peer, command = COMMANDS[action.command]
-            arguments = {}
-        if peer == "guest":
-            peer = "destination" if self.c.status["destination"] == "completed" else "source"
+    def _after_epoch(self, state: StepState) -> float:
+        after = state.step.after
+        fired = self._by_name[after].fired_epoch if after else None
+        return fired or 0.0
+
+    def _after_time(self, state: StepState) -> float:
+        """A time trigger counts from `migrate`, or from the firing of its `after` step."""
+        after = state.step.after
+        fired = self._by_name[after].fired_at if after else None
+        return fired or 0.0
+
+    # ------------------------------------------------------------------ wire steps
+    def _arm(self, state: StepState) -> None:
+        from .effects import arm_in_proxy
+
+        arm_in_proxy(self.c, state)
+        state.armed = True
+
+    def on_wire(self, step_id: str, data: dict[str, Any], at: float) -> None:
+        """The proxy saw an armed step's trigger (and holds the stream if it was asked to);
+        `at` is when, by the proxy's clock."""
+        state = self._state_of(step_id)
+        if state is None or state.fired_at is not None:
+            return
+        self._fire(state, data, at)
+
+    def label_of(self, step_id: str) -> str:
+        state = self._state_of(step_id)
+        return state.label if state is not None else step_id
+
+    def arm_due(self) -> None:
+        """Arm the wire steps that are due before the first byte flows."""
+        for state in self.states:
+            if state.wire and not state.armed and state.fired_at is None \
+                    and self._after_done(state):
+                self._arm(state)
+
+    def _state_of(self, step_id: str) -> StepState | None:
         try:
-            result: Any = self.c.peer(peer).execute(command, arguments)
-            self.c.note("runner", "step", {"step": label, "peer": peer, "command": command,
-                                           "result": result})
-        except CommandError as err:
-            self.c.note("runner", "step", {"step": label, "peer": peer, "command": command,
-                                           "error": err.desc})
+            return self.states[int(step_id.removeprefix("step-"))]
+        except (ValueError, IndexError):
+            return None
+
+    # ------------------------------------------------------------------ effects
+    def _fire(self, state: StepState, wire: dict[str, Any] | None, at: float) -> None:
+        from .effects import carry_out
+
+        state.fired_at = self.c.elapsed()
+        state.fired_epoch = at
+        carry_out(self.c, state, wire)
+
+    # ------------------------------------------------------------------ the end
+    def waiting(self) -> list[str]:
+        """Steps that have not fired, and what each waits for."""
+        out = []
+        for state in self.states:
+            if state.fired_at is None:
+                wait = f"on {describe_trigger(state.step.on)}"
+                if state.step.after and not self._after_done(state):
+                    wait += f", after {state.step.after!r}"
+                out.append(f"{state.label!r} ({wait})")
+        return out
+
+    def may_still_fire(self) -> bool:
+        """Whether a step could fire with nothing else moving: a time trigger to come."""
+        return any(state.fired_at is None and self._after_done(state)
+                   and isinstance(state.step.on, model.TimeTrigger)
+                   for state in self.states)

@@ -70,6 +70,7 @@ from .steps import (
     CommandTrigger,
     EventTrigger,
     Fault,
+    FrameTrigger,
     LinkFault,
     NetFault,
     PassTrigger,
@@ -340,7 +341,8 @@ class Scenario(ScenarioModel):
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> Scenario:
         raise_issues(self._step_order_issues() + self._host_issues() + self._qemu_issues()
-                     + self._postcopy_issues() + self._throttle_issues())
+                     + self._postcopy_issues() + self._throttle_issues()
+                     + self._proxy_issues())
         source_file = (info.context or {}).get("source_file")
         if source_file is not None:
             self._source_file = Path(source_file)
@@ -432,6 +434,23 @@ class Scenario(ScenarioModel):
                       "migrate_set_capability before the start of migration\")")
                 for index, step in enumerate(self.steps)
                 if step.action_name in POSTCOPY_ACTIONS]
+
+    def _proxy_issues(self) -> list[Issue]:
+        """Network faults and wire triggers need the proxy, which sits on a socket."""
+        if self.transport.scheme in ("tcp", "unix"):
+            return []
+        issues = []
+        for index, step in enumerate(self.steps):
+            if isinstance(step.fault, NetFault):
+                issues.append(Issue(("steps", index, "fault", "kind"), (
+                    f"{step.fault.kind} acts in the proxy between the peers, which needs "
+                    f"transport: tcp or unix (this scenario uses {self.transport.scheme})")))
+            if isinstance(step.on, (EventTrigger, CommandTrigger, FrameTrigger, BytesTrigger)):
+                issues.append(Issue(("steps", index, "on"), (
+                    f"the {step.on.KEY}: trigger is seen by the proxy between the peers, which "
+                    f"needs transport: tcp or unix (this scenario uses "
+                    f"{self.transport.scheme})")))
+        return issues
 
     def _throttle_issues(self) -> list[Issue]:
         """max-cpu-throttle against the cpu-throttle-initial in force (a mapping that sets

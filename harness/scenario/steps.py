@@ -39,6 +39,7 @@ from .names import (
     FAULT_KINDS,
     FRAME_NAMES,
     FRAME_PARTS,
+    FRAME_TRIGGER_NAMES,
     LATER_STATUSES,
     LINK_FAULT_KINDS,
     MAPPING_ACTIONS,
@@ -124,6 +125,15 @@ class CommandTrigger(TriggerBase):
     command: Annotated[MigCmdName, choice("a MIG_CMD command", MIG_CMD_NAMES)]
 
 
+class FrameTrigger(TriggerBase):
+    """`{frame: SECTION_END, count: 1}`: the count-th frame of that name seen on the wire
+    (a section's header, a command, a return-path message...; not a single RAM page)."""
+
+    KEY = "frame"
+    frame: Annotated[str, choice("a frame", FRAME_TRIGGER_NAMES)]
+    count: PositiveCount = 1
+
+
 class BytesCondition(ScenarioModel):
     channel: Channel = "main"
     after: Size
@@ -155,8 +165,8 @@ class ProgressTrigger(TriggerBase):
 
 
 TRIGGER_CLASSES: tuple[type[TriggerBase], ...] = (
-    TimeTrigger, PassTrigger, StatusTrigger, EventTrigger, CommandTrigger, BytesTrigger,
-    RemainingTrigger, ProgressTrigger)
+    TimeTrigger, PassTrigger, StatusTrigger, EventTrigger, CommandTrigger, FrameTrigger,
+    BytesTrigger, RemainingTrigger, ProgressTrigger)
 TRIGGER_KEYS = tuple(cls.KEY for cls in TRIGGER_CLASSES)
 _TRIGGER_EXTRAS = {"probability", "count"}
 
@@ -193,7 +203,8 @@ def _trigger_shape(value: Any) -> Any:
 Trigger = Annotated[
     Annotated[TimeTrigger, Tag("time")] | Annotated[PassTrigger, Tag("pass")]
     | Annotated[StatusTrigger, Tag("status")] | Annotated[EventTrigger, Tag("event")]
-    | Annotated[CommandTrigger, Tag("command")] | Annotated[BytesTrigger, Tag("bytes")]
+    | Annotated[CommandTrigger, Tag("command")] | Annotated[FrameTrigger, Tag("frame")]
+    | Annotated[BytesTrigger, Tag("bytes")]
     | Annotated[RemainingTrigger, Tag("remaining")] | Annotated[ProgressTrigger, Tag("progress")],
     Discriminator(_trigger_tag), BeforeValidator(_trigger_shape)]
 
@@ -421,6 +432,7 @@ __all__ = [
     "CommandTrigger",
     "EventTrigger",
     "Fault",
+    "FrameTrigger",
     "LinkFault",
     "NetFault",
     "PassTrigger",

@@ -31,6 +31,13 @@ CASES: dict[str, tuple[str, int, int, str | None, str]] = {
         ("name: a\nsteps:\n  - on: {pass: 1}\n    do: stop\n"
          "    fault: {kind: kill, target: source}\n"),
         3, 5, "steps[0]", "either do: or fault:, not both"),
+    "network fault over exec": (
+        "name: a\ntransport: exec\nsteps:\n  - on: {pass: 1}\n    fault: {kind: net.reset}\n",
+        5, 19, "steps[0].fault.kind", ("net.reset acts in the proxy between the peers, which "
+                                       "needs transport: tcp or unix (this scenario uses exec)")),
+    "wire trigger over a file": (
+        "name: a\ntransport: file\nsteps:\n  - on: {command: POSTCOPY_RUN}\n    do: stop\n",
+        4, 9, "steps[0].on", "the command: trigger is seen by the proxy between the peers"),
     "step with neither do nor fault": (
         "name: a\nsteps:\n  - on: {pass: 1}\n",
         3, 5, "steps[0]", "a step needs do: (an action) or fault: (a fault)"),

@@ -1,0 +1,47 @@
+"""The runner's handle on the protocol-aware proxy process (`harness proxy`).
+
+Strategy: the proxy is one more controlled process (harness.runner.peers), started only
+when a scenario has network faults or wire triggers, between the destination's listening
+address and the source: the source migrates to the proxy, the proxy connects on to the
+destination.  After `migrate-recover` the destination listens elsewhere and the proxy is
+told so (`x-proxy-target`); the source resumes to the same proxy address.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .peers import ControlledProcess, PeerError
+
+
+@dataclass
+class ProxyHandle(ControlledProcess):
+    role: str
+    workdir: Path
+    listen: str  # where the source connects (tcp port 0: the proxy picks)
+    target: str  # where the destination listens
+    seed: int = 0
+    kind: str = "proxy"
+
+    def __post_init__(self) -> None:
+        self._init_process()
+
+    def command_line(self) -> list[str]:
+        return [sys.executable, "-m", "harness", "proxy", "--control", self.address,
+                "--listen", self.listen, "--target", self.target, "--seed", str(self.seed)]
+
+    def address_for_source(self, timeout: float = 10.0) -> str:
+        """The URI the source should migrate to (the proxy's actual listening address)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info: dict[str, Any] = self.execute("query-proxy") or {}
+            uri = info.get("listen")
+            if isinstance(uri, str) and not uri.endswith(":0"):
+                return uri
+            if time.monotonic() > deadline:
+                raise PeerError(f"the proxy did not report its listening address: {info}")
+            time.sleep(0.01)
