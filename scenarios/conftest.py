@@ -1,0 +1,102 @@
+"""`pytest scenarios/`: every scenario file here is a test item, run as a user runs it.
+
+Strategy: a small pytest plugin.  Each `*.yaml` under this directory (one scenario per
+file) is loaded with the harness's own loader when pytest collects it (a bad file is a
+collection error naming the file, line and field) and becomes one item that runs
+`python -m harness run FILE --json REPORT` in a subprocess -- its own processes, its own
+work directory -- so `pytest -n auto scenarios/` spreads the matrix over the CPUs.  An
+item passes when the harness exits 0 (every `expect` met); otherwise it fails with the
+harness's own summary (the reason, the checks, the timeline).  A scenario that needs a
+real QEMU, or a QEMU postcopy destination (userfaultfd), is skipped with that reason when
+the machine lacks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MARGIN = 120.0  # beyond the scenario's own timeout: start-up, digests, reaping
+
+
+def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml"):
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ScenarioFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        from harness.scenario import ScenarioError, load_scenario
+
+        try:
+            scenario = load_scenario(self.path)
+        except ScenarioError as err:
+            raise self.CollectError(str(err)) from None
+        yield ScenarioItem.from_parent(self, name=scenario.name, scenario=scenario)
+
+
+class ScenarioItem(pytest.Item):
+    def __init__(self, *, scenario: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scenario = scenario
+        self.add_marker(pytest.mark.timeout(scenario.timeout + MARGIN))
+        if "qemu" in (scenario.source.kind, scenario.destination.kind):
+            self.add_marker(pytest.mark.qemu)
+
+    def runtest(self) -> None:
+        self._skip_without_what_it_needs()
+        work = Path(tempfile.mkdtemp(prefix=f"scenario-{self.scenario.name}-"))
+        report = work / "report.json"
+        try:
+            self._run(work, report)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _run(self, work: Path, report: Path) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness", "run", str(self.path), "--json", str(report)],
+            capture_output=True, text=True, cwd=REPO, check=False,
+            timeout=self.scenario.timeout + MARGIN,
+            env={**os.environ, "HARNESS_WORKDIR": str(work / "runs")})
+        if proc.returncode != 0:
+            raise ScenarioFailed(proc.returncode, proc.stdout + proc.stderr, report)
+
+    def _skip_without_what_it_needs(self) -> None:
+        from harness.qemu import find_qemu, userfaultfd_available
+
+        sc = self.scenario
+        if "qemu" in (sc.source.kind, sc.destination.kind) and find_qemu() is None:
+            pytest.skip("qemu-system-x86_64 not installed (CI installs Debian's "
+                        "qemu-system-x86)")
+        if sc.destination.kind == "qemu" and sc.postcopy and not userfaultfd_available():
+            pytest.skip("userfaultfd is not available to this process (a QEMU postcopy "
+                        "destination needs it: root, or vm.unprivileged_userfaultfd=1)")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str:
+        if isinstance(excinfo.value, ScenarioFailed):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"scenario {self.scenario.name}"
+
+
+class ScenarioFailed(Exception):
+    def __init__(self, code: int, output: str, report: Path) -> None:
+        verdict = ""
+        if report.exists():
+            [sc, *_] = json.loads(report.read_text())["scenarios"] or [{}]
+            verdict = f"{sc.get('verdict', '?')}: {sc.get('reason', '')}\n"
+        super().__init__(f"harness run exited {code}\n{verdict}{output}")
