@@ -13,7 +13,7 @@ STUCK = """\
 name: stuck
 seed: 5
 timeout: 4s
-guest: {memory: 32MiB, fill: 0.5}
+guest: {memory: 128MiB, fill: 1.0}  # 128 MiB at 8 MiB/s: never done in 4 s
 parameters: {max-bandwidth: 8MiB}
 steps:
   - name: freeze
