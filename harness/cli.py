@@ -126,7 +126,9 @@ def validate(
 
 def _peer_options(role: str, control: str, guest_json: str | None, memory: str, machine: str,
                   seed: int, fill: float, dirty_rate: str, pattern: str, hotset: str | None,
-                  devices: str, fd: list[str], paused: bool, incoming: str | None):  # type: ignore[no-untyped-def]
+                  devices: str, fd: list[str], paused: bool, incoming: str | None,
+                  qmp: str | None = None):  # type: ignore[no-untyped-def]
+    from .control.qmp_socket import parse_qmp_option
     from .migration.peer import PeerOptions, parse_guest_json
     from .scenario.units import parse_rate, parse_size
     from .transport import parse_fd_args
@@ -143,12 +145,16 @@ def _peer_options(role: str, control: str, guest_json: str | None, memory: str, 
                          "hotset": parse_size(hotset) if hotset else 0, "seed": seed}
             if rate else None})
     return PeerOptions(role=role, control=control, guest=parse_guest_json(guest_json),
-                       fds=parse_fd_args(fd), autostart=not paused, incoming=incoming)
+                       fds=parse_fd_args(fd), autostart=not paused, incoming=incoming,
+                       qmp=parse_qmp_option(qmp) if qmp is not None else None)
 
 
 _CONTROL = typer.Option("--control", metavar="ADDR",
                         help="Control address to serve QMP-shaped commands on (ipc:// or tcp://).")
 _GUEST = typer.Option("--guest-json", metavar="JSON", help="The whole guest as JSON.")
+_QMP = typer.Option("--qmp", metavar="unix:PATH",
+                    help="Also serve real QMP on this unix socket, as QEMU's "
+                         "-qmp unix:PATH,server=on,wait=off (qemu.qmp, qmp-shell).")
 
 
 def _peer_main(role: str, options: dict) -> None:  # type: ignore[type-arg]
@@ -163,7 +169,13 @@ def _peer_main(role: str, options: dict) -> None:  # type: ignore[type-arg]
         from source.main import run as run_peer
     else:
         from destination.main import run as run_peer
-    raise typer.Exit(run_peer(opts))
+    from .control.qmp_socket import QmpSocketError
+
+    try:
+        code = run_peer(opts)
+    except QmpSocketError as err:  # raised while starting, before anything ran
+        raise _fail(2, f"harness {role}: {err}")
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -176,12 +188,13 @@ def source(
     fd: Annotated[list[str], typer.Option(help="An inherited fd for fd: URIs: NAME=N.")] = [],  # noqa: B006
     paused: Annotated[bool, typer.Option(help="Start with the guest stopped (QEMU's -S).")
                       ] = False,
+    qmp: Annotated[str | None, _QMP] = None,
 ) -> None:
     """Run a migration source peer (what `harness run` starts)."""
     _peer_main("source", {"control": control, "guest_json": guest_json, "memory": memory,
                               "machine": machine, "seed": seed, "fill": fill, "dirty_rate": dirty_rate,
                               "pattern": pattern, "hotset": hotset, "devices": devices, "fd": fd,
-                              "paused": paused, "incoming": None})
+                              "paused": paused, "incoming": None, "qmp": qmp})
 
 
 @app.command()
@@ -195,12 +208,13 @@ def destination(
     fd: Annotated[list[str], typer.Option(help="An inherited fd for fd: URIs: NAME=N.")] = [],  # noqa: B006
     paused: Annotated[bool, typer.Option(help="Do not start the guest after the load.")
                       ] = False,
+    qmp: Annotated[str | None, _QMP] = None,
 ) -> None:
     """Run a migration destination peer (what `harness run` starts)."""
     _peer_main("destination", {"control": control, "guest_json": guest_json, "memory": memory,
                                    "machine": machine, "seed": seed, "fill": 0.0, "dirty_rate": "0",
                                    "pattern": "uniform", "hotset": None, "devices": devices, "fd": fd,
-                                   "paused": paused, "incoming": incoming})
+                                   "paused": paused, "incoming": incoming, "qmp": qmp})
 
 
 @app.command()

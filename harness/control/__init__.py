@@ -37,13 +37,15 @@ from harness.control.messages import (
     from_frames,
     to_frames,
 )
+from harness.control.qmp_socket import QmpSocketError, QmpSocketServer
 from harness.control.server import BlobResult, ControlServer, Handler, ServerState
 
 __all__ = [
     "COMMAND_NOT_FOUND", "DEVICE_NOT_ACTIVE", "DEVICE_NOT_FOUND", "GENERIC_ERROR",
     "KVM_MISSING_CAP", "QMP_ERROR_CLASSES", "BlobResult", "CommandError", "ControlClient",
     "ControlError", "ControlServer", "ControlTimeout", "Error", "Event", "Execute", "Handler",
-    "Hello", "Kind", "LinkState", "Message", "PeerGone", "ProtocolMessageError", "Return",
+    "Hello", "Kind", "LinkState", "Message", "PeerGone", "ProtocolMessageError",
+    "QmpSocketError", "QmpSocketServer", "Return",
     "ServerState", "check_address", "decode", "encode", "from_frames", "ipc_path",
     "new_ipc_address", "to_frames",
 ]

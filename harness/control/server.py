@@ -18,6 +18,11 @@ flushed before a reply, so an event a handler emits precedes its return, as in Q
 Sends never block: the ROUTER is in mandatory mode, a client whose queue is full loses
 that message (counted in `dropped`, logged on the first loss), a client that is gone is
 forgotten.
+
+Other front ends (the QMP unix socket, `harness.control.qmp_socket`) share the one
+dispatch path: `call` hands a command over from their thread through the same queue and
+wake-up as events, the serving thread runs it, and `add_event_listener` gives them every
+event in the order the zmq clients get it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 import zmq
@@ -59,6 +64,7 @@ __all__ = ["BlobResult", "ControlServer", "Handler", "ServerState"]
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Any]
+EventListener = Callable[[Event], None]
 
 #: messages queued per client before we drop (events are small; a stalled client must not
 #: make the peer block or grow without bound)
@@ -74,6 +80,19 @@ class ServerState(enum.Enum):
     CLOSED = "closed"  # close() done: only close() (a no-op) and emit() (dropped) accepted
 
 
+@dataclass
+class _Call:
+    """A command handed over by `ControlServer.call`: run on the serving thread."""
+
+    request: Execute
+    done: threading.Event = field(default_factory=threading.Event)
+    reply: Return | Error | None = None
+
+    def answer(self, reply: Return | Error) -> None:
+        self.reply = reply
+        self.done.set()
+
+
 @dataclass(frozen=True)
 class BlobResult:
     """What a handler returns to send bulk bytes beside its JSON `value`."""
@@ -83,7 +102,8 @@ class BlobResult:
 
 
 class ControlServer:
-    """A peer's control endpoint.  All methods but `emit` belong to the serving thread.
+    """A peer's control endpoint.  All methods but `emit`, `wakeup`, `call` and
+    `add_event_listener` belong to the serving thread.
 
     `address`: `ipc://PATH` (`ipc://*`: a fresh short path), `tcp://HOST:PORT` (port `*` or
     0: any free port); `.address` is the endpoint actually bound.
@@ -103,6 +123,8 @@ class ControlServer:
         self._waker = self._connect_waker(context)
         self._wake_pending = False
         self._events: deque[bytes] = deque()
+        self._calls: deque[_Call] = deque()         # from `call`, guarded by _wake_lock
+        self._listeners: list[EventListener] = []
         self._rcvtimeo = -1
         self._clients: dict[bytes, None] = {}  # routing ids in order of first contact
         self.dropped: dict[bytes, int] = {}     # messages lost per client (queue full)
@@ -165,13 +187,45 @@ class ControlServer:
         Raises ProtocolMessageError (in the caller's thread) if `data` is not JSON.
         After close() the event is dropped.
         """
-        frame = encode(Event(name, dict(data or {}), time.time()))
+        event = Event(name, dict(data or {}), time.time())
+        frame = encode(event)
         with self._wake_lock:
             if self.state is ServerState.CLOSED:
                 log.debug("control server %s closed: event %s dropped", self.address, name)
                 return
             self._events.append(frame)
+            for listener in self._listeners:  # under the lock: the zmq clients' order
+                listener(event)
             self._wake_locked()
+
+    def add_event_listener(self, listener: EventListener) -> None:
+        """Also hand every event emitted from now on to `listener`, in emission order.
+
+        It runs in the emitting thread under the server's lock: it must only queue the
+        event and return (never block, never call back into this server).  OPEN only.
+        """
+        with self._wake_lock:
+            self._require_open("add_event_listener")
+            self._listeners.append(listener)
+
+    def call(self, command: str, arguments: Mapping[str, Any], timeout: float) -> Return | Error:
+        """Run `command` as if a zmq client had sent it, from any other thread.
+
+        The request is queued and the serving thread woken; it runs the handler (handlers
+        always run there) and this returns its reply, or a GenericError when the server
+        closed or did not answer within `timeout` s.  The Return's `id` is meaningless.
+        """
+        pending = _Call(Execute(command, dict(arguments), 0))
+        with self._wake_lock:
+            if self.state is ServerState.CLOSED:
+                return Error(GENERIC_ERROR, f"the peer is shutting down: {command} not run", None)
+            self._calls.append(pending)
+            self._wake_locked()
+        if not pending.done.wait(timeout):
+            return Error(GENERIC_ERROR, f"the peer did not run {command} within {timeout:g} s",
+                         None)
+        assert pending.reply is not None
+        return pending.reply
 
     def wakeup(self) -> None:
         """Make the serving thread's wait return now (e.g. after setting serve_forever's
@@ -197,6 +251,7 @@ class ControlServer:
         while frames is not None and handled < _BATCH:
             handled += self._serve_frames(frames[0], frames[1:])
             frames = self._recv(0) if self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN else None
+        handled += self._run_calls()
         return self._flush_events() > 0 or handled > 0
 
     def serve_forever(self, stop: threading.Event, poll_interval: float = 0.05) -> None:
@@ -222,6 +277,10 @@ class ControlServer:
                 return
             self.state = ServerState.CLOSED
             self._waker.close(linger=0)
+            calls, self._calls = self._calls, deque()
+        for pending in calls:
+            pending.answer(Error(GENERIC_ERROR, f"the peer is shutting down: "
+                                                f"{pending.request.command} not run", None))
         self._router.close(linger=0)
         if self._ipc_path is not None:
             try:
@@ -307,6 +366,15 @@ class ControlServer:
             blob = result.blob if isinstance(result.blob, bytes) else bytes(result.blob)
             return Return(result.value, request.id, blob)
         return Return(result, request.id)
+
+    def _run_calls(self) -> int:
+        with self._wake_lock:
+            if not self._calls:
+                return 0
+            batch, self._calls = self._calls, deque()
+        for pending in batch:
+            pending.answer(self._dispatch(pending.request))
+        return len(batch)
 
     # ------------------------------------------------------------------ sending
     def _flush_events(self) -> int:

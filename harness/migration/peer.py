@@ -3,8 +3,9 @@
 Strategy: `harness source` and `harness destination` are one frame with a role plugged in.
 The frame owns the guest (shared-memory RAM, workload process, devices), the capabilities
 and parameters, and a `ControlServer` answering QMP-shaped commands on the runner's
-address; the role adds its commands (`migrate`, `migrate_cancel` or `migrate-incoming`)
-and its `query-migrate`.  The main thread only serves commands; the migration runs in
+address (with `--qmp unix:PATH`, also real QMP on that socket, the same handlers); the
+role adds its commands (`migrate`, `migrate_cancel` or `migrate-incoming`) and its
+`query-migrate`.  The main thread only serves commands; the migration runs in
 its own thread and reports through events.  `quit`, SIGTERM or the end of the runner
 all lead to the same cleanup: the migration is cancelled, the workload reaped, the
 shared memory unlinked.  Commands beyond QMP's are prefixed `x-` (digests and checks of
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from harness.control import CommandError, ControlServer
+from harness.control.qmp_socket import QmpSocketError, QmpSocketServer, query_version
 from harness.control.server import BlobResult
 from harness.guest import Guest, GuestSpec
 
@@ -47,6 +49,7 @@ class PeerOptions:
     fds: dict[str, int] = field(default_factory=dict)
     autostart: bool = True  # QEMU's autostart: -S turns it off
     incoming: str | None = None  # destination: a URI, "defer", or None (not a destination)
+    qmp: str | None = None  # a unix socket path to serve real QMP on too (`--qmp unix:PATH`)
 
 
 class Peer:
@@ -62,6 +65,14 @@ class Peer:
         self.guest = Guest.create(options.guest, initial_content=options.role == "source",
                                   prefault=True)
         self.server = ControlServer(options.control)
+        self.qmp: QmpSocketServer | None = None
+        if options.qmp:
+            try:
+                self.qmp = QmpSocketServer(options.qmp, self.server)
+            except QmpSocketError:
+                self.server.close()
+                self.guest.close()
+                raise
         self.guest.on_running.append(lambda running: self.emit("RESUME" if running else "STOP",
                                                                 {}))
         self.migration: Any = None  # OutgoingMigration or IncomingMigration
@@ -83,6 +94,8 @@ class Peer:
         # 5 ms (Python's default) behind a thread busy loading or sending pages
         sys.setswitchinterval(SWITCH_INTERVAL)
         try:
+            if self.qmp is not None:
+                self.qmp.start()
             self.server.serve_forever(self.quit_requested)
         finally:
             self.close()
@@ -98,7 +111,9 @@ class Peer:
                 migration.close()
         finally:
             self.guest.close()
-            self.server.close()
+            self.server.close()  # first: it answers QMP commands still waiting for it
+            if self.qmp is not None:
+                self.qmp.close()
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
         self.server.emit(name, data)
@@ -119,6 +134,7 @@ class Peer:
         r("query-migrate-capabilities", lambda a: self.config.query_capabilities())
         r("query-migrate-parameters", lambda a: self.config.query_parameters())
         r("query-migrate", lambda a: self.migration.query() if self.migration else {})
+        r("query-version", query_version)
         r("x-guest-info", self._guest_info)
         r("x-guest-digests", self._digests)
         r("x-guest-check", self._check)
