@@ -104,7 +104,7 @@ ProcessFaultKind = Literal["kill", "stop", "crash"]
 NetFaultKind = Literal["net.reset", "net.half-close", "net.blackhole", "net.delay", "net.jitter",
                        "net.bandwidth", "net.drop", "net.duplicate", "net.corrupt",
                        "net.truncate"]
-LinkFaultKind = Literal["link.down", "link.blackhole", "link.bandwidth"]
+LinkFaultKind = Literal["link.down", "link.blackhole", "link.bandwidth", "link.delay"]
 PROCESS_FAULT_KINDS: tuple[str, ...] = get_args(ProcessFaultKind)
 NET_FAULT_KINDS: tuple[str, ...] = get_args(NetFaultKind)
 LINK_FAULT_KINDS: tuple[str, ...] = get_args(LinkFaultKind)

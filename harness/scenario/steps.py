@@ -351,20 +351,48 @@ class NetFault(ScenarioModel):
         return issues
 
 
+#: link fault kind -> (fields it requires, fields it may take) besides host/duration
+LINK_FAULT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "link.down": (frozenset(), frozenset()),
+    "link.blackhole": (frozenset(), frozenset()),
+    "link.bandwidth": (frozenset({"rate"}), frozenset()),
+    "link.delay": (frozenset({"delay"}), frozenset({"jitter"})),
+}
+_LINK_OPTIONAL_FIELDS = ("rate", "delay", "jitter")
+
+
 class LinkFault(ScenarioModel):
-    """`{kind: link.down|link.blackhole|link.bandwidth, host: NAME}`, for multi-host runs."""
+    """`{kind: link.down|link.blackhole|link.bandwidth|link.delay, host: NAME}`, for
+    multi-host runs: NAME's agent breaks NAME's link toward the other host for real (ip/tc,
+    harness.faults.link); `rate` limits what NAME sends, link.delay (`delay`, optional
+    `jitter`) needs the kernel's netem."""
 
     kind: LinkFaultKind
     host: Text
     duration: Duration | None = None
     rate: Rate | None = None
+    delay: Duration | None = None
+    jitter: Duration | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_host(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "host" not in data:
+            fail((), f"{data.get('kind')} needs host: (the host, one of hosts:, whose agent "
+                 "breaks its link)")
+        return data
 
     @model_validator(mode="after")
-    def _rate_only_for_bandwidth(self) -> LinkFault:
-        if self.kind == "link.bandwidth" and self.rate is None:
-            fail((), "link.bandwidth needs rate:")
-        if self.kind != "link.bandwidth" and self.rate is not None:
-            fail(("rate",), f"rate does not apply to {self.kind}", at_key=True)
+    def _fields_of_kind(self) -> LinkFault:
+        required, optional = LINK_FAULT_FIELDS[self.kind]
+        given = {name for name in _LINK_OPTIONAL_FIELDS if getattr(self, name) is not None}
+        issues = [Issue((), f"{self.kind} needs {name}:") for name in sorted(required - given)]
+        takes = ", ".join(["host", "duration", *sorted(required | optional)])
+        issues += [Issue((name,), f"{name} does not apply to {self.kind} (it takes: {takes})",
+                         at_key=True) for name in sorted(given - required - optional)]
+        issues += [Issue((name,), f"{self.kind} needs a {name} above 0")
+                   for name in sorted(required & given) if not getattr(self, name) > 0]
+        raise_issues(issues)
         return self
 
 
@@ -422,6 +450,7 @@ class Step(ScenarioModel):
 
 
 __all__ = [
+    "LINK_FAULT_FIELDS",
     "NET_FAULT_FIELDS",
     "TRIGGER_CLASSES",
     "TRIGGER_KEYS",

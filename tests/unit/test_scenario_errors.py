@@ -10,6 +10,7 @@ from harness.scenario import ScenarioError, load_scenario, load_scenarios, parse
 from tests.unit.test_scenario_model import EVERYTHING
 
 STEP = "  - on: {pass: 1}\n    do: stop\n"
+LINK = "name: a\nhosts:\n  h1: {agent: 'tcp://10.0.0.1:5555'}\nsteps:\n  - on: {pass: 1}\n"
 
 #: id -> (file text, line, column, field, a fragment of the reason)
 CASES: dict[str, tuple[str, int, int, str | None, str]] = {
@@ -155,6 +156,25 @@ CASES: dict[str, tuple[str, int, int, str | None, str]] = {
         ("name: a\nhosts:\n  h1: {agent: 'tcp://10.0.0.1:5555'}\nsteps:\n  - on: {pass: 1}\n"
         "    fault: {kind: link.down, host: h2}\n"),
         6, 36, "steps[0].fault.host", "'h2' is not one of the hosts (hosts: h1)"),
+    "link fault without a host": (
+        LINK + "    fault: {kind: link.blackhole}\n",
+        6, 12, "steps[0].fault", "link.blackhole needs host: (the host, one of hosts:,"),
+    "link.bandwidth without rate": (
+        LINK + "    fault: {kind: link.bandwidth, host: h1}\n",
+        6, 12, "steps[0].fault", "link.bandwidth needs rate:"),
+    "link.bandwidth at rate 0": (
+        LINK + "    fault: {kind: link.bandwidth, host: h1, rate: 0}\n",
+        6, 51, "steps[0].fault.rate", "link.bandwidth needs a rate above 0"),
+    "link.delay without delay": (
+        LINK + "    fault: {kind: link.delay, host: h1, jitter: 5ms}\n",
+        6, 12, "steps[0].fault", "link.delay needs delay:"),
+    "jitter on link.bandwidth": (
+        LINK + "    fault: {kind: link.bandwidth, host: h1, rate: 1M, jitter: 5ms}\n",
+        6, 55, "steps[0].fault.jitter",
+        "jitter does not apply to link.bandwidth (it takes: host, duration, rate)"),
+    "misspelt link.delay": (
+        LINK + "    fault: {kind: link.dealy, host: h1, delay: 5ms}\n",
+        6, 19, "steps[0].fault.kind", "did you mean 'link.delay'?"),
     "peer on an unknown host": (
         "name: a\nsource: {host: left}\n",
         2, 16, "source.host", "'left' is not one of the hosts (hosts: none"),
