@@ -53,7 +53,7 @@ from harness.protocol.ram_saver import EOS, PAGE, FrameBuffer
 from harness.protocol.return_path import ResumeAck, RpMessage
 
 from .postcopy import POSTCOPY_BATCH, PostcopySource
-from .ram_save import RamSave
+from .ram_save import BATCH_PAGES, RamSave
 from .recovery import RecoveryInbox, resume_handshake, resume_prepare
 from .return_path import ReturnPathError, ReturnPathReader
 
@@ -454,7 +454,7 @@ class OutgoingMigration:
         started = time.monotonic()
         sent = 0
         while not self._rate_limited():
-            batch = ram.next_batch()
+            batch = ram.next_batch(self._budget_pages(BATCH_PAGES))
             if batch is None:
                 break
             sent += self._send_batch(ram, batch)
@@ -522,7 +522,7 @@ class OutgoingMigration:
                 with self._wlock:
                     if self._rate_limited():
                         break
-                    batch = ram.next_batch(POSTCOPY_BATCH)
+                    batch = ram.next_batch(self._budget_pages(POSTCOPY_BATCH))
                     if batch is None:
                         break
                     assert self.postcopy is not None
@@ -738,6 +738,16 @@ class OutgoingMigration:
         if self._wake.is_set() or self._writer is None:
             return True
         return self._writer.total - self._window_bytes > self._limit()
+
+    def _budget_pages(self, most: int) -> int:
+        """How many pages the next batch may hold: what is left of this window's budget,
+        rounded up, so a window overshoots by less than a page, as QEMU's per-page check
+        does (migration/ram.c: ram_find_and_save_block under qemu_file_rate_limit)."""
+        assert self._writer is not None
+        left = self._limit() - (self._writer.total - self._window_bytes)
+        if left >= most * PAGE:
+            return most
+        return max(1, int(left) // PAGE + 1)
 
     def _update_counters(self) -> None:
         """migration_update_counters: bandwidth, threshold, mbps, expected downtime."""

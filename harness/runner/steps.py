@@ -146,7 +146,7 @@ class StepRunner:
             remaining = c.source_ram().get("remaining")
             return n == 0 and remaining is not None and int(remaining) < trigger.remaining.below
         if isinstance(trigger, model.ProgressTrigger):
-            return n == 0 and c.progress_share() >= trigger.progress
+            return n == 0 and c.progress_share() * 100 >= trigger.progress  # a percentage
         return False
 
     def _after_epoch(self, state: StepState) -> float:

@@ -245,6 +245,36 @@ expect: {source: completed, destination: completed, memory: identical,
     assert sc["stats"]["total-time"] < 6000
 
 
+def test_progress_and_remaining_fire_once_that_much_has_been_sent(tmp_path):
+    """At 16 MiB/s (1.6 MiB per 100 ms window, overshooting by less than a page), half of a
+    64 MiB guest cannot have gone before 1.9 s, nor all but 16 MiB before 2.9 s; both steps
+    fire, in that order."""
+    scenario = tmp_path / "progress.yaml"
+    scenario.write_text("""\
+name: progress
+seed: 12
+timeout: 60s
+guest: {memory: 64MiB, fill: 1.0}
+parameters: {max-bandwidth: 16MiB}
+steps:
+  - name: half
+    on: {progress: 50%}
+    do: {migrate-set-parameters: {downtime-limit: 400}}
+  - name: nearly
+    on: {remaining: {below: 16MiB}}
+    do: {migrate-set-parameters: {max-bandwidth: 1GiB}}
+expect: {source: completed, destination: completed, memory: identical}
+""")
+    code, report, output = run(scenario, tmp=tmp_path)
+    assert code == 0, output
+    [sc] = report["scenarios"]
+    migrate = next(t["t"] for t in sc["timeline"] if t["name"] == "migrate")
+    fired = {t["data"]["step"]: t["t"] - migrate for t in sc["timeline"] if t["name"] == "step"}
+    assert list(fired) == ["half", "nearly"], output
+    assert 1.8 <= fired["half"] < fired["nearly"]
+    assert fired["nearly"] >= 2.8
+
+
 def test_analyze_reads_a_recording_of_our_own_postcopy_run(tmp_path):
     code, report, output = run(SCENARIOS / "postcopy-immediate.yaml", tmp=tmp_path,
                                extra=("--record",))
