@@ -232,6 +232,135 @@ def proxy(
     raise typer.Exit(run_proxy(control, listen, target, seed))
 
 
+@app.command()
+def monitor(
+    start: Annotated[bool, typer.Option("--start", help=(
+        "Start a source and a destination peer (and with --proxy the fault proxy) and "
+        "drive them; they are reaped when the console ends."))] = False,
+    attach: Annotated[Path | None, typer.Option(metavar="CONTROL.JSON", help=(
+        "Attach to a live run's peers: the control.json in its work directory (or the "
+        "directory).  The peers are left running at the end."))] = None,
+    source_addr: Annotated[str | None, typer.Option(
+        "--source", metavar="ADDR", help="Attach to this source control address.")] = None,
+    destination_addr: Annotated[str | None, typer.Option(
+        "--destination", metavar="ADDR", help="Attach to this destination control address.")
+                                ] = None,
+    proxy_addr: Annotated[str | None, typer.Option(
+        "--proxy-address", metavar="ADDR", help="With --source/--destination: the fault "
+                                                "proxy's control address.")] = None,
+    with_proxy: Annotated[bool, typer.Option("--proxy", help=(
+        "With --start: put the fault proxy between the peers (net.* faults, wire "
+        "triggers)."))] = False,
+    memory: Annotated[str, typer.Option(help="With --start: guest RAM.")] = "256MiB",
+    dirty_rate: Annotated[str, typer.Option(help="With --start: the source guest's dirty "
+                                                 "rate (0: idle).")] = "0",
+    fill: Annotated[float, typer.Option(help="With --start: share of non-zero pages.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="With --start: guest content, workload and "
+                                           "random faults.")] = 0,
+    workdir: Annotated[Path | None, typer.Option(metavar="DIR", help=(
+        "With --start: keep peer logs and control.json here (default: a temporary "
+        "directory, removed at the end)."))] = None,
+) -> None:
+    """An interactive console, in the manner of QEMU's HMP, to break migrations by hand."""
+    from . import monitor as console
+    from .scenario.units import parse_rate, parse_size
+
+    modes = [start, attach is not None, source_addr is not None or destination_addr is not None]
+    if sum(modes) != 1:
+        raise _fail(2, "harness monitor: give one of --start, --attach CONTROL.JSON, or "
+                       "--source ADDR --destination ADDR")
+    try:
+        if start:
+            opts = console.StartOptions(parse_size(memory), parse_rate(dirty_rate), fill, seed,
+                                        with_proxy, workdir)
+            code = console.start(opts)
+        elif attach is not None:
+            code = console.attach_file(attach)
+        elif source_addr is None or destination_addr is None:
+            raise _fail(2, "harness monitor: --source and --destination go together")
+        else:
+            code = console.attach(source_addr, destination_addr, proxy_addr)
+    except ValueError as err:
+        raise _fail(2, f"harness monitor: {err}")
+    except (console.MonitorError, OSError) as err:
+        raise _fail(1, f"harness monitor: {err}")
+    raise typer.Exit(code)
+
+
+agent_app = typer.Typer(invoke_without_command=True, help=(
+    "Run migration peers on this host for a runner elsewhere (`harness agent --bind ...`); "
+    "`harness agent keygen DIR` makes its CURVE keys.  An agent runs processes on request: "
+    "remote code execution by design, so non-loopback binds need --keys."))
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.callback()
+def agent(
+    ctx: typer.Context,
+    bind: Annotated[str, typer.Option(metavar="tcp://ADDR:PORT", help=(
+        "Where runners connect (port 0: any free port; the address is printed)."))
+                    ] = "tcp://127.0.0.1:7340",
+    keys: Annotated[Path | None, typer.Option(metavar="DIR", help=(
+        "CURVE keys from `harness agent keygen DIR`: only the client keys in DIR/authorized "
+        "may talk to the agent.  Required for any non-loopback --bind."))] = None,
+    allow_exec: Annotated[bool, typer.Option("--allow-exec", help=(
+        "Allow exec: (and file:) migration URIs, which run commands (write files) here."))
+                          ] = False,
+    orphan_grace: Annotated[float, typer.Option(metavar="SECONDS", help=(
+        "Stop a run's peers when its runner is silent this long."))] = 10.0,
+    workdir: Annotated[Path | None, typer.Option(metavar="DIR", help=(
+        "Where peer logs go (default: a temporary directory, removed at exit)."))] = None,
+) -> None:
+    """Serve runners: start and reap peers, relay their commands and events."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+
+    from .control import curve
+    from .control.agent import main as run_agent
+
+    logging.basicConfig(level=logging.WARNING, format="harness agent: %(message)s")
+    try:
+        curve.check_bind(bind)
+    except ValueError as err:
+        raise _fail(2, f"harness agent: {err}")
+    if keys is None and curve.bind_needs_keys(bind):
+        raise _fail(2, f"harness agent: --bind {bind} is not a loopback address: an agent "
+                       f"starts processes for whoever reaches it, so it needs CURVE keys "
+                       f"(harness agent keygen DIR, then --keys DIR)")
+    try:
+        server_keys = curve.load_server_keys(keys) if keys is not None else None
+    except curve.KeyError_ as err:
+        raise _fail(2, f"harness agent: --keys: {err}")
+    if orphan_grace <= 0:
+        raise _fail(2, "harness agent: --orphan-grace must be positive")
+    try:
+        code = run_agent(bind, server_keys, allow_exec, orphan_grace, workdir,
+                         lambda line: print(line, flush=True))
+    except OSError as err:
+        raise _fail(2, f"harness agent: {err}")
+    raise typer.Exit(code)
+
+
+@agent_app.command("keygen")
+def agent_keygen(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Where to write the keys.")],
+) -> None:
+    """Write a server and a client CURVE keypair (secret files 0600) and authorize the client."""
+    from .control import curve
+
+    try:
+        written = curve.keygen(directory)
+    except (curve.KeyError_, OSError) as err:
+        raise _fail(2, f"harness agent keygen: {err}")
+    for path in written:
+        typer.echo(f"wrote {path}")
+    typer.echo(f"agent host: harness agent --bind tcp://ADDR:PORT --keys {directory}  "
+               f"(needs server.key_secret and authorized/); runner host: keys: {directory} "
+               f"on the host in the scenario, or {curve.KEYS_ENV}={directory} (needs "
+               f"client.key_secret and server.key)")
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks, each against a baseline "
                                                    "measured in the same run.")
 app.add_typer(bench_app, name="bench")

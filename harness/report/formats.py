@@ -90,6 +90,7 @@ def summary_lines(r: ScenarioResult) -> list[str]:
                                               else "") + ")")
     if r.events_log:
         lines.append(f"  event log: {r.events_log}")
+    lines += [_host_line(name, host) for name, host in r.hosts.items()]
     postcopy = r.destination.stats.get("x-postcopy", {})
     if postcopy:
         lat = postcopy.get("latency-us", {})
@@ -103,9 +104,27 @@ def summary_lines(r: ScenarioResult) -> list[str]:
     return lines
 
 
+def _host_line(name: str, host: dict[str, Any]) -> str:
+    """One host of a multi-host run: agent, machine, clock offset, how it ended."""
+    facts = host.get("facts") or {}
+    clock = host.get("clock") or {}
+    text = f"  host {name}: agent {host.get('agent')} ({host.get('state', '?')})"
+    if facts:
+        text += (f", {facts.get('hostname')}, {facts.get('cpu-count')} CPUs, "
+                 f"{_mib(facts.get('memory-available'))} free of "
+                 f"{_mib(facts.get('memory-total'))}")
+    if clock:
+        text += (f", clock offset {clock['offset'] * 1e3:+.3f} ms "
+                 f"(rtt {clock['rtt'] * 1e3:.3f} ms)")
+    if host.get("dead"):
+        text += f", dead: {host['dead']}"
+    return text
+
+
 #: what the console timeline shows: statuses, passes, runstates, steps, faults, exits
 _TIMELINE = {"MIGRATION", "MIGRATION_PASS", "STOP", "RESUME", "step", "fault", "armed",
-             "exited", "thawed", "migrate", "FAULT", "WIRE", "SESSION"}
+             "exited", "thawed", "migrate", "FAULT", "WIRE", "SESSION", "agent-connected",
+             "agent-missing", "agent-dead", "link-undone"}
 
 
 def timeline_lines(r: ScenarioResult, limit: int = 60) -> list[str]:

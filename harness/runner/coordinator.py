@@ -35,6 +35,9 @@ from harness.migration.status import FINAL
 from harness.qemu import QemuError
 from harness.scenario.model import Scenario
 
+from .agent_peer import AgentPeer, RemoteFrozen
+from .agent_pool import Agents, placement_problems
+from .agents import AgentError, tcp_uri
 from .peers import HarnessPeer, PeerError, PeerHandle, QemuPeer, short_dir
 from .proxy import ProxyHandle
 from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
@@ -78,7 +81,8 @@ class Coordinator:
         self.dst: PeerHandle | None = None
         self.proxy: ProxyHandle | None = None
         self.record = record  # save both directions of the stream in the work directory
-        self.frozen: dict[str, process.Frozen] = {}
+        self.frozen: dict[str, process.Frozen | RemoteFrozen] = {}
+        self.agents = Agents(scenario)  # the hosts' agents (none for a local run)
         self._timers: list[tuple[float, Callable[[], None]]] = []
         self._ram: tuple[float, dict[str, Any]] = (0.0, {})
         self._pids: list[int] = []
@@ -97,12 +101,16 @@ class Coordinator:
             self.note("runner", "scenario", {"name": self.sc.name, "seed": self.seed,
                                              "file": self.result.file})
             self.steps = StepRunner(self.sc.steps, self)
+            problems = placement_problems(self.sc)
+            if problems:
+                raise RunError("; ".join(problems))
             self._start_peers()
             self._configure()
             self._begin()
             self._loop(self.steps, deadline)
             evidence = self._collect()
-        except (RunError, UnsupportedStep, ControlError, OSError, TimeoutError) as err:
+        except (RunError, UnsupportedStep, AgentError, ControlError, OSError,
+                TimeoutError) as err:
             self.result.verdict = "error"
             self.result.reason = str(err)
             self._collect_quietly()
@@ -116,12 +124,13 @@ class Coordinator:
             self._collect_quietly()
         finally:
             self._close()
-        left = process.leftovers(self._pids)
+        left = process.leftovers(self._pids) + self._remote_leftovers()
         if evidence is not None:
             evidence.leftovers = left
             self._judge(evidence)
         elif left:
             self.result.reason += f"; processes left behind: {', '.join(left)}"
+        self._blame_dead_agents()
         self.result.duration = time.monotonic() - self.t0
         self.note("runner", "verdict", {"verdict": self.result.verdict,
                                         "reason": self.result.reason})
@@ -162,17 +171,38 @@ class Coordinator:
             fds = {"source": {FD_NAME: a.fileno()}, "destination": {FD_NAME: b.fileno()}}
         # a crash (SIGABRT) should not write a core of the guest's RAM: peers inherit this
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+        self._connect_agents()
         self.dst = self._make_peer("destination", fds["destination"])
         self.src = self._make_peer("source", fds["source"])
         for peer in (self.dst, self.src):
+            host = getattr(peer, "host", None)
             try:
                 peer.start()
             except (PeerError, QemuError, ControlError, OSError) as err:
-                raise RunError(f"cannot start the {peer.role} ({peer.kind}): {err}") from None
-            if peer.pid is not None:
-                self._pids.append(peer.pid)
+                where = f" on host {host}" if host else ""
+                raise RunError(f"cannot start the {peer.role} ({peer.kind}){where}: "
+                               f"{err}") from None
+            if peer.pid is not None and host is None:
+                self._pids.append(peer.pid)  # a remote peer's leftovers: its agent checks
             self.note(peer.role, "started", {"kind": peer.kind, "pid": peer.pid,
-                                             "runstate": peer.runstate()}, time.time())
+                                             "runstate": peer.runstate(),
+                                             **({"host": host} if host else {})}, time.time())
+
+    def _connect_agents(self) -> None:
+        """Reach every host's agent: run binding, host facts, clock offset."""
+        if not self.agents:
+            return
+        self.result.hosts = {name: {"agent": conn.url} for name, conn in
+                             self.agents.by_host.items()}
+        try:
+            self.agents.connect()
+        finally:
+            self.result.hosts = self.agents.report()
+        for name, conn in self.agents.by_host.items():
+            assert conn.clock is not None
+            self.note(f"agent:{name}", "agent-connected", {
+                "agent": conn.url, "run-id": conn.run_id, **conn.clock.to_json(),
+                "hostname": conn.facts.get("hostname")})
 
     def _make_peer(self, role: str, fds: dict[str, int]) -> PeerHandle:
         spec = self.sc.source if role == "source" else self.sc.destination
@@ -181,8 +211,16 @@ class Coordinator:
                             args=list(spec.args), loader=self._loader_file() if
                             role == "source" else None,
                             binary=str(spec.binary) if spec.binary else None)
+        if spec.host is not None:
+            return AgentPeer(role, self.agents[spec.host], self._guest_json(),
+                             incoming=role == "destination")
         extra = ["--incoming", "defer"] if role == "destination" else []
         return HarnessPeer(role, self.workdir, self._guest_json(), extra, fds)
+
+    def _destination_address(self) -> str:
+        """Where the destination listens: its host's address, or loopback."""
+        host = self.sc.destination.host
+        return self.sc.hosts[host].peer_address if host is not None else "127.0.0.1"
 
     def _loader_file(self) -> Path:
         """RAM content for a QEMU source: the same version-0 pages a harness guest has."""
@@ -221,7 +259,7 @@ class Coordinator:
         if t.uri:
             return t.uri, t.uri
         if t.scheme == "tcp":
-            return "tcp:127.0.0.1:0", ""
+            return tcp_uri(self._destination_address(), 0), ""
         if t.scheme == "unix":
             d = short_dir("mhu")
             self._dirs.append(d)
@@ -249,6 +287,7 @@ class Coordinator:
                 src_uri = self._start_proxy(src_uri)
                 assert self.steps is not None
                 self.steps.arm_due()
+        self._write_control_file()
         self.note("runner", "migrate", {"uri": src_uri})
         self.migrate_started = time.monotonic()
         try:
@@ -257,6 +296,17 @@ class Coordinator:
             self.refused = err.desc
             self.note("source", "migrate-refused", {"desc": err.desc})
 
+    def _write_control_file(self) -> None:
+        """control.json: the peers' control addresses (null for a QEMU or remote peer) and
+        pids, for `harness monitor --attach` while the run goes on."""
+        handles = {"source": self.src, "destination": self.dst, "proxy": self.proxy}
+        doc: dict[str, Any] = {role: getattr(h, "address", None) for role, h in handles.items()}
+        doc["pids"] = {role: h.pid if h is not None and getattr(h, "host", None) is None
+                       else None for role, h in handles.items()}
+        path = self.workdir / "control.json"
+        path.write_text(json.dumps(doc, indent=1))
+        self.progress("control", {"path": str(path)})
+
     def _listening_uri(self) -> str:
         assert self.dst is not None
         deadline = time.monotonic() + 10
@@ -264,7 +314,7 @@ class Coordinator:
             info = self.dst.execute("query-migrate")
             for addr in info.get("socket-address", []):
                 if addr.get("type") in ("inet", "tcp") or "port" in addr:
-                    return f"tcp:{addr['host']}:{addr['port']}"
+                    return tcp_uri(str(addr["host"]), addr["port"])
             time.sleep(0.01)
         raise RunError("the destination did not report its listening port")
 
@@ -320,8 +370,8 @@ class Coordinator:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = now
-            elif now - quiet_since >= SETTLED_FOR:
-                return
+            elif now - quiet_since >= SETTLED_FOR and self.agents.heard_since(quiet_since):
+                return  # (a remote peer's news is not late: its agent spoke since)
             if now > deadline:
                 raise RunError(self._stuck(steps))
             time.sleep(POLL)
@@ -364,6 +414,9 @@ class Coordinator:
     def _dump_stacks(self, role: str, peer: PeerHandle) -> None:
         if not peer.alive() or peer.pid is None:
             return
+        if isinstance(peer, AgentPeer):  # its agent signals it and reads its log
+            self._stacks[role] = peer.stacks()
+            return
         log_path = getattr(peer, "stderr_path", None)
         if peer.kind == "harness" and log_path is not None and role not in self.frozen:
             text = python_stacks(peer.pid, log_path)
@@ -373,6 +426,9 @@ class Coordinator:
 
     def _pump(self) -> bool:
         moved = False
+        for who, name, data in self.agents.pump():
+            moved = True
+            self.note(who, name, data)
         handles: list[Any] = [*self._peers(), *([self.proxy] if self.proxy else [])]
         for peer in handles:
             for event in peer.poll_events():
@@ -465,7 +521,8 @@ class Coordinator:
             d = short_dir("mhr")
             self._dirs.append(d)
             return f"unix:{d}/recover.sock"
-        return "tcp:127.0.0.1:0"  # QEMU 7.2, like our peer, then lists the port it took
+        # QEMU 7.2, like our peer, then lists the port it took
+        return tcp_uri(self._destination_address(), 0)
 
     # ------------------------------------------------------------------ end
     def _collect(self) -> Evidence:
@@ -507,7 +564,11 @@ class Coordinator:
         out = PeerOutcome(kind=peer.kind, statuses=list(self.statuses[peer.role]),
                           stacks=self._stacks.get(peer.role))
         log_path = getattr(peer, "stderr_path", None)
-        out.log = str(log_path) if log_path else None
+        out.log = str(log_path) if log_path else getattr(peer, "log_location", None)
+        lost = peer.lost_reason() if isinstance(peer, AgentPeer) else None
+        if lost:  # its agent died: what it said last is all there is
+            out.status, out.error = self.status[peer.role], f"the {peer.role} is lost: {lost}"
+            return out
         if not peer.alive():
             out.exit_code = peer.exit_code()
             out.status = self.status[peer.role]
@@ -546,6 +607,11 @@ class Coordinator:
                 handle.close()
             except Exception as err:  # noqa: BLE001 - keep closing (reaping) the others
                 log.warning("closing the %s: %s", handle.role, err)
+        if self.agents:
+            self._agent_leftovers = self.agents.end()
+            for who, name, data in self.agents.pump():
+                self.note(who, name, data)
+            self.result.hosts = self.agents.report()
         for s in self._fds:
             s.close()
         import shutil
@@ -555,6 +621,47 @@ class Coordinator:
 
     def _peers(self) -> list[PeerHandle]:
         return [p for p in (self.src, self.dst) if p is not None]
+
+    # ------------------------------------------------------------------ agents
+    def _remote_leftovers(self) -> list[str]:
+        """What the agents found alive of the sessions of the peers they stopped."""
+        left = [x for p in self._peers() if isinstance(p, AgentPeer) for x in p.leftovers or []]
+        return left + [x for x in getattr(self, "_agent_leftovers", []) if x not in left]
+
+    def _blame_dead_agents(self) -> None:
+        """An agent that died mid-run makes the verdict `error`, naming it first."""
+        dead = self.agents.dead()
+        if not dead:
+            return
+        blame = "; ".join(
+            f"agent {c.name} ({c.url}) died mid-run at "
+            f"{(c.dead_at or self.t0) - self.t0:.2f} s: {c.dead_reason}" for c in dead)
+        self.result.verdict = "error"
+        self.result.reason = blame + (f"; {self.result.reason}" if self.result.reason else "")
+
+    def link_fault(self, label: str, fault: Any, step_id: str, where: dict[str, Any]) -> None:
+        """A link fault on `fault.host`, toward the other peer's host, by that host's agent."""
+        from harness.control.agent_messages import LinkFaultRequest
+
+        src_host, dst_host = self.sc.source.host, self.sc.destination.host
+        other = dst_host if fault.host == src_host else src_host
+        assert other is not None
+        toward = self.sc.hosts[other].peer_address
+        request = LinkFaultRequest(step_id, fault.kind, toward, fault.duration, fault.rate,
+                                   getattr(fault, "delay", None), getattr(fault, "jitter", None))
+        conn = self.agents[fault.host]
+        try:
+            reply = conn.request(request, timeout=30)
+        except CommandError as err:
+            raise RunError(f"{label}: {fault.kind} on host {fault.host} toward {toward}: "
+                           f"{err.desc}") from None
+        for host in (fault.host, other):  # both ends may fall silent while it lasts
+            if host in self.agents.by_host:
+                self.agents[host].expect_silence((fault.duration or self.sc.timeout) + 5)
+        self.record_fault(label, fault.kind, f"host {fault.host}", {
+            **where, "toward": toward, **({"duration": fault.duration}
+                                          if fault.duration is not None else {}),
+            **dict(reply.get("detail") or {})})
 
     # ------------------------------------------------------------------ for steps
     def peer(self, role: str) -> PeerHandle:

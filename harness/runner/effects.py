@@ -6,7 +6,8 @@ would take them on (`migrate-cancel`, `migrate-pause`, `migrate-start-postcopy` 
 `migrate-set-parameters` to the source; `stop`/`cont` to whichever side has the guest;
 `migrate-recover` to both, as a user recovers a paused postcopy: the destination listens
 again, then the source resumes).  Process faults act on the peer's whole process tree
-(harness.faults.process).  Network faults are armed in the proxy, which applies them at
+(harness.faults.process) -- through its agent when the peer runs on another host -- and
+link faults are applied by the agent of the host they name, toward the other host.  Network faults are armed in the proxy, which applies them at
 the byte the trigger names; a runner-side trigger arms them "now".  A wire-triggered
 step with an action or a process fault was armed with `hold`: the proxy stopped the
 stream at the exact frame, and is released once the effect is done.
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from harness.control import CommandError, ControlError
 from harness.faults import process
 from harness.scenario import steps as model
+
+from .agent_peer import AgentPeer
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
@@ -61,6 +64,8 @@ def carry_out(c: Coordinator, state: StepState, wire: dict[str, Any] | None) -> 
             _action(c, state.label, step.do, where)
         elif isinstance(step.fault, model.ProcessFault):
             _process_fault(c, state.label, step.fault, where)
+        elif isinstance(step.fault, model.LinkFault):
+            c.link_fault(state.label, step.fault, step_id(state), where)
         elif isinstance(step.fault, model.NetFault) and wire is None:
             # a runner-side trigger: the proxy applies it from now on, and reports (FAULT)
             # where it acted, as it does for the wire-triggered ones it applied itself
@@ -111,6 +116,9 @@ def _process_fault(c: Coordinator, label: str, fault: model.ProcessFault,
     if pid is None or not peer.alive():
         c.record_fault(label, fault.kind, fault.target, {**where, "skipped": "not running"})
         return
+    if isinstance(peer, AgentPeer):
+        _remote_process_fault(c, label, fault, peer, where)
+        return
     if fault.kind == "kill":
         hit = process.kill(pid)
     elif fault.kind == "crash":
@@ -124,3 +132,24 @@ def _process_fault(c: Coordinator, label: str, fault: model.ProcessFault,
     c.record_fault(label, fault.kind, fault.target,
                    {**where, "pids": hit, **({"duration": fault.duration}
                                               if fault.duration is not None else {})})
+
+
+def _remote_process_fault(c: Coordinator, label: str, fault: model.ProcessFault,
+                          peer: AgentPeer, where: dict[str, Any]) -> None:
+    """The same faults on a peer of another host, applied by its agent to its session."""
+    detail: dict[str, Any] = {**where, "host": peer.host}
+    try:
+        if fault.kind == "stop":
+            frozen = peer.freeze()
+            c.frozen[fault.target] = frozen
+            if fault.duration is not None:
+                c.after(fault.duration, lambda: c.thaw(fault.target, label))
+            detail["pids"] = frozen.pids
+        else:
+            reply = peer.fault(fault.kind)
+            detail["pids"] = reply.get("pids", [])
+    except ControlError as err:
+        detail["error"] = f"the agent of host {peer.host} did not apply it: {err}"
+    if fault.duration is not None:
+        detail["duration"] = fault.duration
+    c.record_fault(label, fault.kind, fault.target, detail)

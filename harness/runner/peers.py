@@ -192,19 +192,24 @@ class HarnessPeer(ControlledProcess):
     def digests(self, at_incoming: bool = False) -> dict[str, np.ndarray] | None:
         args = {"at": "incoming"} if at_incoming else {}
         value, blob = self.client.execute_blob("x-guest-digests", args, timeout=120)
-        if value is None or blob is None:
-            return None
-        out: dict[str, np.ndarray] = {}
-        offset = 0
-        for block in value["blocks"]:
-            count = int(block["pages"])
-            out[block["name"]] = np.frombuffer(blob, dtype=np.uint64, count=count,
-                                               offset=offset * 8).copy()
-            offset += count
-        return out
+        return digests_from_reply(value, blob)
 
     def check_intact(self) -> dict[str, int] | None:
         return dict(self.execute("x-guest-check", timeout=120)["mismatched"])
+
+
+def digests_from_reply(value: Any, blob: bytes | None) -> dict[str, np.ndarray] | None:
+    """Per-block page digests from an `x-guest-digests` reply (metadata + uint64 blob)."""
+    if value is None or blob is None:
+        return None
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for block in value["blocks"]:
+        count = int(block["pages"])
+        out[block["name"]] = np.frombuffer(blob, dtype=np.uint64, count=count,
+                                           offset=offset * 8).copy()
+        offset += count
+    return out
 
 
 def kill_tree(pid: int) -> None:

@@ -54,7 +54,7 @@ class InvariantResult:
 @dataclass
 class TimelineEntry:
     t: float  # seconds since the run started (the runner's clock, when it learnt of it)
-    peer: str  # source | destination | proxy | runner
+    peer: str  # source | destination | proxy | runner | agent:HOST
     name: str  # MIGRATION, MIGRATION_PASS, STOP, RESUME, step, fault, ...
     data: dict[str, Any] = field(default_factory=dict)
     at: float | None = None  # the reporting process's own timestamp (seconds since the epoch)
@@ -97,6 +97,8 @@ class ScenarioResult:
     workdir: str | None = None
     events_log: str | None = None  # the JSONL event log of the run
     repeat: int | None = None  # which round of `--repeat`, from 1
+    #: per host of a multi-host run: its agent, facts, clock offset and rtt, final state
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -116,4 +118,5 @@ class ScenarioResult:
             "workdir": self.workdir,
             "events": self.events_log,
             **({"repeat": self.repeat} if self.repeat is not None else {}),
+            **({"hosts": self.hosts} if self.hosts else {}),
         }

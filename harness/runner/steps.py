@@ -94,10 +94,33 @@ class StepRunner:
 
     def _check_supported(self, state: StepState) -> None:
         fault = state.step.fault
+        remote = self.c.sc.source.host is not None or self.c.sc.destination.host is not None
         if isinstance(fault, model.LinkFault):
-            raise UnsupportedStep(f"{state.label}: {fault.kind} acts on a host's network link; "
-                                  "link faults need the multi-host runs of network namespaces, "
-                                  "which this runner does not have yet")
+            self._check_link(state, fault)
+        elif remote and isinstance(fault, model.NetFault):
+            raise UnsupportedStep(f"{state.label}: {fault.kind} acts in the proxy, which runs "
+                                  "beside local peers only; across hosts use link.* faults "
+                                  "(link.down, link.blackhole, link.bandwidth, ...)")
+        elif remote and state.wire:
+            raise UnsupportedStep(f"{state.label}: the {state.step.on.KEY}: trigger is seen "
+                                  "by the proxy, which runs beside local peers only; across "
+                                  "hosts use time, pass, status, remaining or progress "
+                                  "triggers")
+
+    def _check_link(self, state: StepState, fault: model.LinkFault) -> None:
+        hosts = (self.c.sc.source.host, self.c.sc.destination.host)
+        if None in hosts:
+            raise UnsupportedStep(f"{state.label}: {fault.kind} acts on the network link "
+                                  "between two hosts; it needs source: {host: ...} and "
+                                  "destination: {host: ...} on hosts with agents (a local "
+                                  "run has no link to cut)")
+        if hosts[0] == hosts[1]:
+            raise UnsupportedStep(f"{state.label}: {fault.kind}: both peers are on host "
+                                  f"{hosts[0]}, so no link between hosts carries the stream")
+        if fault.host not in hosts:
+            raise UnsupportedStep(f"{state.label}: {fault.kind} on host {fault.host}, which "
+                                  f"runs neither peer (source on {hosts[0]}, destination on "
+                                  f"{hosts[1]})")
 
     # ------------------------------------------------------------------ the loop's side
     def tick(self) -> bool:

@@ -227,9 +227,21 @@ def _agent_url(url: str) -> str:
 
 
 class Host(ScenarioModel):
-    """A host of a multi-host run: where its agent listens."""
+    """A host of a multi-host run: where its agent listens; `address`, the address the
+    other host's peer uses to reach it (default: the host part of `agent`); `keys`, the
+    runner's CURVE keys for this agent (client keypair + the agent's public key)."""
 
     agent: Annotated[Text, AfterValidator(_agent_url)]
+    address: Text | None = None
+    keys: Path | None = None
+
+    @property
+    def peer_address(self) -> str:
+        """Where the migration stream reaches this host."""
+        if self.address:
+            return self.address
+        rest = self.agent.split("://", 1)[1]
+        return rest.rsplit(":", 1)[0].strip("[]") if ":" in rest else rest
 
 
 _URI_FORMS = {

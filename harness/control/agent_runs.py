@@ -1,0 +1,77 @@
+"""The runs an agent holds: one per runner, with its peers, link faults and missed events.
+
+Strategy: plain data the agent's loop owns and nobody else touches.  A `Run` is keyed by
+the run id the runner chose; it knows its owner (the client its events go to), when the
+runner was last heard from, and what it still holds -- so the loop can judge it MISSING or
+ORPHANED, and a runner that comes back (same run id, new connection) finds it all there,
+with the events it missed kept in a bounded backlog.  Each run writes its peer logs in a
+directory of its own under the agent's work directory; the oldest are removed beyond
+`KEEP_RUNS`.  `host_facts` is what the runner records of the host.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from harness import __version__
+from harness.control.agent_links import ActiveLink
+from harness.control.agent_messages import RunState
+from harness.control.agent_peers import PeerProcess
+
+__all__ = ["BACKLOG", "KEEP_RUNS", "Run", "host_facts", "run_directory"]
+
+BACKLOG = 10_000  # events kept for a runner that is unreachable
+KEEP_RUNS = 20  # run directories kept in the work directory
+
+
+def host_facts() -> dict[str, Any]:
+    """What the runner records about this host."""
+    memory = psutil.virtual_memory()
+    return {"hostname": socket.gethostname(), "system": platform.system(),
+            "kernel": platform.release(), "machine": platform.machine(),
+            "cpu-count": psutil.cpu_count(), "cpu-count-physical": psutil.cpu_count(False),
+            "load-average": [round(x, 2) for x in os.getloadavg()],
+            "memory-total": memory.total, "memory-available": memory.available,
+            "python": platform.python_version(), "harness": __version__, "agent-pid": os.getpid()}
+
+
+@dataclass
+class Run:
+    run_id: str
+    directory: Path
+    owner: bytes
+    heartbeat: float
+    last_seen: float
+    state: RunState = RunState.ACTIVE
+    peers: dict[str, PeerProcess] = field(default_factory=dict)
+    links: dict[str, ActiveLink] = field(default_factory=dict)
+    backlog: deque[list[bytes]] = field(default_factory=lambda: deque(maxlen=BACKLOG))
+    owner_reachable: bool = True
+    end_waiters: list[tuple[bytes, int]] = field(default_factory=list)
+
+    def link_cut(self, now: float) -> bool:
+        """A timed link fault of the run is in force: the runner's silence is expected
+        (its heartbeats may cross the cut link) until the fault is undone."""
+        return any(link.until is not None and now < link.until for link in self.links.values())
+
+
+def run_directory(workdir: Path, run_id: str, runs: dict[str, Run]) -> Path:
+    """The directory of a new run (its peers' logs); the oldest unused ones go."""
+    directory = workdir / (re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:80] or "run")
+    directory.mkdir(parents=True, exist_ok=True)
+    in_use = {r.directory for r in runs.values()} | {directory}
+    old = sorted((d for d in workdir.iterdir() if d.is_dir() and d not in in_use),
+                 key=lambda d: d.stat().st_mtime)
+    for stale in old[:max(0, len(old) - KEEP_RUNS)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return directory
