@@ -8,7 +8,9 @@ work directory -- so `pytest -n auto scenarios/` spreads the matrix over the CPU
 item passes when the harness exits 0 (every `expect` met); otherwise it fails with the
 harness's own summary (the reason, the checks, the timeline).  A scenario that needs a
 real QEMU, or a QEMU postcopy destination (userfaultfd), is skipped with that reason when
-the machine lacks it.
+the machine lacks it.  A scenario with `hosts:` runs only when HARNESS_AGENTS=1 says its
+agents are up (README, "Across hosts"): its addresses are real hosts', never probed
+unasked.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ class ScenarioItem(pytest.Item):
         from harness.qemu import find_qemu, userfaultfd_available
 
         sc = self.scenario
+        if sc.hosts and os.environ.get("HARNESS_AGENTS") != "1":
+            agents = ", ".join(f"{name} {host.agent}" for name, host in sc.hosts.items())
+            pytest.skip(f"runs on the agents of its hosts ({agents}): start them and set "
+                        "HARNESS_AGENTS=1 (README: Across hosts); tests/e2e/test_multihost.py "
+                        "runs it in network namespaces")
         if "qemu" in (sc.source.kind, sc.destination.kind) and find_qemu() is None:
             pytest.skip("qemu-system-x86_64 not installed (CI installs Debian's "
                         "qemu-system-x86)")
