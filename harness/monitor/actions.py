@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from harness.faults import process
+from harness.runner.effects import COMMANDS  # action -> (peer, QMP command), as the runner does it
 from harness.scenario import steps as model
 
 from .hmp import MonitorError
@@ -23,14 +24,6 @@ from .session import Link, Session
 from .steps import Effect
 
 LISTEN_DEADLINE = 10.0
-#: action -> (peer, QMP command); "guest" is whichever side has the guest
-COMMANDS = {
-    "migrate-cancel": ("source", "migrate_cancel"),
-    "migrate-start-postcopy": ("source", "migrate-start-postcopy"),
-    "migrate-pause": ("source", "migrate-pause"),
-    "stop": ("guest", "stop"),
-    "cont": ("guest", "cont"),
-}
 
 
 def proxy_id(name: str) -> str:

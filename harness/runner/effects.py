@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from .coordinator import Coordinator
     from .steps import StepState
 
-#: plain action -> (peer, QMP command)
+#: plain action -> (peer, QMP command); "guest" is whichever side has the guest (also the
+#: monitor's)
 COMMANDS = {
     "migrate-cancel": ("source", "migrate_cancel"),
     "migrate-start-postcopy": ("source", "migrate-start-postcopy"),

@@ -10,6 +10,9 @@ harness destination) is the shipped scenario `postcopy-qemu-source.yaml`.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,8 +40,36 @@ def _xp(qemu: QemuProcess, addr: int) -> bytes:
     return bytes(int(tok, 16) for tok in out.split(":", 1)[1].split())
 
 
-def test_harness_source_serves_a_qemu_destinations_faults(tmp_path):
-    spec = GuestSpec(machine="none", blocks=[BlockSpec("ram", 16 * MiB)], fill=0.5, seed=41,
+@dataclass
+class SourceToQemu:
+    guest: Guest
+    qemu: QemuProcess
+    outgoing: OutgoingMigration
+    config: MigrationConfig
+
+    @property
+    def ram(self) -> np.ndarray:
+        return self.guest.ram["ram"]
+
+    def qemu_status(self) -> str:
+        return str(self.qemu.qmp.execute("query-migrate").get("status"))
+
+    def complete(self, tmp_path) -> None:
+        """Lift the push limit, wait for both ends, and compare QEMU's memory with ours."""
+        self.config.set_parameters({"max-postcopy-bandwidth": 1 << 30}, running=True)
+        _until(lambda: str(self.outgoing.state.status) in ("completed", "failed"), what="end")
+        assert str(self.outgoing.state.status) == "completed", self.outgoing.error_desc
+        _until(lambda: self.qemu_status() == "completed", what="QEMU completed")
+        assert self.qemu.qmp.execute("query-status")["status"] == "running"
+        dump = np.frombuffer(read_phys(self.qemu.qmp, 0, 16 * MiB, tmp_path), dtype=np.uint8)
+        assert np.array_equal(dump, self.ram), "QEMU's memory differs from the source's"
+
+
+@contextmanager
+def source_to_qemu_in_postcopy(tmp_path, seed: int) -> Iterator[SourceToQemu]:
+    """A harness source (16 MiB, 64 KiB/s push) and a `-M none` QEMU destination, switched to
+    postcopy with most pages still missing; everything closed at the end."""
+    spec = GuestSpec(machine="none", blocks=[BlockSpec("ram", 16 * MiB)], fill=0.5, seed=seed,
                      devices=["timer", "globalstate"])
     guest = Guest.create(spec, initial_content=True, prefault=True)
     qemu = QemuProcess([*COMMON, "-incoming", "defer"], tmp_path, name="dst")
@@ -60,26 +91,24 @@ def test_harness_source_serves_a_qemu_destinations_faults(tmp_path):
         outgoing.migrate(f"tcp:127.0.0.1:{port}")
         _until(lambda: str(outgoing.state.status) == "active", what="active")
         outgoing.start_postcopy()
-        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "postcopy-active",
-               what="QEMU postcopy-active")
-        ram = guest.ram["ram"]
-        for addr in (0xF00000, 0xA00123, 0x800000, 0xF00008):  # not pushed yet at 64 KiB/s
-            assert _xp(qemu, addr) == ram[addr:addr + 8].tobytes(), hex(addr)
-        requests = [m for m in outgoing._rp.messages if isinstance(m, ReqPagesId)]
-        assert requests and requests[0].block == "ram" and requests[0].length == 4096
-        assert outgoing.postcopy.requests == 3  # the fourth read hit an arrived page
-        config.set_parameters({"max-postcopy-bandwidth": 1 << 30}, running=True)
-        _until(lambda: str(outgoing.state.status) in ("completed", "failed"), what="end")
-        assert str(outgoing.state.status) == "completed", outgoing.error_desc
-        assert outgoing._rp.shut == 0
-        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "completed",
-               what="QEMU completed")
-        assert qemu.qmp.execute("query-status")["status"] == "running"
-        dump = np.frombuffer(read_phys(qemu.qmp, 0, 16 * MiB, tmp_path), dtype=np.uint8)
-        assert np.array_equal(dump, ram), "QEMU's memory differs from the source's"
+        pair = SourceToQemu(guest, qemu, outgoing, config)
+        _until(lambda: pair.qemu_status() == "postcopy-active", what="QEMU postcopy-active")
+        yield pair
     finally:
         if outgoing is not None:
             outgoing.cancel()
             outgoing.join(10)
         qemu.close()
         guest.close()
+
+
+def test_harness_source_serves_a_qemu_destinations_faults(tmp_path):
+    with source_to_qemu_in_postcopy(tmp_path, seed=41) as pair:
+        qemu, outgoing, ram = pair.qemu, pair.outgoing, pair.ram
+        for addr in (0xF00000, 0xA00123, 0x800000, 0xF00008):  # not pushed yet at 64 KiB/s
+            assert _xp(qemu, addr) == ram[addr:addr + 8].tobytes(), hex(addr)
+        requests = [m for m in outgoing._rp.messages if isinstance(m, ReqPagesId)]
+        assert requests and requests[0].block == "ram" and requests[0].length == 4096
+        assert outgoing.postcopy.requests == 3  # the fourth read hit an arrived page
+        pair.complete(tmp_path)
+        assert outgoing._rp.shut == 0

@@ -11,31 +11,12 @@ QEMU's memory (pmemsave) equals the source's: the wire format of recovery is QEM
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
-
-from harness.guest import BlockSpec, Guest, GuestSpec
-from harness.migration.config import MigrationConfig
-from harness.qemu import QemuProcess, read_phys
-from harness.transport import connect, parse_uri
+from harness.qemu import QemuProcess
 from source.migration import OutgoingMigration
-from tests.qemu_env import COMMON, QEMU_MARKS, USERFAULTFD_MARK
+from tests.e2e.test_qemu_postcopy import _until, _xp, source_to_qemu_in_postcopy
+from tests.qemu_env import QEMU_MARKS, USERFAULTFD_MARK
 
 pytestmark = [*QEMU_MARKS, USERFAULTFD_MARK]
-MiB = 1 << 20
-
-
-def _until(predicate, timeout=30.0, what=""):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-def _xp(qemu: QemuProcess, addr: int) -> bytes:
-    out = qemu.qmp.hmp(f"xp /8xb {addr:#x}")
-    return bytes(int(tok, 16) for tok in out.split(":", 1)[1].split())
 
 
 def _recover(qemu: QemuProcess, outgoing: OutgoingMigration) -> None:
@@ -56,31 +37,8 @@ def _both_paused(qemu: QemuProcess, outgoing: OutgoingMigration) -> None:
 
 
 def test_a_qemu_destination_paused_twice_recovers_with_the_harness_source(tmp_path):
-    spec = GuestSpec(machine="none", blocks=[BlockSpec("ram", 16 * MiB)], fill=0.5, seed=43,
-                     devices=["timer", "globalstate"])
-    guest = Guest.create(spec, initial_content=True, prefault=True)
-    qemu = QemuProcess([*COMMON, "-incoming", "defer"], tmp_path, name="dst")
-    outgoing = None
-    try:
-        guest.start()
-        qemu.start()
-        caps = [{"capability": "postcopy-ram", "state": True},
-                {"capability": "events", "state": True}]
-        qemu.qmp.execute("migrate-set-capabilities", {"capabilities": caps})
-        qemu.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
-        port = qemu.qmp.execute("query-migrate")["socket-address"][0]["port"]
-        config = MigrationConfig.default()
-        config.set_capabilities(caps, running=False)
-        config.set_parameters({"max-bandwidth": 1 * MiB, "max-postcopy-bandwidth": 64 * 1024})
-        outgoing = OutgoingMigration(
-            guest, config, lambda uri, t: connect(parse_uri(uri, "source"), timeout=t,
-                                                 return_path=True), lambda n, d: None)
-        outgoing.migrate(f"tcp:127.0.0.1:{port}")
-        _until(lambda: str(outgoing.state.status) == "active", what="active")
-        outgoing.start_postcopy()
-        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "postcopy-active",
-               what="QEMU postcopy-active")
-        ram = guest.ram["ram"]
+    with source_to_qemu_in_postcopy(tmp_path, seed=43) as pair:
+        qemu, outgoing, ram = pair.qemu, pair.outgoing, pair.ram
         assert _xp(qemu, 0xF00000) == ram[0xF00000:0xF00008].tobytes()  # a served fault
 
         outgoing.pause()  # migrate-pause on the source
@@ -92,22 +50,9 @@ def test_a_qemu_destination_paused_twice_recovers_with_the_harness_source(tmp_pa
         _both_paused(qemu, outgoing)
         _recover(qemu, outgoing)
 
-        config.set_parameters({"max-postcopy-bandwidth": 1 << 30}, running=True)
-        _until(lambda: str(outgoing.state.status) in ("completed", "failed"), what="end")
-        assert str(outgoing.state.status) == "completed", outgoing.error_desc
-        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "completed",
-               what="QEMU completed")
-        assert qemu.qmp.execute("query-status")["status"] == "running"
-        dump = np.frombuffer(read_phys(qemu.qmp, 0, 16 * MiB, tmp_path), dtype=np.uint8)
-        assert np.array_equal(dump, ram), "QEMU's memory differs from the source's"
+        pair.complete(tmp_path)
         statuses = [t.new for t in outgoing.state.history]
         assert statuses == ["setup", "active", "postcopy-active",
                             "postcopy-paused", "postcopy-recover", "postcopy-active",
                             "postcopy-paused", "postcopy-recover", "postcopy-active",
                             "completed"]
-    finally:
-        if outgoing is not None:
-            outgoing.cancel()
-            outgoing.join(10)
-        qemu.close()
-        guest.close()
