@@ -45,6 +45,9 @@ def run_scenario(scenario: Scenario, seed: int | None = None,
                 status[info["peer"]] = info["status"]
             elif what == "pass":
                 status["pass"] = info["pass"]
+            elif what == "control":  # where a console can attach while the run goes on
+                console.print(f"{scenario.name}: harness monitor --attach {info['path']}",
+                              highlight=False, soft_wrap=True)
             live.update(text())
 
         result = Coordinator(scenario, workdir, seed, progress, record, events_log).run()
