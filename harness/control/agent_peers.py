@@ -34,6 +34,7 @@ from harness.control.agent_messages import PeerStart, PeerState
 from harness.control.errors import ProtocolMessageError
 from harness.control.messages import Execute, Message, encode, from_frames
 from harness.faults import process
+from harness.guest.leaks import remove_segments
 
 __all__ = ["PeerProcess", "Pending"]
 
@@ -195,6 +196,8 @@ class PeerProcess:
         alive = self.session_alive()
         if alive and now - (self._reaped_at or now) < LEFTOVER_GRACE:
             return False
+        if self.pid is not None:
+            remove_segments(self.pid)  # a killed peer cannot unlink its guest's RAM
         self.leftovers = alive
         self.stop_finished = True
         self.state = PeerState.EXITED

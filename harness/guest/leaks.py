@@ -4,7 +4,8 @@ Strategy: every segment `GuestMemory.create` makes is named `mh-guest-<owner pid
 and every workload process runs `harness.guest.workload`, so leftovers are found by
 name -- per owner pid, which keeps parallel test workers (pytest -n) from seeing each
 other's guests.  Tests assert both lists are empty after each test; a runner can do the
-same after a scenario.
+same after a scenario.  A peer killed with SIGKILL cannot unlink its guest's segments:
+whoever reaped it removes them (`remove_segments`), once the owner is gone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ def leftover_segments(owner_pid: int | None = None) -> list[str]:
     if not SHM_DIR.is_dir():
         return []
     return sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(prefix))
+
+
+def remove_segments(owner_pid: int) -> list[str]:
+    """Unlink the guest segments a dead `owner_pid` left (a killed peer cannot); their
+    names.  Nothing is touched while the owner still lives."""
+    if not pid_gone(owner_pid):
+        return []
+    removed = []
+    for name in leftover_segments(owner_pid):
+        try:
+            (SHM_DIR / name).unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def _is_workload(proc: psutil.Process) -> bool:

@@ -1,4 +1,5 @@
-"""No process the run started is left behind: every peer, proxy and workload is reaped."""
+"""No process the run started is left behind: every peer, proxy and workload is reaped,
+and no guest memory segment of a peer (a killed one cannot unlink its own) remains."""
 
 from __future__ import annotations
 
@@ -17,4 +18,5 @@ class NoLeftovers:
         if evidence.leftovers:
             return InvariantResult(self.name, False,
                                    "still alive after the run: " + ", ".join(evidence.leftovers))
-        return InvariantResult(self.name, True, "every process the run started has ended")
+        return InvariantResult(self.name, True, "every process the run started has ended, and no "
+                               "guest memory of theirs is left")

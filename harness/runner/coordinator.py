@@ -29,6 +29,7 @@ from typing import IO, Any
 
 from harness.control import CommandError, ControlError
 from harness.faults import process
+from harness.guest.leaks import leftover_segments
 from harness.invariants import Evidence, check_all
 from harness.invariants.base import Expectations
 from harness.migration.status import FINAL
@@ -124,7 +125,9 @@ class Coordinator:
             self._collect_quietly()
         finally:
             self._close()
-        left = process.leftovers(self._pids) + self._remote_leftovers()
+        left = process.leftovers(self._pids) + self._remote_leftovers() + [
+            f"shared memory /dev/shm/{name}" for pid in self._pids
+            for name in leftover_segments(pid)]
         if evidence is not None:
             evidence.leftovers = left
             self._judge(evidence)

@@ -26,6 +26,7 @@ import psutil
 
 from harness.control import ControlClient, ControlError, PeerGone
 from harness.guest.content import page_digests
+from harness.guest.leaks import remove_segments
 from harness.qemu.qmp import QMPError
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,11 @@ class ControlledProcess:
             if self._client is not None:
                 self._client.close()
             shutil.rmtree(self._sockdir, ignore_errors=True)
+            if self._proc is not None and self._proc.returncode is not None:
+                removed = remove_segments(self._proc.pid)  # a killed peer leaves its RAM
+                if removed:
+                    log.info("%s: removed %d guest memory segment(s) it left", self.role,
+                             len(removed))
 
 
 @dataclass

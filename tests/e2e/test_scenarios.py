@@ -278,6 +278,35 @@ expect: {source: completed, destination: completed, memory: identical}
     assert fired["nearly"] >= 2.8
 
 
+def test_a_killed_peer_leaves_no_guest_memory_behind(tmp_path):
+    """SIGKILL gives a peer no chance to unlink its guest's shared memory: the runner that
+    reaped it removes the segments, and the leftover check would name any it missed."""
+    from harness.guest.leaks import leftover_segments
+
+    scenario = tmp_path / "kill.yaml"
+    scenario.write_text("""\
+name: kill
+seed: 13
+timeout: 60s
+guest: {memory: 32MiB, fill: 0.5}
+parameters: {max-bandwidth: 8MiB}
+steps:
+  - on: {pass: 1}
+    fault: {kind: kill, target: destination}
+  - on: {pass: 1}
+    fault: {kind: kill, target: source}
+expect: {guest-runs-on: nowhere}
+""")
+    code, report, output = run(scenario, tmp=tmp_path)
+    assert code == 0, output
+    [sc] = report["scenarios"]
+    pids = [t["data"]["pid"] for t in sc["timeline"] if t["name"] == "started"]
+    assert len(pids) == 2 and [f["kind"] for f in sc["faults"]] == ["kill", "kill"]
+    assert all(leftover_segments(pid) == [] for pid in pids)
+    leftovers = next(i for i in sc["invariants"] if i["name"] == "no-leftover-processes")
+    assert leftovers["ok"] and "no guest memory" in leftovers["detail"]
+
+
 def test_analyze_reads_a_recording_of_our_own_postcopy_run(tmp_path):
     code, report, output = run(SCENARIOS / "postcopy-immediate.yaml", tmp=tmp_path,
                                extra=("--record",))
