@@ -161,7 +161,10 @@ def _peer_main(role: str, options: dict) -> None:  # type: ignore[type-arg]
     import logging
 
     logging.basicConfig(level=logging.WARNING, format=f"harness {role}: %(message)s")
+    from .control import check_address
+
     try:
+        check_address(options["control"])  # --control, before anything starts
         opts = _peer_options(role, **options)
     except (ValueError, KeyError) as err:
         raise _fail(2, f"harness {role}: {err}")

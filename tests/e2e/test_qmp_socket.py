@@ -432,3 +432,12 @@ def test_a_live_qmp_socket_is_not_taken_over(source):
     assert "a server already listens" in proc.stderr and "Traceback" not in proc.stderr
     with RawQmp(source.qmp_path) as session:  # the first peer still serves
         assert session.line().startswith(GREETING)
+
+
+@pytest.mark.parametrize("role", ["source", "destination"])
+def test_a_bad_control_address_is_a_clear_error(role):
+    proc = subprocess.run([sys.executable, "-m", "harness", role, "--control", "garbage"],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"harness {role}: control address 'garbage': expected ipc://PATH" in proc.stderr
+    assert "Traceback" not in proc.stderr
