@@ -3,7 +3,9 @@
 Strategy: `migrate_incoming(uri)` listens (none -> setup) and a thread accepts the one main
 connection (setup -> active) and runs the load: bytes go from the channel straight into
 the codec's `StreamDecoder` buffer (`receive_into`), which places pages in the guest's
-shared-memory RAM and checks everything QEMU's loader checks.  Events are applied as
+shared-memory RAM and checks everything QEMU's loader checks; until postcopy listens, a
+receive first waits (at most 1 ms) for 512 KiB to be there, so that the stream is parsed
+in large chunks and the receiver is not woken for every segment.  Events are applied as
 QEMU applies them: device state into the guest, OPEN_RETURN_PATH opens the reply
 direction of the same channel, PING answers PONG.  After EOF and the VM description the
 guest takes the runstate the source stored (running -> it starts, unless autostart is off),
@@ -29,6 +31,8 @@ break fails, as in QEMU.  Statistics carry on across a recovery.
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import sys
 import threading
 import time
@@ -73,12 +77,17 @@ from harness.protocol import (
 )
 from harness.protocol.devices import runstate_of
 
+from . import decompress
 from .postcopy import PostcopyIncoming, PostcopyState
 
 log = logging.getLogger(__name__)
 S = MigrationStatus
 
 RECV_SIZE = 1 << 20
+#: precopy: a receive waits (up to BULK_WAIT_MS) until this much has arrived, so that
+#: the stream is parsed in large chunks and the receiver is woken less often
+BULK_LOWAT = 512 << 10
+BULK_WAIT_MS = 1
 ACCEPT_TIMEOUT = 600.0  # waiting for the source to connect
 IDLE_TIMEOUT = 300.0  # no byte from the source for this long -> failed
 VMDESC_TIMEOUT = 10.0  # after EOF, how long the trailer (or the close) may take
@@ -124,6 +133,7 @@ class IncomingMigration:
         self.runstate_received: str | None = None
         self.loaded_digests: dict[str, Any] | None = None
         self.snapshot = False  # take page digests when the load completes
+        self._decompress: decompress.DecompressThreads | None = None  # decompress-threads
         self.postcopy: PostcopyIncoming | None = None
         self._rp_lock = threading.Lock()  # the load loop and the fault thread both reply
         self.record_dir: Path | None = None  # save both directions for `harness analyze`
@@ -237,6 +247,8 @@ class IncomingMigration:
                 log.exception("incoming migration failed")
             self._failed(str(err) or type(err).__name__, [str(err)])
         finally:
+            if self._decompress is not None:
+                self._decompress.close()
             self._stop_recording()
             if self._channel is not None:
                 self._channel.close()
@@ -252,6 +264,7 @@ class IncomingMigration:
         self.state.set(S.SETUP, S.ACTIVE)
         self._attach(channel)
         decoder = self._decoder()
+        self._decompress = decompress.attach(decoder.loader, self.config)
         self.postcopy = PostcopyIncoming(self.guest, self.config.cap("postcopy-ram"),
                                          self._send_rp, decoder.loader,
                                          self._request_fd(channel))
@@ -325,13 +338,39 @@ class IncomingMigration:
 
     def _reader(self, channel: Any) -> Callable[[memoryview], int]:
         """The channel's recv_into, saving what it reads when recording."""
+        receive = self._bulk_receiver(channel)
         forward = self._record[0] if self._record is not None else None
         if forward is None:
-            return channel.recv_into  # type: ignore[no-any-return]
+            return receive
 
         def readinto(view: memoryview) -> int:
-            n: int = channel.recv_into(view)
+            n = receive(view)
             forward.write(view[:n])
+            return n
+        return readinto
+
+    def _bulk_receiver(self, channel: Any) -> Callable[[memoryview], int]:
+        """The channel's recv_into; on a socket, until postcopy listens, each receive
+        first waits up to BULK_WAIT_MS for BULK_LOWAT bytes (SO_RCVLOWAT, set only around
+        that poll: the channel's own waits stay plain, so a stream that pauses or ends
+        is still read at once after the short wait)."""
+        sock = getattr(channel, "sock", None)
+        if sock is None:
+            return channel.recv_into  # type: ignore[no-any-return]
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+
+        def readinto(view: memoryview) -> int:
+            pc = self.postcopy
+            if pc is None or not pc.listening:  # postcopy: a requested page must not wait
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT,
+                                    min(BULK_LOWAT, len(view)))
+                    poller.poll(BULK_WAIT_MS)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+                except OSError:
+                    pass  # closed or shut down: the receive says so
+            n: int = channel.recv_into(view)
             return n
         return readinto
 
@@ -438,6 +477,8 @@ class IncomingMigration:
             kinds = event.kinds
             self.pages["normal"] += int((kinds == 0x08).sum())
             self.pages["duplicate"] += int((kinds == 0x02).sum())
+            self.pages["xbzrle"] += int((kinds == 0x40).sum())
+            self.pages["compressed"] += int((kinds == 0x100).sum())
         elif isinstance(event, DeviceState):
             assert event.state is not None
             if event.idstr == "globalstate":

@@ -52,6 +52,7 @@ from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise, SectionType, 
 from harness.protocol.ram_saver import EOS, PAGE, FrameBuffer
 from harness.protocol.return_path import ResumeAck, RpMessage
 
+from .convergence import Convergence
 from .postcopy import POSTCOPY_BATCH, PostcopySource
 from .ram_save import BATCH_PAGES, RamSave
 from .recovery import RecoveryInbox, resume_handshake, resume_prepare
@@ -151,6 +152,7 @@ class OutgoingMigration:
     def _reset(self) -> None:
         self.timing = Timing()
         self.ram: RamSave | None = None
+        self.convergence: Convergence | None = None  # xbzrle, compress, auto-converge
         self.error_desc: str | None = None
         self._writer: _Writer | None = None
         self._frame = FrameBuffer()
@@ -257,6 +259,8 @@ class OutgoingMigration:
         if status in (S.ACTIVE, S.CANCELLING, S.POSTCOPY_ACTIVE, S.COMPLETED,
                       S.PRE_SWITCHOVER, S.DEVICE, S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER):
             info["ram"] = self._ram_info(status)
+            if self.convergence is not None:
+                info.update(self.convergence.info())
         if status in (S.SETUP, S.ACTIVE, S.CANCELLING, S.POSTCOPY_ACTIVE, S.PRE_SWITCHOVER,
                       S.DEVICE, S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER):
             info["total-time"] = int((now - self.timing.start) * 1000)
@@ -336,8 +340,12 @@ class OutgoingMigration:
         if self.state.status is S.CANCELLING:  # cancelled while connecting
             return
         self._writer = _Writer(channel)
-        ram = RamSave(self.guest_ram(), self.guest.harvest_dirty)
+        ram = RamSave(self.guest_ram(), self.guest.harvest_dirty,
+                      holes=getattr(self.guest, "ram_holes", None))
         self.ram = ram
+        self.convergence = Convergence.attach(ram, self.config, self.guest,
+                                              lambda: self._writer.total if self._writer else 0,
+                                              lambda: self.entered_postcopy)
         self._setup(ram, channel)
         while self.state.status in (S.ACTIVE, S.POSTCOPY_ACTIVE):
             try:
@@ -454,7 +462,7 @@ class OutgoingMigration:
         started = time.monotonic()
         sent = 0
         while not self._rate_limited():
-            batch = ram.next_batch(self._budget_pages(BATCH_PAGES))
+            batch = ram.next_batch(self._budget_pages(BATCH_PAGES), more_zeros=True)
             if batch is None:
                 break
             sent += self._send_batch(ram, batch)
@@ -598,7 +606,9 @@ class OutgoingMigration:
         assert self._writer is not None
         start = self._writer.total
         self._writer.write(enc.section_header(SectionType.SECTION_END, self.ram_section_id))
-        while (batch := ram.next_batch()) is not None:
+        if self.convergence is not None:
+            self.convergence.last_stage = True
+        while (batch := ram.next_batch(more_zeros=True)) is not None:
             self._send_batch(ram, batch)
         self._writer.write(EOS + enc.footer(self.ram_section_id))
         out = bytearray()
@@ -785,6 +795,8 @@ class OutgoingMigration:
         After the switch to postcopy the guest is never restarted here, whether the
         migration failed or was cancelled (7.2 leaves `vm_was_running` unset after the
         switch): its only valid copy runs on the destination."""
+        if self.convergence is not None:
+            self.convergence.close()  # the throttle ends, the compress threads too
         status = self.state.status
         if status in (S.FAILED, S.CANCELLING, S.CANCELLED):
             if self.vm_was_running and not self.entered_postcopy:

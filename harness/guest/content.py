@@ -8,7 +8,9 @@ object per page):
 - version 0 (initial content): the page is all-zero with probability `1 - fill`
   (decided by a hash of (seed, block, page)); otherwise it holds its *base*: one of a
   seeded pool of 64 random pages, every 64-bit word XORed with a per-page key.  Pool
-  pages have word 1 == ~word 0, so a base is never all-zero.
+  pages have word 1 == ~word 0, so a base is never all-zero.  A `compressible` guest's
+  pool pages each repeat one random KiB four times (zlib level 1 takes a page to about a
+  third, as it does text): the per-page key keeps the repetition.
 - version >= 1 (rewritten by the workload): never zero: the base, with a 256-byte window
   at offset `(version * 256) % 4096` replaced by bytes of (seed, block, page, version),
   then a 16-byte stamp at offset 0: a mixed 64-bit hash of (seed, block, page, version)
@@ -35,6 +37,7 @@ POOL_PAGES = 64
 WINDOW = 256
 WINDOW_WORDS = WINDOW // 8
 CHUNK_PAGES = 16384  # 64 MiB
+REPEAT_WORDS = 128  # a compressible page repeats its first KiB
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -73,11 +76,14 @@ def _page_hash(seed: int, block_index: int, pages: np.ndarray, salt: int) -> np.
 
 
 @lru_cache(maxsize=16)
-def _pool(seed: int) -> np.ndarray:
-    """64 random pages (as uint64 words) for `seed`; word 1 is ~word 0: never all-zero."""
+def _pool(seed: int, compressible: bool = False) -> np.ndarray:
+    """64 random pages (as uint64 words) for `seed`; word 1 is ~word 0: never all-zero.
+    `compressible`: each page is one random KiB four times."""
     rng = np.random.default_rng([seed & _MASK, 0x5EED])
     pool = np.frombuffer(rng.bytes(POOL_PAGES * PAGE_SIZE), dtype=np.uint64).reshape(
         POOL_PAGES, WORDS).copy()
+    if compressible:
+        pool = np.tile(pool[:, :REPEAT_WORDS], WORDS // REPEAT_WORDS)
     pool[:, 1] = ~pool[:, 0]
     pool.flags.writeable = False
     return pool
@@ -93,10 +99,10 @@ def nonzero_at_version0(seed: int, block_index: int, pages: np.ndarray,
 
 
 def _base(seed: int, block_index: int, pages: np.ndarray,
-          out: np.ndarray | None = None) -> np.ndarray:
+          out: np.ndarray | None = None, compressible: bool = False) -> np.ndarray:
     """The base content of `pages` as an (n, 512) uint64 array (into `out` if given)."""
     pick = (_page_hash(seed, block_index, pages, _SALT_POOL) % np.uint64(POOL_PAGES))
-    out = np.take(_pool(seed), pick.astype(np.intp), axis=0, out=out)
+    out = np.take(_pool(seed, compressible), pick.astype(np.intp), axis=0, out=out)
     out ^= _page_hash(seed, block_index, pages, _SALT_KEY)[:, None]
     return out
 
@@ -123,11 +129,11 @@ def _rewrite(words: np.ndarray, seed: int, block_index: int, pages: np.ndarray,
 
 
 def page_contents(seed: int, block_index: int, pages: np.ndarray, versions: np.ndarray,
-                  fill: float) -> np.ndarray:
+                  fill: float, compressible: bool = False) -> np.ndarray:
     """What `pages` hold at `versions`, as an (n, 512) uint64 array."""
     pages = np.asarray(pages, dtype=np.int64)
     versions = np.broadcast_to(np.asarray(versions, dtype=np.int64), pages.shape)
-    words = _base(seed, block_index, pages)
+    words = _base(seed, block_index, pages, compressible=compressible)
     rewritten = versions > 0
     if rewritten.all():  # the workload's case: no masking, no copies
         _rewrite(words, seed, block_index, pages, versions)
@@ -149,17 +155,19 @@ def as_pages(mem_block: np.ndarray) -> np.ndarray:
 
 
 def write_pages(mem_block: np.ndarray, seed: int, block_index: int, pages: np.ndarray,
-                versions: np.ndarray, fill: float) -> None:
+                versions: np.ndarray, fill: float, compressible: bool = False) -> None:
     """Write the content of `pages` at `versions` into the block (pages must be unique)."""
     pages = np.asarray(pages, dtype=np.int64)
     versions = np.broadcast_to(np.asarray(versions, dtype=np.int64), pages.shape)
     words = as_pages(mem_block)
     for lo in range(0, len(pages), CHUNK_PAGES):
         p = pages[lo:lo + CHUNK_PAGES]
-        words[p] = page_contents(seed, block_index, p, versions[lo:lo + CHUNK_PAGES], fill)
+        words[p] = page_contents(seed, block_index, p, versions[lo:lo + CHUNK_PAGES], fill,
+                                 compressible)
 
 
-def initial_fill(memory: GuestMemory, seed: int, fill: float) -> int:
+def initial_fill(memory: GuestMemory, seed: int, fill: float, compressible: bool = False
+                 ) -> int:
     """Write version-0 content of every block; only non-zero pages are touched.
 
     Returns the number of pages written.  A fresh segment is zeroed, so zero pages are
@@ -175,15 +183,15 @@ def initial_fill(memory: GuestMemory, seed: int, fill: float) -> int:
             pages = pages[nonzero_at_version0(seed, index, pages, fill)]
             if len(pages) == hi - lo:
                 memory.populate(index, lo, hi)
-                _base(seed, index, pages, out=words[lo:hi])  # dense: no temporary
+                _base(seed, index, pages, words[lo:hi], compressible)  # dense: no temporary
             elif len(pages):
-                words[pages] = _base(seed, index, pages)
+                words[pages] = _base(seed, index, pages, compressible=compressible)
             written += len(pages)
     return written
 
 
 def initial_content_array(size: int, seed: int, fill: float,
-                          block_index: int = 0) -> np.ndarray:
+                          block_index: int = 0, compressible: bool = False) -> np.ndarray:
     """Version-0 content of a block of `size` bytes as a new uint8 array (e.g. to load
     into a real QEMU, whose RAM must then equal a harness guest's block `block_index`)."""
     if size < 0 or size % PAGE_SIZE:
@@ -194,7 +202,7 @@ def initial_content_array(size: int, seed: int, fill: float,
         pages = np.arange(lo, min(lo + CHUNK_PAGES, len(words)), dtype=np.int64)
         pages = pages[nonzero_at_version0(seed, block_index, pages, fill)]
         if len(pages):
-            words[pages] = _base(seed, block_index, pages)
+            words[pages] = _base(seed, block_index, pages, compressible=compressible)
     return out
 
 
@@ -236,7 +244,7 @@ def page_digests(mem_block: np.ndarray, backed: np.ndarray | None = None) -> np.
 
 
 def expected_digests(seed: int, block_index: int, versions: np.ndarray,
-                     fill: float) -> np.ndarray:
+                     fill: float, compressible: bool = False) -> np.ndarray:
     """The digests pages 0..len(versions)-1 of a block must have at `versions`."""
     versions = np.asarray(versions)
     out = np.empty(len(versions), dtype=np.uint64)
@@ -244,13 +252,14 @@ def expected_digests(seed: int, block_index: int, versions: np.ndarray,
         hi = min(lo + CHUNK_PAGES, len(versions))
         pages = np.arange(lo, hi, dtype=np.int64)
         out[lo:hi] = _digest_words(page_contents(seed, block_index, pages, versions[lo:hi],
-                                                 fill))
+                                                 fill, compressible))
     return out
 
 
 def mismatched_pages(mem_block: np.ndarray, seed: int, block_index: int,
                      versions: np.ndarray, fill: float,
-                     backed: np.ndarray | None = None) -> np.ndarray:
+                     backed: np.ndarray | None = None, compressible: bool = False
+                     ) -> np.ndarray:
     """Pages of the block whose bytes differ from the oracle for their version (int64).
 
     `backed` as for `page_digests`.
@@ -263,6 +272,6 @@ def mismatched_pages(mem_block: np.ndarray, seed: int, block_index: int,
     for lo in range(0, len(words), CHUNK_PAGES):
         hi = min(lo + CHUNK_PAGES, len(words))
         pages = np.arange(lo, hi, dtype=np.int64)
-        expect = page_contents(seed, block_index, pages, versions[lo:hi], fill)
+        expect = page_contents(seed, block_index, pages, versions[lo:hi], fill, compressible)
         bad.append(pages[(_rows(words, lo, hi, backed) != expect).any(axis=1)])
     return np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)

@@ -34,6 +34,7 @@ from .memory import BlockSpec, GuestMemory
 from .workload import Ctl, Workload, WorkloadSpec, harvest_dirty
 
 DEFAULT_RAM = 16 << 20
+CONTENT_KINDS = ("random", "compressible")
 
 
 def _default_blocks() -> list[BlockSpec]:
@@ -54,11 +55,19 @@ class GuestSpec:
     seed: int = 0
     workload: WorkloadSpec | None = None
     devices: list[str] = field(default_factory=_default_devices)
+    content: str = "random"  # or "compressible" (content.py: each page repeats one KiB)
 
     def __post_init__(self) -> None:
+        if self.content not in CONTENT_KINDS:
+            raise ValueError(f"content must be one of {', '.join(CONTENT_KINDS)}, "
+                             f"got {self.content!r}")
         if not 0.0 <= self.fill <= 1.0:
             raise ValueError(f"fill must be within [0, 1], got {self.fill}")
         make_devices(self.devices)  # validates the names
+
+    @property
+    def compressible(self) -> bool:
+        return self.content == "compressible"
 
 
 class SavedDevice(NamedTuple):
@@ -106,7 +115,7 @@ class Guest:
                 for block in spec.blocks:
                     memory.populate(block.name, 0, block.pages)
             if initial_content:
-                content.initial_fill(memory, spec.seed, spec.fill)
+                content.initial_fill(memory, spec.seed, spec.fill, spec.compressible)
         except BaseException:
             memory.close()
             memory.unlink()
@@ -145,6 +154,7 @@ class Guest:
             if self.workload is None:
                 faults = self._postcopy.for_workload() if self._postcopy else None
                 self.workload = Workload.start(self.memory, spec, content_seed=self.spec.seed,
+                                               compressible=self.spec.compressible,
                                                timeout=timeout, fault_fds=faults)
             else:
                 self.workload.resume(timeout)
@@ -260,6 +270,12 @@ class Guest:
             self._set_runstate(state if state is not None else "paused")
 
     # ------------------------------------------------------------------- memory
+    def ram_holes(self, block: str, first: int, stop: int) -> np.ndarray | None:
+        """Which pages [first, stop) of `block` have no memory (read as zero), or None
+        when none (GuestMemory.holes: the source finds such zero pages without reading)."""
+        self._check_open()
+        return self.memory.holes(block, first, stop)
+
     def harvest_dirty(self, timeout: float = 10.0) -> dict[str, np.ndarray]:
         """Pages written since the last harvest, per block (bool arrays)."""
         self._check_open()
@@ -294,7 +310,8 @@ class Guest:
             out[spec.name] = content.mismatched_pages(self.memory.ram[spec.name],
                                                       self.spec.seed, index, versions,
                                                       self.spec.fill,
-                                                      self.memory.backed_pages(index))
+                                                      self.memory.backed_pages(index),
+                                                      self.spec.compressible)
         return out
 
     # ------------------------------------------------------------------ devices

@@ -8,7 +8,9 @@ workload), `harvest` (uint8, the workload's hand-off of `dirty` to the migration
 `version` (uint32, how often the workload rewrote the page) -- and a small `control`
 area of int64 words (the workload protocol, see `workload.py`).  Everything is a numpy
 view of the mapping: nothing is copied and no page is touched until somebody writes it
-(ftruncate on tmpfs is sparse), so guests of several GiB cost what they use.
+(ftruncate on tmpfs is sparse), so guests of several GiB cost what they use; `holes()`
+tells which pages were never touched (they read as zero), so a migration need not read
+them, and `populate()` backs a range in one call where every page will be written.
 
 Why not `multiprocessing.shared_memory.SharedMemory` itself: in Python 3.11 it registers
 every *attacher* with the resource tracker, and a "spawn" child shares its parent's
@@ -24,6 +26,7 @@ and lets the mapping go when the last numpy view of it does.
 from __future__ import annotations
 
 import _posixshmem
+import ctypes
 import errno
 import mmap
 import os
@@ -40,6 +43,7 @@ SEGMENT_PREFIX = "mh-guest-"
 LAYOUT_VERSION = 3
 LATENCY_RING = 1 << 16  # postcopy request latencies kept (the most recent ones)
 MADV_POPULATE_WRITE = 23  # Linux >= 5.14; not in Python 3.11's mmap constants
+HOLE_RUNS = 64  # runs of absent pages `holes()` confirms per call
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,35 @@ def _shm_name(name: str) -> str:
     return "/" + name
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_libc.mincore.restype = ctypes.c_int
+
+
+def _mincore(address: int, length: int, vec: np.ndarray) -> int:
+    """mincore(2) into `vec` (one byte per page); 0, or -1 when the kernel refuses."""
+    return int(_libc.mincore(address, length, vec.ctypes.data))
+
+
+def _swap_in_use() -> bool:
+    """Whether any swap area is active (/proc/swaps lists more than its header)."""
+    try:
+        with open("/proc/swaps") as f:
+            return len(f.read().splitlines()) > 1
+    except OSError:
+        return True  # cannot tell: assume it is
+
+
+def _address_of(buf: mmap.mmap) -> int:
+    """Where the mapping starts (the exporting ctypes object is dropped at once, so the
+    mapping can still be closed)."""
+    view = ctypes.c_char.from_buffer(buf)
+    try:
+        return ctypes.addressof(view)
+    finally:
+        del view
+
+
 class GuestMemory:
     """The RAM blocks, dirty log, page versions and control words of one guest.
 
@@ -111,6 +144,7 @@ class GuestMemory:
         self._fd = fd  # kept for lseek(SEEK_DATA/SEEK_HOLE): which pages are backed
         self._layout = layout
         self._mmap: mmap.mmap | None = buf
+        self._address = _address_of(buf)  # for mincore
         self._unlinked = False
         self.blocks = [BlockSpec(n, s) for n, s, _ in layout["blocks"]]
         self._first_page = {}
@@ -295,6 +329,46 @@ class GuestMemory:
             out[(data - start) // PAGE_SIZE:(hole - start + PAGE_SIZE - 1) // PAGE_SIZE] = True
             pos = hole
         return out
+
+    def holes(self, block: str | int, first: int, stop: int) -> np.ndarray | None:
+        """Which pages of [first, stop) of `block` are holes (no memory behind them: they
+        read as zero, and reading one would allocate it), or None when none is.
+
+        mincore says which pages have memory (one syscall over the range; a resident
+        page is never a hole).  Without swap the others are the holes; with swap (a page
+        swapped out is not resident but holds data) each run of them is confirmed with
+        lseek(SEEK_DATA), at most HOLE_RUNS runs: the rest counts as backed.  A sparse
+        source migrates its untouched memory this way without reading it.
+        """
+        spec = self.blocks[self.block_index(block)]
+        if self._mmap is None:
+            raise ValueError(f"segment '{self.name}' is closed")
+        if not 0 <= first <= stop <= spec.pages:
+            raise IndexError(f"pages [{first}, {stop}) outside block '{spec.name}'")
+        base = (self._first_page[spec.name] + first) * PAGE_SIZE
+        vec = np.empty(stop - first, dtype=np.uint8)
+        if _mincore(self._address + base, (stop - first) * PAGE_SIZE, vec) != 0:
+            return None  # cannot tell: read every page
+        absent = (vec & 1) == 0
+        if not absent.any():
+            return None
+        if not _swap_in_use():  # then a page without memory is a hole: nothing to confirm
+            return absent
+        return self._confirm_holes(absent, base)
+
+    def _confirm_holes(self, absent: np.ndarray, base: int) -> np.ndarray:
+        """Keep, of each run of absent pages, the part lseek confirms is a hole."""
+        edges = np.flatnonzero(np.diff(absent.astype(np.int8), prepend=0, append=0))
+        holes = np.zeros(absent.size, dtype=bool)
+        for lo, hi in edges.reshape(-1, 2)[:HOLE_RUNS].tolist():
+            try:
+                data = os.lseek(self._fd, base + lo * PAGE_SIZE, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno != errno.ENXIO:
+                    raise
+                data = base + hi * PAGE_SIZE  # no data after it: a hole to the end
+            holes[lo:min(hi, (data - base) // PAGE_SIZE)] = True
+        return holes
 
     def split(self, per_page: np.ndarray) -> dict[str, np.ndarray]:
         """A per-page array over all blocks, as views per block name."""

@@ -105,6 +105,7 @@ class Ctl(IntEnum):
     LAT_COUNT = 38  # workload: latencies written to the memory's latency ring
     REQUEST_FD_GEN = 39  # owner: request sockets handed over so far (postcopy recovery)
     RESENT = 40  # workload: requests written again on a new socket after a recovery
+    COMPRESSIBLE = 41  # owner, before the start: 1 = the guest's content is compressible
 
 
 class Req(IntEnum):
@@ -302,6 +303,7 @@ class _Writer:
         self.seed = content_seed
         self.starts = memory.block_starts()
         self.faults = faults
+        self.compressible = bool(memory.control[Ctl.COMPRESSIBLE])
 
     def write(self, pages: np.ndarray) -> None:
         mem = self.memory
@@ -315,7 +317,7 @@ class _Writer:
             local = sel - self.starts[b]
             spec = mem.blocks[int(b)]
             content.write_pages(mem.ram[spec.name], self.seed, int(b), local,
-                                mem.version[sel], 1.0)
+                                mem.version[sel], 1.0, self.compressible)
         mem.dirty[pages] = 1  # after the content: a harvested mark implies new content
 
     def tick_cpu(self, batch_pages: np.ndarray) -> None:
@@ -502,7 +504,8 @@ class Workload:
 
     @classmethod
     def start(cls, memory: GuestMemory, spec: WorkloadSpec, *, content_seed: int = 0,
-              timeout: float = 30.0, fault_fds: tuple[int, ...] | None = None) -> Workload:
+              timeout: float = 30.0, fault_fds: tuple[int, ...] | None = None,
+              compressible: bool = False) -> Workload:
         """Spawn the workload on `memory` and wait until it runs.
 
         `fault_fds` (request fd, wake pipe read end[, handoff socket]: faults.py) let
@@ -516,6 +519,7 @@ class Workload:
         ctl[Ctl.REQ_STATE] = Req.RUN
         ctl[Ctl.SYNC_ACK] = ctl[Ctl.SYNC_REQUEST]
         ctl[Ctl.PARENT_PID] = os.getpid()
+        ctl[Ctl.COMPRESSIBLE] = int(compressible)
         try:
             self.process = _spawn(memory.descriptor, spec, content_seed, fault_fds)
             self._await(Ack.RUNNING, timeout, "start")

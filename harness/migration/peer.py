@@ -59,11 +59,12 @@ class Peer:
         self.options = options
         self.config = MigrationConfig.default()
         self.quit_requested = threading.Event()
-        # RAM is backed up front on both sides: a destination then loads without a page
-        # fault per page, and a source reads its zero pages without the kernel allocating
-        # shared memory for each hole it reads (what an allocated VM's RAM would be)
+        # a destination's RAM is backed up front: it then loads without a page fault per
+        # page.  A source's is not: pages its content never wrote stay holes, which the
+        # migration sends as zero pages without reading them (GuestMemory.holes), as QEMU
+        # reads untouched guest RAM as the shared zero page
         self.guest = Guest.create(options.guest, initial_content=options.role == "source",
-                                  prefault=True)
+                                  prefault=options.role != "source")
         self.server = ControlServer(options.control)
         self.qmp: QmpSocketServer | None = None
         if options.qmp:
@@ -215,6 +216,7 @@ def parse_guest_json(text: str) -> GuestSpec:
         seed=int(doc.get("seed", 0)),
         workload=WorkloadSpec(**workload) if workload else None,
         devices=list(doc.get("devices", ["timer", "globalstate"])),
+        content=str(doc.get("content", "random")),
     )
 
 

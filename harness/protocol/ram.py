@@ -3,9 +3,12 @@
 Strategy: pages never become Python objects.  `RamLoader` parses records straight out of
 the decoder's buffer into each block's numpy array (`migration/ram.c: ram_load_precopy`
 is the model, checks and messages included) and reports batches as `RamPages` events
-holding numpy arrays.  Long runs of same-kind CONTINUE records (the common case: a bulk
-pass) are recognised and placed with one vectorised numpy operation per run; everything
-else goes through a tight per-record loop.  A loader in discard mode (a proxy, which has
+holding numpy arrays.  Runs of same-kind CONTINUE records of consecutive pages (the
+common case: a bulk pass) are recognised from the second record on -- when the next and
+the last buffered headers say so, the whole buffer is checked with one comparison -- and
+placed with one numpy copy; a run of zero pages writes only the pages that are not zero
+already (QEMU's `buffer_is_zero` test: reading is cheaper than writing); everything else
+goes through a tight per-record loop.  A loader in discard mode (a proxy, which has
 no guest RAM) validates and locates records without storing them (`ram_discard`).
 Saving, the mirror, is in `ram_saver`.
 """
@@ -44,9 +47,11 @@ _ADDR_MASK = ~_FLAG_MASK & 0xFFFF_FFFF_FFFF_FFFF
 _PAGE_CONT = RAM_PAGE_CONT
 _ZERO_CONT = RAM_ZERO_CONT
 _ZERO_PAGE = bytes(PAGE)
-_RUN_TRIGGER = 8  # same-kind records in a row before trying a vectorised run
-_RUN_MAX = 1024
+_RUN_TRIGGER = 1  # same-kind records in a row before trying a vectorised run
+_RUN_START = 64  # records a run is first checked for when it is not all of the buffer
+_RUN_MAX = 1 << 14
 _DEFERRED_ZERO = int(RamFlag.FULL)  # internal: a zero page not written yet (FULL is never sent)
+_DEFERRED_COMPRESSED = int(RamFlag.COMPRESS_PAGE | RamFlag.FULL)  # internal: not inflated yet
 
 
 def new_ram(size: int) -> np.ndarray:
@@ -102,6 +107,9 @@ class RamLoader:
         self.duplicates = 0
         #: postcopy: called with (block, page indices) right after pages are placed
         self.on_place: Callable[[str, np.ndarray], None] | None = None
+        #: decompress-threads (destination/decompress.py): when set, compressed pages are
+        #: deferred and inflated together through it (zlib streams -> pages, b"" if bad)
+        self.inflate: Callable[[list[bytes]], list[bytes]] | None = None
         self.last_block: _Block | None = None  # mis->last_recv_block, kept across sections
         self.need = 0  # absolute offset the buffer must reach for the next record
         self.max_block_size = 1 << 40  # blocks created from a stream (analysis)
@@ -189,7 +197,7 @@ class RamLoader:
         end = r.end
         base = r.base
         pos = r.pos
-        batch = _Batch(section_id, base, pos)
+        batch = _Batch(section_id, base, pos, self.inflate)
         block = self.last_block
         if block is not None:
             batch.block = block
@@ -267,7 +275,11 @@ class RamLoader:
                         if kind == RamFlag.XBZRLE:  # a delta needs the page as it is now
                             batch.apply_zeros()
                             oapp, kapp = batch.appenders()
-                        self._load_page(r, bmv, kind, flags, addr, block)
+                        if kind == RamFlag.COMPRESS_PAGE and self.inflate is not None:
+                            batch.compressed.append((self._compressed_data(r), base + pos))
+                            kind = _DEFERRED_COMPRESSED
+                        else:
+                            self._load_page(r, bmv, kind, flags, addr, block)
                         oapp(addr)
                         kapp(kind)
                     else:
@@ -416,8 +428,15 @@ class RamLoader:
         page = flags == _PAGE_CONT
         stride = PAGE + 8 if page else 9
         assert block.pages is not None
+        k = min(_RUN_MAX, (end - pos) // stride)
+        if k < 2:
+            return 0
+        (first,) = unpack_be64(buf, pos)
+        if unpack_be64(buf, pos + stride)[0] != first + PAGE:
+            return 0  # not a run (random order): cheap to tell, no numpy
+        if unpack_be64(buf, pos + (k - 1) * stride)[0] != first + (k - 1) * PAGE:
+            k = min(k, _RUN_START)  # not all of it: find where it ends by doubling
         done = 0
-        k = _RUN_TRIGGER * 8
         while True:
             at = pos + done * stride
             k = min(k, (end - at) // stride)
@@ -439,7 +458,7 @@ class RamLoader:
                 block.pages[index:index + n] = np.ndarray(
                     (n, PAGE), dtype=np.uint8, buffer=buf, offset=at + 8, strides=(stride, 1))
             else:
-                block.pages[index:index + n] = 0
+                _zero_fill(block.pages[index:index + n])
             batch.add_many(np.arange(first - flags, last + 1, PAGE, dtype=np.uint64),
                            RamFlag.PAGE if page else RamFlag.ZERO)
             done += n
@@ -484,13 +503,16 @@ class RamLoader:
         else:
             self._load_xbzrle(r, addr, view)
 
-    def _load_compressed(self, r: Reader, addr: int, view: memoryview) -> None:
+    def _compressed_data(self, r: Reader) -> bytes:
         if not self.allow_compressed:
             raise RemoteProtocolError("Received an unexpected compressed page")
         length = r.be32()
         if length > COMPRESS_BOUND_PAGE:
             raise RemoteProtocolError(f"Invalid compressed data length: {length}")
-        data = r.take(length)
+        return r.take(length)
+
+    def _load_compressed(self, r: Reader, addr: int, view: memoryview) -> None:
+        data = self._compressed_data(r)
         try:
             page = zlib.decompress(data)
         except zlib.error:
@@ -526,6 +548,15 @@ class RamLoader:
         return RemoteProtocolError(f"Unknown combination of migration flags: 0x{flags:x}")
 
 
+def _zero_fill(pages: np.ndarray) -> None:
+    """Zero the pages (rows) that are not zero already: QEMU's ram_handle_compressed
+    writes a zero page only when `buffer_is_zero` says it is not, and reading is cheaper
+    than writing (a fresh destination's pages are all zero)."""
+    dirty = np.flatnonzero(np.bitwise_or.reduce(pages.view(np.uint64), axis=1))
+    if dirty.size:
+        pages[dirty] = 0
+
+
 def _skip_payload(r: Reader, kind: int) -> None:
     """Consume a page record's payload without placing it."""
     if kind == RamFlag.ZERO:
@@ -547,12 +578,18 @@ class _Batch:
 
     Zero pages of the fast path are only recorded (kind _DEFERRED_ZERO) and zeroed with
     one numpy operation when the batch is applied, unless a later record of the batch
-    wrote the same page; a delta (XBZRLE) applies them first.
+    wrote the same page; a delta (XBZRLE) applies them first.  With an `inflate` hook,
+    compressed pages are deferred the same way (kind _DEFERRED_COMPRESSED, their zlib
+    data and record offset in `compressed`) and inflated together when applied.
     """
 
-    __slots__ = ("base", "block", "chunks", "first", "kinds", "offsets", "section_id")
+    __slots__ = ("base", "block", "chunks", "compressed", "first", "inflate", "kinds",
+                 "offsets", "section_id")
 
-    def __init__(self, section_id: int, base: int, pos: int) -> None:
+    def __init__(self, section_id: int, base: int, pos: int,
+                 inflate: Callable[[list[bytes]], list[bytes]] | None = None) -> None:
+        self.inflate = inflate
+        self.compressed: list[tuple[bytes, int]] = []  # deferred: (zlib data, offset)
         self.section_id = section_id
         self.base = base  # absolute offset of buffer position 0
         self.first = base + pos  # absolute offset of the batch's first record
@@ -591,21 +628,27 @@ class _Batch:
         return merged
 
     def apply_zeros(self) -> None:
-        """Zero the deferred zero pages now (each only if no later record wrote it)."""
+        """Write the deferred pages now: zero pages, and compressed pages inflated
+        together; each only if no later record wrote the same page."""
         if not self.chunks and not self.offsets:
             return
         offsets, kinds = self._merged()
         deferred = kinds == _DEFERRED_ZERO
+        if self.compressed:
+            deferred |= kinds == _DEFERRED_COMPRESSED
         if not deferred.any():
             return
         assert self.block is not None
+        live = deferred
         if offsets.size > 1 and not bool((offsets[1:] > offsets[:-1]).all()):
             # a page seen twice: only its last record counts
             _, first_of_reversed = np.unique(offsets[::-1], return_index=True)
             last = offsets.size - 1 - first_of_reversed
-            zero_at = offsets[last[kinds[last] == _DEFERRED_ZERO]]
-        else:
-            zero_at = offsets[deferred]
+            live = np.zeros_like(deferred)
+            live[last] = deferred[last]
+        if self.compressed:
+            self._inflate(offsets, kinds, live)
+        zero_at = offsets[live & (kinds == _DEFERRED_ZERO)]
         pages = self.block.pages
         if pages is not None:
             pages[(zero_at >> np.uint64(12)).astype(np.intp)] = 0
@@ -614,7 +657,25 @@ class _Batch:
             assert view is not None
             for addr in zero_at.tolist():
                 view[addr:addr + PAGE] = _ZERO_PAGE
-        kinds[deferred] = RamFlag.ZERO
+        kinds[kinds == _DEFERRED_ZERO] = RamFlag.ZERO
+
+    def _inflate(self, offsets: np.ndarray, kinds: np.ndarray, live: np.ndarray) -> None:
+        """The deferred compressed pages that count, inflated in one call of the hook
+        (decompress-threads) and written; "decompress data failed" at a bad record."""
+        assert self.inflate is not None and self.block is not None
+        view = self.block.view
+        assert view is not None
+        comp = kinds == _DEFERRED_COMPRESSED
+        rank = np.cumsum(comp) - 1  # index into self.compressed
+        use = np.flatnonzero(live & comp)
+        items = [self.compressed[i] for i in rank[use].tolist()]
+        self.compressed = []
+        kinds[comp] = RamFlag.COMPRESS_PAGE
+        pages = self.inflate([data for data, _ in items])
+        for (_, at), page, addr in zip(items, pages, offsets[use].tolist()):
+            if len(page) != PAGE:
+                raise RemoteProtocolError("decompress data failed", offset=at)
+            view[addr:addr + PAGE] = page
 
     def flush(self, events: list, pos: int) -> None:
         """Apply and emit what was placed; the next batch starts at buffer position `pos`."""

@@ -2,9 +2,10 @@
 
 Strategy: `RamSaver` mirrors `RamLoader` (`migration/ram.c: ram_save_*`): it frames a
 batch of pages of one block from its numpy array -- all headers with one numpy
-operation, each normal page one slice copy, zero pages found with numpy -- into a
-reusable `FrameBuffer`, and keeps QEMU's `last_sent_block` so CONTINUE is set exactly
-where QEMU sets it.  A handful of pages (a postcopy request) is framed record by record.
+operation, each run of consecutive normal pages one strided copy (a bulk pass: the whole
+batch), zero pages found with numpy (or told by the caller) -- into a reusable
+`FrameBuffer`, and keeps QEMU's `last_sent_block` so CONTINUE is set exactly where QEMU
+sets it.  A handful of pages (a postcopy request) is framed record by record.
 """
 
 from __future__ import annotations
@@ -52,12 +53,22 @@ def zero_pages(mem: np.ndarray, pages: np.ndarray | slice) -> np.ndarray:
     """Which of the given pages are all zero.
 
     A page whose first word is not zero is not a zero page: only pages passing that cheap
-    test are scanned whole (numpy), so pages of real data cost almost nothing."""
-    words = mem.view(np.uint64).reshape(-1, PAGE // 8)[pages]
-    zero = words[:, 0] == 0
+    test are scanned whole (numpy), so pages of real data cost almost nothing.  When they
+    all pass (a run of zero pages) a slice is scanned in place, without a copy."""
+    all_words = mem[:mem.size // PAGE * PAGE].view(np.uint64).reshape(-1, PAGE // 8)
+    if isinstance(pages, slice):
+        words = all_words[pages]
+        zero = words[:, 0] == 0
+        if zero.all():
+            return np.bitwise_or.reduce(words, axis=1) == 0  # type: ignore[no-any-return]
+        maybe = np.flatnonzero(zero)
+        if maybe.size:
+            zero[maybe] = np.bitwise_or.reduce(words[maybe], axis=1) == 0
+        return zero
+    zero = all_words[pages, 0] == 0  # gathers one word per page, not the pages
     maybe = np.flatnonzero(zero)
     if maybe.size:
-        zero[maybe] = ~words[maybe].any(axis=1)
+        zero[maybe] = np.bitwise_or.reduce(all_words[pages[maybe]], axis=1) == 0
     return zero
 
 
@@ -138,12 +149,15 @@ class RamSaver:
             self.last_block = block
 
     def save_pages(self, out: Out, block: str, mem: np.ndarray,
-                   pages: np.ndarray | range) -> tuple[int, int]:
+                   pages: np.ndarray | range, zero: np.ndarray | None = None
+                   ) -> tuple[int, int]:
         """Append ZERO or PAGE records for `pages` (page indices, in the order given).
 
-        Returns (zero pages, normal pages).  All headers of a batch are written with one
-        numpy operation and each normal page is one slice copy, whatever the mix of zero
-        and normal pages; the first record naming the block goes alone.
+        Returns (zero pages, normal pages).  `zero` says which pages are zero pages when
+        the caller knows (else they are found here).  All headers of a batch are written
+        with one numpy operation and each run of consecutive normal pages is one strided
+        copy, whatever the mix of zero and normal pages; the first record naming the
+        block goes alone.
         """
         idx = np.asarray(pages, dtype=np.intp) if not isinstance(pages, range) else \
             np.arange(pages.start, pages.stop, pages.step, dtype=np.intp)
@@ -152,19 +166,29 @@ class RamSaver:
             return 0, 0
         contiguous = int(idx[-1]) - int(idx[0]) == n - 1 and \
             (n < 3 or bool((idx[1:] - idx[:-1] == 1).all()))
-        zero = zero_pages(mem, slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx)
+        if zero is None and contiguous and n > SMALL_BATCH and block == self.last_block:
+            # a bulk pass: copy the run, then look for zero pages in the (cache-hot) copy
+            mpages = mem[:mem.size // PAGE * PAGE].reshape(-1, PAGE)
+            zero = _frame_normal_run(out, mpages, int(idx[0]), n)
+            if zero is None:
+                return 0, n
+        if zero is None:
+            zero = zero_pages(mem, slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx)
+        zeros = int(np.count_nonzero(zero))
         view = mem.data.cast("B")
         if n <= SMALL_BATCH:  # a requested page: plain records beat numpy's set-up costs
             for page, is_zero in zip(idx.tolist(), zero.tolist()):
                 self._save_one(out, block, view, page, is_zero)
-            return int(np.count_nonzero(zero)), n - int(np.count_nonzero(zero))
+            return zeros, n - zeros
         i = 0
         if block != self.last_block:
             self._save_one(out, block, view, int(idx[0]), bool(zero[0]))
             i = 1
-        if i < n:
+        if contiguous and zeros in (0, n):  # a run of one kind (a bulk pass): no gather
+            mpages = mem[:mem.size // PAGE * PAGE].reshape(-1, PAGE)
+            _frame_run(out, mpages, int(idx[i]), n - i, zeros == n)
+        elif i < n:
             _frame_batch(out, view, idx[i:], zero[i:])
-        zeros = int(np.count_nonzero(zero))
         return zeros, n - zeros
 
     def _save_one(self, out: Out, block: str, view: memoryview, page: int,
@@ -197,7 +221,10 @@ class RamSaver:
     def save_compressed_page(self, out: Out, block: str, addr: int,
                              page: bytes | memoryview, level: int = 1) -> None:
         """A zlib-compressed page record: be32 length, zlib data (ram.c: do_compress_ram_page)."""
-        data = zlib.compress(bytes(page), level)
+        self.save_compressed_data(out, block, addr, zlib.compress(bytes(page), level))
+
+    def save_compressed_data(self, out: Out, block: str, addr: int, data: bytes) -> None:
+        """The same record for a page deflated elsewhere (the compress threads)."""
         if len(data) > COMPRESS_BOUND_PAGE:
             raise LocalProtocolError("compressed page exceeds compressBound(4096)")
         self._header(out, block, addr, RamFlag.COMPRESS_PAGE)
@@ -251,14 +278,45 @@ def _copy_bodies(buf: bytearray, view: memoryview, idx: np.ndarray, zero: np.nda
         body[:] = mem[page * PAGE:(page + count) * PAGE].reshape(count, PAGE)
 
 
+def _frame_normal_run(out: Out, mpages: np.ndarray, first: int, count: int
+                      ) -> np.ndarray | None:
+    """Frame `count` consecutive pages as normal pages, then check the copies: None when
+    none is a zero page, else the records are taken back and the zero flags returned."""
+    start = len(out)
+    _frame_run(out, mpages, first, count, False)
+    buf = out.buf if isinstance(out, FrameBuffer) else out
+    bodies = np.ndarray((count, PAGE // 8), dtype=np.uint64, buffer=buf, offset=start + 8,
+                        strides=(PAGE + 8, 8))
+    maybe = np.flatnonzero(bodies[:, 0] == 0)
+    if not maybe.size:
+        return None
+    zero = np.zeros(count, dtype=bool)
+    zero[maybe] = np.bitwise_or.reduce(bodies[maybe], axis=1) == 0
+    del bodies
+    if not zero.any():
+        return None
+    _truncate(out, start)
+    return zero
+
+
+def _truncate(out: Out, size: int) -> None:
+    if isinstance(out, FrameBuffer):
+        out.size = size
+    else:
+        del out[size:]
+
+
 def _frame_run(out: Out, mpages: np.ndarray, first: int, count: int, zero: bool) -> None:
-    """Append `count` CONTINUE records of consecutive pages of one kind with numpy."""
+    """Append `count` CONTINUE records of consecutive pages of one kind with numpy: one
+    strided write of the headers, one strided copy of the pages."""
+    if count <= 0:
+        return
     stride = 9 if zero else PAGE + 8
     buf, start = _reserve(out, count * stride)
-    offsets = np.arange(first, first + count, dtype=np.uint64) * np.uint64(PAGE)
     flag = _ZERO_CONT if zero else _PAGE_CONT
     hdr = np.ndarray((count,), dtype=">u8", buffer=buf, offset=start, strides=(stride,))
-    hdr[:] = offsets | np.uint64(flag)
+    hdr[:] = np.arange(first * PAGE + flag, (first + count) * PAGE + flag, PAGE,
+                       dtype=np.uint64)
     if zero:
         np.ndarray((count,), dtype=np.uint8, buffer=buf, offset=start + 8,
                    strides=(stride,))[:] = 0

@@ -4,13 +4,18 @@ Strategy: mirror the byte format of QEMU's `migration/xbzrle.c` and `util/cutils
 (uleb128_*_small) exactly, including where the encoder declares overflow, so a page we
 encode is the page QEMU would encode.  Run boundaries are found with numpy over the XOR
 of the two pages (one vector pass per page); the output is built from the runs.
+`encode_pages` does a whole batch of pages (a source's XBZRLE cache hits) in one numpy
+pass, with no Python loop per byte or per run, and gives the same bytes as `encode`.
 """
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
-__all__ = ["XbzrleError", "decode", "encode", "uleb128_decode_small", "uleb128_encode_small"]
+__all__ = ["XbzrleError", "decode", "encode", "encode_pages", "uleb128_decode_small",
+           "uleb128_encode_small"]
 
 
 class XbzrleError(ValueError):
@@ -109,3 +114,95 @@ def decode(src: bytes | memoryview, dst: memoryview | bytearray | np.ndarray) ->
         d += count
         i += count
     return d
+
+
+def encode_pages(old: np.ndarray, new: np.ndarray, dlen: int | None = None
+                 ) -> list[bytes | None]:
+    """`encode` for k pages at once: `old` and `new` are (k, page) uint8 arrays.
+
+    One numpy pass finds every run of every page (no Python loop per byte or per run):
+    run starts and ends are the +1 / -1 steps of the padded difference mask.  Whether a
+    page overflows follows from its total: QEMU's checks (2 bytes free before each
+    varint, room for each run's data) all fail exactly when the bytes written so far
+    exceed `dlen`, or when an unchanged tail remains and fewer than 2 bytes are left
+    for its (never written) zero run.  Pages that fit are then assembled together: the
+    varints written with fancy indexing, the changed bytes (`new` under the mask, which
+    is every run's bytes in order) scattered behind them.
+    """
+    k, slen = new.shape
+    dlen = slen if dlen is None else dlen
+    if old.shape != new.shape:
+        raise ValueError(f"pages of shapes {old.shape} and {new.shape}")
+    diff = old != new
+    changed = diff.view(np.uint8).sum(axis=1, dtype=np.int64)
+    # every changed byte is written, plus at least two varint bytes: past this, overflow
+    todo = np.flatnonzero((changed > 0) & (changed + 2 <= dlen))
+    run_page, run_start, run_end = _runs(diff if todo.size == k else diff[todo])
+    run_page = todo[run_page]
+    nruns = np.bincount(run_page, minlength=k)
+    first = np.ones(run_page.size, dtype=bool)
+    first[1:] = run_page[1:] != run_page[:-1]
+    prev_end = np.concatenate(([0], run_end[:-1]))
+    prev_end[first] = 0
+    zrun = run_start - prev_end
+    nzrun = run_end - run_start
+    vz = 1 + (zrun >= 0x80)
+    vn = 1 + (nzrun >= 0x80)
+    size = vz + vn + nzrun
+    total = np.bincount(run_page, weights=size, minlength=k).astype(np.int64)
+    last = np.cumsum(nruns) - 1
+    tail = np.zeros(k, dtype=bool)
+    has = nruns > 0
+    tail[has] = run_end[last[has]] < slen
+    fits = has & (total <= dlen) & ~(tail & (total + 2 > dlen))
+    out: list[bytes | None] = [None if c else b"" for c in changed.tolist()]
+    if fits.any():
+        keep = fits[run_page]
+        rows = np.flatnonzero(fits)
+        # the changed bytes, run after run, page after page
+        data = new[diff] if rows.size == k else new[rows][diff[rows]]
+        pages_data = _assemble(data, run_page[keep], zrun[keep], nzrun[keep], vz[keep],
+                               vn[keep], size[keep])
+        for index, delta in zip(rows.tolist(), pages_data):
+            out[index] = delta
+    return out
+
+
+def _runs(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(page, start, end) of every run of differing bytes, in page order: the edges of
+    the mask (a byte differing from its left neighbour, the page's ends counting as
+    equal bytes) alternate start, end within each page."""
+    k, slen = diff.shape
+    edges = np.empty((k, slen + 1), dtype=bool)
+    edges[:, 0] = diff[:, 0]
+    edges[:, slen] = diff[:, slen - 1]
+    np.not_equal(diff[:, 1:], diff[:, :-1], out=edges[:, 1:slen])
+    flat = np.flatnonzero(edges)
+    page, pos = np.divmod(flat, slen + 1)
+    return page[0::2], pos[0::2], pos[1::2]
+
+
+def _assemble(data: np.ndarray, page: np.ndarray, zrun: np.ndarray, nzrun: np.ndarray,
+              vz: np.ndarray, vn: np.ndarray, size: np.ndarray) -> list[bytes]:
+    """The encoded bytes of every page owning the given runs (runs in page order);
+    `data` holds the runs' changed bytes one after the other."""
+    at = np.cumsum(size) - size  # where each run's zero-run varint goes
+    buf = np.empty(int(size.sum()), dtype=np.uint8)
+    _put_varints(buf, at, zrun, vz)
+    _put_varints(buf, at + vz, nzrun, vn)
+    shift = np.zeros(data.size, dtype=np.int64)  # varint bytes before each changed byte
+    shift[np.cumsum(nzrun) - nzrun] = vz + vn
+    buf[np.arange(data.size) + np.cumsum(shift)] = data
+    bounds = np.flatnonzero(np.diff(page, prepend=-1, append=-1)).tolist()
+    edges = np.append(at, buf.size)[bounds].tolist()
+    raw = buf.tobytes()
+    return [raw[a:b] for a, b in pairwise(edges)]
+
+
+def _put_varints(buf: np.ndarray, at: np.ndarray, value: np.ndarray, width: np.ndarray) -> None:
+    """util/cutils.c: uleb128_encode_small for many values (one or two bytes each)."""
+    one = width == 1
+    buf[at[one]] = value[one]
+    two = ~one
+    buf[at[two]] = (value[two] & 0x7F) | 0x80
+    buf[at[two] + 1] = value[two] >> 7

@@ -42,6 +42,7 @@ from .base import (
     raise_issues,
 )
 from .names import (
+    CONTENT_KINDS,
     DEFAULT_DEVICES,
     DEVICE_NAMES,
     GUEST_PLACES,
@@ -54,6 +55,7 @@ from .names import (
     TARGET_PAGE_SIZE,
     TRANSPORT_SCHEMES,
     WORKLOAD_PATTERNS,
+    ContentKind,
     DeviceName,
     GuestPlace,
     MemoryExpectation,
@@ -157,6 +159,7 @@ class Guest(ScenarioModel):
     blocks: Annotated[tuple[Block, ...], AfterValidator(non_empty),
                       _no_duplicates("block")] | None = None
     fill: Fraction = 0.5
+    content: Annotated[ContentKind, choice("a content kind", CONTENT_KINDS)] = "random"
     workload: Workload = Field(default_factory=Workload)
     devices: Annotated[tuple[Annotated[DeviceName, choice("a device", DEVICE_NAMES)], ...],
                        _no_duplicates("device")] = DEFAULT_DEVICES

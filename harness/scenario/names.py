@@ -88,6 +88,10 @@ DEFAULT_DEVICES: tuple[DeviceName, ...] = ("timer", "globalstate")
 WorkloadPattern = Literal["uniform", "hotset", "sequential"]
 WORKLOAD_PATTERNS: tuple[str, ...] = get_args(WorkloadPattern)
 
+#: guest page content: random, or each page repeating one KiB (harness/guest/content.py)
+ContentKind = Literal["random", "compressible"]
+CONTENT_KINDS: tuple[str, ...] = get_args(ContentKind)
+
 EventName = Literal["page-request", "pong", "section", "command"]
 EVENT_NAMES: tuple[str, ...] = get_args(EventName)
 

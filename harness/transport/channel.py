@@ -60,6 +60,9 @@ UNIX_SOCKET_BUFFER = 4 * 1024 * 1024
 LATENCY_SOCKET_BUFFER = 128 << 10
 LATENCY_UNSENT = 16 << 10
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # linux/tcp.h
+#: socket flags as plain ints (IntFlag's `|` costs microseconds on every send)
+_NOSIGNAL = int(socket.MSG_NOSIGNAL)
+_DONTWAIT = int(socket.MSG_DONTWAIT)
 #: how long close() waits for a woken thread to leave a send/receive
 _LEAVE_TIMEOUT = 5.0
 _EXEC_EXIT_TIMEOUT = 10.0
@@ -334,12 +337,12 @@ class SocketChannel(Channel):
             return self._sock.recv_into(view)
         while True:
             try:
-                return self._sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+                return self._sock.recv_into(view, 0, _DONTWAIT)
             except BlockingIOError:
                 self._wait(self._sock.fileno(), select.POLLIN, deadline, "receive")
 
     def _write_once(self, views: list[memoryview], deadline: Deadline | None) -> int:
-        flags = socket.MSG_NOSIGNAL | (0 if deadline is None else socket.MSG_DONTWAIT)
+        flags = _NOSIGNAL if deadline is None else _NOSIGNAL | _DONTWAIT
         while True:
             try:
                 if len(views) == 1:
