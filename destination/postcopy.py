@@ -247,7 +247,8 @@ class PostcopyIncoming:
         now = time.monotonic()
         if requests != count and (now - when >= STATS_PERIOD or self.state is P.END):
             figures = {"count": int(lat.size), "p50": float(np.percentile(lat, 50)),
-                       "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}
+                       "p99": float(np.percentile(lat, 99)), "max": float(lat.max()),
+                       "histogram": latency_histogram(lat)}
             self._latency = (requests, now, figures)
         return figures
 
@@ -276,3 +277,16 @@ class PostcopyIncoming:
             self._send_rp(data)
         except OSError as err:
             log.debug("page request lost with the channel: %s", err)
+
+
+def latency_histogram(lat_us: np.ndarray) -> dict[str, list[float] | list[int]]:
+    """Request latencies (us) counted in 10 log-spaced bins a decade from 1 us to 100 s,
+    without the empty bins at either end: {"edges-us": [n + 1], "counts": [n]}."""
+    edges = np.logspace(0, 8, 81)
+    counts, _ = np.histogram(np.clip(lat_us, edges[0], edges[-1]), edges)
+    used = np.flatnonzero(counts)
+    if not used.size:
+        return {"edges-us": [], "counts": []}
+    first, last = int(used[0]), int(used[-1]) + 1
+    return {"edges-us": [round(float(e), 3) for e in edges[first:last + 1]],
+            "counts": [int(c) for c in counts[first:last]]}

@@ -122,24 +122,24 @@ def _host_line(name: str, host: dict[str, Any]) -> str:
 
 
 #: what the console timeline shows: statuses, passes, runstates, steps, faults, exits
-_TIMELINE = {"MIGRATION", "MIGRATION_PASS", "STOP", "RESUME", "step", "fault", "armed",
+TIMELINE_EVENTS = {"MIGRATION", "MIGRATION_PASS", "STOP", "RESUME", "step", "fault", "armed",
              "exited", "thawed", "migrate", "FAULT", "WIRE", "SESSION", "agent-connected",
              "agent-missing", "agent-dead", "link-undone"}
 
 
 def timeline_lines(r: ScenarioResult, limit: int = 60) -> list[str]:
     """The run's history, one line per status change, pass, step, fault or exit."""
-    rows = [e for e in r.timeline if e.name in _TIMELINE]
+    rows = [e for e in r.timeline if e.name in TIMELINE_EVENTS]
     lines = []
     for e in rows[:limit]:
-        lines.append(f"  {e.t:8.3f}s  {e.peer:<11} {_timeline_text(e.name, e.data)}")
+        lines.append(f"  {e.t:8.3f}s  {e.peer:<11} {timeline_text(e.name, e.data)}")
     if len(rows) > limit:
         lines.append(f"  ... {len(rows) - limit} more (the JSON report and the event log "
                      f"have them all)")
     return lines
 
 
-def _timeline_text(name: str, data: dict[str, Any]) -> str:
+def timeline_text(name: str, data: dict[str, Any]) -> str:
     if name == "MIGRATION":
         return f"status {data.get('status')}"
     if name == "MIGRATION_PASS":

@@ -33,7 +33,7 @@ from harness.guest.leaks import leftover_segments
 from harness.invariants import Evidence, check_all
 from harness.invariants.base import Expectations
 from harness.migration.status import FINAL
-from harness.qemu import QemuError
+from harness.qemu import QemuError, QMPError
 from harness.scenario.model import Scenario
 
 from .agent_peer import AgentPeer, RemoteFrozen
@@ -42,6 +42,7 @@ from .agents import AgentError, tcp_uri
 from .peers import HarnessPeer, PeerError, PeerHandle, QemuPeer, short_dir
 from .proxy import ProxyHandle
 from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
+from .samples import Sampler
 from .stacks import proc_stacks, python_stacks
 from .steps import StepRunner, UnsupportedStep, needs_proxy
 
@@ -85,7 +86,8 @@ class Coordinator:
         self.frozen: dict[str, process.Frozen | RemoteFrozen] = {}
         self.agents = Agents(scenario)  # the hosts' agents (none for a local run)
         self._timers: list[tuple[float, Callable[[], None]]] = []
-        self._ram: tuple[float, dict[str, Any]] = (0.0, {})
+        self._info: tuple[float, dict[str, Any]] = (0.0, {})  # the source's last query-migrate
+        self.sampler = Sampler()  # its answers over time, for the report's plots
         self._pids: list[int] = []
         self._log_path = events_log or workdir / "events.jsonl"
         self._log: IO[str] | None = None
@@ -134,6 +136,7 @@ class Coordinator:
         elif left:
             self.result.reason += f"; processes left behind: {', '.join(left)}"
         self._blame_dead_agents()
+        self.result.samples, self.result.passes = self.sampler.samples, self.sampler.passes()
         self.result.duration = time.monotonic() - self.t0
         self.note("runner", "verdict", {"verdict": self.result.verdict,
                                         "reason": self.result.reason})
@@ -158,7 +161,7 @@ class Coordinator:
         g = self.sc.guest
         workload = g.workload
         return {
-            "machine": g.machine, "seed": self.seed, "fill": g.fill,
+            "machine": g.machine, "seed": self.seed, "fill": g.fill, "content": g.content,
             "blocks": [{"name": b.name, "size": b.size} for b in g.ram_blocks],
             "devices": list(g.devices),
             "workload": {"dirty_rate": workload.dirty_rate, "pattern": workload.pattern,
@@ -230,8 +233,8 @@ class Coordinator:
         from harness.guest.content import initial_content_array
 
         path = self.workdir / "qemu-source-ram.bin"
-        initial_content_array(self.sc.guest.total_memory, self.seed,
-                              self.sc.guest.fill).tofile(path)
+        initial_content_array(self.sc.guest.total_memory, self.seed, self.sc.guest.fill,
+                              compressible=self.sc.guest.content == "compressible").tofile(path)
         return path
 
     def _configure(self) -> None:
@@ -355,6 +358,8 @@ class Coordinator:
             moved |= steps.tick()
             moved |= self._run_timers()
             now = time.monotonic()
+            if self.sampler.due(now - self.t0):
+                self.source_info(0.0)
             if self.refused is not None:
                 return
             if self.two_phase and self.status["source"] in FINAL and not incoming_started:
@@ -428,7 +433,7 @@ class Coordinator:
         self._stacks[role] = text
 
     def _pump(self) -> bool:
-        moved = False
+        moved = resample = False
         for who, name, data in self.agents.pump():
             moved = True
             self.note(who, name, data)
@@ -448,6 +453,10 @@ class Coordinator:
                 elif event.name == "MIGRATION_PASS" and peer.role == "source":
                     self.passes = int(event.data.get("pass", 0))
                     self.progress("pass", {"pass": self.passes})
+                if peer.role == "source" and event.name in ("MIGRATION", "MIGRATION_PASS"):
+                    resample = True
+        if resample:  # a sample where a pass or status begins (runner/samples.py)
+            self.source_info(0.0)
         return moved
 
     def _proxy_event(self, name: str, data: dict[str, Any], at: float) -> None:
@@ -478,18 +487,25 @@ class Coordinator:
         if frozen is not None:
             self.note("runner", "thawed", {"step": step, "peer": role, "pids": frozen.thaw()})
 
-    def source_ram(self) -> dict[str, Any]:
-        """The source's query-migrate `ram` (polled at most every STATS_PERIOD)."""
-        when, ram = self._ram
+    def source_info(self, max_age: float = STATS_PERIOD) -> dict[str, Any]:
+        """The source's query-migrate, asked again when older than `max_age`; each answer
+        is also a sample of the run (harness/runner/samples.py)."""
+        when, info = self._info
         now = time.monotonic()
-        if now - when >= STATS_PERIOD and self.src is not None and self.src.alive() \
+        if now - when >= max_age and self.src is not None and self.src.alive() \
                 and "source" not in self.frozen:
             try:
-                ram = dict((self.src.execute("query-migrate", timeout=5) or {}).get("ram", {}))
-            except ControlError:
-                pass
-            self._ram = (now, ram)
-        return ram
+                info = dict(self.src.execute("query-migrate", timeout=5) or {})
+            except (ControlError, QMPError, OSError):
+                self.sampler.failed(now - self.t0)
+            else:
+                self.progress("sample", self.sampler.add(now - self.t0, info, self.passes))
+            self._info = (now, info)
+        return info
+
+    def source_ram(self) -> dict[str, Any]:
+        """The source's query-migrate `ram` (polled at most every STATS_PERIOD)."""
+        return dict(self.source_info().get("ram", {}))
 
     def progress_share(self) -> float:
         """Share of guest RAM sent at least once (pages sent over all pages), for `progress`."""

@@ -99,6 +99,11 @@ class ScenarioResult:
     repeat: int | None = None  # which round of `--repeat`, from 1
     #: per host of a multi-host run: its agent, facts, clock offset and rtt, final state
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the source's query-migrate a few times a second: t (as the timeline's), status, pass,
+    #: transferred, remaining, total, mbps, dirty-pages-rate, dirty-sync-count, ...
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    #: per pass: t, duration, transferred, bandwidth, dirtied, dirty-rate (runner/samples.py)
+    passes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -119,4 +124,6 @@ class ScenarioResult:
             "events": self.events_log,
             **({"repeat": self.repeat} if self.repeat is not None else {}),
             **({"hosts": self.hosts} if self.hosts else {}),
+            "samples": self.samples,
+            "passes": self.passes,
         }

@@ -3,17 +3,18 @@
 Strategy: validation first (any bad file -> exit 2 before anything starts), then one
 coordinator per scenario in order, each in its own work directory (peer logs, streams),
 kept when the scenario did not pass and removed when it did.  While a scenario runs, a
-rich status line shows the statuses and passes; the summary table comes at the end.
+rich progress bar (in a terminal only) shows how much is sent, what remains, the pass and
+the statuses; the summary table comes at the end, then the JSON, JUnit and HTML reports.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -22,6 +23,7 @@ from harness.scenario import load_scenarios
 from harness.scenario.model import Scenario
 
 from .coordinator import Coordinator
+from .progress import MigrationProgress
 from .result import ScenarioResult
 
 
@@ -33,24 +35,8 @@ def run_scenario(scenario: Scenario, seed: int | None = None,
         Path(base).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{scenario.name}-", dir=base))
     console = console or Console(stderr=True)
-    status = {"source": "none", "destination": "none", "pass": 0}
-
-    def text() -> str:
-        return (f"[bold]{scenario.name}[/bold]: source {status['source']}, destination "
-                f"{status['destination']}, pass {status['pass']}")
-
-    with console.status(text()) as live:
-        def progress(what: str, info: dict[str, Any]) -> None:
-            if what == "status":
-                status[info["peer"]] = info["status"]
-            elif what == "pass":
-                status["pass"] = info["pass"]
-            elif what == "control":  # where a console can attach while the run goes on
-                console.print(f"{scenario.name}: harness monitor --attach {info['path']}",
-                              highlight=False, soft_wrap=True)
-            live.update(text())
-
-        result = Coordinator(scenario, workdir, seed, progress, record, events_log).run()
+    with MigrationProgress(scenario.name, console) as bar:
+        result = Coordinator(scenario, workdir, seed, bar.update, record, events_log).run()
     if result.verdict == "pass" and not record and events_log is not None:
         shutil.rmtree(workdir, ignore_errors=True)
         result.workdir = None
@@ -76,7 +62,7 @@ def events_path(json_path: str | Path | None, scenario: Scenario, round_: int | 
 def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = None,
               junit_path: str | Path | None = None, seed: int | None = None,
               console: Console | None = None, record: bool = False,
-              repeat: int = 1) -> list[ScenarioResult]:
+              repeat: int = 1, html_path: str | Path | None = None) -> list[ScenarioResult]:
     """Run every scenario of the given files; raises ScenarioError for a bad file."""
     scenarios = load_scenarios(paths)
     out = console or Console()
@@ -95,4 +81,23 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
         Path(json_path).write_text(json_report(results))
     if junit_path:
         Path(junit_path).write_text(junit_report(results))
+    if html_path:
+        write_html_report(html_path, results, json_path, Console(stderr=True))
     return results
+
+
+def write_html_report(path: str | Path, results: Sequence[ScenarioResult],
+                      json_path: str | Path | None, err_console: Console) -> None:
+    """The HTML report, drawn from the JSON report's dicts; a failure is said, not raised:
+    the scenarios' verdicts (and the other reports) stand."""
+    from harness.report.html import write_html  # matplotlib: only when asked for
+
+    title = Path(json_path).name if json_path else "harness run"
+    try:
+        write_html(path, [(title, json.loads(json_report(results)))])
+    except OSError as err:
+        err_console.print(f"harness run: --html {path}: {err.strerror or err}",
+                          markup=False, style="red")
+    except Exception as err:  # noqa: BLE001 - a bug of ours: said, not a traceback
+        err_console.print(f"harness run: --html {path}: could not draw the report: "
+                          f"{type(err).__name__}: {err}", markup=False, style="red")
