@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -96,14 +96,21 @@ def run(
     repeat: Annotated[int, typer.Option(
         "--repeat", min=1, help="Run each scenario this many times with the same seed and "
                                 "report which ones are flaky.")] = 1,
+    html_path: Annotated[Path | None, typer.Option(
+        "--html", metavar="FILE", help="Write a self-contained HTML report with plots.")
+                         ] = None,
 ) -> None:
     """Run scenarios: exit 0 when all met their `expect`, 1 when any did not, 2 on bad input."""
     from .runner.run import run_files
     from .scenario import ScenarioError
 
+    for option, path in (("--json", json_path), ("--junit", junit_path), ("--html", html_path)):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise _fail(2, f"harness run: {option} {path}: no such directory "
+                           f"{path.resolve().parent}")
     try:
         results = run_files(scenarios, json_path=json_path, junit_path=junit_path, seed=seed,
-                            record=record, repeat=repeat)
+                            record=record, repeat=repeat, html_path=html_path)
     except ScenarioError as err:
         raise _fail(2, f"harness run: {err}")
     raise typer.Exit(0 if all(r.verdict == "pass" for r in results) else 1)
@@ -122,6 +129,35 @@ def validate(
         raise _fail(2, f"harness validate: {err}")
     for sc in loaded:
         typer.echo(f"{sc.source_file}: {sc.name}: valid ({len(sc.steps)} steps)")
+
+
+@app.command()
+def report(
+    reports: Annotated[list[Path], typer.Argument(
+        help="JSON reports written by `harness run --json` (one per run).")],
+    html_path: Annotated[Path | None, typer.Option(
+        "--html", metavar="FILE", help="Also write the comparison as self-contained HTML, "
+                                       "each run's plots side by side.")] = None,
+) -> None:
+    """Compare runs side by side: a table per scenario; exit 2 on a file that is not one."""
+    from rich.console import Console
+
+    from .report.compare import ReportError, load_report, print_comparison, run_labels
+
+    try:
+        docs = [load_report(path) for path in reports]
+    except ReportError as err:
+        raise _fail(2, f"harness report: {err}")
+    runs = list(zip(run_labels(reports), docs))
+    print_comparison(runs, Console())
+    if html_path is not None:
+        from .report.html import write_html
+
+        try:
+            write_html(html_path, runs)
+        except OSError as err:
+            raise _fail(2, f"harness report: --html {html_path}: {err.strerror or err}")
+        typer.echo(f"wrote {html_path}")
 
 
 def _peer_options(role: str, control: str, guest_json: str | None, memory: str, machine: str,
@@ -364,9 +400,74 @@ def agent_keygen(
                f"client.key_secret and server.key)")
 
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks, each against a baseline "
-                                                   "measured in the same run.")
+bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same "
+                                "run.  Without a command: all of them (`bench all`).")
 app.add_typer(bench_app, name="bench")
+
+JsonOption = Annotated[Path | None, typer.Option("--json", metavar="FILE",
+                                                 help="Write the figures as JSON.")]
+
+
+def _bench_out(figures: list[Any], json_path: Path | None) -> None:
+    from .bench.figures import print_table, write_json
+
+    print_table(figures)
+    if json_path:
+        write_json(figures, json_path)
+
+
+def _bench_json_dir(command: str, json_path: Path | None) -> None:
+    if json_path is not None and not json_path.resolve().parent.is_dir():
+        raise _fail(2, f"harness bench {command}: --json {json_path}: no such directory "
+                       f"{json_path.resolve().parent}")
+
+
+def _bench_parse(command: str, parse: Any, text: str) -> int:
+    try:
+        return int(parse(text))
+    except ValueError as err:
+        raise _fail(2, f"harness bench {command}: {err}")
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench_default(ctx: typer.Context) -> None:
+    """Benchmarks; without a command, `bench all` with its defaults."""
+    if ctx.invoked_subcommand is None:
+        bench_all()
+
+
+@bench_app.command("all")
+def bench_all(
+    precopy_size: Annotated[str, typer.Option(help="Guest RAM of the precopy benchmark.")
+                            ] = "1GiB",
+    zero_size: Annotated[str, typer.Option(help="Guest RAM of the all-zero guest.")] = "8GiB",
+    postcopy_size: Annotated[str, typer.Option(help="Guest RAM of the postcopy benchmark.")
+                             ] = "256MiB",
+    repeat: Annotated[int, typer.Option(min=1, help="Precopy rounds (medians compared).")
+                      ] = 3,
+    push: Annotated[list[str], typer.Option(
+        help="Postcopy background push rates (0: unlimited); repeatable.")
+                    ] = ["0", "64MiB/s"],  # noqa: B006
+    json_path: JsonOption = None,
+) -> None:
+    """Every benchmark: precopy vs raw stream and QEMU, the zero guest and its memory,
+    postcopy latency vs a raw round trip; one table."""
+    from .bench import suite
+    from .scenario.units import parse_rate, parse_size
+
+    _bench_json_dir("all", json_path)
+    try:
+        sizes = suite.Sizes(parse_size(precopy_size), parse_size(zero_size),
+                            parse_size(postcopy_size), repeat,
+                            pushes=tuple(parse_rate(p) for p in push))
+    except ValueError as err:
+        raise _fail(2, f"harness bench all: {err}")
+    try:
+        figures, seconds = suite.run(sizes)
+    except (RuntimeError, TimeoutError, OSError) as err:
+        raise _fail(1, f"harness bench all: {err}")
+    _bench_out(figures, json_path)
+    typer.echo(f"harness bench all: {seconds:.0f} s")
 
 
 @bench_app.command("precopy")
@@ -374,21 +475,37 @@ def bench_precopy(
     size: Annotated[str, typer.Option(help="Guest RAM size.")] = "1GiB",
     repeat: Annotated[int, typer.Option(min=1, help="Rounds of harness and raw stream; "
                                                     "the medians are compared.")] = 3,
-    json_path: Annotated[Path | None, typer.Option("--json", metavar="FILE",
-                                                   help="Write the figures as JSON.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Precopy of an idle random-content guest over TCP vs a raw socket stream (and QEMU)."""
     from .bench import precopy
-    from .bench.figures import table, write_json
     from .scenario.units import parse_size
 
+    _bench_json_dir("precopy", json_path)
+    nbytes = _bench_parse("precopy", parse_size, size)
     try:
-        figures = precopy.run(parse_size(size), repeat=repeat)
+        figures = precopy.run(nbytes, repeat=repeat)
     except (RuntimeError, TimeoutError, OSError) as err:
         raise _fail(1, f"harness bench precopy: {err}")
-    typer.echo(table(figures))
-    if json_path:
-        write_json(figures, json_path)
+    _bench_out(figures, json_path)
+
+
+@bench_app.command("zero")
+def bench_zero(
+    size: Annotated[str, typer.Option(help="Guest RAM size.")] = "8GiB",
+    json_path: JsonOption = None,
+) -> None:
+    """An all-zero guest: GB/s of guest memory, and the peers' peak RSS/PSS vs its size."""
+    from .bench import zero
+    from .scenario.units import parse_size
+
+    _bench_json_dir("zero", json_path)
+    nbytes = _bench_parse("zero", parse_size, size)
+    try:
+        figures = zero.run(nbytes)
+    except (RuntimeError, TimeoutError, OSError) as err:
+        raise _fail(1, f"harness bench zero: {err}")
+    _bench_out(figures, json_path)
 
 
 @bench_app.command("postcopy")
@@ -398,22 +515,21 @@ def bench_postcopy(
     push: Annotated[list[str], typer.Option(
         help="max-postcopy-bandwidth of the background push (0: unlimited); repeatable.")
                     ] = ["0", "64MiB/s"],  # noqa: B006
-    json_path: Annotated[Path | None, typer.Option("--json", metavar="FILE",
-                                                   help="Write the figures as JSON.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Postcopy page-request latency (p50, p99) vs a raw request/response round trip."""
     from .bench import postcopy
-    from .bench.figures import table, write_json
     from .scenario.units import parse_rate, parse_size
 
+    _bench_json_dir("postcopy", json_path)
+    nbytes = _bench_parse("postcopy", parse_size, size)
+    dirty = _bench_parse("postcopy", parse_rate, rate)
+    pushes = tuple(_bench_parse("postcopy", parse_rate, p) for p in push)
     try:
-        figures = postcopy.run(parse_size(size), parse_rate(rate),
-                               tuple(parse_rate(p) for p in push))
+        figures = postcopy.run(nbytes, dirty, pushes)
     except (RuntimeError, TimeoutError, OSError) as err:
         raise _fail(1, f"harness bench postcopy: {err}")
-    typer.echo(table(figures))
-    if json_path:
-        write_json(figures, json_path)
+    _bench_out(figures, json_path)
 
 
 def main() -> None:

@@ -1,13 +1,14 @@
-"""The benchmark commands run end to end on a small guest and write consistent figures.
+"""The benchmark commands run end to end on small guests and write consistent figures.
 
 Not timing tests: nothing here asserts a speed, only that each figure was measured (a
-positive value beside a positive baseline measured in the same run) and that the ratio
-and the verdict follow from them.
+positive value beside a positive baseline measured in the same run), that the JSON has
+issue 7's shape, and that the ratio and the verdict follow from the numbers.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -15,30 +16,50 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(240)
+
+KEYS = {"name", "value", "unit", "baseline", "ratio", "goal", "met", "goal_of", "baseline_name",
+        "lower_is_better", "note"}
+MiB = 1 << 20
 
 
 def _bench(tmp_path, *args: str) -> list[dict]:
     out = tmp_path / "figures.json"
     proc = subprocess.run([sys.executable, "-m", "harness", "bench", *args, "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=170, check=False)
+                          cwd=REPO, capture_output=True, text=True, timeout=230, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    figures = json.loads(out.read_text())["figures"]
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"figures"}
+    figures = doc["figures"]
     for f in figures:
+        assert set(f) == KEYS, f
         assert f["name"] in proc.stdout  # the table shows what the JSON holds
+        _consistent(f)
     return figures
 
 
 def _consistent(f: dict) -> None:
-    assert f["value"] > 0 and f["baseline"] > 0
-    assert f["ratio"] == pytest.approx(f["value"] / f["baseline"], rel=1e-3)
+    """A baseline beside the value, ratio = value / baseline, the verdict from the goal."""
+    assert f["value"] > 0 and f["baseline"] > 0 and f["baseline_name"]
+    assert f["ratio"] == pytest.approx(f["value"] / f["baseline"], rel=2e-3)
+    if f["goal"] is None:
+        assert f["met"] is None
+        return
+    judged = f["value"] if f["goal_of"] == "value" else f["ratio"]
+    assert f["goal_of"] in ("value", "ratio")
+    want = judged <= f["goal"] if f["lower_is_better"] else judged >= f["goal"]
+    assert f["met"] is want
 
 
 def test_bench_precopy_compares_with_a_raw_stream(tmp_path):
     figures = _bench(tmp_path, "precopy", "--size", "32MiB", "--repeat", "2")
     ours = next(f for f in figures if f["name"] == "precopy.harness.tcp.idle-random")
-    _consistent(ours)
-    assert "median of 2" in ours["note"] and ours["goal"] == 0.5
+    assert "median of 2" in ours["note"] and ours["goal"] == 0.8 and ours["goal_of"] == "ratio"
+    if shutil.which("qemu-system-x86_64"):
+        vs = next(f for f in figures if f["name"] == "precopy.harness-vs-qemu")
+        qemu = next(f for f in figures if f["name"] == "precopy.qemu.tcp.idle-random")
+        assert vs["goal"] == 1.0 and vs["value"] == ours["value"]
+        assert vs["baseline"] == qemu["value"]
 
 
 def test_bench_postcopy_reports_p50_and_p99_per_transport(tmp_path):
@@ -46,11 +67,48 @@ def test_bench_postcopy_reports_p50_and_p99_per_transport(tmp_path):
     names = {f["name"] for f in figures}
     assert names == {f"postcopy.request-latency.{kind}.push-64MiBps.{p}"
                      for kind in ("tcp", "unix") for p in ("p50", "p99")}
-    for f in figures:
-        _consistent(f)
     by = {f["name"]: f for f in figures}
     for kind in ("tcp", "unix"):
         p50 = by[f"postcopy.request-latency.{kind}.push-64MiBps.p50"]
         p99 = by[f"postcopy.request-latency.{kind}.push-64MiBps.p99"]
         assert p50["value"] <= p99["value"] and p50["baseline"] <= p99["baseline"]
+        assert (p50["goal"], p99["goal"]) == (1.5, 3.0)
+        assert p50["lower_is_better"] and p99["lower_is_better"]
         assert int(p50["note"].split()[0]) > 0  # the guest really faulted
+
+
+def test_bench_zero_measures_speed_and_the_peers_memory(tmp_path):
+    figures = _bench(tmp_path, "zero", "--size", "64MiB")
+    by = {f["name"]: f for f in figures}
+    assert set(by) == {"precopy.harness.tcp.idle-zero-64MiB", "memory.peak-rss.idle-zero-64MiB",
+                       "memory.peak-pss.idle-zero-64MiB"}
+    speed = by["precopy.harness.tcp.idle-zero-64MiB"]
+    assert speed["goal"] == 5.0 and speed["goal_of"] == "value" and speed["unit"] == "GB/s"
+    for kind in ("rss", "pss"):
+        memory = by[f"memory.peak-{kind}.idle-zero-64MiB"]
+        assert memory["unit"] == "GiB" and memory["baseline"] == pytest.approx(64 / 1024)
+        assert memory["goal"] == 2.2 and memory["lower_is_better"]
+        # the destination's RAM is backed up front (the source's untouched RAM is not):
+        # the sampler saw it
+        assert memory["ratio"] >= 1.0
+
+
+def test_bench_all_prints_one_table_of_every_figure(tmp_path):
+    figures = _bench(tmp_path, "all", "--precopy-size", "16MiB", "--zero-size", "32MiB",
+                     "--postcopy-size", "16MiB", "--repeat", "1", "--push", "64MiB/s")
+    names = [f["name"] for f in figures]
+    assert len(names) == len(set(names))
+    for prefix in ("precopy.harness.tcp.idle-random", "precopy.harness.tcp.idle-zero-",
+                   "memory.peak-rss.", "memory.peak-pss.", "postcopy.request-latency.tcp.",
+                   "postcopy.request-latency.unix."):
+        assert any(n.startswith(prefix) for n in names), prefix
+    goals = {f["name"]: f["goal"] for f in figures}
+    assert all(goal is not None for name, goal in goals.items()
+               if name != "precopy.qemu.tcp.idle-random")
+
+
+def test_bench_refuses_a_bad_size(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness", "bench", "zero", "--size", "12x"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "is not a size" in proc.stderr
