@@ -55,14 +55,13 @@ from harness.protocol.return_path import ResumeAck, RpMessage
 from .convergence import Convergence
 from .postcopy import POSTCOPY_BATCH, PostcopySource
 from .ram_save import BATCH_PAGES, RamSave
+from .rate_limit import RateLimit
 from .recovery import RecoveryInbox, resume_handshake, resume_prepare
 from .return_path import ReturnPathError, ReturnPathReader
 
 log = logging.getLogger(__name__)
 S = MigrationStatus
 
-BUFFER_DELAY = 0.1  # migration.c: BUFFER_DELAY, the rate-limit window
-XFER_LIMIT_RATIO = 10  # windows per second
 MAX_WAIT = 0.05  # ram.c: MAX_WAIT, the longest an iteration may run
 RETURN_PATH_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
@@ -128,7 +127,7 @@ class _Writer:
             self.total += len(data)
 
 
-class OutgoingMigration:
+class OutgoingMigration(RateLimit):
     """The source side of one peer: status, statistics and the migration thread."""
 
     def __init__(self, guest: GuestLike, config: MigrationConfig, connect: Connector,
@@ -736,52 +735,6 @@ class OutgoingMigration:
         channel = self._channel
         if reader.broken and self.state.status is S.POSTCOPY_ACTIVE and channel is not None:
             channel.shutdown()  # a send blocked on a dead peer fails now: pause
-
-    # ------------------------------------------------------------------ rate limit
-    def _limit(self) -> float:
-        name = "max-postcopy-bandwidth" if self.entered_postcopy else "max-bandwidth"
-        bandwidth = self.config.param(name)
-        return bandwidth / XFER_LIMIT_RATIO if bandwidth else float("inf")
-
-    def _rate_limited(self) -> bool:
-        """qemu_file_rate_limit: over this window's budget (or shut down)."""
-        if self._wake.is_set() or self._writer is None:
-            return True
-        return self._writer.total - self._window_bytes > self._limit()
-
-    def _budget_pages(self, most: int) -> int:
-        """How many pages the next batch may hold: what is left of this window's budget,
-        rounded up, so a window overshoots by less than a page, as QEMU's per-page check
-        does (migration/ram.c: ram_find_and_save_block under qemu_file_rate_limit)."""
-        assert self._writer is not None
-        left = self._limit() - (self._writer.total - self._window_bytes)
-        if left >= most * PAGE:
-            return most
-        return max(1, int(left) // PAGE + 1)
-
-    def _update_counters(self) -> None:
-        """migration_update_counters: bandwidth, threshold, mbps, expected downtime."""
-        now = time.monotonic()
-        spent = now - self._window_start
-        if spent < BUFFER_DELAY or self._writer is None or self.ram is None:
-            return
-        transferred = self._writer.total - self._window_bytes
-        bandwidth = transferred / (spent * 1000)  # bytes per ms
-        self.threshold = bandwidth * self.config.param("downtime-limit")
-        self.mbps = transferred * 8 / spent / 1e6
-        if self.ram.stats.dirty_pages_rate and transferred > 10000 and bandwidth:
-            self.timing.expected_downtime = self.ram.remaining() / bandwidth / 1000
-        self._window_start = now
-        self._window_bytes = self._writer.total
-
-    def _rate_limit_wait(self) -> None:
-        """migration_rate_limit: when over budget, sleep to the end of the window."""
-        if self.state.status not in (S.ACTIVE, S.POSTCOPY_ACTIVE) or not self._rate_limited():
-            return
-        left = self._window_start + BUFFER_DELAY - time.monotonic()
-        if left > 0:
-            self._urgent.wait(left)  # a page request (or cancel) ends the wait early
-            self._urgent.clear()
 
     # ------------------------------------------------------------------ endings
     def _fail_or_cancel(self) -> None:
