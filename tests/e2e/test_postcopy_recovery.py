@@ -21,6 +21,7 @@ import pytest
 from harness.control import CommandError
 from harness.migration.status import MIGRATE_PAUSE_REFUSED, MIGRATE_RECOVER_REFUSED
 from harness.runner.peers import HarnessPeer, short_dir
+from tests.e2e.harness_pair import harness_pair
 
 MiB = 1 << 20
 WAIT = 60.0
@@ -41,16 +42,8 @@ def _status(peer: HarnessPeer, want: set[str], timeout: float = WAIT) -> dict[st
 
 @pytest.fixture
 def peers(tmp_path) -> Iterator[tuple[HarnessPeer, HarnessPeer]]:
-    dst = HarnessPeer("destination", tmp_path, GUEST, ["--incoming", "defer"])
-    src = HarnessPeer("source", tmp_path, GUEST)
-    try:
-        dst.start()
-        src.start()
-        yield src, dst
-    finally:
-        for peer in (src, dst):
-            peer.close()
-            assert not peer.alive()
+    with harness_pair(tmp_path, GUEST) as pair:
+        yield pair
 
 
 def _statuses(peer: HarnessPeer) -> list[str]:

@@ -24,6 +24,7 @@ import pytest
 
 from harness.control import ControlClient, ControlError
 from harness.runner.peers import HarnessPeer, kill_tree, short_dir
+from tests.e2e.harness_pair import harness_pair
 
 MiB = 1 << 20
 WAIT = 60.0
@@ -72,16 +73,8 @@ def sockdir() -> Iterator[Path]:
 
 @pytest.fixture
 def peers(tmp_path) -> Iterator[tuple[HarnessPeer, HarnessPeer]]:
-    dst = HarnessPeer("destination", tmp_path, GUEST, ["--incoming", "defer"])
-    src = HarnessPeer("source", tmp_path, GUEST)
-    try:
-        dst.start()
-        src.start()
-        yield src, dst
-    finally:
-        for peer in (src, dst):
-            peer.close()
-            assert not peer.alive()
+    with harness_pair(tmp_path, GUEST) as pair:
+        yield pair
 
 
 def _status(peer: HarnessPeer, want: set[str], timeout: float = WAIT) -> dict[str, Any]:
