@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 S = MigrationStatus
 
 MAX_WAIT = 0.05  # ram.c: MAX_WAIT, the longest an iteration may run
+URGENT_YIELD = 0.0001  # s: how long the postcopy push steps aside for a requested page
 RETURN_PATH_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 
@@ -98,6 +99,7 @@ class Channel(Protocol):
     def shutdown(self) -> None: ...
     def close(self) -> None: ...
     def prefer_latency(self) -> None: ...
+    def wait_writable(self, timeout: float) -> bool: ...
 
 
 Connector = Callable[[str, float], Channel]
@@ -157,6 +159,7 @@ class OutgoingMigration(RateLimit):
         self._frame = FrameBuffer()
         self._request_frame = FrameBuffer(64 << 10)
         self._wlock = threading.Lock()  # postcopy: the stream, last block, bitmap
+        self._urgent = threading.Event()  # a requested page waits for the lock: push yields
         self._in_part = False  # a PART of the push is open (requests may go inside it)
         self._stream_ended = False
         self._rp: ReturnPathReader | None = None
@@ -526,6 +529,8 @@ class OutgoingMigration(RateLimit):
         started = time.monotonic()
         try:
             while not self._wake.is_set() and time.monotonic() - started <= MAX_WAIT:
+                if not self._push_may_send():
+                    continue
                 with self._wlock:
                     if self._rate_limited():
                         break
@@ -539,6 +544,17 @@ class OutgoingMigration(RateLimit):
                 self._in_part = False
                 self._writer.write(EOS + enc.footer(self.ram_section_id))
 
+    def _push_may_send(self) -> bool:
+        """Before a push batch, outside the lock: let a requested page go first (a lock
+        just released is otherwise taken again by the same thread before a waiter wakes),
+        and wait until the socket takes more, so the lock is never held in a blocked send
+        while a request waits for it."""
+        if self._urgent.is_set():
+            time.sleep(URGENT_YIELD)
+            return False
+        assert self._channel is not None
+        return self._channel.wait_writable(URGENT_YIELD * 10)
+
     def _serve_request(self, block: str, start: int, length: int) -> bool:
         """From the return-path thread: send a requested page now (QEMU's preempt path
         does the same on its own channel).  Inside the push's open PART the records just
@@ -546,6 +562,14 @@ class OutgoingMigration(RateLimit):
         had already gone out."""
         ram = self.ram
         assert ram is not None and self._writer is not None and self.postcopy is not None
+        self._urgent.set()
+        try:
+            return self._send_requested(ram, block, start, length)
+        finally:
+            self._urgent.clear()
+
+    def _send_requested(self, ram: RamSave, block: str, start: int, length: int) -> bool:
+        assert self._writer is not None and self.postcopy is not None
         with self._wlock:
             if self._stream_ended:
                 return False

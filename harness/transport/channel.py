@@ -112,6 +112,12 @@ class Channel:
         """Keep little data queued in this channel (postcopy: a requested page must not
         wait behind much of the background push).  Only sockets have queues to shrink."""
 
+    def wait_writable(self, timeout: float) -> bool:
+        """Wait up to `timeout` s until a send would not block (so that a writer need not
+        block inside a lock others wait for); False if it still would.  Channels without
+        a socket queue to poll say True at once."""
+        return True
+
     def _read_once(self, view: memoryview, deadline: Deadline | None) -> int:
         raise NotImplementedError
 
@@ -331,6 +337,14 @@ class SocketChannel(Channel):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LATENCY_SOCKET_BUFFER)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, LATENCY_UNSENT)
+
+    def wait_writable(self, timeout: float) -> bool:
+        ready = select.poll()
+        try:
+            ready.register(self._sock.fileno(), select.POLLOUT)
+        except ValueError:  # closed under us: let the send say so
+            return True
+        return bool(ready.poll(max(0, int(timeout * 1000))))
 
     def _read_once(self, view: memoryview, deadline: Deadline | None) -> int:
         if deadline is None:

@@ -303,6 +303,36 @@ def test_prefer_latency_is_harmless_on_a_pipe(short_tmp):
         assert destination.read_exact(11, timeout=5) == b"still works"
 
 
+
+def test_wait_writable_says_when_a_full_socket_takes_more(sockets):
+    """The postcopy push waits here, outside its lock, instead of blocking in a send."""
+    source, destination = sockets
+    for end in sockets:
+        end.prefer_latency()
+    assert source.wait_writable(0.5)
+    source.sock.setblocking(False)
+    queued = 0
+    try:
+        while True:  # fill both socket queues
+            queued += source.sock.send(b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    finally:
+        source.sock.setblocking(True)
+    assert not source.wait_writable(0.05)
+    destination.read_exact(queued, timeout=10)
+    assert source.wait_writable(5)
+
+
+def test_wait_writable_is_true_on_a_pipe_and_after_close(short_tmp):
+    source, destination = pipe_pair()
+    with destination:
+        assert source.wait_writable(0.01)
+        source.close()
+    left, right = socket_pair("unix", short_tmp)
+    right.close()
+    left.close()
+    assert left.wait_writable(0.01)  # the send that follows reports the closed channel
 # -- listeners ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
