@@ -91,6 +91,8 @@ def format_info_migrate(info: dict[str, Any]) -> list[str]:
         lines += _ram_lines(info["ram"])
     if info.get("xbzrle-cache"):
         lines += _xbzrle_lines(info["xbzrle-cache"])
+    if info.get("compression"):
+        lines += _compression_lines(info["compression"])
     if "cpu-throttle-percentage" in info:
         lines.append(f"cpu throttle percentage: {int(info['cpu-throttle-percentage'])}")
     addresses = info.get("socket-address") or []
@@ -144,6 +146,17 @@ def _xbzrle_lines(cache: dict[str, Any]) -> list[str]:
             f"xbzrle cache miss rate: {float(cache.get('cache-miss-rate', 0) or 0):0.2f}",
             f"xbzrle encoding rate: {float(cache.get('encoding-rate', 0) or 0):0.2f}",
             f"xbzrle overflow: {n('overflow')}"]
+
+
+def _compression_lines(comp: dict[str, Any]) -> list[str]:
+    def n(key: str) -> int:
+        return int(comp.get(key, 0) or 0)
+
+    return [f"compression pages: {n('pages')} pages",
+            f"compression busy: {n('busy')}",
+            f"compression busy rate: {float(comp.get('busy-rate', 0) or 0):0.2f}",
+            f"compressed size: {n('compressed-size') // _KB} kbytes",
+            f"compression rate: {float(comp.get('compression-rate', 0) or 0):0.2f}"]
 
 
 def _socket_address(addr: dict[str, Any]) -> str:
