@@ -208,11 +208,12 @@ def _peer_main(role: str, options: dict) -> None:  # type: ignore[type-arg]
         from source.main import run as run_peer
     else:
         from destination.main import run as run_peer
+    from .control.errors import ControlError
     from .control.qmp_socket import QmpSocketError
 
     try:
         code = run_peer(opts)
-    except QmpSocketError as err:  # raised while starting, before anything ran
+    except (QmpSocketError, ControlError) as err:  # while starting: nothing ran yet
         raise _fail(2, f"harness {role}: {err}")
     raise typer.Exit(code)
 

@@ -441,3 +441,18 @@ def test_a_bad_control_address_is_a_clear_error(role):
     assert proc.returncode == 2, proc.stderr
     assert f"harness {role}: control address 'garbage': expected ipc://PATH" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("role", ["source", "destination"])
+def test_a_control_address_that_cannot_be_bound_is_a_clear_error(role):
+    with socket.socket() as taken:  # a port in use on loopback: the bind must fail
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "harness", role, "--control",
+                               f"tcp://127.0.0.1:{port}"], check=False, cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"harness {role}: cannot bind the control server to tcp://127.0.0.1:{port}" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr
