@@ -6,7 +6,8 @@ destination guest faults on most pages it touches while the rest is pushed in th
 background (at `max-postcopy-bandwidth`, unlimited by default).  The destination records,
 for every request, the time from sending it to placing the page; p50 and p99 are printed
 beside the p50 and p99 of a raw 24-byte -> 4 KiB request/response between two processes
-over the same kind of socket, measured in the same invocation.
+over the same kind of socket, measured in the same invocation.  Each figure's note also
+gives the source's share of it: the p50 from a request's arrival to the send of its page.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
         done = wait_status(dst, {"completed", "failed"}, timeout)
         if done["status"] != "completed":
             raise RuntimeError(f"postcopy failed: {done.get('error-desc')}")
-        return dict(done["x-postcopy"])
+        stats = dict(done["x-postcopy"])
+        source = src.execute("query-migrate").get("x-postcopy") or {}
+        stats["source"] = source.get("request-to-send-us") or {}
+        return stats
     finally:
         src.close()
         dst.close()
@@ -83,6 +87,9 @@ def run(size: int = 256 * MiB, rate: int = 64 * MiB,
                     raise RuntimeError(f"{kind}: the destination guest made no page requests")
                 label = "unlimited" if not push else f"{push // MiB}MiBps"
                 note = f"{lat['count']} requests, push {label}"
+                held = stats["source"]
+                if held:  # the source's share: from the request's arrival to its page's send
+                    note += f"; source arrival->send p50 {held['p50']:.0f} us"
                 name = f"postcopy.request-latency.{kind}.push-{label}"
                 what = f"raw 24 B -> 4 KiB round trip over {kind}, two processes"
                 figures.append(Figure.of(f"{name}.p50", lat["p50"], "us", base50,

@@ -75,6 +75,8 @@ def test_bench_postcopy_reports_p50_and_p99_per_transport(tmp_path):
         assert (p50["goal"], p99["goal"]) == (1.5, 3.0)
         assert p50["lower_is_better"] and p99["lower_is_better"]
         assert int(p50["note"].split()[0]) > 0  # the guest really faulted
+        held = float(p50["note"].split("source arrival->send p50 ")[1].split()[0])
+        assert 0 < held < p50["value"]  # the source's share is part of the whole
 
 
 def test_bench_zero_measures_speed_and_the_peers_memory(tmp_path):
