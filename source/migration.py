@@ -576,15 +576,18 @@ class OutgoingMigration(RateLimit):
             pages = ram.take_pages(block, start, length)
             if not pages.size:
                 return False
-            enc = self._encoder
-            opened = not self._in_part
+            enc, frame = self._encoder, self._request_frame
+            frame.clear()
+            opened = not self._in_part  # else the records go between two push batches
             if opened:
-                self._writer.write(enc.section_header(SectionType.SECTION_PART,
-                                                      self.ram_section_id))
-            self.postcopy.bytes += self._send_batch(ram, (ram.block(block), pages),
-                                                    self._request_frame)
+                frame.put(enc.section_header(SectionType.SECTION_PART, self.ram_section_id))
+            records = len(frame)
+            ram.encode(frame, ram.block(block), pages)
+            self.postcopy.bytes += len(frame) - records
             if opened:
-                self._writer.write(EOS + enc.footer(self.ram_section_id))
+                frame.put(EOS + enc.footer(self.ram_section_id))
+            with frame.view() as data:  # one send: each one wakes the destination
+                self._writer.write(data)
             ram.jump_to(block, int(pages[-1]) + 1)
         return True
 

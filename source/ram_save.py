@@ -31,6 +31,7 @@ from harness.protocol.ram_saver import PAGE, Out, RamSaver, zero_pages
 BATCH_PAGES = 1024  # 4 MiB of page data per send: fewer, larger sends cost less per byte
 ZERO_BATCH_FACTOR = 16  # a batch of zero pages may hold this many times more pages
 SCAN_WINDOW = 1 << 16  # pages looked at per flatnonzero
+_NO_PAGES = np.empty(0, dtype=np.intp)
 
 
 Holes = Callable[[str, int, int], "np.ndarray | None"]
@@ -256,7 +257,12 @@ class RamSave:
         """Queued pages of a page request (postcopy): the still-dirty ones, cleared."""
         block = self._by_name[block_name]
         first = start // PAGE
-        pages = np.arange(first, first + max(1, length // PAGE))
+        if length <= PAGE:  # one page (the usual request): plain indexing
+            if not block.bitmap[first]:
+                return _NO_PAGES
+            block.bitmap[first] = False
+            return np.array([first], dtype=np.intp)
+        pages = np.arange(first, first + length // PAGE)
         pages = pages[block.bitmap[pages]]
         block.bitmap[pages] = False
         return pages

@@ -68,6 +68,22 @@ def test_saver_runs_equal_page_by_page_records(zero_every):
     assert bytes(out.view()) == _reference(ram, list(range(600)))
 
 
+def test_single_requested_pages_equal_page_by_page_records():
+    """The one-page path (postcopy requests): block name first, then CONTINUE; zero pages
+    as ZERO records -- also a page whose first word only, or last byte only, is zero."""
+    ram = _mixed_ram(16)
+    pages = [0, 7, 9, 3, 3, 15, 1]
+    saver = RamSaver()
+    out = FrameBuffer(64)
+    counts = [saver.save_pages(out, "ram", ram, np.array([page])) for page in pages]
+    assert bytes(out.view()) == _reference(ram, pages)
+    assert counts[0] == (1, 0) and counts[1] == (0, 1) and counts[2] == (0, 1)
+    rams = RamSave({"ram": ram}, dict)
+    assert rams.take_pages("ram", 5 * PAGE, PAGE).tolist() == [5]
+    assert rams.take_pages("ram", 5 * PAGE, PAGE).size == 0  # taken: it went out already
+    assert rams.take_pages("ram", 4 * PAGE, 3 * PAGE).tolist() == [4, 6]
+
+
 def _send_all(ram_save: RamSave, limit: int = BATCH_PAGES) -> tuple[bytes, list[int]]:
     out = FrameBuffer()
     sizes = []
