@@ -90,9 +90,9 @@ def format_info_migrate(info: dict[str, Any]) -> list[str]:
     if info.get("ram"):
         lines += _ram_lines(info["ram"])
     if info.get("xbzrle-cache"):
-        lines += _xbzrle_lines(info["xbzrle-cache"])
+        lines += _stat_lines(info["xbzrle-cache"], _XBZRLE_LINES)
     if info.get("compression"):
-        lines += _compression_lines(info["compression"])
+        lines += _stat_lines(info["compression"], _COMPRESSION_LINES)
     if "cpu-throttle-percentage" in info:
         lines.append(f"cpu throttle percentage: {int(info['cpu-throttle-percentage'])}")
     addresses = info.get("socket-address") or []
@@ -135,28 +135,31 @@ def _ram_lines(ram: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _xbzrle_lines(cache: dict[str, Any]) -> list[str]:
-    def n(key: str) -> int:
-        return int(cache.get(key, 0) or 0)
-
-    return [f"cache size: {n('cache-size')} bytes",
-            f"xbzrle transferred: {n('bytes') // _KB} kbytes",
-            f"xbzrle pages: {n('pages')} pages",
-            f"xbzrle cache miss: {n('cache-miss')} pages",
-            f"xbzrle cache miss rate: {float(cache.get('cache-miss-rate', 0) or 0):0.2f}",
-            f"xbzrle encoding rate: {float(cache.get('encoding-rate', 0) or 0):0.2f}",
-            f"xbzrle overflow: {n('overflow')}"]
+def _kb(value: Any) -> int:
+    return int(value) // _KB
 
 
-def _compression_lines(comp: dict[str, Any]) -> list[str]:
-    def n(key: str) -> int:
-        return int(comp.get(key, 0) or 0)
+def _rate(value: Any) -> str:
+    return f"{float(value):0.2f}"
 
-    return [f"compression pages: {n('pages')} pages",
-            f"compression busy: {n('busy')}",
-            f"compression busy rate: {float(comp.get('busy-rate', 0) or 0):0.2f}",
-            f"compressed size: {n('compressed-size') // _KB} kbytes",
-            f"compression rate: {float(comp.get('compression-rate', 0) or 0):0.2f}"]
+
+#: (line, member, conversion) of hmp_info_migrate's xbzrle and compression blocks
+_XBZRLE_LINES = (("cache size: {} bytes", "cache-size", int),
+                 ("xbzrle transferred: {} kbytes", "bytes", _kb),
+                 ("xbzrle pages: {} pages", "pages", int),
+                 ("xbzrle cache miss: {} pages", "cache-miss", int),
+                 ("xbzrle cache miss rate: {}", "cache-miss-rate", _rate),
+                 ("xbzrle encoding rate: {}", "encoding-rate", _rate),
+                 ("xbzrle overflow: {}", "overflow", int))
+_COMPRESSION_LINES = (("compression pages: {} pages", "pages", int),
+                      ("compression busy: {}", "busy", int),
+                      ("compression busy rate: {}", "busy-rate", _rate),
+                      ("compressed size: {} kbytes", "compressed-size", _kb),
+                      ("compression rate: {}", "compression-rate", _rate))
+
+
+def _stat_lines(stats: dict[str, Any], rows: tuple[tuple[str, str, Any], ...]) -> list[str]:
+    return [line.format(convert(stats.get(key, 0) or 0)) for line, key, convert in rows]
 
 
 def _socket_address(addr: dict[str, Any]) -> str:
