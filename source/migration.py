@@ -609,10 +609,9 @@ class OutgoingMigration(RateLimit):
         self.mbps = self._writer.total * 8 / max(self.timing.total_time, 1e-9) / 1e6
         self.guest.runstate = "postmigrate"
 
-    def _send_batch(self, ram: RamSave, batch: tuple[Any, Any],
-                    frame: FrameBuffer | None = None) -> int:
+    def _send_batch(self, ram: RamSave, batch: tuple[Any, Any]) -> int:
         """Frame a batch of pages into a reused buffer and send it; bytes sent."""
-        frame = frame or self._frame
+        frame = self._frame
         frame.clear()
         ram.encode(frame, *batch)
         assert self._writer is not None
