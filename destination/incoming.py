@@ -12,7 +12,9 @@ guest takes the runstate the source stored (running -> it starts, unless autosta
 the status becomes completed and the return path gets SHUT(0).  Any error — a malformed
 stream, a source that vanishes, a deadline — makes the status failed with QEMU's words and
 the byte offset in `error-desc`, sends SHUT(1) when it can, and never starts the guest.
-Postcopy commands are handed to `postcopy`.
+Postcopy commands are handed to `postcopy`.  The guest's vCPU (its workload process) is
+started paused as the load begins -- with postcopy-ram at ADVISE, which gives it its
+fault fds -- so that the guest's start is a resume, not a process start in the downtime.
 
 Postcopy recovery (QEMU 7.2's `qemu_loadvm_state_main` -> `postcopy_pause_incoming`):
 once the guest runs here (PostcopyState RUNNING), any load error -- the source gone, a
@@ -268,6 +270,8 @@ class IncomingMigration:
         self.postcopy = PostcopyIncoming(self.guest, self.config.cap("postcopy-ram"),
                                          self._send_rp, decoder.loader,
                                          self._request_fd(channel))
+        if not self.config.cap("postcopy-ram"):  # else after ADVISE, with the fault fds
+            self.guest.prepare_start()  # the vCPU's process starts now, not in the downtime
         if self.record_dir is not None:
             rp = self.record_dir / "stream.rp.bin"
             self._record = ((self.record_dir / "stream.fwd.bin").open("wb"),

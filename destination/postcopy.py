@@ -111,6 +111,7 @@ class PostcopyIncoming:
                                       f"(s={cmd.target_page_size} d={PAGE})", offset=cmd.offset)
         # every page missing from here (ADVISE discards all RAM)
         self._relay_fd, _ = self.guest.enable_postcopy(self._request_fd)
+        self.guest.prepare_start()  # its process starts now, not in the downtime
         memory = self.guest.memory
         self._loader.present = {spec.name: memory.present[memory.page_slice(i)]
                                 for i, spec in enumerate(memory.blocks)}

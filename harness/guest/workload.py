@@ -505,8 +505,9 @@ class Workload:
     @classmethod
     def start(cls, memory: GuestMemory, spec: WorkloadSpec, *, content_seed: int = 0,
               timeout: float = 30.0, fault_fds: tuple[int, ...] | None = None,
-              compressible: bool = False) -> Workload:
-        """Spawn the workload on `memory` and wait until it runs.
+              compressible: bool = False, paused: bool = False) -> Workload:
+        """Spawn the workload on `memory` and wait until it runs -- or, `paused`, return
+        at once: it acknowledges PAUSED once ready, `resume` waits until it runs.
 
         `fault_fds` (request fd, wake pipe read end[, handoff socket]: faults.py) let
         it fault on missing pages while the control word POSTCOPY is set (a postcopy
@@ -516,13 +517,14 @@ class Workload:
         ctl = memory.control
         ctl[Ctl.MAGIC] = MAGIC
         ctl[Ctl.ACK_STATE] = Ack.STARTING
-        ctl[Ctl.REQ_STATE] = Req.RUN
+        ctl[Ctl.REQ_STATE] = Req.PAUSE if paused else Req.RUN
         ctl[Ctl.SYNC_ACK] = ctl[Ctl.SYNC_REQUEST]
         ctl[Ctl.PARENT_PID] = os.getpid()
         ctl[Ctl.COMPRESSIBLE] = int(compressible)
         try:
             self.process = _spawn(memory.descriptor, spec, content_seed, fault_fds)
-            self._await(Ack.RUNNING, timeout, "start")
+            if not paused:
+                self._await(Ack.RUNNING, timeout, "start")
         except BaseException:
             self.stop()
             raise

@@ -111,6 +111,37 @@ def test_pause_stops_every_write_and_resume_restarts():
         assert guest.workload.writes > writes and guest.runstate == "running"
 
 
+def test_a_prepared_workload_waits_paused_and_start_only_resumes_it():
+    """A destination starts its vCPU's process early (prepare_start), so the process start
+    is not in the downtime: until `start` it writes nothing, then the same process runs."""
+    with make_guest(50 * MiB) as guest:
+        guest.prepare_start()
+        workload = guest.workload
+        assert workload is not None and workload.alive and guest.runstate != "running"
+        deadline = time.monotonic() + 30
+        while workload.state is not Ack.PAUSED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert workload.state is Ack.PAUSED
+        time.sleep(0.1)
+        assert workload.writes == 0 and guest.memory.version.max() == 0
+        pid = workload.pid
+        guest.prepare_start()  # once it exists: nothing more
+        assert guest.workload is workload
+        guest.start()
+        assert guest.workload.pid == pid and workload.state is Ack.RUNNING
+        deadline = time.monotonic() + 10
+        while workload.writes == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert workload.writes > 0 and guest.runstate == "running"
+
+
+def test_a_guest_started_before_its_prepared_workload_is_ready_still_runs():
+    with make_guest(50 * MiB) as guest:
+        guest.prepare_start()
+        guest.start()  # at once: resume waits for the process to come up
+        assert guest.workload.state is Ack.RUNNING
+
+
 def test_throttle_slows_a_paced_workload():
     with make_guest(40 * MiB) as guest:
         guest.start()
