@@ -167,10 +167,10 @@ class PostcopyIncoming:
 
     # ------------------------------------------------------------------ pages
     def _placed(self, block: str, pages: np.ndarray) -> None:
-        """Pages were placed: if the guest waits for one of them, wake it now."""
+        """Pages were placed: if the guest waits for a page that is here now, wake it (a
+        scalar look, not a search of the run: this runs for every run the push places)."""
         waiting = self.guest.postcopy_stats_waiting()
-        local = waiting - self._starts[block]
-        if waiting >= 0 and bool((pages == local).any()):
+        if waiting >= 0 and self.guest.memory.present[waiting]:
             self.guest.page_placed(waiting)
 
     def missing_pages(self) -> int:

@@ -250,12 +250,14 @@ class Guest:
 
     def page_placed(self, page: int) -> bool:
         """The loader placed global page `page`: if the guest waits for it, note when and
-        wake it (the wake pipe).  True when it was waited for."""
+        wake it (the wake pipe) -- once per wait (the guest clears PLACED_NS as it starts
+        waiting).  True when it was waited for."""
         ctl = self.memory.control
         if int(ctl[Ctl.WAIT_PAGE]) != page or self._postcopy is None:
             return False
-        ctl[Ctl.PLACED_NS] = time.monotonic_ns()
-        os.write(self._postcopy.wake_w, b"!")
+        if not ctl[Ctl.PLACED_NS]:
+            ctl[Ctl.PLACED_NS] = time.monotonic_ns()
+            os.write(self._postcopy.wake_w, b"!")
         return True
 
     def arrival_digests(self) -> dict[str, np.ndarray]:
