@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 S = MigrationStatus
 
 MAX_WAIT = 0.05  # ram.c: MAX_WAIT, the longest an iteration may run
-URGENT_YIELD = 0.0001  # s: how long the postcopy push steps aside for a requested page
+REQUEST_YIELD = 0.0001  # s: how long the postcopy push steps aside for a requested page
 RETURN_PATH_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 
@@ -143,6 +143,7 @@ class OutgoingMigration(RateLimit):
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()  # set by cancel: every wait ends
         self._urgent = threading.Event()  # set by a page request (or cancel)
+        self._serving = threading.Event()  # a requested page wants the stream: push yields
         self._channel: Channel | None = None
         self.record_dir: Path | None = None  # save the return path (stream.rp.bin)
         self._resume = threading.Condition()  # postcopy_pause_sem: `migrate resume`, cancel
@@ -159,7 +160,6 @@ class OutgoingMigration(RateLimit):
         self._frame = FrameBuffer()
         self._request_frame = FrameBuffer(64 << 10)
         self._wlock = threading.Lock()  # postcopy: the stream, last block, bitmap
-        self._urgent = threading.Event()  # a requested page waits for the lock: push yields
         self._in_part = False  # a PART of the push is open (requests may go inside it)
         self._stream_ended = False
         self._rp: ReturnPathReader | None = None
@@ -549,11 +549,11 @@ class OutgoingMigration(RateLimit):
         just released is otherwise taken again by the same thread before a waiter wakes),
         and wait until the socket takes more, so the lock is never held in a blocked send
         while a request waits for it."""
-        if self._urgent.is_set():
-            time.sleep(URGENT_YIELD)
+        if self._serving.is_set():
+            time.sleep(REQUEST_YIELD)
             return False
         assert self._channel is not None
-        return self._channel.wait_writable(URGENT_YIELD * 10)
+        return self._channel.wait_writable(REQUEST_YIELD * 10)
 
     def _serve_request(self, block: str, start: int, length: int) -> bool:
         """From the return-path thread: send a requested page now (QEMU's preempt path
@@ -562,11 +562,11 @@ class OutgoingMigration(RateLimit):
         had already gone out."""
         ram = self.ram
         assert ram is not None and self._writer is not None and self.postcopy is not None
-        self._urgent.set()
+        self._serving.set()
         try:
             return self._send_requested(ram, block, start, length)
         finally:
-            self._urgent.clear()
+            self._serving.clear()
 
     def _send_requested(self, ram: RamSave, block: str, start: int, length: int) -> bool:
         assert self._writer is not None and self.postcopy is not None
