@@ -142,7 +142,7 @@ class OutgoingMigration(RateLimit):
         self.state.on_change(self._status_changed)
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()  # set by cancel: every wait ends
-        self._urgent = threading.Event()  # set by a page request (or cancel)
+        self._urgent = threading.Event()  # ends the rate-limit wait early: cancel, RP end
         self._serving = threading.Event()  # a requested page wants the stream: push yields
         self._channel: Channel | None = None
         self.record_dir: Path | None = None  # save the return path (stream.rp.bin)
@@ -406,7 +406,7 @@ class OutgoingMigration(RateLimit):
         out += enc.configuration(self.guest.machine, self._validated_caps(), self._uuid())
         postcopy = self.config.cap("postcopy-ram")
         if postcopy:
-            self.postcopy = PostcopySource(ram, self._urgent)
+            self.postcopy = PostcopySource(ram)
         if self.config.cap("return-path") or postcopy:
             self._start_return_path(channel, record=True)
             out += enc.command(OpenReturnPath()) + enc.command(Ping(1))

@@ -65,9 +65,8 @@ class PageRequest:
 class PostcopySource:
     """Postcopy state of one outgoing migration."""
 
-    def __init__(self, ram: RamSave, wake: threading.Event) -> None:
+    def __init__(self, ram: RamSave) -> None:
         self.ram = ram
-        self._wake = wake
         self._queue: deque[PageRequest] = deque()  # requests before pages can go out
         self._lock = threading.Lock()
         self._serve: Callable[[str, int, int], bool] | None = None

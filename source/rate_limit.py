@@ -84,5 +84,5 @@ class RateLimit:
             return
         left = self._window_start + BUFFER_DELAY - time.monotonic()
         if left > 0:
-            self._urgent.wait(left)  # a page request (or cancel) ends the wait early
+            self._urgent.wait(left)  # cancel (or the return path's end) ends the wait early
             self._urgent.clear()

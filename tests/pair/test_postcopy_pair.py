@@ -168,11 +168,9 @@ def test_a_source_vanishing_in_postcopy_pauses_the_destination_and_its_guest_run
 
 
 def _source(guests) -> PostcopySource:
-    import threading
-
     src = guests(_spec(size=SIZE), source=True)
     ram = RamSave(src.ram, src.harvest_dirty)
-    return PostcopySource(ram, threading.Event())
+    return PostcopySource(ram)
 
 
 @pytest.mark.parametrize("messages,error", [
