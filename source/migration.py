@@ -53,17 +53,16 @@ from harness.protocol.ram_saver import EOS, PAGE, FrameBuffer
 from harness.protocol.return_path import ResumeAck, RpMessage
 
 from .convergence import Convergence
-from .postcopy import POSTCOPY_BATCH, PostcopySource
+from .postcopy import PostcopySource
+from .postcopy_push import PostcopyPush
 from .ram_save import BATCH_PAGES, RamSave
-from .rate_limit import RateLimit
+from .rate_limit import MAX_WAIT, RateLimit
 from .recovery import RecoveryInbox, resume_handshake, resume_prepare
 from .return_path import ReturnPathError, ReturnPathReader
 
 log = logging.getLogger(__name__)
 S = MigrationStatus
 
-MAX_WAIT = 0.05  # ram.c: MAX_WAIT, the longest an iteration may run
-REQUEST_YIELD = 0.0001  # s: how long the postcopy push steps aside for a requested page
 RETURN_PATH_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 
@@ -129,7 +128,7 @@ class _Writer:
             self.total += len(data)
 
 
-class OutgoingMigration(RateLimit):
+class OutgoingMigration(RateLimit, PostcopyPush):
     """The source side of one peer: status, statistics and the migration thread."""
 
     def __init__(self, guest: GuestLike, config: MigrationConfig, connect: Connector,
@@ -516,80 +515,6 @@ class OutgoingMigration(RateLimit):
         self.postcopy.serve_with(self._serve_request)  # requests go out from now on
         self._window_start = time.monotonic()
         self._window_bytes = self._writer.total
-
-    def _postcopy_iterate(self, ram: RamSave) -> None:
-        """A postcopy PART of the background push (requested pages go out meanwhile from
-        the return-path thread, between these batches, under the same lock)."""
-        assert self._writer is not None
-        enc = self._encoder
-        with self._wlock:
-            self._writer.write(enc.section_header(SectionType.SECTION_PART,
-                                                  self.ram_section_id))
-            self._in_part = True
-        started = time.monotonic()
-        try:
-            while not self._wake.is_set() and time.monotonic() - started <= MAX_WAIT:
-                if not self._push_may_send():
-                    continue
-                with self._wlock:
-                    if self._rate_limited():
-                        break
-                    batch = ram.next_batch(self._budget_pages(POSTCOPY_BATCH))
-                    if batch is None:
-                        break
-                    assert self.postcopy is not None
-                    self.postcopy.bytes += self._send_batch(ram, batch)
-        finally:
-            with self._wlock:
-                self._in_part = False
-                self._writer.write(EOS + enc.footer(self.ram_section_id))
-
-    def _push_may_send(self) -> bool:
-        """Before a push batch, outside the lock: let a requested page go first (a lock
-        just released is otherwise taken again by the same thread before a waiter wakes),
-        and wait until the socket takes more, so the lock is never held in a blocked send
-        while a request waits for it."""
-        if self._serving.is_set():
-            time.sleep(REQUEST_YIELD)
-            return False
-        assert self._channel is not None
-        return self._channel.wait_writable(REQUEST_YIELD * 10)
-
-    def _serve_request(self, block: str, start: int, length: int) -> bool:
-        """From the return-path thread: send a requested page now (QEMU's preempt path
-        does the same on its own channel).  Inside the push's open PART the records just
-        go between two batches; otherwise in a PART of their own.  False when the page
-        had already gone out."""
-        ram = self.ram
-        assert ram is not None and self._writer is not None and self.postcopy is not None
-        self._serving.set()
-        try:
-            return self._send_requested(ram, block, start, length)
-        finally:
-            self._serving.clear()
-
-    def _send_requested(self, ram: RamSave, block: str, start: int, length: int) -> bool:
-        assert self._writer is not None and self.postcopy is not None
-        with self._wlock:
-            if self._stream_ended:
-                return False
-            pages = ram.take_pages(block, start, length)
-            if not pages.size:
-                return False
-            enc, frame = self._encoder, self._request_frame
-            frame.clear()
-            opened = not self._in_part  # else the records go between two push batches
-            if opened:
-                frame.put(enc.section_header(SectionType.SECTION_PART, self.ram_section_id))
-            records = len(frame)
-            ram.encode(frame, ram.block(block), pages)
-            self.postcopy.bytes += len(frame) - records
-            if opened:
-                frame.put(EOS + enc.footer(self.ram_section_id))
-            with frame.view() as data:  # one send: each one wakes the destination
-                self._writer.write(data)
-            ram.jump_to(block, int(pages[-1]) + 1)
-        return True
 
     def _completion_postcopy(self, ram: RamSave) -> None:
         """migration_completion in postcopy: END (nothing left), EOF, then wait for SHUT."""

@@ -13,7 +13,7 @@ latency a handover to the migration thread would add is what QEMU's postcopy-pre
 removes too.  The push then continues from just after the requested page; it alone obeys
 `max-postcopy-bandwidth`, in small batches so that a request never waits behind much: it
 steps aside while a request waits for the lock, and waits for the socket to take more
-outside the lock, never blocked in a send inside it (migration.py: `_push_may_send`).
+outside the lock, never blocked in a send inside it (postcopy_push.py).
 Requests that arrive before pages can go out are queued (QEMU's `src_page_requests`) and
 answered at the switch.  For every request the time from its arrival to the send of its
 page is kept.  While postcopy is paused (and until the recovery handshake is over)

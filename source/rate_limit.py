@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 S = MigrationStatus
 BUFFER_DELAY = 0.1  # migration.c: BUFFER_DELAY, the rate-limit window
+MAX_WAIT = 0.05  # ram.c: MAX_WAIT, the longest an iteration may run
 XFER_LIMIT_RATIO = 10  # windows per second
 
 
