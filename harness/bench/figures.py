@@ -20,6 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _digits(x: float) -> float:
+    """Six significant digits: a small figure (a few MB in GB) keeps its precision, so
+    value / baseline still gives the ratio."""
+    return float(f"{x:.6g}")
+
+
 @dataclass
 class Figure:
     name: str
@@ -38,8 +44,8 @@ class Figure:
            goal: float | None = None, note: str = "", lower_is_better: bool = False,
            baseline_name: str = "", goal_of: str = "ratio") -> Figure:
         ratio = value / baseline if baseline else None
-        return cls(name, round(value, 4), unit, None if baseline is None else round(baseline, 4),
-                   None if ratio is None else round(ratio, 4), goal, note, lower_is_better,
+        return cls(name, _digits(value), unit, None if baseline is None else _digits(baseline),
+                   None if ratio is None else _digits(ratio), goal, note, lower_is_better,
                    baseline_name, goal_of)
 
     @property
