@@ -161,7 +161,7 @@ seed: 4
 timeout: 60s
 guest: {memory: 32MiB, fill: 0.5, workload: {dirty-rate: 64MiB/s, pattern: hotset, hotset: 8MiB}}
 capabilities: {postcopy-ram: true}
-parameters: {max-bandwidth: 16MiB}
+parameters: {max-bandwidth: 16MiB, max-postcopy-bandwidth: 4MiB}
 steps:
   - on: {pass: 2}
     do: migrate-start-postcopy
