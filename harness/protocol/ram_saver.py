@@ -202,11 +202,9 @@ class RamSaver:
         addr = page * PAGE
         data = mem[addr:addr + PAGE].tobytes()
         if data == _ZERO_PAGE:
-            self._header(out, block, addr, RamFlag.ZERO)
-            _put(out, b"\0")
+            self.save_zero_page(out, block, addr)
             return 1, 0
-        self._header(out, block, addr, RamFlag.PAGE)
-        _put(out, data)
+        self.save_page(out, block, addr, data)
         return 0, 1
 
     def _save_one(self, out: Out, block: str, view: memoryview, page: int,
