@@ -339,12 +339,11 @@ class SocketChannel(Channel):
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, LATENCY_UNSENT)
 
     def wait_writable(self, timeout: float) -> bool:
-        ready = select.poll()
-        try:
-            ready.register(self._sock.fileno(), select.POLLOUT)
-        except ValueError:  # closed under us: let the send say so
+        fd = self._sock.fileno()
+        if fd < 0:  # closed under us: let the send say so
             return True
-        return bool(ready.poll(max(0, int(timeout * 1000))))
+        # woken (shut down) counts as writable too: the send then reports why
+        return wait_fd(fd, select.POLLOUT, self._waker, Deadline(timeout)) is not Wait.EXPIRED
 
     def _read_once(self, view: memoryview, deadline: Deadline | None) -> int:
         if deadline is None:
