@@ -153,31 +153,32 @@ class Guest:
         of a migration's downtime.  A no-op without a workload, once it exists, or once the
         guest is closed; after it, `enable_postcopy` is refused (the faults' fds are given
         at spawn).  Best effort: if the spawn fails, `start` spawns it and reports."""
-        spec = self.spec.workload
-        if spec is None or self.workload is not None or self._closed:
+        if self.spec.workload is None or self.workload is not None or self._closed:
             return
-        faults = self._postcopy.for_workload() if self._postcopy else None
         with contextlib.suppress(OSError):
-            self.workload = Workload.start(self.memory, spec, content_seed=self.spec.seed,
-                                           compressible=self.spec.compressible,
-                                           fault_fds=faults, paused=True)
+            self.workload = self._spawn_workload(paused=True)
 
     def start(self, timeout: float = 30.0) -> None:
         """Run the vCPU (QEMU's vm_start): start or resume the workload, if any."""
         self._check_open()
-        spec = self.spec.workload
-        if spec is not None:
+        if self.spec.workload is not None:
             if self.workload is None:
-                faults = self._postcopy.for_workload() if self._postcopy else None
-                self.workload = Workload.start(self.memory, spec, content_seed=self.spec.seed,
-                                               compressible=self.spec.compressible,
-                                               timeout=timeout, fault_fds=faults)
+                self.workload = self._spawn_workload(timeout=timeout)
             else:
                 self.workload.resume(timeout)
         self.stored_runstate = None
         self._set_runstate("running")
 
     cont = start
+
+    def _spawn_workload(self, *, paused: bool = False, timeout: float = 30.0) -> Workload:
+        """The workload's process on this guest's memory, with the fault fds once postcopy
+        is enabled."""
+        assert self.spec.workload is not None
+        faults = self._postcopy.for_workload() if self._postcopy else None
+        return Workload.start(self.memory, self.spec.workload, content_seed=self.spec.seed,
+                              compressible=self.spec.compressible, timeout=timeout,
+                              fault_fds=faults, paused=paused)
 
     def stop(self, runstate: str = "paused", timeout: float = 10.0) -> None:
         """Stop the vCPU (QEMU's vm_stop): returns once no guest write is in flight."""
