@@ -10,6 +10,12 @@ raise `FieldError`s whose issues carry their own relative paths, appended here.
 The YAML dialect is YAML 1.1 as PyYAML reads it, except that only true/false are booleans:
 `on:` (a step's trigger key) and `yes/no/on/off` stay strings (pydantic still reads
 `postcopy-ram: on` as true where a boolean is expected).
+
+A scenario file is input from anyone, so it is bounded before anything expands it: at most
+`MAX_FILE_BYTES` are read, the composer refuses nesting deeper than `MAX_DEPTH` (PyYAML
+composes recursively), and the node tree, with every alias counted at the size of what it
+stands for, may hold at most `MAX_NODES` nodes (aliases and `<<:` merges share nodes in the
+tree but are copied out by construction and by pydantic: "billion laughs").
 """
 
 from __future__ import annotations
@@ -30,10 +36,29 @@ from .model import Scenario
 
 BOOL_TAG = "tag:yaml.org,2002:bool"
 MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_FILE_BYTES = 1 << 20  # the largest shipped scenario is ~3 KiB
+MAX_DEPTH = 32  # nesting levels, aliases expanded (a shipped scenario nests ~6 deep)
+MAX_NODES = 10_000  # nodes with aliases expanded (a shipped scenario has at most ~110)
+
+
+class _Bound(yaml.MarkedYAMLError):
+    """A bound of a scenario file exceeded: reported without the "invalid YAML" prefix."""
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader whose booleans are only true/false (so `on:` stays a key named "on")."""
+    """SafeLoader whose booleans are only true/false (so `on:` stays a key named "on"),
+    refusing nesting deeper than MAX_DEPTH while it composes."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Bound(problem=_too_deep(), problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -129,7 +154,13 @@ def _expand(paths: Iterable[str | Path]) -> Iterator[Path | Problem]:
 
 def _read(path: str | Path) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as fh:  # not stat: /dev/zero or a FIFO has no size
+            data = fh.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            reason = (f"larger than {MAX_FILE_BYTES // 1024} KiB, the bound for a scenario file "
+                      "(is it a scenario file?)")
+        else:
+            return data.decode("utf-8")
     except FileNotFoundError:
         reason = "no such file"
     except IsADirectoryError:
@@ -145,9 +176,15 @@ def _read(path: str | Path) -> str:
 
 
 def _compose(text: str, file: str) -> yaml.Node:
+    if len(text) > MAX_FILE_BYTES:
+        raise ScenarioError([Problem(file, None, None, None, f"larger than "
+                                     f"{MAX_FILE_BYTES // 1024} KiB, the bound for a scenario "
+                                     "file")])
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
+        if root is not None:
+            _expanded_size(root)
     except yaml.MarkedYAMLError as err:
         raise ScenarioError([_yaml_problem(err, file)]) from None
     finally:
@@ -176,8 +213,53 @@ def _construct(root: yaml.Node, file: str) -> Any:
         loader.dispose()
 
 
+def _too_deep() -> str:
+    return f"nested deeper than {MAX_DEPTH} levels, the bound for a scenario file"
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes in the tree with every alias expanded (each shared node is measured once);
+    raises `_Bound` past MAX_NODES or MAX_DEPTH (at the first node found too big or too
+    deep), or when an alias refers to a node that contains it."""
+    measured: dict[int, tuple[int, int]] = {}  # id -> (expanded size, height)
+    open_: set[int] = set()
+
+    def visit(node: yaml.Node, level: int) -> tuple[int, int]:
+        known = measured.get(id(node))
+        if known is None:
+            if id(node) in open_:
+                raise _Bound(problem="an alias refers to a node that contains it (a loop)",
+                             problem_mark=node.start_mark)
+            if level > MAX_DEPTH:
+                raise _Bound(problem=_too_deep(), problem_mark=node.start_mark)
+            open_.add(id(node))
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [item for pair in node.value for item in pair]
+            size, height = 1, 1
+            for child in children:
+                child_size, child_height = visit(child, level + 1)
+                if level + child_height > MAX_DEPTH:  # an alias to a deep node: point here
+                    raise _Bound(problem=_too_deep(), problem_mark=node.start_mark)
+                size, height = size + child_size, max(height, child_height + 1)
+            open_.discard(id(node))
+            known = measured[id(node)] = (size, height)
+            if size > MAX_NODES:
+                raise _Bound(problem=f"more than {MAX_NODES} values once its aliases are "
+                             "expanded, the bound for a scenario file",
+                             problem_mark=node.start_mark)
+        return known
+
+    return visit(root, 1)[0]
+
+
 def _yaml_problem(err: yaml.MarkedYAMLError, file: str) -> Problem:
     mark = err.problem_mark or err.context_mark
+    if isinstance(err, _Bound):
+        return Problem(file, mark.line + 1 if mark else None,
+                       mark.column + 1 if mark else None, None, str(err.problem))
     reason = err.problem or "invalid YAML"
     if err.context:
         started = f" at line {err.context_mark.line + 1}" if err.context_mark else ""

@@ -108,6 +108,18 @@ def _idstr(value: str) -> str:
     return value
 
 
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def _scenario_name(value: str) -> str:
+    """A scenario's name names its work directory and report entries: one path component."""
+    if not _NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{value!r} is not a scenario name (1 to 100 letters, digits, '.', "
+                         "'_' or '-', not starting with '.' and without '..'; a file whose "
+                         "stem is not one needs name:)")
+    return value
+
+
 PageSize = Annotated[Size, AfterValidator(_whole_pages)]
 
 # --- guest ------------------------------------------------------------------------------
@@ -309,7 +321,7 @@ class Expect(ScenarioModel):
 class Scenario(ScenarioModel):
     """One scenario file. `source_file` is where it was loaded from (None if built in code)."""
 
-    name: Text
+    name: Annotated[Text, AfterValidator(_scenario_name)]
     description: str = ""
     seed: Annotated[StrictInt, AfterValidator(
         in_range(0, 2**64 - 1, "an integer from 0 to 2**64 - 1"))] = 0
