@@ -73,6 +73,10 @@ class ScenarioItem(pytest.Item):
             env={**os.environ, "HARNESS_WORKDIR": str(work / "runs")})
         if proc.returncode != 0:
             raise ScenarioFailed(proc.returncode, proc.stdout + proc.stderr, report)
+        missing = faults_not_reported(self.scenario, json.loads(report.read_text()))
+        if missing:
+            raise ScenarioFailed(0, "passed, but these faults are not in the report's "
+                                 f"faults: {', '.join(missing)}\n" + proc.stdout, report)
 
     def _skip_without_what_it_needs(self) -> None:
         from harness.qemu import find_qemu, userfaultfd_available
@@ -98,6 +102,16 @@ class ScenarioItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"scenario {self.scenario.name}"
+
+
+def faults_not_reported(scenario: Any, report: dict[str, Any]) -> list[str]:
+    """The scenario's fault steps that must fire and have no record in the report's
+    `faults` (a verdict that never saw its fault is vacuous)."""
+    [result] = report["scenarios"]
+    reported = {f["step"] for f in result.get("faults", [])}
+    return [f"{label} ({step.fault.kind})" for label, step in
+            ((step.name or f"steps[{i}]", step) for i, step in enumerate(scenario.steps))
+            if step.fault is not None and step.must_fire and label not in reported]
 
 
 class ScenarioFailed(Exception):

@@ -15,12 +15,13 @@ from .one_runner import OneRunner
 from .postcopy import PostcopyRequests
 from .runs_on import GuestRunsOn
 from .statuses import ExpectedStatus
+from .steps_fired import StepsFired
 from .transitions import LegalTransitions
 
 ALL: tuple[Invariant, ...] = (
     ExpectedStatus("source"), ExpectedStatus("destination"), LegalTransitions(),
     MemoryIdentical(), SourceIntact(), GuestRunsOn(), OneRunner(), PostcopyRequests(),
-    NoLeftovers(),
+    NoLeftovers(), StepsFired(),
 )
 
 

@@ -38,6 +38,8 @@ class Evidence:
     frozen: set[str] = field(default_factory=set)  # peers stopped (SIGSTOP) at the end
     proxy: dict | None = None  # the proxy's final query-proxy, when there was one
     leftovers: list[str] = field(default_factory=list)  # processes alive after the run
+    #: every step of the scenario and whether it fired (harness/runner/steps.py: report)
+    steps: list[dict] = field(default_factory=list)
 
     def fault_kinds(self) -> set[str]:
         return {f.kind for f in self.faults}

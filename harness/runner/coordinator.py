@@ -137,6 +137,8 @@ class Coordinator:
             self.result.reason += f"; processes left behind: {', '.join(left)}"
         self._blame_dead_agents()
         self.result.samples, self.result.passes = self.sampler.samples, self.sampler.passes()
+        if self.steps is not None:
+            self.result.steps = self.steps.report()
         self.result.duration = time.monotonic() - self.t0
         self.note("runner", "verdict", {"verdict": self.result.verdict,
                                         "reason": self.result.reason})
@@ -155,6 +157,8 @@ class Coordinator:
     def record_fault(self, step: str, kind: str, target: str, detail: dict[str, Any]) -> None:
         self.result.faults.append(FaultRecord(step, kind, target, self.elapsed(), detail))
         self.note("runner", "fault", {"step": step, "kind": kind, "target": target, **detail})
+        if self.steps is not None:
+            self.steps.fault_acted(step, detail)
 
     # ------------------------------------------------------------------ start
     def _guest_json(self) -> dict[str, Any]:
@@ -469,6 +473,7 @@ class Coordinator:
             self.result.faults.append(FaultRecord(label, str(data.get("kind")),
                                                   f"proxy {data.get('channel', 'main')}",
                                                   self.elapsed(), dict(data)))
+            self.steps.fault_acted(label, {})
 
     # ------------------------------------------------------------------ timers, faults
     def after(self, delay: float, action: Callable[[], None]) -> None:
@@ -555,6 +560,8 @@ class Coordinator:
         evidence = Evidence(_expectations(self.sc), source, destination)
         evidence.timeline = self.result.timeline
         evidence.faults = self.result.faults
+        assert self.steps is not None
+        evidence.steps = self.steps.report()
         evidence.frozen = set(self.frozen)
         self._memory_evidence(evidence)
         if self.proxy is not None and self.proxy.alive():

@@ -104,6 +104,8 @@ class ScenarioResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     #: per pass: t, duration, transferred, bandwidth, dirtied, dirty-rate (runner/samples.py)
     passes: list[dict[str, Any]] = field(default_factory=list)
+    #: every step: step, on, does, fired, t or why-not (runner/steps.py: report)
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -119,6 +121,7 @@ class ScenarioResult:
             "invariants": [i.to_json() for i in self.invariants],
             "duration": round(self.duration, 3),
             "faults": [f.to_json() for f in self.faults],
+            "steps": self.steps,
             "timeline": [t.to_json() for t in self.timeline],
             "workdir": self.workdir,
             "events": self.events_log,

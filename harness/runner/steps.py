@@ -14,6 +14,12 @@ while the runner carries out the step's action or process fault (then releases i
 `pass: N`, each entry into the status...) from (seed, step, occurrence) alone, so the same
 seed takes the same decisions whatever the timing: that is what `--seed` replays.  Steps
 the runner cannot carry out are refused before anything starts, never skipped.
+
+A trigger that held is not yet a step that fired: an action fires when it is carried
+out, a process or link fault when it hit its target, a network fault when the proxy
+reports (FAULT) that it acted on the stream -- a drop armed after the last PONG went by
+never fires.  `report()` lists every step with whether it fired; the `steps-fired`
+invariant fails a run where a step that must fire did not (harness.invariants).
 """
 
 from __future__ import annotations
@@ -50,8 +56,17 @@ def draw(seed: int, index: int, occurrence: int, probability: float) -> bool:
 
 
 def describe_trigger(trigger: Any) -> str:
+    """The trigger as the scenario file says it, in YAML's flow style (no Python repr)."""
     data = trigger.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-    return ", ".join(f"{k}: {v}" for k, v in data.items())
+    return ", ".join(f"{k}: {_flow(v)}" for k, v in data.items())
+
+
+def _flow(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return str(value)
 
 
 def wire_trigger(trigger: Any) -> dict[str, Any]:
@@ -74,6 +89,8 @@ class StepState:
     armed: bool = False  # a wire step handed to the proxy
     occurrences: int = 0  # occurrences of its trigger seen so far (for probability)
     fired_epoch: float | None = None  # when it fired, by the clock peers stamp events with
+    acted_at: float | None = None  # when its effect took place (seconds since `migrate`)
+    missed: str | None = None  # why its trigger held but its effect did not take place
 
     @property
     def label(self) -> str:
@@ -222,6 +239,20 @@ class StepRunner:
         state.fired_at = self.c.elapsed()
         state.fired_epoch = at
         carry_out(self.c, state, wire)
+        if state.step.do is not None:  # an action fires when it is carried out
+            state.acted_at = state.fired_at
+
+    def fault_acted(self, label: str, detail: dict[str, Any]) -> None:
+        """A fault record of the step `label`: it fired, unless the record says it was
+        skipped or could not be applied."""
+        state = next((st for st in self.states if st.label == label), None)
+        if state is None or state.acted_at is not None:
+            return
+        why = detail.get("skipped") or detail.get("error")
+        if why:
+            state.missed = str(why)
+        else:
+            state.acted_at = self.c.elapsed()
 
     # ------------------------------------------------------------------ the end
     def waiting(self) -> list[str]:
@@ -235,8 +266,53 @@ class StepRunner:
                 out.append(f"{state.label!r} ({wait})")
         return out
 
+    def report(self) -> list[dict[str, Any]]:
+        """Every step: what it waits for, what it does, whether (and when) it fired."""
+        return [_step_report(state, self._after_done(state)) for state in self.states]
+
+    def not_fired(self) -> list[dict[str, Any]]:
+        """The steps that must fire (not optional, no probability) and did not."""
+        return [r for r in self.report() if not r["fired"] and r["must-fire"]]
+
     def may_still_fire(self) -> bool:
         """Whether a step could fire with nothing else moving: a time trigger to come."""
         return any(state.fired_at is None and self._after_done(state)
                    and isinstance(state.step.on, model.TimeTrigger)
                    for state in self.states)
+
+
+def describe_effect(step: Any) -> str:
+    """`do: migrate-cancel` / `fault: net.drop PONG on return-path` in a few words."""
+    if step.do is not None:
+        return f"do: {step.do.command}"
+    fault = step.fault
+    text = f"fault: {fault.kind}"
+    for key in ("message", "frame", "target", "channel", "host"):
+        value = getattr(fault, key, None)
+        if value:
+            text += f" {key} {value}"
+    return text
+
+
+def _step_report(state: StepState, after_done: bool) -> dict[str, Any]:
+    step = state.step
+    out: dict[str, Any] = {
+        "step": state.label, "on": describe_trigger(step.on), "does": describe_effect(step),
+        "fired": state.acted_at is not None, "must-fire": step.must_fire,
+    }
+    if step.after:
+        out["after"] = step.after
+    if state.acted_at is not None:
+        out["t"] = round(state.acted_at, 6)
+    elif state.missed:
+        out["why-not"] = state.missed
+    elif state.fired_at is not None:
+        out["why-not"] = (f"its trigger held at {state.fired_at:.3f} s but the fault "
+                          "never acted on anything")
+    elif state.armed:
+        out["why-not"] = "armed in the proxy; the wire never showed its trigger"
+    elif not after_done:
+        out["why-not"] = f"the step it comes after ({step.after}) never fired"
+    else:
+        out["why-not"] = "its trigger never held"
+    return out

@@ -427,13 +427,22 @@ Fault = Annotated[
 
 
 class Step(ScenarioModel):
-    """`{name?, on: TRIGGER, after?: STEP-NAME, do: ACTION | fault: FAULT}`."""
+    """`{name?, on: TRIGGER, after?: STEP-NAME, do: ACTION | fault: FAULT, optional?}`.
+
+    A step must fire (its action carried out, its fault applied) or the scenario fails:
+    a scenario whose fault never acted has not tested what it says.  `optional: true`
+    (or a trigger `probability` below 1) lets it not fire; the report still says so."""
 
     name: Text | None = None
     on: Trigger
     after: Text | None = None
     do: Action | None = None
     fault: Fault | None = None
+    optional: bool = False
+
+    @property
+    def must_fire(self) -> bool:
+        return not self.optional and self.on.probability >= 1.0
 
     @model_validator(mode="after")
     def _one_effect(self) -> Step:

@@ -58,6 +58,7 @@ def test_shipped_scenario_facts(name, tmp_path):
     assert code == 0, output
     [sc] = report["scenarios"]
     assert sc["verdict"] == "pass", sc["reason"]
+    assert [s["step"] for s in sc["steps"] if s["must-fire"] and not s["fired"]] == []
     assert all(i["ok"] for i in sc["invariants"]) and sc["invariants"]
     for inv in sc["invariants"]:  # a single scenario's summary lists what was checked
         assert f"ok     {inv['name']}: " in output
