@@ -100,7 +100,14 @@ def run(
         "--html", metavar="FILE", help="Write a self-contained HTML report with plots.")
                          ] = None,
 ) -> None:
-    """Run scenarios: exit 0 when all met their `expect`, 1 when any did not, 2 on bad input."""
+    """Run scenarios (files, or directories: every scenario in them).
+
+    Exit status:
+    0: every scenario met its `expect`;
+    1: a scenario failed (the migration did not do what it should);
+    2: bad input (a scenario file, an option);
+    3: none failed, but one could not be carried out (verdict `error`: a peer, agent or
+    QEMU missing, the environment failing, the run interrupted)."""
     from .runner.run import run_files
     from .scenario import ScenarioError
 
@@ -113,7 +120,15 @@ def run(
                             record=record, repeat=repeat, html_path=html_path)
     except ScenarioError as err:
         raise _fail(2, f"harness run: {err}")
-    raise typer.Exit(0 if all(r.verdict == "pass" for r in results) else 1)
+    raise typer.Exit(run_exit_code([r.verdict for r in results]))
+
+
+def run_exit_code(verdicts: list[str]) -> int:
+    """`harness run`'s exit status: 1 when any scenario failed, else 3 when any could not be
+    carried out (`error`), else 0."""
+    if "fail" in verdicts:
+        return 1
+    return 3 if "error" in verdicts else 0
 
 
 @app.command()

@@ -30,7 +30,7 @@ def test_a_missed_deadline_names_statuses_waiting_steps_and_holds_stacks(tmp_pat
     scenario = tmp_path / "stuck.yaml"
     scenario.write_text(STUCK)
     code, report, output = run(scenario, tmp=tmp_path)
-    assert code == 1, output
+    assert code == 3, output  # `error`: the run could not be carried out
     [sc] = report["scenarios"]
     assert sc["verdict"] == "error"
     assert sc["reason"].startswith("timeout: the scenario did not finish within 4 s (source "
