@@ -219,6 +219,8 @@ class _Faults:
             while not mem.present[page]:
                 if int(ctl[Ctl.REQ_STATE]) != Req.RUN or not int(ctl[Ctl.POSTCOPY]):
                     return bool(mem.present[page]) or not int(ctl[Ctl.POSTCOPY])
+                if os.getppid() != int(ctl[Ctl.PARENT_PID]):
+                    return False  # its owner died: the loop sees it and exits
                 if self.unsent and int(ctl[Ctl.REQUEST_FD_GEN]) != self.fd_gen:
                     self._request(page)  # the socket it died on was replaced: ask again
                     ctl[Ctl.RESENT] += 1

@@ -25,12 +25,14 @@ import shlex
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Self
 
 import psutil
+
+from harness.lifeline import command as lifeline_command
+from harness.lifeline import owned_dir
 
 from .qmp import QMPClient, QMPError
 
@@ -90,8 +92,9 @@ class QemuProcess:
     """
 
     def __init__(self, args: list[str], workdir: Path, name: str = "qemu",
-                 binary: str | None = None) -> None:
+                 binary: str | None = None, die_with_starter: bool = False) -> None:
         self.args = list(args)
+        self.die_with_starter = die_with_starter  # exec'd through harness.lifeline
         self.workdir = Path(workdir).resolve()
         self.name = name
         self.binary = binary or find_qemu() or QEMU_BINARY
@@ -178,7 +181,7 @@ class QemuProcess:
         """Keep the socket in workdir unless its path exceeds sun_path (107 bytes)."""
         if len(os.fsencode(str(self.qmp_path))) <= UNIX_PATH_MAX:
             return
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="hq", dir="/tmp"))
+        self._socket_dir = owned_dir("hq")  # named after its owner: swept if we die
         self.qmp_path = self._socket_dir / f"{self.name}.qmp"
 
     def _spawn(self) -> None:
@@ -187,7 +190,8 @@ class QemuProcess:
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path.unlink()  # a stale socket would refuse connections
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self._proc = _popen(self.command, out, err, self.workdir)
+            command = lifeline_command(self.command) if self.die_with_starter else self.command
+            self._proc = _popen(command, out, err, self.workdir)
         with contextlib.suppress(psutil.Error):
             self._started_at = psutil.Process(self._proc.pid).create_time()
 

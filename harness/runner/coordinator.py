@@ -220,12 +220,15 @@ class Coordinator:
             return QemuPeer(role, self.workdir, self.sc.guest.total_memory,
                             args=list(spec.args), loader=self._loader_file() if
                             role == "source" else None,
-                            binary=str(spec.binary) if spec.binary else None)
+                            binary=str(spec.binary) if spec.binary else None,
+                            die_with_starter=True)
         if spec.host is not None:
             return AgentPeer(role, self.agents[spec.host], self._guest_json(),
                              incoming=role == "destination")
         extra = ["--incoming", "defer"] if role == "destination" else []
-        return HarnessPeer(role, self.workdir, self._guest_json(), extra, fds)
+        peer = HarnessPeer(role, self.workdir, self._guest_json(), extra, fds)
+        peer.die_with_starter = True  # even a SIGKILLed runner leaves no peer (lifeline)
+        return peer
 
     def _destination_address(self) -> str:
         """Where the destination listens: its host's address, or loopback."""
@@ -346,6 +349,7 @@ class Coordinator:
             self._pids.append(self.proxy.pid)
         self.note("proxy", "started", {"listen": uri, "target": target, "pid": self.proxy.pid})
         return uri
+        self.proxy.die_with_starter = True
 
     def proxy_execute(self, command: str, arguments: dict[str, Any]) -> Any:
         if self.proxy is None:

@@ -15,7 +15,6 @@ import logging
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ import psutil
 from harness.control import ControlClient, ControlError, PeerGone
 from harness.guest.content import page_digests
 from harness.guest.leaks import remove_segments
+from harness.lifeline import command as lifeline_command
+from harness.lifeline import owned_dir
 from harness.qemu.qmp import QMPError
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,20 @@ class PeerHandle(Protocol):
 
 
 def short_dir(prefix: str) -> Path:
-    """A directory with a short path: unix and ipc socket paths are limited to 107 bytes."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A directory with a short path: unix and ipc socket paths are limited to 107 bytes.
+    It names its owner (this process), so a later run sweeps it if we die (lifeline)."""
+    return owned_dir(prefix)
 
 
 class ControlledProcess:
     """A `python -m harness ...` process driven over its zmq control plane: started in a
-    session of its own, answered `hello` before `start` returns, always reaped by `close`."""
+    session of its own, answered `hello` before `start` returns, always reaped by `close`.
+    With `die_with_starter` (the runner sets it) it is started through harness.lifeline,
+    so it dies when the process that started it does, even by SIGKILL."""
 
     role: str
     workdir: Path
+    die_with_starter = False
 
     def _init_process(self) -> None:
         self._sockdir = short_dir("mh")
@@ -92,8 +97,10 @@ class ControlledProcess:
 
     def start(self) -> None:
         with self.stderr_path.open("wb") as err:
+            argv = self.command_line()
             self._proc = subprocess.Popen(
-                self.command_line(), stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                lifeline_command(argv) if self.die_with_starter else argv,
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                 pass_fds=self._pass_fds(), start_new_session=True)
         self._client = ControlClient(self.address, timeout=COMMAND_TIMEOUT)
         deadline = time.monotonic() + START_TIMEOUT
@@ -245,6 +252,7 @@ class QemuPeer:
     paused: bool = False
     binary: str | None = None
     kind: str = "qemu"
+    die_with_starter: bool = False  # see ControlledProcess
 
     def __post_init__(self) -> None:
         self._qemu: Any = None
@@ -264,7 +272,7 @@ class QemuPeer:
         from harness.qemu import QemuProcess
 
         self._qemu = QemuProcess(self.command_args(), self.workdir, name=self.role,
-                                 binary=self.binary)
+                                 binary=self.binary, die_with_starter=self.die_with_starter)
         self._qemu.start(timeout=START_TIMEOUT)
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None,
