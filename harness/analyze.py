@@ -7,12 +7,19 @@ descriptions in the stream's own VM description trailer when there is one (found
 way QEMU's analyzer finds it), with the harness's built-in devices otherwise, and
 skipped by their footer when nothing describes them.  The file is fed to the decoder in
 chunks from an mmap, so its size does not matter; RAM lands in numpy arrays.
+
+The file is input from anyone: what is no stream at all (a directory, a device, an empty
+file, a file without QEMU's magic) is `NotAStream`, bad input, before any decoding; the VM
+description trailer is used only when it nests at most `MAX_VMDESC_DEPTH` levels (QEMU's
+own nest about ten); `--extract-ram` writes sparse files, every all-zero page a hole.
 """
 
 from __future__ import annotations
 
+import json
 import mmap
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,11 +50,48 @@ from .protocol import (
     VmDescription,
     devices_from_vmdesc,
 )
+from .protocol.constants import QEMU_VM_FILE_MAGIC
 from .protocol.devices import standard_devices
 from .protocol.return_path import Pong, RecvBitmap, ReqPages, ReqPagesId, ResumeAck, Shut
 from .protocol.wire import unpack_be32
 
 CHUNK = 1 << 20
+MAX_VMDESC_DEPTH = 64  # JSON levels: a device's struct in a struct in a subsection...
+PAGE = 4096  # the unit of holes in --extract-ram's files
+STREAM_MAGIC = QEMU_VM_FILE_MAGIC.to_bytes(4, "big")
+
+
+class NotAStream(ValueError):
+    """The file is no migration stream at all (bad input), as opposed to a broken one."""
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def check_regular_file(path: str | Path) -> None:
+    """Raise NotAStream unless `path` is a regular file (OSError if it cannot be looked at)."""
+    mode = Path(path).stat().st_mode
+    for test, kind in _KINDS:
+        if test(mode):
+            raise NotAStream(f"{kind}, not a file")
+    if not stat.S_ISREG(mode):
+        raise NotAStream("not a regular file")
+
+
+def check_stream_file(path: str | Path) -> None:
+    """Raise NotAStream unless `path` is a regular file that starts with QEMU's magic
+    (QEMU_VM_FILE_MAGIC, migration/savevm.c); what follows is the decoder's to judge."""
+    check_regular_file(path)
+    with Path(path).open("rb") as fh:
+        head = fh.read(len(STREAM_MAGIC))
+    if not head:
+        raise NotAStream("the file is empty")
+    if len(head) < len(STREAM_MAGIC):
+        raise NotAStream(f"{len(head)} bytes, shorter than QEMU's magic {STREAM_MAGIC!r}")
+    if head != STREAM_MAGIC:
+        raise NotAStream(f"it starts with {head!r}, not with QEMU's magic {STREAM_MAGIC!r}")
 _SECTION_NAMES = {1: "start", 2: "part", 3: "end", 4: "full"}
 
 
@@ -158,12 +202,13 @@ def _analyze(p: Path, data: bytes | mmap.mmap, return_path: str | Path | None) -
     devices = {(d.idstr, d.instance_id): d for d in standard_devices() + harness_devices()}
     trailer = find_vmdesc(data)
     if trailer is not None:
-        import json
-
         try:
-            for d in devices_from_vmdesc(json.loads(trailer)):
+            for d in devices_from_vmdesc(_load_vmdesc(trailer)):
                 devices[(d.idstr, d.instance_id)] = d
-        except (ValueError, KeyError, TypeError):
+        except _TooDeep:
+            result.warnings.append(f"the VM description trailer nests deeper than "
+                                   f"{MAX_VMDESC_DEPTH} levels; ignored")
+        except (ValueError, KeyError, TypeError, AttributeError):
             result.warnings.append("the VM description trailer is not valid JSON; ignored")
     decoder = StreamDecoder(devices=devices.values(), skip_unknown_devices=True)
     depth = 0
@@ -177,6 +222,30 @@ def _analyze(p: Path, data: bytes | mmap.mmap, return_path: str | Path | None) -
     if return_path is not None:
         result.return_path = analyze_return_path(return_path)
     return result
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _load_vmdesc(text: bytes) -> Any:
+    """The trailer's JSON, refused (`_TooDeep`) past MAX_VMDESC_DEPTH levels: json.loads
+    and the description readers recurse on nesting."""
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise _TooDeep from None
+    todo = [(doc, 1)]
+    while todo:  # iterative: the document may be deeper than Python's recursion limit
+        value, depth = todo.pop()
+        children = value.values() if isinstance(value, dict) else \
+            value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > MAX_VMDESC_DEPTH:
+                    raise _TooDeep
+                todo.append((child, depth + 1))
+    return doc
 
 
 def _collect(decoder: StreamDecoder, result: Analysis, depth: int) -> int:
@@ -275,16 +344,36 @@ def block_file_name(idstr: str) -> str:
 
 
 def extract_ram(analysis: Analysis, directory: str | Path) -> list[Path]:
+    """Each block's final content to DIRECTORY/NAME.bin, as sparse files: a stream of a
+    few bytes may declare gigabytes of (zero) RAM."""
     out_dir = Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, stats in analysis.blocks.items():
         target = out_dir / block_file_name(name)
-        mem = analysis.ram[name]
         with target.open("wb") as fh:
-            fh.write(mem.data[: stats.used_length])
+            _write_sparse(fh, analysis.ram[name], stats.used_length)
         written.append(target)
     return written
+
+
+def _write_sparse(fh: Any, mem: np.ndarray, length: int) -> None:
+    """mem[:length] into `fh` with every all-zero page left out (sought over), then the
+    file's size set by truncate, so holes stay holes."""
+    for start in range(0, length, CHUNK * 64):
+        chunk = mem[start:min(start + CHUNK * 64, length)]
+        whole = len(chunk) // PAGE * PAGE
+        used = chunk[:whole].reshape(-1, PAGE).view(np.uint64).any(axis=1)
+        if whole < len(chunk):
+            used = np.append(used, chunk[whole:].any())
+        pages = np.flatnonzero(used)
+        if not len(pages):
+            continue
+        breaks = np.flatnonzero(np.diff(pages) != 1)
+        for first, last in zip(pages[np.r_[0, breaks + 1]], pages[np.r_[breaks, -1]]):
+            fh.seek(start + int(first) * PAGE)
+            fh.write(chunk[int(first) * PAGE:(int(last) + 1) * PAGE])
+    fh.truncate(length)
 
 
 def summary_lines(a: Analysis) -> list[str]:

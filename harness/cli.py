@@ -50,13 +50,22 @@ def analyze(
         help="Also decode a capture of the return path (destination -> source bytes).")] = None,
 ) -> None:
     """Decode a migration stream like QEMU's analyze-migration.py, postcopy included."""
-    from .analyze import analyze_file, summary_lines
+    from .analyze import NotAStream, analyze_file, check_regular_file, check_stream_file, \
+        summary_lines
     from .analyze import extract_ram as write_ram
     from .protocol import ProtocolError
 
-    for path in (stream, return_path):
-        if path is not None and not path.is_file():
+    for path, check, what in ((stream, check_stream_file, "not a migration stream: "),
+                              (return_path, check_regular_file, "--return-path: ")):
+        try:
+            if path is not None:
+                check(path)
+        except FileNotFoundError:
             raise _fail(2, f"harness analyze: {path}: no such file")
+        except NotAStream as err:
+            raise _fail(2, f"harness analyze: {path}: {what}{err}")
+        except OSError as err:
+            raise _fail(2, f"harness analyze: {path}: {err.strerror or err}")
     try:
         result = analyze_file(stream, return_path)
     except ProtocolError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -104,10 +105,85 @@ def test_truncated_and_foreign_files(tmp_path):
     out = harness("analyze", str(cut))
     assert out.returncode == 1 and "unexpected end of migration stream" in out.stderr
     assert "Input/output error" in out.stderr
-    text = tmp_path / "notes.txt"
+    text = tmp_path / "notes.txt"  # no QEVM magic: bad input (2), not a broken stream (1)
     text.write_text("hello")
     out = harness("analyze", str(text))
-    assert out.returncode == 1 and "offset 0 (0x0): Not a migration stream" in out.stderr
+    assert out.returncode == 2 and out.stderr == (
+        f"harness analyze: {text}: not a migration stream: it starts with b'hell', not with "
+        "QEMU's magic b'QEVM'\n")
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"QE")
+    out = harness("analyze", str(short))
+    assert out.returncode == 2 and "short.bin: not a migration stream: 2 bytes, shorter than " \
+                                   "QEMU's magic b'QEVM'" in out.stderr
+    magic = tmp_path / "magic.bin"  # the magic and nothing more: a stream cut short
+    magic.write_bytes(b"QEVM")
+    out = harness("analyze", str(magic))
+    assert out.returncode == 1 and "unexpected end of migration stream" in out.stderr
+
+
+@pytest.mark.parametrize(("make", "what"), [
+    (lambda tmp: tmp, "a directory, not a file"),
+    (lambda tmp: Path("/dev/null"), "a character device, not a file"),
+    (lambda tmp: (tmp / "empty.bin", (tmp / "empty.bin").touch())[0], "the file is empty"),
+])
+def test_what_is_no_stream_is_bad_input(tmp_path, make, what):
+    path = make(tmp_path)
+    out = harness("analyze", str(path))
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == f"harness analyze: {path}: not a migration stream: {what}\n"
+
+
+def test_return_path_must_be_a_file(tmp_path):
+    out = harness("analyze", str(EXAMPLES / "none-m16-pattern.bin"), "--return-path", "/dev/null")
+    assert out.returncode == 2
+    assert out.stderr == "harness analyze: /dev/null: --return-path: a character device, not " \
+                         "a file\n"
+
+
+def with_trailer(text: bytes) -> bytes:
+    """The quick-start stream with its VM description trailer replaced by `text`."""
+    data = (EXAMPLES / "none-m16-pattern.bin").read_bytes()
+    brace = data.rindex(b"\x06", 0, data.rindex(b'{"page_size"')) + 5
+    return data[:brace - 5] + b"\x06" + len(text).to_bytes(4, "big") + text
+
+
+@pytest.mark.parametrize("trailer", [
+    b'{"devices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # json.loads: RecursionError
+    b'{"devices": [{"name": "timer", "instance_id": 0, "vmsd_name": "timer", "version": 2, '
+    b'"fields": [' + b'{"name": "s", "type": "struct", "size": 1, "struct": {"vmsd_name": "s",'
+    b' "version": 1, "fields": [' * 400 + b"]}}" * 400 + b"]}]}",  # from_vmdesc recursed
+], ids=["deep-list", "deep-struct"])
+def test_a_deeply_nested_vm_description_is_ignored_with_a_warning(tmp_path, trailer):
+    path = tmp_path / "deep.bin"
+    path.write_bytes(with_trailer(trailer))
+    out = harness("analyze", "--json", str(path))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    doc = json.loads(out.stdout)
+    assert "the VM description trailer nests deeper than 64 levels; ignored" in doc["warnings"]
+    assert doc["vmdesc"] == {"size": len(trailer)}
+    timer = next(d for d in doc["devices"] if d["idstr"] == "timer")
+    assert timer["fields"] is not None  # decoded with the built-in description
+
+
+def test_extract_ram_writes_holes_not_zeros(tmp_path):
+    """54 bytes declaring a 2 GiB block wrote 2 GiB of zeros; now a 2 GiB hole."""
+    stream = tmp_path / "big.bin"
+    stream.write_bytes(b"QEVM\0\0\0\3\1\0\0\0\2\3ram\0\0\0\0\0\0\0\4"
+                       + ((2 << 30) | 4).to_bytes(8, "big") + b"\3ram" + (2 << 30).to_bytes(8, "big")
+                       + (0x10).to_bytes(8, "big") + b"\0")
+    out = harness("analyze", str(stream), "--extract-ram", str(tmp_path / "ram"))
+    assert out.returncode == 0, out.stderr
+    written = (tmp_path / "ram" / "ram.bin").stat()
+    assert written.st_size == 2 << 30 and written.st_blocks * 512 < 1 << 20
+    out = harness("analyze", str(EXAMPLES / "none-m16-pattern.bin"), "--extract-ram",
+                  str(tmp_path / "pattern"))
+    assert out.returncode == 0, out.stderr
+    ram = tmp_path / "pattern" / "ram.bin"
+    assert ram.stat().st_size == 16 << 20 and ram.stat().st_blocks * 512 < 1 << 20
+    data = ram.read_bytes()
+    assert data[0x10000:0x14000] == pattern_bytes()
+    assert data.count(0) == len(data) - sum(1 for b in pattern_bytes() if b)
 
 
 def test_missing_file_is_bad_input():
