@@ -12,9 +12,9 @@ from tests.e2e.test_scenarios import run
 STUCK = """\
 name: stuck
 seed: 5
-timeout: 4s
-guest: {memory: 128MiB, fill: 1.0}  # 128 MiB at 8 MiB/s: never done in 4 s
-parameters: {max-bandwidth: 8MiB}
+timeout: 15s
+guest: {memory: 128MiB, fill: 1.0}  # 128 MiB at 4 MiB/s: never done in 15 s
+parameters: {max-bandwidth: 4MiB}
 steps:
   - name: freeze
     on: {pass: 1}
@@ -33,7 +33,7 @@ def test_a_missed_deadline_names_statuses_waiting_steps_and_holds_stacks(tmp_pat
     assert code == 3, output  # `error`: the run could not be carried out
     [sc] = report["scenarios"]
     assert sc["verdict"] == "error"
-    assert sc["reason"].startswith("timeout: the scenario did not finish within 4 s (source "
+    assert sc["reason"].startswith("timeout: the scenario did not finish within 15 s (source "
                                    "active, pass 1, destination frozen)")
     assert "steps not fired: 'never' (on status:" in sc["reason"]
     # the source answered SIGUSR1 with its Python stacks; the frozen one is seen from /proc
@@ -58,6 +58,7 @@ steps:
     fault: {kind: kill, target: destination}
   - on: {status: {peer: destination, is: postcopy-paused}}
     do: migrate-cancel
+    optional: true  # it can never fire: the run must not wait for it
 expect: {source: failed, guest-runs-on: source, memory: source-intact}
 """
 
