@@ -117,7 +117,7 @@ def run(
     2: bad input (a scenario file, an option);
     3: none failed, but one could not be carried out (verdict `error`: a peer, agent or
     QEMU missing, the environment failing, the run interrupted)."""
-    from .runner.run import run_files
+    from .runner.run import RunInterrupted, run_files
     from .scenario import ScenarioError
 
     for option, path in (("--json", json_path), ("--junit", junit_path), ("--html", html_path)):
@@ -129,6 +129,8 @@ def run(
                             record=record, repeat=repeat, html_path=html_path)
     except ScenarioError as err:
         raise _fail(2, f"harness run: {err}")
+    except RunInterrupted as err:  # SIGINT/SIGTERM/SIGHUP: reports written, peers reaped
+        raise _fail(3, f"harness run: {err}")
     raise typer.Exit(run_exit_code([r.verdict for r in results]))
 
 

@@ -54,6 +54,7 @@ STATS_PERIOD = 0.05  # how often `remaining`/`progress` triggers poll the source
 FD_NAME = "migfd"
 #: statuses a peer does not leave by itself: it waits for an admin (or nothing at all)
 RESTING = FINAL | {"postcopy-paused"}
+INTERRUPTED = "interrupted"  # the reason of a run a signal ended (verdict `error`)
 
 
 class RunError(RuntimeError):
@@ -117,6 +118,14 @@ class Coordinator:
             self.result.verdict = "error"
             self.result.reason = str(err)
             self._collect_quietly()
+        except KeyboardInterrupt as err:  # SIGINT, SIGTERM or SIGHUP (harness.runner.run)
+            self.result.verdict, self.result.reason = "error", INTERRUPTED
+            self.note("runner", "interrupted", {"signal": str(err) or "SIGINT"})
+            for role, peer in (("source", self.src), ("destination", self.dst)):
+                if peer is not None:  # what it said last: no question to a peer now
+                    setattr(self.result, role, PeerOutcome(
+                        kind=peer.kind, status=self.status[role],
+                        statuses=list(self.statuses[role])))
         except Exception as err:  # noqa: BLE001 - a bug of ours: still a verdict, no traceback
             import traceback
 
@@ -340,6 +349,7 @@ class Coordinator:
         else:
             listen = "tcp:127.0.0.1:0"
         self.proxy = ProxyHandle("proxy", self.workdir, listen, target, self.seed)
+        self.proxy.die_with_starter = True
         try:
             self.proxy.start()
             uri = self.proxy.address_for_source()
@@ -349,7 +359,6 @@ class Coordinator:
             self._pids.append(self.proxy.pid)
         self.note("proxy", "started", {"listen": uri, "target": target, "pid": self.proxy.pid})
         return uri
-        self.proxy.die_with_starter = True
 
     def proxy_execute(self, command: str, arguments: dict[str, Any]) -> Any:
         if self.proxy is None:

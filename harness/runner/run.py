@@ -1,10 +1,18 @@
 """`harness run`: load scenario files, run each, print and write the reports.
 
-Strategy: validation first (any bad file -> exit 2 before anything starts), then one
-coordinator per scenario in order, each in its own work directory (peer logs, streams),
-kept when the scenario did not pass and removed when it did.  While a scenario runs, a
-rich progress bar (in a terminal only) shows how much is sent, what remains, the pass and
+Strategy: validation first (any bad file -> exit 2 before anything starts), then a sweep
+of what dead runs left (harness.lifeline), then one coordinator per scenario in order,
+each in its own work directory (peer logs, streams, the event log when there is no
+--json), kept -- and named on the console, `workdir: PATH` -- when the scenario did not
+pass or --record asked for it, removed when it passed.  While a scenario runs, a rich
+progress bar (in a terminal only) shows how much is sent, what remains, the pass and
 the statuses; the summary table comes at the end, then the JSON, JUnit and HTML reports.
+
+SIGINT, SIGTERM and SIGHUP all raise `Interrupted` (a KeyboardInterrupt) in the main
+thread, once: the coordinator ends the scenario as `error`, reason `interrupted`, reaps its
+processes and keeps its work directory; the reports are written with what ran so far and
+`RunInterrupted` tells the CLI (exit 3).  Later signals are ignored while that cleanup
+runs; a SIGKILL skips it, and the peers die with the runner anyway (harness.lifeline).
 """
 
 from __future__ import annotations
@@ -12,17 +20,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 
+from harness.lifeline import sweep
 from harness.report.formats import json_report, junit_report, print_summary, summary_lines
 from harness.scenario import load_scenarios
 from harness.scenario.model import Scenario
 
-from .coordinator import Coordinator
+from .coordinator import INTERRUPTED, Coordinator
 from .progress import MigrationProgress
 from .result import ScenarioResult
 
@@ -37,16 +49,49 @@ def run_scenario(scenario: Scenario, seed: int | None = None,
     console = console or Console(stderr=True)
     with MigrationProgress(scenario.name, console) as bar:
         result = Coordinator(scenario, workdir, seed, bar.update, record, events_log).run()
-    if result.verdict == "pass" and not record and events_log is not None:
+    if result.verdict == "pass" and not record:  # nothing to look at: nothing left behind
         shutil.rmtree(workdir, ignore_errors=True)
         result.workdir = None
-    elif result.verdict == "pass" and not record:  # keep the event log, drop the rest
-        for item in workdir.iterdir():
-            if item.is_dir():
-                shutil.rmtree(item, ignore_errors=True)
-            elif item.name != "events.jsonl":
-                item.unlink()
+        if events_log is None:
+            result.events_log = None
     return result
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (or SIGINT), raised where the main thread is, as Ctrl-C is."""
+
+
+class RunInterrupted(Exception):
+    """A signal ended `harness run`; the reports are written, `results` is what ran."""
+
+    def __init__(self, signame: str, results: list[ScenarioResult]) -> None:
+        super().__init__(f"interrupted by {signame}")
+        self.signame = signame
+        self.results = results
+
+
+@contextmanager
+def _interruptible() -> Iterator[dict[str, str]]:
+    """SIGINT, SIGTERM and SIGHUP raise `Interrupted` once; then they are ignored (the
+    cleanup runs to its end).  The signal's name lands in the yielded dict."""
+    caught: dict[str, str] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield caught  # signals reach the main thread only: nothing to install
+        return
+
+    def on_signal(signum: int, frame: object) -> None:
+        if caught:
+            return
+        caught["signal"] = signal.Signals(signum).name
+        raise Interrupted(caught["signal"])
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in sigs}
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def events_path(json_path: str | Path | None, scenario: Scenario, round_: int | None
@@ -63,19 +108,55 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
               junit_path: str | Path | None = None, seed: int | None = None,
               console: Console | None = None, record: bool = False,
               repeat: int = 1, html_path: str | Path | None = None) -> list[ScenarioResult]:
-    """Run every scenario of the given files; raises ScenarioError for a bad file."""
+    """Run every scenario of the given files; raises ScenarioError for a bad file and
+    RunInterrupted (after writing the reports) when a signal ended the run."""
     scenarios = load_scenarios(paths)
     out = console or Console()
-    results = []
-    for scenario in scenarios:
-        for round_ in range(1, repeat + 1):
-            label = round_ if repeat > 1 else None
-            result = run_scenario(scenario, seed, Console(stderr=True, quiet=not out.is_terminal),
-                                  record, events_path(json_path, scenario, label))
-            result.repeat = label
-            results.append(result)
-            for line in summary_lines(result)[:1]:
-                out.print(line, markup=False, highlight=False)
+    err = Console(stderr=True)
+    swept = sweep()
+    if swept:
+        err.print(f"harness run: removed {len(swept)} leftover(s) of runs that died: "
+                  + ", ".join(swept), markup=False, highlight=False, soft_wrap=True)
+    results: list[ScenarioResult] = []
+    current: Scenario | None = None  # running, its result not yet in `results`
+    with _interruptible() as caught:
+        try:
+            for scenario in scenarios:
+                for round_ in range(1, repeat + 1):
+                    label = round_ if repeat > 1 else None
+                    current = scenario
+                    result = run_scenario(scenario, seed,
+                                          Console(stderr=True, quiet=not out.is_terminal),
+                                          record, events_path(json_path, scenario, label))
+                    result.repeat = label
+                    results.append(result)
+                    current = None
+                    _print_result(result, out)
+                    if caught:  # the coordinator ended the scenario for it
+                        raise Interrupted(caught["signal"])
+            _write_reports(results, out, json_path, junit_path, html_path)
+        except KeyboardInterrupt:
+            if current is not None:  # stopped before its coordinator could say so
+                results.append(ScenarioResult(current.name, str(current.source_file or ""),
+                                              current.seed if seed is None else seed,
+                                              verdict="error", reason=INTERRUPTED))
+                _print_result(results[-1], out)
+            _write_reports(results, out, json_path, junit_path, html_path)
+            raise RunInterrupted(caught.get("signal", "SIGINT"), results) from None
+    return results
+
+
+def _print_result(result: ScenarioResult, out: Console) -> None:
+    """The scenario's summary line, and where its work directory is when it is kept."""
+    for line in summary_lines(result)[:1]:
+        out.print(line, markup=False, highlight=False)
+    if result.workdir is not None:
+        out.print(f"  workdir: {result.workdir}", markup=False, highlight=False,
+                  soft_wrap=True)  # one line, whatever the width: a path to copy
+
+
+def _write_reports(results: list[ScenarioResult], out: Console, json_path: str | Path | None,
+                   junit_path: str | Path | None, html_path: str | Path | None) -> None:
     print_summary(results, out)
     if json_path:
         Path(json_path).write_text(json_report(results))
@@ -83,7 +164,6 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
         Path(junit_path).write_text(junit_report(results))
     if html_path:
         write_html_report(html_path, results, json_path, Console(stderr=True))
-    return results
 
 
 def write_html_report(path: str | Path, results: Sequence[ScenarioResult],
