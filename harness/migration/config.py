@@ -6,11 +6,14 @@ Defaults and range checks are QEMU 7.2's (`migration/migration.c: migrate_params
 `migrate_caps_check`), and so are the error texts (QERR_INVALID_PARAMETER_VALUE is
 "Parameter '%s' expects %s", with the C field name).  Changes are refused while a
 migration runs ("There's a migration process in progress") except the parameters QEMU
-applies live (bandwidths, downtime, throttling).
+applies live (bandwidths, downtime, throttling).  What the harness peer does not implement
+is refused with one line ("... is not implemented by the harness peer"): a capability
+turned on, a parameter set to anything but its default; never accepted and ignored.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +26,13 @@ CAPABILITIES = (
     "validate-uuid", "background-snapshot", "zero-copy-send", "postcopy-preempt",
 )
 
-#: capabilities this harness implements; the others are accepted only as "off"
+#: capabilities this harness implements (tests/unit/test_migration_settings.py names the
+#: test showing each one's effect); the others are refused when turned on, and
+#: query-migrate-capabilities leaves them out, as QEMU 7.2 leaves out `block` when built
+#: without live block migration (migration/migration.c: qmp_query_migrate_capabilities)
 SUPPORTED_CAPABILITIES = frozenset({
     "xbzrle", "auto-converge", "compress", "events", "postcopy-ram", "return-path",
-    "x-ignore-shared", "validate-uuid", "postcopy-blocktime", "late-block-activate",
-    "zero-blocks", "pause-before-switchover", "release-ram",
+    "x-ignore-shared", "validate-uuid", "postcopy-blocktime", "pause-before-switchover",
 })
 
 #: MigrationParameters of QEMU 7.2 with their defaults
@@ -41,6 +46,15 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
     "xbzrle-cache-size": 67108864, "max-postcopy-bandwidth": 0, "max-cpu-throttle": 99,
     "multifd-compression": "none", "multifd-zlib-level": 1, "multifd-zstd-level": 1,
 }
+
+#: parameters the harness peer does not implement: accepted at their default only (it has
+#: no NIC to announce, no COLO, no block migration, no multifd; its compression threads
+#: never leave a page to be sent raw, so `compress-wait-thread: false` would change nothing)
+UNIMPLEMENTED_PARAMETERS = frozenset({
+    "announce-initial", "announce-max", "announce-rounds", "announce-step",
+    "x-checkpoint-delay", "block-incremental", "multifd-channels", "multifd-compression",
+    "multifd-zlib-level", "multifd-zstd-level", "compress-wait-thread",
+})
 
 #: name -> (low, high, QEMU's "expects ..." text): the one table of QEMU 7.2's ranges
 #: (migration/migration.c: migrate_params_check); scenario validation uses it too
@@ -75,6 +89,19 @@ LIVE_PARAMETERS = frozenset({"max-bandwidth", "downtime-limit", "max-postcopy-ba
                              "compress-level", "x-checkpoint-delay"})
 
 MIGRATION_ACTIVE = "There's a migration process in progress"
+
+
+def not_implemented(what: str) -> str:
+    """The one-line refusal of a setting the harness peer does not implement."""
+    return f"{what} is not implemented by the harness peer"
+
+
+def tls_refusal(parameters: dict[str, Any]) -> str | None:
+    """Why `migrate` fails with TLS set: the harness has no TLS credentials objects, so
+    it fails as QEMU 7.2 does without the object (crypto/tlscreds.c via
+    migration/tls.c: migration_tls_get_creds), after connecting."""
+    creds = parameters.get("tls-creds") or ""
+    return f"No TLS credentials with id '{creds}'" if creds else None
 
 
 class ConfigError(ValueError):
@@ -113,7 +140,7 @@ class MigrationConfig:
             if not isinstance(state, bool):
                 raise ConfigError("Invalid parameter type for 'state', expected: boolean")
             if state and name not in SUPPORTED_CAPABILITIES:
-                raise ConfigError(f"Capability '{name}' is not supported by this harness")
+                raise ConfigError(not_implemented(f"Capability '{name}'"))
             new[name] = state
         _check_caps(new)
         with self._lock:
@@ -130,6 +157,9 @@ class MigrationConfig:
             if name not in new:
                 raise ConfigError(f"Parameter '{name}' is unexpected")
             new[name] = _check_param(name, value, new[name])
+            if name in UNIMPLEMENTED_PARAMETERS and new[name] != PARAMETER_DEFAULTS[name]:
+                raise ConfigError(not_implemented(f"Parameter '{name}'") + " (only its "
+                                  f"default {json.dumps(PARAMETER_DEFAULTS[name])})")
         if new["max-cpu-throttle"] < new["cpu-throttle-initial"] or new["max-cpu-throttle"] > 99:
             raise ConfigError("Parameter 'max_cpu_throttle' expects an integer in the range of "
                               "cpu_throttle_initial to 99")
@@ -141,7 +171,8 @@ class MigrationConfig:
             self.parameters = new
 
     def query_capabilities(self) -> list[dict[str, Any]]:
-        return [{"capability": n, "state": s} for n, s in self.capabilities.items()]
+        return [{"capability": n, "state": s} for n, s in self.capabilities.items()
+                if n in SUPPORTED_CAPABILITIES]
 
     def query_parameters(self) -> dict[str, Any]:
         return dict(self.parameters)

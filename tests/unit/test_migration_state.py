@@ -72,8 +72,8 @@ def test_parameters_are_checked_with_qemus_words():
 def test_capabilities_but_not_parameters_are_refused_while_running():
     """QEMU refuses migrate-set-capabilities during a migration; parameters it takes."""
     c = MigrationConfig.default()
-    c.set_parameters({"max-bandwidth": 1, "multifd-channels": 4}, running=True)
-    assert c.param("multifd-channels") == 4
+    c.set_parameters({"max-bandwidth": 1, "compress-threads": 4}, running=True)
+    assert c.param("compress-threads") == 4
     with pytest.raises(ConfigError, match=f"^{MIGRATION_ACTIVE}$"):
         c.set_capabilities([{"capability": "events", "state": True}], running=True)
 
