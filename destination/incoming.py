@@ -28,6 +28,11 @@ answered with the block's received bitmap on the new return path, POSTCOPY_RESUM
 it postcopy-active again, answered with RESUME_ACK(1) (postcopy.py re-sends the request
 the guest waits for).  A break while recovering pauses again.  Before RUN (LISTENING) a
 break fails, as in QEMU.  Statistics carry on across a recovery.
+
+A non-empty `tls-creds` fails the load once the source connects, in QEMU 7.2's words for
+a missing credentials object (the harness has no TLS; QEMU itself stays in setup after
+reporting it).  The configuration's UUID is checked against the peer's `--uuid` whenever
+the source sends one (validate-uuid on the source), as `vmstate_uuid_post_load` does.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from harness.migration.config import MigrationConfig
+from harness.migration.config import MigrationConfig, tls_refusal
 from harness.migration.status import (
     MIGRATE_PAUSE_REFUSED,
     MIGRATE_RECOVER_REFUSED,
@@ -262,6 +267,10 @@ class IncomingMigration:
         channel = self._listener.accept(timeout=self.accept_timeout)
         self._listener.close()
         self._listener = None
+        refusal = tls_refusal(self.config.parameters)
+        if refusal:  # migration_tls_channel_process_incoming: no such credentials object
+            channel.close()
+            raise ConnectionRefusedError(refusal)
         self.started_at = time.monotonic()
         self.state.set(S.SETUP, S.ACTIVE)
         self._attach(channel)
@@ -472,7 +481,7 @@ class IncomingMigration:
         return StreamDecoder(
             ram=dict(self.guest.ram), devices=self.guest.device_descriptions(),
             machine=self.guest.machine, capabilities=caps,
-            uuid=getattr(self.guest, "uuid", None) if self.config.cap("validate-uuid") else None,
+            uuid=getattr(self.guest, "uuid", None),  # vmstate_uuid_post_load: when set
             postcopy_ram=self.config.cap("postcopy-ram"), vmdesc=True)
 
     def _apply(self, event: Event) -> bool:

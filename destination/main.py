@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.control import CommandError
+from harness.migration.status import continue_refusal, continue_state
 from harness.migration.peer import Peer, PeerOptions, record_dir
 from harness.transport import listen, parse_uri
 
@@ -64,6 +65,13 @@ def run(options: PeerOptions) -> int:
             raise CommandError("GenericError", str(err)) from None
         return {}
 
+    def migrate_continue(args: dict[str, Any]) -> dict[str, Any]:
+        """qmp_migrate_continue: a destination's outgoing migration is always `none`."""
+        refusal = continue_refusal(continue_state(args), "none")
+        if refusal:
+            raise CommandError("GenericError", refusal)
+        return {}
+
     def record(args: dict[str, Any]) -> dict[str, Any]:
         """Save the incoming stream (stream.fwd.bin) and, unless `return-path` is false
         (the source records it), the return path (stream.rp.bin)."""
@@ -78,6 +86,7 @@ def run(options: PeerOptions) -> int:
     peer.register("migrate-incoming", migrate_incoming)
     peer.register("migrate-recover", migrate_recover)
     peer.register("migrate-pause", pause)
+    peer.register("migrate-continue", migrate_continue)
     peer.register("x-incoming-snapshot", snapshot)
     peer.register("x-record", record)
     if options.incoming and options.incoming != "defer":

@@ -189,9 +189,10 @@ def report(
 def _peer_options(role: str, control: str, guest_json: str | None, memory: str, machine: str,
                   seed: int, fill: float, dirty_rate: str, pattern: str, hotset: str | None,
                   devices: str, fd: list[str], paused: bool, incoming: str | None,
-                  qmp: str | None = None):  # type: ignore[no-untyped-def]
+                  qmp: str | None = None,
+                  uuid: str | None = None):  # type: ignore[no-untyped-def]
     from .control.qmp_socket import parse_qmp_option
-    from .migration.peer import PeerOptions, parse_guest_json
+    from .migration.peer import PeerOptions, parse_guest_json, parse_uuid
     from .scenario.units import parse_rate, parse_size
     from .transport import parse_fd_args
 
@@ -208,7 +209,8 @@ def _peer_options(role: str, control: str, guest_json: str | None, memory: str, 
             if rate else None})
     return PeerOptions(role=role, control=control, guest=parse_guest_json(guest_json),
                        fds=parse_fd_args(fd), autostart=not paused, incoming=incoming,
-                       qmp=parse_qmp_option(qmp) if qmp is not None else None)
+                       qmp=parse_qmp_option(qmp) if qmp is not None else None,
+                       uuid=parse_uuid(uuid) if uuid is not None else None)
 
 
 _CONTROL = typer.Option("--control", metavar="ADDR",
@@ -217,6 +219,8 @@ _GUEST = typer.Option("--guest-json", metavar="JSON", help="The whole guest as J
 _QMP = typer.Option("--qmp", metavar="unix:PATH",
                     help="Also serve real QMP on this unix socket, as QEMU's "
                          "-qmp unix:PATH,server=on,wait=off (qemu.qmp, qmp-shell).")
+_UUID = typer.Option("--uuid", metavar="UUID", help="The guest's UUID, as QEMU's -uuid (sent "
+                                                    "and checked with validate-uuid).")
 
 
 def _peer_main(role: str, options: dict) -> None:  # type: ignore[type-arg]
@@ -255,12 +259,13 @@ def source(
     paused: Annotated[bool, typer.Option(help="Start with the guest stopped (QEMU's -S).")
                       ] = False,
     qmp: Annotated[str | None, _QMP] = None,
+    uuid: Annotated[str | None, _UUID] = None,
 ) -> None:
     """Run a migration source peer (what `harness run` starts)."""
     _peer_main("source", {"control": control, "guest_json": guest_json, "memory": memory,
                               "machine": machine, "seed": seed, "fill": fill, "dirty_rate": dirty_rate,
                               "pattern": pattern, "hotset": hotset, "devices": devices, "fd": fd,
-                              "paused": paused, "incoming": None, "qmp": qmp})
+                              "paused": paused, "incoming": None, "qmp": qmp, "uuid": uuid})
 
 
 @app.command()
@@ -275,12 +280,14 @@ def destination(
     paused: Annotated[bool, typer.Option(help="Do not start the guest after the load.")
                       ] = False,
     qmp: Annotated[str | None, _QMP] = None,
+    uuid: Annotated[str | None, _UUID] = None,
 ) -> None:
     """Run a migration destination peer (what `harness run` starts)."""
     _peer_main("destination", {"control": control, "guest_json": guest_json, "memory": memory,
                                    "machine": machine, "seed": seed, "fill": 0.0, "dirty_rate": "0",
                                    "pattern": "uniform", "hotset": None, "devices": devices, "fd": fd,
-                                   "paused": paused, "incoming": incoming, "qmp": qmp})
+                                   "paused": paused, "incoming": incoming, "qmp": qmp,
+                                   "uuid": uuid})
 
 
 @app.command()

@@ -4,8 +4,10 @@ Strategy: the common peer frame (`harness.migration.peer`) plus QEMU's outgoing 
 `migrate` (qmp_migrate, asynchronous: it returns once the migration thread started; with
 `resume: true` it wakes a postcopy-paused migration to recover on the new URI),
 `migrate-pause` (postcopy-active only, as in 7.2), `migrate_cancel` (always succeeds, as
-in QEMU) and `query-migrate`.  The guest starts
-running at once unless the peer was started paused (QEMU's `-S`: runstate prelaunch).
+in QEMU), `migrate-continue` (out of pre-switchover) and `query-migrate`.  `migrate`'s
+`blk`/`inc` (block migration) are refused: the harness peer has no block devices.  The
+guest starts running at once unless the peer was started paused (QEMU's `-S`: runstate
+prelaunch).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from harness.control import CommandError
+from harness.migration.config import not_implemented
 from harness.migration.peer import Peer, PeerOptions, record_dir
+from harness.migration.status import continue_state
 from harness.transport import connect, parse_uri
 
 from .migration import MigrationError, OutgoingMigration
@@ -35,6 +39,10 @@ def run(options: PeerOptions) -> int:
         uri = args.get("uri")
         if not isinstance(uri, str):
             raise CommandError("GenericError", "Parameter 'uri' is missing")
+        for name in ("blk", "inc"):
+            if args.get(name):
+                raise CommandError("GenericError",
+                                   not_implemented(f"migrate's '{name}' (block migration)"))
         try:
             if args.get("resume"):
                 migration.resume(uri)
@@ -55,6 +63,13 @@ def run(options: PeerOptions) -> int:
         migration.cancel()
         return {}
 
+    def migrate_continue(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            migration.migrate_continue(continue_state(args))
+        except MigrationError as err:
+            raise CommandError("GenericError", str(err)) from None
+        return {}
+
     def start_postcopy(_: dict[str, Any]) -> dict[str, Any]:
         try:
             migration.start_postcopy()
@@ -72,6 +87,7 @@ def run(options: PeerOptions) -> int:
     peer.register("migrate-start-postcopy", start_postcopy)
     peer.register("migrate_cancel", cancel)
     peer.register("migrate-pause", pause)
+    peer.register("migrate-continue", migrate_continue)
     if options.autostart:
         peer.guest.start()
     else:

@@ -27,10 +27,26 @@ PART, until END/EOF/SHUT as before.  Any failure during the recovery goes back t
 postcopy-paused, and the user may try again.  The guest stays stopped here throughout:
 it runs on the destination only.  A protocol error (a bad page request, SHUT(1)) still
 fails the migration.
+
+Pause before switchover (QEMU 7.2's `migration_maybe_pause`, called from
+`migration_completion` and `postcopy_start`): with the capability on, once the guest is
+stopped for the switch the status goes pre-switchover and the thread waits -- without a
+deadline, as QEMU's semaphore, but woken by `migrate_cancel` -- for `migrate-continue`
+(`qmp_migrate_continue`: refused unless the status is the one named); it then goes on to
+device (precopy) or postcopy-active.  A cancel during the pause fails the compare-and-swap
+and the migration ends cancelled with the guest restarted.
+
+Settings the harness has no machinery for are not ignored: a non-empty `tls-creds` fails
+the migration after connecting, with QEMU 7.2's words for a missing credentials object;
+`x-ignore-shared` sends each block's guest-physical address in the block list
+(`ram_save_setup`) and skips no block, as none of the harness's RAM is shared (QEMU skips
+only `qemu_ram_is_shared` blocks: `ramblock_is_ignored`); `validate-uuid` sends the
+peer's `--uuid` (all zeros without one, as QEMU's unset `qemu_uuid`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -39,13 +55,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.migration.config import MIGRATION_ACTIVE, MigrationConfig
+from harness.migration.config import MIGRATION_ACTIVE, MigrationConfig, tls_refusal
 from harness.migration.status import (
     MIGRATE_PAUSE_REFUSED,
     MIGRATE_RESUME_REFUSED,
     RUNNING,
     MigrationStatus,
     StatusMachine,
+    continue_refusal,
     source_machine,
 )
 from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise, SectionType, StreamEncoder
@@ -148,6 +165,7 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         self._resume = threading.Condition()  # postcopy_pause_sem: `migrate resume`, cancel
         self._resume_uri: str | None = None
         self._inbox = RecoveryInbox(RETURN_PATH_TIMEOUT)
+        self._continue = threading.Event()  # pause_sem: migrate-continue, cancel
         self._reset()
 
     def _reset(self) -> None:
@@ -212,6 +230,13 @@ class OutgoingMigration(RateLimit, PostcopyPush):
             self._resume_uri = uri
             self._resume.notify_all()
 
+    def migrate_continue(self, state: str) -> None:
+        """qmp_migrate_continue: wake the pre-switchover pause if `state` is the status."""
+        refusal = continue_refusal(state, str(self.state.status))
+        if refusal:
+            raise MigrationError(refusal)
+        self._continue.set()
+
     def pause(self) -> None:
         """qmp_migrate_pause on the source: shut the channel down; the migration thread
         sees the failure and pauses (7.2 accepts it in postcopy-active only)."""
@@ -242,6 +267,7 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         if self.state.status is S.CANCELLING:
             self._wake.set()
             self._urgent.set()
+            self._continue.set()  # migrate_fd_cancel posts pause_sem
             with self._resume:
                 self._resume.notify_all()
             self._inbox.close()
@@ -340,6 +366,10 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         self._channel = channel
         if self.state.status is S.CANCELLING:  # cancelled while connecting
             return
+        refusal = tls_refusal(self.config.parameters)
+        if refusal:  # migration_channel_connect: the TLS handshake needs the creds object
+            self.error_desc = refusal
+            raise ConnectionRefusedError(refusal)
         self._writer = _Writer(channel)
         ram = RamSave(self.guest_ram(), self.guest.harvest_dirty,
                       holes=getattr(self.guest, "ram_holes", None))
@@ -413,7 +443,7 @@ class OutgoingMigration(RateLimit, PostcopyPush):
             out += enc.command(PostcopyAdvise(PAGE, PAGE))
         ram.bitmap_sync()  # ram_init_bitmaps: the first sync (pass 1)
         self._pass_event(ram)
-        out += enc.ram_start(self.ram_section_id, ram.block_list())
+        out += enc.ram_start(self.ram_section_id, self._block_list(ram))
         assert self._writer is not None
         self._writer.write(out)
         self.timing.setup_time = time.monotonic() - self.timing.start
@@ -428,9 +458,35 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         return caps or None
 
     def _uuid(self) -> bytes | None:
+        """vmstate_uuid: sent with validate-uuid, all zeros when the peer has no --uuid."""
         if not self.config.cap("validate-uuid"):
             return None
-        return getattr(self.guest, "uuid", None)
+        return getattr(self.guest, "uuid", None) or bytes(16)
+
+    def _block_list(self, ram: RamSave) -> list[Any]:
+        """ram_save_setup's list; with x-ignore-shared each block's guest-physical address
+        follows (the blocks are laid out one after the other from 0, as -M none maps its
+        one block at 0)."""
+        blocks = ram.block_list()
+        if not self.config.cap("x-ignore-shared"):
+            return blocks
+        placed, addr = [], 0
+        for block in blocks:
+            placed.append(dataclasses.replace(block, addr=addr))
+            addr += block.used_length
+        return placed
+
+    def _maybe_pause(self, new: MigrationStatus) -> bool:
+        """migration_maybe_pause: with pause-before-switchover, active -> pre-switchover,
+        wait for migrate-continue (or a cancel), then pre-switchover -> `new`.  False when
+        the migration was cancelled meanwhile."""
+        if not self.config.cap("pause-before-switchover"):
+            return True
+        self._continue.clear()  # QEMU eats stale posts of the semaphore first
+        if not self.state.set(S.ACTIVE, S.PRE_SWITCHOVER):
+            return False
+        self._continue.wait()  # no deadline, as QEMU: migrate-continue or cancel end it
+        return self.state.set(S.PRE_SWITCHOVER, new)
 
     def _iteration(self, ram: RamSave) -> bool:
         """migration_iteration_run: True when the migration completed (or failed)."""
@@ -480,7 +536,8 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         A stream error on the way fails the migration, as 7.2's postcopy_start does
         ("Migration stream errored"); only later ones pause it."""
         assert self.postcopy is not None and self._writer is not None
-        if not self.state.set(S.ACTIVE, S.POSTCOPY_ACTIVE):
+        if (not self.config.cap("pause-before-switchover")
+                and not self.state.set(S.ACTIVE, S.POSTCOPY_ACTIVE)):
             return
         try:
             self._switch_to_postcopy(ram)
@@ -493,6 +550,8 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         self.vm_was_running = self.guest.runstate == "running"
         self.guest.global_state_store()
         self.guest.stop("finish-migrate")
+        if not self._maybe_pause(S.POSTCOPY_ACTIVE):
+            raise ConnectionAbortedError("migration cancelled before the switchover")
         ram.bitmap_sync()  # the last one: the guest is stopped
         self._pass_event(ram)
         enc = self._encoder
@@ -550,6 +609,8 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         self.vm_was_running = self.guest.runstate == "running"
         self.guest.global_state_store()
         self.guest.stop("finish-migrate")
+        if not self._maybe_pause(S.DEVICE):
+            raise ConnectionAbortedError("migration cancelled before the switchover")
         ram.bitmap_sync()
         self._pass_event(ram)
         enc = self._encoder
@@ -569,7 +630,8 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         ram.stats.downtime_bytes += self._writer.total - start
         if self._rp is not None:
             self._await_return_path()
-        if not self.state.set(S.ACTIVE, S.COMPLETED):
+        if not self.state.set(self.state.status if self.state.status is S.DEVICE else S.ACTIVE,
+                              S.COMPLETED):
             return
         now = time.monotonic()
         self.timing.end = now
@@ -690,7 +752,7 @@ class OutgoingMigration(RateLimit, PostcopyPush):
     # ------------------------------------------------------------------ endings
     def _fail_or_cancel(self) -> None:
         status = self.state.status
-        if status in (S.ACTIVE, S.SETUP, S.POSTCOPY_ACTIVE):
+        if status in (S.ACTIVE, S.SETUP, S.POSTCOPY_ACTIVE, S.PRE_SWITCHOVER, S.DEVICE):
             self.state.set(status, S.FAILED)
 
     def _cleanup(self) -> None:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,7 @@ class PeerOptions:
     autostart: bool = True  # QEMU's autostart: -S turns it off
     incoming: str | None = None  # destination: a URI, "defer", or None (not a destination)
     qmp: str | None = None  # a unix socket path to serve real QMP on too (`--qmp unix:PATH`)
+    uuid: bytes | None = None  # QEMU's -uuid (`--uuid`): the configuration's, validate-uuid
 
 
 class Peer:
@@ -77,6 +80,7 @@ class Peer:
         self.guest.on_running.append(lambda running: self.emit("RESUME" if running else "STOP",
                                                                 {}))
         self.migration: Any = None  # OutgoingMigration or IncomingMigration
+        self.guest.uuid = options.uuid  # type: ignore[attr-defined]
         self._register_common()
 
     # ------------------------------------------------------------------ lifecycle
@@ -218,6 +222,14 @@ def parse_guest_json(text: str) -> GuestSpec:
         devices=list(doc.get("devices", ["timer", "globalstate"])),
         content=str(doc.get("content", "random")),
     )
+
+
+def parse_uuid(text: str) -> bytes:
+    """`--uuid`: QEMU's -uuid takes the 8-4-4-4-12 hex form (util/uuid.c: qemu_uuid_parse)."""
+    if not re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", text):
+        raise ValueError(f"--uuid {text}: not a UUID (write it as "
+                         "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, hex digits)")
+    return uuid.UUID(text).bytes
 
 
 def record_dir(args: dict[str, Any]) -> Path:

@@ -164,3 +164,24 @@ def source_machine() -> StatusMachine:
 
 def destination_machine() -> StatusMachine:
     return StatusMachine("destination", DESTINATION_TRANSITIONS)
+
+
+def continue_state(arguments: dict[str, object]) -> str:
+    """migrate-continue's `state` argument, checked as QEMU's QAPI checks a MigrationStatus
+    (the ValueError's text is QEMU 7.2's)."""
+    state = arguments.get("state")
+    if state is None:
+        raise ValueError("Parameter 'state' is missing")
+    if not isinstance(state, str):
+        raise ValueError("Invalid parameter type for 'state', expected: string")
+    if state not in {str(s) for s in MigrationStatus}:
+        raise ValueError(f"Parameter 'state' does not accept value '{state}'")
+    return state
+
+
+def continue_refusal(expected: str, status: str) -> str | None:
+    """qmp_migrate_continue's check (migration/migration.c): None when `status` is the
+    `expected` one; else QEMU 7.2's message."""
+    if status != expected:
+        return f"Migration not in expected state: {status}"
+    return None
