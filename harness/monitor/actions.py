@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from harness.faults import process
-from harness.runner.effects import COMMANDS  # action -> (peer, QMP command), as the runner does it
+# action -> (peer, QMP command) and its arguments, as the runner does it
+from harness.runner.effects import ARGUMENTS, COMMANDS
 from harness.scenario import steps as model
 
 from .hmp import MonitorError
@@ -73,7 +74,7 @@ def action(link: Link, session: Session, name: str) -> str:
     peer, command = COMMANDS[name]
     if peer == "guest":
         peer = guest_side(link)
-    link.execute(peer, command)
+    link.execute(peer, command, dict(ARGUMENTS.get(name, {})))
     return f"{command} on the {peer}"
 
 

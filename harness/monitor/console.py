@@ -262,6 +262,18 @@ class Console(cmd.Cmd):
         _no_args("migrate_start_postcopy", arg)
         self.link.execute("source", "migrate-start-postcopy")
 
+    def do_migrate_continue(self, arg: str) -> None:
+        """hmp_migrate_continue: the state is parsed as HMP parses it (its words)."""
+        words = _words("migrate_continue", arg)
+        if not words:
+            raise UsageError("migrate_continue", "migrate_continue: string expected")
+        if len(words) > 1:
+            raise UsageError("migrate_continue",
+                             "migrate_continue: extraneous characters at the end of line")
+        if words[0] not in MIGRATION_STATUSES:
+            raise MonitorError(f"invalid parameter value: {words[0]}")
+        self.link.execute("source", "migrate-continue", {"state": words[0]})
+
     def do_migrate_pause(self, arg: str) -> None:
         self.link.execute(_peer("migrate_pause", _words("migrate_pause", arg), "source"),
                           "migrate-pause")

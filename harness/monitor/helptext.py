@@ -86,6 +86,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "", "Followup to a migration command to switch the migration to postcopy mode.",
         ("The postcopy-ram capability must be set on both source and destination before "
         "the\noriginal migration command (migrate_set_capability sets it on both).")),
+    "migrate_continue": ("state", "Continue migration from the given paused state",
+                         "On the source; state: pre-switchover (pause-before-switchover)."),
     "migrate_pause": ("[source|destination]", "Pause an ongoing migration (postcopy-only)",
                       ""),
     "migrate_recover": ("[uri]", "Continue a paused postcopy migration",

@@ -2,8 +2,9 @@
 
 Strategy: one function per kind of effect, each leaving a record on the timeline and, for
 faults, in the run's fault list (what fired, when, where).  Actions go to the peer QEMU
-would take them on (`migrate-cancel`, `migrate-pause`, `migrate-start-postcopy` and
-`migrate-set-parameters` to the source; `stop`/`cont` to whichever side has the guest;
+would take them on (`migrate-cancel`, `migrate-pause`, `migrate-start-postcopy`,
+`migrate-continue` -- out of pre-switchover -- and `migrate-set-parameters` to the source;
+`stop`/`cont` to whichever side has the guest;
 `migrate-recover` to both, as a user recovers a paused postcopy: the destination listens
 again, then the source resumes).  Process faults act on the peer's whole process tree
 (harness.faults.process) -- through its agent when the peer runs on another host -- and
@@ -33,9 +34,13 @@ COMMANDS = {
     "migrate-cancel": ("source", "migrate_cancel"),
     "migrate-start-postcopy": ("source", "migrate-start-postcopy"),
     "migrate-pause": ("source", "migrate-pause"),
+    "migrate-continue": ("source", "migrate-continue"),
     "stop": ("guest", "stop"),
     "cont": ("guest", "cont"),
 }
+#: the arguments a plain action's command takes (`migrate-continue` leaves the one pause
+#: QEMU 7.2 has: pause-before-switchover's)
+ARGUMENTS: dict[str, dict[str, Any]] = {"migrate-continue": {"state": "pre-switchover"}}
 
 
 def step_id(state: StepState) -> str:
@@ -95,7 +100,7 @@ def _action(c: Coordinator, label: str, action: Any, where: dict[str, Any]) -> N
     if peer == "guest":
         peer = "destination" if c.status["destination"] in ("completed", "postcopy-active",
                                                            "postcopy-paused") else "source"
-    _command(c, label, peer, command, {}, where)
+    _command(c, label, peer, command, dict(ARGUMENTS.get(action.command, {})), where)
 
 
 def _command(c: Coordinator, label: str, peer: str, command: str, arguments: dict[str, Any],

@@ -63,7 +63,12 @@ from .names import (
     TransportScheme,
     WorkloadPattern,
 )
-from .parameters import Capabilities, MigrationParameters, throttle_issue
+from .parameters import (
+    Capabilities,
+    MigrationParameters,
+    harness_peer_issues,
+    throttle_issue,
+)
 from .steps import (
     Action,
     BytesCondition,
@@ -369,7 +374,7 @@ class Scenario(ScenarioModel):
     def _cross_checks(self, info: ValidationInfo) -> Scenario:
         raise_issues(self._step_order_issues() + self._host_issues() + self._qemu_issues()
                      + self._postcopy_issues() + self._throttle_issues()
-                     + self._proxy_issues())
+                     + self._proxy_issues() + self._harness_peer_issues())
         source_file = (info.context or {}).get("source_file")
         if source_file is not None:
             self._source_file = Path(source_file)
@@ -461,6 +466,18 @@ class Scenario(ScenarioModel):
                       "migrate_set_capability before the start of migration\")")
                 for index, step in enumerate(self.steps)
                 if step.action_name in POSTCOPY_ACTIONS]
+
+    def _harness_peer_issues(self) -> list[Issue]:
+        harness = [name for name in ("source", "destination")
+                   if getattr(self, name).kind == "harness"]
+        if not harness:
+            return []
+        places: list[tuple[tuple[PathItem, ...], MigrationParameters]] = [
+            (("parameters",), self.parameters)]
+        places += [(("steps", index, "do", "migrate-set-parameters"),
+                    step.do.migrate_set_parameters) for index, step in enumerate(self.steps)
+                   if isinstance(step.do, SetParametersAction)]
+        return harness_peer_issues(harness[0], self.capabilities, places)
 
     def _proxy_issues(self) -> list[Issue]:
         """Network faults and wire triggers need the proxy, which sits on a socket."""

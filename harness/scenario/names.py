@@ -97,7 +97,7 @@ EVENT_NAMES: tuple[str, ...] = get_args(EventName)
 
 #: actions written as a bare name (`do: migrate-cancel`)
 PlainActionName = Literal["migrate-start-postcopy", "migrate-cancel", "migrate-pause",
-                          "migrate-recover", "stop", "cont"]
+                          "migrate-recover", "migrate-continue", "stop", "cont"]
 PLAIN_ACTIONS: tuple[str, ...] = get_args(PlainActionName)
 #: actions written as a one-key mapping (`do: {migrate-set-parameters: {...}}`)
 MAPPING_ACTIONS = ("migrate-set-parameters",)

@@ -6,17 +6,26 @@ Ranges are QEMU's own (migration/migration.c: migrate_params_check), with QEMU's
 so a scenario that validates here is not refused by a real QEMU later. Sizes and rates
 accept units; millisecond parameters accept durations. Capabilities stay a plain mapping
 name -> bool (what `migrate-set-capabilities` takes); the combinations QEMU refuses
-(migration/migration.c: migrate_caps_check) are refused here too.
+(migration/migration.c: migrate_caps_check) are refused here too.  What a `kind: harness`
+peer does not implement (`harness_peer_issues`) is refused too, when a peer is one.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BeforeValidator, StrictInt, model_validator
 
-from harness.migration.config import PARAMETER_RANGES
+from harness.migration.config import (
+    PARAMETER_DEFAULTS,
+    PARAMETER_RANGES,
+    SUPPORTED_CAPABILITIES,
+    UNIMPLEMENTED_PARAMETERS,
+    not_implemented,
+    tls_refusal,
+)
 
 from .base import (
     Issue,
@@ -146,3 +155,28 @@ def _capability_combinations(caps: Mapping[str, bool]) -> Mapping[str, bool]:
 
 Capabilities = Annotated[dict[str, bool], BeforeValidator(_capability_names),
                          AfterValidator(_capability_combinations)]
+
+
+def harness_peer_issues(peer: str, capabilities: Mapping[str, bool],
+                        places: list[tuple[tuple[Any, ...], MigrationParameters]]) -> list[Issue]:
+    """What a `kind: harness` peer would refuse (harness.migration.config has the tables):
+    a capability it does not implement turned on, a parameter it does not implement set
+    to anything but QEMU's default, and TLS, which it does not have (its `migrate` fails
+    as QEMU 7.2's does without the credentials object).  A scenario whose peers are both
+    QEMU may set them all: QEMU honours them."""
+    why = f"({peer}.kind: harness; only QEMU peers may use it)"
+    issues = [Issue((name,), f"{not_implemented(name)} {why}")
+              for name, on in capabilities.items()
+              if on and name in CAPABILITIES and name not in SUPPORTED_CAPABILITIES]
+    issues = [Issue(("capabilities", *i.path), i.message) for i in issues]
+    for path, params in places:
+        for name, value in params.qmp_arguments().items():
+            if name.startswith("tls-") and value:
+                words = (f", so `migrate` would fail with \"{tls_refusal({name: value})}\""
+                         if name == "tls-creds" else "")
+                issues.append(Issue((*path, name), f"the harness peer has no TLS{words} {why}"))
+            elif (name in UNIMPLEMENTED_PARAMETERS and value is not None
+                  and value != PARAMETER_DEFAULTS[name]):
+                issues.append(Issue((*path, name), f"{not_implemented(name)} (only its default "
+                                    f"{json.dumps(PARAMETER_DEFAULTS[name])}) {why}"))
+    return issues

@@ -46,6 +46,7 @@ def test_every_top_level_scenario_has_its_facts_checked():
 
 @pytest.mark.parametrize("name", sorted(
     ["precopy", "precopy-unix", "precopy-cancel", "precopy-blocker", "precopy-exec-file",
+     "precopy-pause-before-switchover",
      "precopy-qemu-destination", "precopy-qemu-source", "postcopy", "postcopy-unix",
      "postcopy-immediate", "postcopy-return-path-only", "postcopy-qemu-destination",
      "postcopy-qemu-source"]))
@@ -83,6 +84,20 @@ def _cancel(sc):
     assert steps and steps[0]["data"]["command"] == "migrate_cancel"
     assert sc["source"]["runstate"] == "running"
     assert "unexpected end of migration stream" in sc["destination"]["error"]
+
+
+def _pause_before_switchover(sc):
+    assert sc["source"]["statuses"] == ["setup", "active", "pre-switchover", "device",
+                                        "completed"]
+    events = [(t["name"], t["data"].get("status") or t["data"].get("command"))
+              for t in sc["timeline"] if t["peer"] in ("source", "runner")
+              and t["name"] in ("MIGRATION", "step")]
+    paused = events.index(("MIGRATION", "pre-switchover"))
+    [step] = [t for t in sc["timeline"] if t["name"] == "step"]
+    assert step["data"]["command"] == "migrate-continue" and "error" not in step["data"]
+    # the switch waited for the step: device only after migrate-continue
+    assert paused < events.index(("step", "migrate-continue")) < events.index(
+        ("MIGRATION", "device"))
 
 
 def _blocker(sc):
@@ -152,6 +167,7 @@ def _qemu_postcopy(role):
 
 FACTS = {"precopy": _precopy, "precopy-unix": _unix, "precopy-cancel": _cancel,
          "precopy-blocker": _blocker,
+         "precopy-pause-before-switchover": _pause_before_switchover,
          "precopy-exec-file": _exec, "precopy-qemu-destination": _qemu_peer("destination"),
          "precopy-qemu-source": _qemu_peer("source"), "postcopy": _postcopy,
          "postcopy-unix": _switched, "postcopy-immediate": _immediate,
