@@ -34,6 +34,21 @@ parameters: {max-bandwidth: 16MiB}
 expect: {source: completed, destination: completed}
 """
 
+POSTCOPY = """\
+name: lifecycle
+seed: 5
+timeout: 60s
+guest: {memory: 256MiB, fill: 1.0, workload: {dirty-rate: 16MiB/s}}
+capabilities: {postcopy-ram: true}
+parameters: {max-bandwidth: 64MiB, max-postcopy-bandwidth: 4MiB}
+steps:
+  - on: {status: {peer: source, is: active}}
+    do: migrate-start-postcopy
+  - on: {event: page-request, count: 1000000}  # never: it only puts the proxy in between
+    fault: {kind: net.blackhole, duration: 1s}
+expect: {source: completed, destination: completed}
+"""
+
 QUICK = """\
 name: quick
 seed: 4
@@ -72,8 +87,8 @@ class Run:
             self.seen.setdefault(proc.pid, proc)
         return found
 
-    def wait_mid_migration(self) -> None:
-        """Until the source is migrating and both peers have their workload process."""
+    def wait_mid_migration(self, status: str = "active") -> None:
+        """Until a peer is in `status` and both peers have their workload process."""
         events = self.report.with_name("report.lifecycle.events.jsonl")
         deadline = time.monotonic() + DEADLINE
         while True:
@@ -81,7 +96,7 @@ class Run:
             assert time.monotonic() < deadline, f"never mid-migration:\n{self.output()}"
             text = events.read_text() if events.exists() else ""
             workloads = [p for p in self.descendants() if _is_workload(p)]
-            if '"status": "active"' in text and len(workloads) == 2:
+            if f'"status": "{status}"' in text and len(workloads) == 2:
                 self.descendants()
                 return
             time.sleep(0.1)
@@ -135,13 +150,17 @@ def _socket_dirs(owner: int) -> list[Path]:
     return sorted(Path("/tmp").glob(f"mh*-{owner}-*"))
 
 
-def test_a_runner_killed_mid_migration_leaves_nothing_running_and_the_next_run_sweeps(tmp_path):
-    run = Run(tmp_path, SLOW)
+@pytest.mark.parametrize("scenario,status", [(SLOW, "active"), (POSTCOPY, "postcopy-active")],
+                         ids=["precopy", "postcopy-with-proxy"])
+def test_a_runner_killed_mid_migration_leaves_nothing_running_and_the_next_run_sweeps(
+        tmp_path, scenario, status):
+    run = Run(tmp_path, scenario)
     try:
-        run.wait_mid_migration()
+        run.wait_mid_migration(status)
         tree = list(run.seen.values())
         kinds = " ".join(" ".join(p.cmdline()) for p in tree)
         assert "resource_tracker" in kinds  # both peers' trackers are part of what must go
+        assert ("-m harness proxy" in kinds) is (scenario is POSTCOPY)
         peers = run.peer_pids()
         assert len(peers) == 2
         assert _socket_dirs(run.proc.pid)  # the control sockets' directories, named after it
@@ -162,7 +181,8 @@ def test_a_runner_killed_mid_migration_leaves_nothing_running_and_the_next_run_s
         run.reap()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT],
+                         ids=["SIGTERM", "SIGHUP", "SIGINT"])
 def test_sigterm_and_sighup_end_the_run_as_interrupted_and_reap_everything(tmp_path, sig):
     run = Run(tmp_path, SLOW)
     try:
