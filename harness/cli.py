@@ -158,6 +158,15 @@ def validate(
 
 
 @app.command()
+def schema() -> None:
+    """Print the JSON Schema of scenario files (docs/scenario-format.md describes it), for
+    editors: `harness schema > scenario.schema.json`."""
+    from .scenario.reference import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
 def report(
     reports: Annotated[list[Path], typer.Argument(
         help="JSON reports written by `harness run --json` (one per run).")],

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StrictInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StrictInt, \
+    WithJsonSchema
 
 from . import units
 
@@ -156,11 +157,28 @@ def in_range(low: float, high: float, words: str | None = None, name: str | None
     return check
 
 
-Size = Annotated[int, BeforeValidator(units.parse_size)]
-Rate = Annotated[int, BeforeValidator(units.parse_rate)]
-Duration = Annotated[float, BeforeValidator(units.parse_duration)]
-Milliseconds = Annotated[int, BeforeValidator(units.parse_milliseconds)]
-Percent = Annotated[float, BeforeValidator(units.parse_percent)]
+_NUMBER = r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+
+
+def _written_as(forms: str, text_pattern: str) -> WithJsonSchema:
+    """The JSON Schema of a quantity as files write it: a number, or text with a unit (the
+    parser in `units` has the last word; this is what an editor can check)."""
+    return WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
+                                     {"type": "string", "pattern": text_pattern}],
+                           "description": forms})
+
+
+Size = Annotated[int, BeforeValidator(units.parse_size), _written_as(
+    units.SIZE_FORMS, rf"^\s*{_NUMBER}\s*[A-Za-z]*\s*$")]
+Rate = Annotated[int, BeforeValidator(units.parse_rate), _written_as(
+    units.RATE_FORMS, rf"^\s*{_NUMBER}\s*[A-Za-z]*(/s)?\s*$")]
+Duration = Annotated[float, BeforeValidator(units.parse_duration), _written_as(
+    units.DURATION_FORMS, rf"^\s*{_NUMBER}\s*[A-Za-z]*\s*$")]
+Milliseconds = Annotated[int, BeforeValidator(units.parse_milliseconds), _written_as(
+    "milliseconds as a number, or a duration with a unit such as 300ms or 0.3s",
+    rf"^\s*{_NUMBER}\s*[A-Za-z]*\s*$")]
+Percent = Annotated[float, BeforeValidator(units.parse_percent), _written_as(
+    units.PERCENT_FORMS, rf"^\s*{_NUMBER}\s*%?\s*$")]
 Text = Annotated[str, BeforeValidator(_text)]
 Fraction = Annotated[float, AfterValidator(in_range(0, 1, "a fraction between 0 and 1"))]
 PositiveCount = Annotated[StrictInt, AfterValidator(in_range(1, float("inf"),

@@ -23,6 +23,7 @@ from pydantic import (
     PrivateAttr,
     StrictInt,
     ValidationInfo,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -42,6 +43,7 @@ from .base import (
     raise_issues,
 )
 from .names import (
+    CAPABILITIES,
     CONTENT_KINDS,
     DEFAULT_DEVICES,
     DEVICE_NAMES,
@@ -279,6 +281,13 @@ class Transport(ScenarioModel):
     scheme: Annotated[TransportScheme, choice("a transport", TRANSPORT_SCHEMES)] = "tcp"
     uri: str | None = None
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        written = {"type": "string", "pattern": "^[a-z]+(:.*)?$", "description": (
+            "a scheme (" + ", ".join(TRANSPORT_SCHEMES) + ") or a migration URI "
+            "(" + ", ".join(form for _, form in _URI_FORMS.values()) + ")")}
+        return {"anyOf": [written, handler(core_schema)]}
+
     @model_validator(mode="before")
     @classmethod
     def _from_file(cls, data: Any) -> Any:
@@ -326,7 +335,9 @@ class Expect(ScenarioModel):
 class Scenario(ScenarioModel):
     """One scenario file. `source_file` is where it was loaded from (None if built in code)."""
 
-    name: Annotated[Text, AfterValidator(_scenario_name)]
+    name: Annotated[Text, AfterValidator(_scenario_name), WithJsonSchema({
+        "type": "string", "pattern": r"^(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$",
+        "description": "default: the file's stem"})]
     description: str = ""
     seed: Annotated[StrictInt, AfterValidator(
         in_range(0, 2**64 - 1, "an integer from 0 to 2**64 - 1"))] = 0
@@ -343,6 +354,15 @@ class Scenario(ScenarioModel):
     expect: Expect = Field(default_factory=Expect)
 
     _source_file: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = dict(handler(core_schema))  # name: may be left out: the file's stem
+        schema["required"] = [key for key in schema.get("required", []) if key != "name"]
+        if not schema["required"]:
+            del schema["required"]
+        schema["properties"]["capabilities"]["propertyNames"] = {"enum": list(CAPABILITIES)}
+        return schema
 
     @property
     def source_file(self) -> Path | None:

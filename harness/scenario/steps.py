@@ -220,6 +220,10 @@ class CommandAction(ScenarioModel):
     def _as_name(self) -> str:
         return self.command
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return {"type": "string", "enum": list(PLAIN_ACTIONS), "title": "Action name"}
+
 
 class SetParametersAction(ScenarioModel):
     """`do: {migrate-set-parameters: {max-bandwidth: 1GiB}}`."""

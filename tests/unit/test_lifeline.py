@@ -80,11 +80,16 @@ def test_the_lifeline_does_not_start_a_command_whose_starter_is_already_gone():
     assert "the starter is gone; not starting /bin/echo started" in out.stderr
 
 
+CANNOT_RUN = """
+import os, subprocess, sys
+sys.exit(subprocess.run([sys.executable, "-m", "harness.lifeline", str(os.getpid()), "--",
+                         "/nonexistent/qemu"]).returncode)
+"""
+
+
 def test_the_lifeline_names_a_command_it_cannot_run():
-    out = subprocess.run([sys.executable, "-c", "import os, sys, subprocess; sys.exit("
-                          "subprocess.run([sys.executable, '-m', 'harness.lifeline', "
-                          "str(os.getpid()), '--', '/nonexistent/qemu']).returncode)"],
-                         capture_output=True, text=True, timeout=DEADLINE, check=False)
+    out = subprocess.run([sys.executable, "-c", CANNOT_RUN], capture_output=True, text=True,
+                         timeout=DEADLINE, check=False)
     assert out.returncode == 127
     assert out.stderr.strip() == "lifeline: cannot run /nonexistent/qemu: No such file or " \
                                  "directory"
