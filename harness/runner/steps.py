@@ -238,6 +238,10 @@ class StepRunner:
 
         state.fired_at = self.c.elapsed()
         state.fired_epoch = at
+        if self.c.proxy is not None:
+            # the wire steps that come `after` this one watch from now on, before its
+            # effect: a recovery's RECV_BITMAP goes by while `migrate-recover` runs
+            self.arm_due()
         carry_out(self.c, state, wire)
         if state.step.do is not None:  # an action fires when it is carried out
             state.acted_at = state.fired_at
