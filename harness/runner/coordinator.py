@@ -39,7 +39,7 @@ from harness.scenario.model import Scenario
 from .agent_peer import AgentPeer, RemoteFrozen
 from .agent_pool import Agents, placement_problems
 from .agents import AgentError, tcp_uri
-from .peers import HarnessPeer, PeerError, PeerHandle, QemuPeer, short_dir
+from .peers import HarnessPeer, PeerError, PeerHandle, QemuPeer, kill_tree, short_dir
 from .proxy import ProxyHandle
 from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
 from .samples import Sampler
@@ -657,6 +657,19 @@ class Coordinator:
 
         for d in self._dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+    def abandon(self) -> None:
+        """A signal cut `run` short before it could close (or during its close): kill and
+        reap what still runs, remove the directories.  Bounded; raises nothing."""
+        handles: list[Any] = [*self._peers(), *([self.proxy] if self.proxy else [])]
+        for handle in handles:
+            try:
+                if handle.alive() and handle.pid is not None and \
+                        getattr(handle, "host", None) is None:  # not reaped: not reused
+                    kill_tree(handle.pid)
+            except Exception as err:  # noqa: BLE001 - keep reaping the others
+                log.warning("killing the %s: %s", handle.role, err)
+        self._close()
 
     def _peers(self) -> list[PeerHandle]:
         return [p for p in (self.src, self.dst) if p is not None]

@@ -48,7 +48,12 @@ def run_scenario(scenario: Scenario, seed: int | None = None,
     workdir = Path(tempfile.mkdtemp(prefix=f"{scenario.name}-", dir=base))
     console = console or Console(stderr=True)
     with MigrationProgress(scenario.name, console) as bar:
-        result = Coordinator(scenario, workdir, seed, bar.update, record, events_log).run()
+        coordinator = Coordinator(scenario, workdir, seed, bar.update, record, events_log)
+        try:
+            result = coordinator.run()
+        except KeyboardInterrupt:  # it came after `run` handled its own: in its close
+            coordinator.abandon()
+            raise
     if result.verdict == "pass" and not record:  # nothing to look at: nothing left behind
         shutil.rmtree(workdir, ignore_errors=True)
         result.workdir = None

@@ -240,3 +240,25 @@ def test_a_passing_run_without_json_leaves_nothing_behind(tmp_path):
     assert list(work.iterdir()) == []  # no event log either: nobody asked for one
     assert "workdir:" not in out.stdout
     assert "event log:" not in out.stdout
+
+
+def test_abandon_kills_and_reaps_what_a_run_cut_short_in_its_close_started(tmp_path):
+    """A signal inside the coordinator's own close: `abandon` still leaves nothing."""
+    from harness.runner.coordinator import Coordinator
+    from harness.scenario import load_scenarios
+
+    path = tmp_path / "quick.yaml"
+    path.write_text(QUICK)
+    [scenario] = load_scenarios([path])
+    coordinator = Coordinator(scenario, tmp_path)
+    try:
+        coordinator._start_peers()
+        peers = [psutil.Process(p.pid) for p in coordinator._peers() if p.pid is not None]
+        tree = peers + [c for p in peers for c in p.children(recursive=True)]
+        assert len(peers) == 2
+        coordinator.abandon()
+        assert not _alive(tree)
+        assert [p.alive() for p in coordinator._peers()] == [False, False]
+        assert not any(p._sockdir.exists() for p in coordinator._peers())  # type: ignore
+    finally:
+        coordinator.abandon()
