@@ -298,8 +298,10 @@ class Channel:
             raise ChannelTimeout(f"{self.peer}: {verb} timed out after {seconds:g} s")
 
     def _wake_all(self) -> None:
-        self._waker.wake()
+        # the socket's shutdown first: a woken thread may close the channel at once, and
+        # a shutdown after that close would be lost (see SocketChannel._release)
         self._interrupt()
+        self._waker.wake()
 
     def _wait_until_idle(self) -> bool:
         """Take both direction locks, waking their holders first if needed."""
@@ -369,6 +371,13 @@ class SocketChannel(Channel):
             self._sock.shutdown(socket.SHUT_RDWR)
 
     def _release(self, abandoned: bool) -> ExecFailed | None:
+        if abandoned:
+            # a shut-down channel ends its connection even if another process holds a dup
+            # of the socket (the destination's vCPU process writes page requests on one):
+            # close() alone would leave the peer waiting, and a shutdown that raced with
+            # this close (the thread that asked for it preempted) would find no fd
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         return None
 

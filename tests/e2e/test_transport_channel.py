@@ -197,6 +197,24 @@ def test_socket_shutdown_is_seen_by_the_peer_as_eof(sockets):
     assert destination.recv_into(bytearray(10)) == 0
 
 
+def test_a_shutdown_reaches_the_peer_even_when_a_dup_lives_on_and_close_won_the_race(
+        sockets, monkeypatch):
+    """migrate-pause on a destination whose vCPU process holds a dup of the socket: the
+    thread that shuts the channel down is preempted before the socket's own shutdown, the
+    woken loader closes the channel first.  The peer must still see the end (it hung)."""
+    source, destination = sockets
+    dup = os.dup(destination.fileno())  # as the destination's vCPU process holds one
+    try:
+        monkeypatch.setattr(destination, "_interrupt", lambda: None)  # preempted there
+        destination.shutdown()
+        monkeypatch.undo()
+        destination.close()  # what the woken loader does next
+        source.set_timeout(10.0)
+        assert source.recv_into(bytearray(10)) == 0
+    finally:
+        os.close(dup)
+
+
 # -- return path while the stream flows --------------------------------------------------
 
 def test_return_path_messages_flow_while_the_stream_is_sent(sockets):
