@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.migration.config import SUPPORTED_CAPABILITIES
 from harness.runner.peers import HarnessPeer
 
 pexpect = pytest.importorskip("pexpect", reason="pexpect drives the console in a pty "
@@ -117,7 +118,15 @@ def test_configure_both_peers_complete_and_recover_from_bad_input(tmp_path):
     with monitor(tmp_path, "--start", "--proxy", "--memory", "32MiB") as con:
         caps = con.run("info migrate_capabilities")
         assert "xbzrle: off" in caps and "postcopy-ram: off" in caps
-        assert len(re.findall(r"^[a-z-]+: (?:on|off)\r?$", caps, re.MULTILINE)) == 21
+        # the capabilities the harness peer implements; a refused one is not offered
+        assert len(re.findall(r"^[a-z-]+: (?:on|off)\r?$", caps, re.MULTILINE)) == len(
+            SUPPORTED_CAPABILITIES)
+        assert "release-ram" not in caps and "pause-before-switchover: off" in caps
+        assert ("Capability 'release-ram' is not implemented by the harness peer"
+                in con.run("migrate_set_capability release-ram on"))
+        assert "Error: invalid parameter value: foo" in con.run("migrate_continue foo")
+        assert "Error: Migration not in expected state: none" in con.run(
+            "migrate_continue pre-switchover")
 
         assert "Error" not in con.run("migrate_set_capability postcopy-ram on")
         assert "postcopy-ram: on" in con.run("info migrate_capabilities")
