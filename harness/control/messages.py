@@ -30,7 +30,8 @@ from harness.control.errors import ProtocolMessageError
 
 __all__ = [
     "COMMAND_NOT_FOUND", "DEVICE_NOT_ACTIVE", "DEVICE_NOT_FOUND", "GENERIC_ERROR",
-    "KVM_MISSING_CAP", "QMP_ERROR_CLASSES", "Error", "Event", "Execute", "Hello", "Kind",
+    "KVM_MISSING_CAP", "MAX_MESSAGE", "QMP_ERROR_CLASSES", "Error", "Event", "Execute",
+    "Hello", "Kind",
     "Message", "Return", "decode", "encode", "from_frames", "to_frames",
 ]
 
@@ -44,6 +45,9 @@ QMP_ERROR_CLASSES = frozenset(
     {GENERIC_ERROR, COMMAND_NOT_FOUND, DEVICE_NOT_ACTIVE, DEVICE_NOT_FOUND, KVM_MISSING_CAP})
 
 _EXCERPT = 120  # bytes of offending input quoted in an error
+#: the largest message a peer's or an agent's ROUTER accepts (zmq.MAXMSGSIZE): requests are
+#: small; a bigger one ends the sender's connection instead of growing the process
+MAX_MESSAGE = 16 << 20
 
 
 class Kind(enum.Enum):

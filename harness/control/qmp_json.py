@@ -279,7 +279,9 @@ def _value(queue: deque[tuple[str, bytes]]) -> tuple[Any, _Open | None]:
         return None, _Open([])
     if kind == "string":
         return _decode_string(text), None
-    if kind == "int":
+    if kind == "int":  # json-parser.c: parse_literal -- beyond (u)int64, a double (strtod)
+        if len(text) > 21:  # beyond any int64/uint64, and int() refuses > 4300 digits
+            return float(text), None
         number = int(text)
         return (number if -(1 << 63) <= number < (1 << 64) else float(text)), None
     if kind == "float":

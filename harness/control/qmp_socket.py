@@ -15,13 +15,17 @@ the peer's `ControlServer.call`, so it runs on the peer's serving thread through
 handler a zmq client reaches; events arrive through `ControlServer.add_event_listener`
 and are written before the reply of a command during which they were emitted.  A client
 that stops reading is disconnected once 16 MiB wait for it; one read or write failure
-ends only that client; the socket file is removed on close.
+ends only that client; the socket file is mode 0600 and removed on close.  At most
+`MAX_CLIENTS` are served at once: one more is told so in one error line and closed; when
+the process runs out of file descriptors (EMFILE), accepting pauses for `ACCEPT_PAUSE` s
+while the clients already connected go on being served -- the thread never dies of it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import json
 import logging
 import os
@@ -41,6 +45,7 @@ from harness.control.errors import ControlError
 from harness.control.messages import COMMAND_NOT_FOUND, GENERIC_ERROR, Error, Event, Return
 from harness.control.qmp_json import JsonParseError, QmpJsonStream
 from harness.control.server import ControlServer
+from harness.transport.unix_mode import bind_private, is_listening
 
 __all__ = ["QEMU_VERSION", "Dispatch", "QmpSession", "QmpSocketError", "QmpSocketServer",
            "SessionState", "parse_qmp_option", "query_version"]
@@ -57,6 +62,11 @@ _READ_SIZE = 65536
 _CLOSE_FLUSH = 1.0        # seconds close() spends sending what clients have not yet read
 _EOL = b"\r\n"            # monitor_puts turns each "\n" into "\r\n"
 _NO_ID = object()
+#: clients served at once; one more is refused (each costs a file descriptor)
+MAX_CLIENTS = 64
+#: how long accepting pauses when the process is out of file descriptors
+ACCEPT_PAUSE = 0.2
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class QmpSocketError(ControlError):
@@ -105,27 +115,17 @@ def _listen(path: str) -> tuple[socket.socket, int]:
     if mode is not None:
         if not stat.S_ISSOCK(mode):
             raise QmpSocketError(f"{where}: {path} exists and is not a socket")
-        if _is_live(path):
+        if is_listening(path):
             raise QmpSocketError(f"{where}: a server already listens on {path}")
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
-        sock.listen(16)
+        bind_private(sock, path, 16)
         sock.setblocking(False)
         return sock, os.stat(path).st_ino
     except OSError as err:
         sock.close()
         raise QmpSocketError(f"{where}: cannot listen: {err.strerror or err}") from None
-
-
-def _is_live(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
 
 
 # ---------------------------------------------------------------------- the protocol
@@ -208,8 +208,9 @@ class QmpSession:
         if not isinstance(message, dict):
             return _error_line(GENERIC_ERROR, "QMP input must be a JSON object")
         msg_id = message.get("id", _NO_ID)
-        if not _encodable(msg_id):  # QEMU's writer is C: it would echo it; ours cannot
-            return _error_line(GENERIC_ERROR, "QMP input member 'id' is nested too deeply")
+        problem = _unechoable(msg_id)  # QEMU's writer is C: it would echo it; ours cannot
+        if problem:
+            return _error_line(GENERIC_ERROR, f"QMP input member 'id' {problem}")
         problem = _check_request(message)
         if problem:
             return _error_line(GENERIC_ERROR, problem, msg_id)
@@ -236,14 +237,19 @@ class QmpSession:
         return _line({"return": {}} if msg_id is _NO_ID else {"return": {}, "id": msg_id})
 
 
-def _encodable(msg_id: Any) -> bool:
+def _unechoable(msg_id: Any) -> str:
+    """Why `msg_id` cannot be echoed as JSON, or ""."""
     if msg_id is _NO_ID:
-        return True
+        return ""
     try:
-        json.dumps(msg_id)
-    except (TypeError, ValueError, RecursionError):
-        return False
-    return True
+        json.dumps(msg_id, allow_nan=False)
+    except ValueError as err:  # a number beyond a double (5000 digits) is inf: not JSON
+        if "out of range" in str(err).lower():
+            return "is a number out of range"
+        return "is nested too deeply"
+    except (TypeError, RecursionError):
+        return "is nested too deeply"
+    return ""
 
 
 def _check_request(message: dict[str, Any]) -> str:
@@ -313,6 +319,7 @@ class QmpSocketServer:
         self._lock = threading.Lock()  # guards _events and state against the listener
         self._events: deque[Event] = deque()
         self._stop = threading.Event()
+        self._accept_paused_until: float | None = None  # out of fds: not accepting
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None  # what ended the thread, if not close()
         self.state = ServerState.LISTENING
@@ -374,8 +381,11 @@ class QmpSocketServer:
     def _serve(self) -> None:
         try:
             while not self._stop.is_set():
-                for key, mask in self._selector.select(timeout=1.0):
+                paused = self._accept_paused_until
+                timeout = 1.0 if paused is None else max(0.0, paused - time.monotonic())
+                for key, mask in self._selector.select(timeout=timeout):
                     self._ready(key, mask)
+                self._resume_accepting()
                 self._deliver_events()
                 self._update_interest()
         except Exception as exc:  # noqa: BLE001 -- logged once, kept for whoever looks
@@ -411,6 +421,17 @@ class QmpSocketServer:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError as err:
+                if err.errno not in _OUT_OF_FDS:
+                    raise
+                return self._pause_accepting(err)
+            if len(self._clients) >= MAX_CLIENTS:
+                with contextlib.suppress(OSError):
+                    sock.setblocking(False)
+                    sock.send(_error_line(GENERIC_ERROR, f"too many QMP clients: "
+                                                         f"{MAX_CLIENTS} are connected"))
+                sock.close()
+                continue
             sock.setblocking(False)
             client = _Client(sock, QmpSession(), bytearray())
             self._clients[sock.fileno()] = client
@@ -418,6 +439,20 @@ class QmpSocketServer:
             self._queue(client, client.session.greeting())
             self._write(client)
             log.debug("QMP socket %s: client %d connected", self.path, sock.fileno())
+
+    def _pause_accepting(self, err: OSError) -> None:
+        if self._accept_paused_until is None:
+            log.warning("QMP socket %s: cannot accept a client (%s): not accepting for "
+                        "%.1f s", self.path, err.strerror or err, ACCEPT_PAUSE)
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._listener)
+        self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+
+    def _resume_accepting(self) -> None:
+        if self._accept_paused_until is not None and \
+                time.monotonic() >= self._accept_paused_until:
+            self._accept_paused_until = None
+            self._selector.register(self._listener, selectors.EVENT_READ, "accept")
 
     def _read(self, client: _Client) -> None:
         try:

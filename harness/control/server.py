@@ -15,6 +15,11 @@ blocking `recv` with a timeout, the cheapest wait zmq has, and a peer with its o
 polls `socket`.  Queued events go to every client in emission order, and are always
 flushed before a reply, so an event a handler emits precedes its return, as in QEMU.
 
+Bounded and private: the ROUTER takes messages of `MAX_MESSAGE` bytes at most (a bigger
+one ends that client's connection, never grows the process), an ipc:// socket file is
+mode 0600, and with `keys` (`curve.ServerKeys`) it is a CURVE server whose ZAP handler
+accepts only the authorized client keys, as an agent's.
+
 Sends never block: the ROUTER is in mandatory mode, a client whose queue is full loses
 that message (counted in `dropped`, logged on the first loss), a client that is gone is
 forgotten.
@@ -45,10 +50,12 @@ import zmq
 
 from harness import __version__
 from harness.control.address import check_address, ipc_path, new_ipc_address
+from harness.control.curve import ServerKeys, make_curve_server, start_authenticator
 from harness.control.errors import CommandError, ControlError, ProtocolMessageError
 from harness.control.messages import (
     COMMAND_NOT_FOUND,
     GENERIC_ERROR,
+    MAX_MESSAGE,
     Error,
     Event,
     Execute,
@@ -58,6 +65,7 @@ from harness.control.messages import (
     from_frames,
     to_frames,
 )
+from harness.transport.unix_mode import private_umask
 
 __all__ = ["BlobResult", "ControlServer", "Handler", "ServerState"]
 
@@ -110,13 +118,16 @@ class ControlServer:
     """
 
     def __init__(self, address: str, *, role: str = "peer",
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, keys: ServerKeys | None = None
+                 ) -> None:
         if address == "ipc://*":  # zmq's own wildcard makes a directory in the cwd
             address = new_ipc_address(role)
         check_address(address)
         self.role = role
+        self._auth = (start_authenticator(context or zmq.Context.instance(), keys)
+                      if keys is not None else None)
         self._router = (context or zmq.Context.instance()).socket(zmq.ROUTER)
-        self._configure_and_bind(address)
+        self._configure_and_bind(address, keys)
         self.address: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)  # before inproc
         self._ipc_path = ipc_path(self.address)
         self._wake_lock = threading.Lock()  # guards _waker, _events, _wake_pending, state
@@ -136,18 +147,23 @@ class ControlServer:
         self.state = ServerState.OPEN
         log.debug("control server %s (%s) bound", self.address, role)
 
-    def _configure_and_bind(self, address: str) -> None:
+    def _configure_and_bind(self, address: str, keys: ServerKeys | None) -> None:
         sock = self._router
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable -> EHOSTUNREACH, not silence
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a client reconnecting keeps its session
         sock.setsockopt(zmq.SNDHWM, _SEND_HWM)
         sock.setsockopt(zmq.RCVHWM, _SEND_HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        if keys is not None:
+            make_curve_server(sock, keys)
         try:
             _refuse_live_ipc(address)
-            sock.bind(address)
+            with private_umask(ipc_path(address)):
+                sock.bind(address)
         except (zmq.ZMQError, OSError) as exc:
             sock.close(linger=0)
+            self._stop_auth()
             raise ControlError(f"cannot bind the control server to {address}: {exc}") from None
 
     def _connect_waker(self, context: zmq.Context[Any] | None) -> zmq.Socket[Any]:
@@ -282,6 +298,7 @@ class ControlServer:
             pending.answer(Error(GENERIC_ERROR, f"the peer is shutting down: "
                                                 f"{pending.request.command} not run", None))
         self._router.close(linger=0)
+        self._stop_auth()
         if self._ipc_path is not None:
             try:
                 os.unlink(self._ipc_path)
@@ -297,6 +314,11 @@ class ControlServer:
 
     def __repr__(self) -> str:
         return f"<ControlServer {self.address} {self.role} {self.state.value}>"
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     # ------------------------------------------------------------------ requests
     def _require_open(self, method: str) -> None:

@@ -8,8 +8,9 @@ thread interrupts it; after the one connection the listening socket is closed (t
 port and the unix path are free again).  exec:, file: and an inherited connected fd are
 connected from the start, so a `ReadyListener` just holds that channel until `accept()`.
 Bind failures use QEMU's words ("Failed to bind socket to PATH: ...").  A unix socket
-file left by a dead peer is removed first (QEMU unlinks too); on close the path is
-unlinked only if it is still our socket.
+file left by a dead peer is removed first (QEMU unlinks too), but never a live one
+(`unix_mode.is_listening`) nor anything that is not a socket; the new
+socket is mode 0600 (`unix_mode`); on close the path is unlinked only if it is still ours.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .connect import NO_FDS
 from .errors import ChannelClosed, ChannelTimeout, ListenFailed, TransportError
 from .fds import claim_fd
 from .pipes import exec_channel
+from .unix_mode import bind_private, is_listening
 from .uri import MigrationUri, parse_uri
 from .waiting import Deadline, Wait, Waker, wait_fd
 
@@ -275,8 +277,7 @@ def _listen_unix(path: str) -> Listener:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         tune_socket(sock)  # accepted sockets start from the listener's buffer sizes
-        sock.bind(path)
-        sock.listen(1)
+        bind_private(sock, path, 1)
         return SocketListener(sock, unix_path=path)
     except OSError as exc:
         sock.close()
@@ -293,6 +294,9 @@ def _remove_stale_socket(path: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise ListenFailed(f"Failed to bind socket to {path}: the path exists and is not "
                            "a socket (not removing it)")
+    if is_listening(path):
+        raise ListenFailed(f"Failed to bind socket to {path}: Address already in use (a live "
+                           "socket is there; not removing it)")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
