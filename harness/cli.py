@@ -228,6 +228,15 @@ _GUEST = typer.Option("--guest-json", metavar="JSON", help="The whole guest as J
 _QMP = typer.Option("--qmp", metavar="unix:PATH",
                     help="Also serve real QMP on this unix socket, as QEMU's "
                          "-qmp unix:PATH,server=on,wait=off (qemu.qmp, qmp-shell).")
+_KEYS = typer.Option("--keys", metavar="DIR", help=(
+    "CURVE keys from `harness agent keygen DIR` (as an agent's): only the client keys in "
+    "DIR/authorized may talk to the control plane.  A non-loopback tcp:// --control needs "
+    "--keys or --insecure."))
+_INSECURE = typer.Option("--insecure", help=(
+    "Serve a non-loopback tcp:// --control without authentication (prints a warning)."))
+_ALLOW_EXEC = typer.Option("--allow-exec", help=(
+    "Allow exec: and file: migration URIs and x-record, which run commands or write files "
+    "here, from control clients (`harness run` passes it to the peers it starts)."))
 _UUID = typer.Option("--uuid", metavar="UUID", help="The guest's UUID, as QEMU's -uuid (sent "
                                                     "and checked with validate-uuid).")
 
@@ -238,11 +247,18 @@ def _peer_main(role: str, options: dict) -> None:  # type: ignore[type-arg]
     logging.basicConfig(level=logging.WARNING, format=f"harness {role}: %(message)s")
     from .control import check_address
 
+    from .control.guard import control_access
+
+    keys, insecure, allow_exec = (options.pop(k) for k in ("keys", "insecure", "allow_exec"))
     try:
         check_address(options["control"])  # --control, before anything starts
+        server_keys, warning = control_access(options["control"], keys, insecure)
         opts = _peer_options(role, **options)
     except (ValueError, KeyError) as err:
         raise _fail(2, f"harness {role}: {err}")
+    opts.keys, opts.allow_exec = server_keys, allow_exec
+    if warning:
+        typer.echo(f"harness {role}: {warning}", err=True)
     if role == "source":
         from source.main import run as run_peer
     else:
@@ -269,12 +285,16 @@ def source(
                       ] = False,
     qmp: Annotated[str | None, _QMP] = None,
     uuid: Annotated[str | None, _UUID] = None,
+    keys: Annotated[Path | None, _KEYS] = None,
+    insecure: Annotated[bool, _INSECURE] = False,
+    allow_exec: Annotated[bool, _ALLOW_EXEC] = False,
 ) -> None:
     """Run a migration source peer (what `harness run` starts)."""
     _peer_main("source", {"control": control, "guest_json": guest_json, "memory": memory,
                               "machine": machine, "seed": seed, "fill": fill, "dirty_rate": dirty_rate,
                               "pattern": pattern, "hotset": hotset, "devices": devices, "fd": fd,
-                              "paused": paused, "incoming": None, "qmp": qmp, "uuid": uuid})
+                              "paused": paused, "incoming": None, "qmp": qmp, "uuid": uuid,
+                              "keys": keys, "insecure": insecure, "allow_exec": allow_exec})
 
 
 @app.command()
@@ -290,13 +310,17 @@ def destination(
                       ] = False,
     qmp: Annotated[str | None, _QMP] = None,
     uuid: Annotated[str | None, _UUID] = None,
+    keys: Annotated[Path | None, _KEYS] = None,
+    insecure: Annotated[bool, _INSECURE] = False,
+    allow_exec: Annotated[bool, _ALLOW_EXEC] = False,
 ) -> None:
     """Run a migration destination peer (what `harness run` starts)."""
     _peer_main("destination", {"control": control, "guest_json": guest_json, "memory": memory,
                                    "machine": machine, "seed": seed, "fill": 0.0, "dirty_rate": "0",
                                    "pattern": "uniform", "hotset": None, "devices": devices, "fd": fd,
                                    "paused": paused, "incoming": incoming, "qmp": qmp,
-                                   "uuid": uuid})
+                                   "uuid": uuid, "keys": keys, "insecure": insecure,
+                                   "allow_exec": allow_exec})
 
 
 @app.command()

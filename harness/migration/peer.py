@@ -9,7 +9,9 @@ role adds its commands (`migrate`, `migrate_cancel` or `migrate-incoming`) and i
 its own thread and reports through events.  `quit`, SIGTERM or the end of the runner
 all lead to the same cleanup: the migration is cancelled, the workload reaped, the
 shared memory unlinked.  Commands beyond QMP's are prefixed `x-` (digests and checks of
-guest memory for the runner's invariants).
+guest memory for the runner's invariants).  What acts on the host beyond the peer's own
+sockets -- `exec:`/`file:` URIs, `x-record` -- is refused unless `--allow-exec`
+(`harness.control.guard`); `--keys DIR` makes the control server a CURVE server.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from harness.control import CommandError, ControlServer
+from harness.control.curve import ServerKeys
+from harness.control.guard import host_effect_refusal
 from harness.control.qmp_socket import QmpSocketError, QmpSocketServer, query_version
 from harness.control.server import BlobResult
 from harness.guest import Guest, GuestSpec
@@ -52,6 +56,8 @@ class PeerOptions:
     autostart: bool = True  # QEMU's autostart: -S turns it off
     incoming: str | None = None  # destination: a URI, "defer", or None (not a destination)
     qmp: str | None = None  # a unix socket path to serve real QMP on too (`--qmp unix:PATH`)
+    allow_exec: bool = False  # exec:/file: URIs and x-record (`--allow-exec`)
+    keys: ServerKeys | None = None  # CURVE for the control server (`--keys DIR`)
     uuid: bytes | None = None  # QEMU's -uuid (`--uuid`): the configuration's, validate-uuid
 
 
@@ -68,7 +74,7 @@ class Peer:
         # reads untouched guest RAM as the shared zero page
         self.guest = Guest.create(options.guest, initial_content=options.role == "source",
                                   prefault=options.role != "source")
-        self.server = ControlServer(options.control)
+        self.server = ControlServer(options.control, keys=options.keys)
         self.qmp: QmpSocketServer | None = None
         if options.qmp:
             try:
@@ -86,6 +92,10 @@ class Peer:
     # ------------------------------------------------------------------ lifecycle
     def register(self, name: str, handler: Handler) -> None:
         def wrapped(arguments: dict[str, Any]) -> Any:
+            refusal = None if self.options.allow_exec else host_effect_refusal(
+                name, arguments or {}, "this peer")
+            if refusal:
+                raise CommandError("GenericError", refusal)
             try:
                 return handler(arguments or {})
             except (ConfigError, ValueError) as err:
