@@ -14,11 +14,14 @@ runner's heartbeats (`agent-heartbeat RUN-ID` from any connection -- the runner 
 from a thread of its own -- or any message of the run's client) keep the run ACTIVE;
 late, it is MISSING; silent for `orphan_grace` s, it is ORPHANED and its peers are
 stopped and its link faults undone.  Silence is not counted while a timed link fault of
-the run is in force, nor while the agent itself was not running (stopped, swapped out).  A runner that comes back within
-the grace with the same run id (a restarted runner, a new connection) resyncs: the reply
-to its hello lists the peers still running and their states, and the events it missed
-while unreachable follow.  `exec:` and `file:` migration URIs run commands or write files
-on this host, so relaying a command with one is refused unless `--allow-exec`.
+the run is in force, nor while the agent itself was not running (stopped, swapped out).
+A runner that comes back within the grace with the same run id (a restarted runner, a
+new connection) resyncs: the reply to its hello lists the peers still running and their
+states, and the events it missed while unreachable follow.  `exec:` and `file:` migration URIs run commands or write files
+on this host, so relaying a command with one is refused unless `--allow-exec` (`guard`);
+a `unix:PATH` listener may not take over a path that exists outside the run's directory
+(the peer's listener never removes a live socket anywhere).  The ROUTER takes messages of
+`MAX_MESSAGE` bytes at most: a bigger one ends that client's connection, not the agent.
 """
 
 from __future__ import annotations
@@ -38,14 +41,17 @@ import zmq
 
 from harness import __version__
 from harness.control import agent_messages as am
+from harness.control.address import ipc_path
 from harness.control.agent_links import apply_link
 from harness.control.agent_messages import AgentCommand, PeerState, RunState
 from harness.control.agent_peers import PeerProcess, Pending
 from harness.control.agent_runs import Run, host_facts, run_directory
 from harness.control.curve import ServerKeys, make_curve_server, start_authenticator
 from harness.control.errors import CommandError, ProtocolMessageError
+from harness.control.guard import URI_COMMANDS, host_effect_refusal, inside
 from harness.control.messages import (
     GENERIC_ERROR,
+    MAX_MESSAGE,
     Error,
     Event,
     Execute,
@@ -55,6 +61,7 @@ from harness.control.messages import (
     from_frames,
     to_frames,
 )
+from harness.transport.unix_mode import private_umask
 
 __all__ = ["Agent", "host_facts"]
 
@@ -65,8 +72,6 @@ ORPHAN_GRACE = 10.0
 MISSING_AFTER = 3  # heartbeats
 STALL = 0.5  # a loop turn this much late: the agent itself was not running
 _DEFERRED = object()  # a handler that will answer later
-_URI_COMMANDS = ("migrate", "migrate-incoming", "migrate-recover")
-_HOST_URIS = ("exec", "file")
 
 
 class Agent:
@@ -109,10 +114,12 @@ class Agent:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         if keys is not None:
             make_curve_server(sock, keys)
         try:
-            sock.bind(bind)
+            with private_umask(ipc_path(bind)):  # an ipc:// socket file is mode 0600
+                sock.bind(bind)
         except zmq.ZMQError as err:
             sock.close(linger=0)
             self._close_context()
@@ -265,8 +272,11 @@ class Agent:
                                               f"peers are being stopped")
         resynced = run is not None
         if run is None:
-            run = Run(body.run_id, run_directory(self.workdir, body.run_id, self.runs), client, body.heartbeat,
-                      time.monotonic())
+            try:
+                directory = run_directory(self.workdir, body.run_id, self.runs)
+            except (ValueError, OSError) as err:
+                raise CommandError(GENERIC_ERROR, f"agent-hello: {err}") from None
+            run = Run(body.run_id, directory, client, body.heartbeat, time.monotonic())
             self.runs[body.run_id] = run
         else:
             log.info("run %s resynced by a new client", body.run_id)
@@ -328,7 +338,7 @@ class Agent:
                                + (f" (exit status {peer.exit_code})"
                                   if peer.exit_code is not None else ""))
         arguments = dict(body.arguments)
-        refusal = self._uri_refusal(body.command, arguments)
+        refusal = self._uri_refusal(run, body.command, arguments)
         if refusal:
             raise CommandError(GENERIC_ERROR, refusal)
         if body.command == "x-record":  # stream recordings stay in the run's directory
@@ -337,16 +347,20 @@ class Agent:
         peer.pending[peer_id] = Pending(client, msg_id, body.command, time.monotonic())
         return _DEFERRED
 
-    def _uri_refusal(self, command: str, arguments: dict[str, Any]) -> str | None:
+    def _uri_refusal(self, run: Run, command: str, arguments: dict[str, Any]) -> str | None:
+        if command not in URI_COMMANDS:
+            return None  # x-record: its directory is the run's, set above
+        refusal = None if self.allow_exec else host_effect_refusal(command, arguments,
+                                                                   "this agent")
         uri = arguments.get("uri")
-        if self.allow_exec or command not in _URI_COMMANDS or not isinstance(uri, str):
-            return None
-        scheme = uri.split(":", 1)[0]
-        if scheme not in _HOST_URIS:
-            return None
-        return (f"{command} {uri!r}: {scheme}: migration URIs are disabled on this agent "
-                f"({'they run a command' if scheme == 'exec' else 'they write files'} on its "
-                f"host); start it with --allow-exec to allow them")
+        if refusal or command == "migrate" or not isinstance(uri, str) \
+                or not uri.startswith("unix:"):
+            return refusal
+        path = run.directory / uri[len("unix:"):]  # relative: the peer's cwd is the run's
+        if (path.exists() or path.is_symlink()) and not inside(path, run.directory):
+            return (f"{command} {uri!r}: {path} exists and lies outside the run's directory "
+                    f"{run.directory}: the agent does not let a listener take it over")
+        return None
 
     def _peer_fault(self, client: bytes, msg_id: int, body: am.PeerFault) -> Any:
         from harness.faults import process

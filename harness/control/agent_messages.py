@@ -7,8 +7,10 @@ the vocabulary: one frozen dataclass per agent command (its arguments) and per a
 event (its data), each tagged with its name from an enum, written with kebab-case
 members like QMP's, and read strictly -- an unknown member, a missing one or a wrong type
 is a `ProtocolMessageError` naming the command and the member, never a KeyError deep in
-the agent.  The states both ends report (a run as the agent sees its runner, a peer, an
-agent as the runner sees it) are enums here too, so both ends spell them alike.
+the agent.  Members that become file names on the agent's host (`run-id`, `peer`) must be
+plain names (`guard.NAME_RULE`).  The states both ends report (a run as the agent sees its
+runner, a peer, an agent as the runner sees it) are enums here too, so both ends spell
+them alike.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from harness.control.errors import ProtocolMessageError
+from harness.control.guard import check_name
 
 __all__ = [
     "AGENT_ROLE",
@@ -240,6 +243,8 @@ EventBody = PeerEventData | PeerExited | LinkUndone | AgentHeartbeat
 _EVENTS: dict[str, type[Any]] = {cls.EVENT.value: cls for cls in typing.get_args(EventBody)}
 
 _Body = TypeVar("_Body")
+#: request members that the agent turns into file names
+_NAMES = ("run_id", "peer")
 
 
 def request_arguments(body: Any) -> tuple[str, dict[str, Any]]:
@@ -252,7 +257,13 @@ def decode_request(command: str, arguments: dict[str, Any]) -> Any:
     cls = _REQUESTS.get(command)
     if cls is None:
         raise ProtocolMessageError(f"The command {command} has not been found")
-    return _from_wire(cls, arguments, command)
+    body = _from_wire(cls, arguments, command)
+    for name in _NAMES:
+        value = getattr(body, name, None)
+        problem = check_name(value, f"member {_wire_name(name)!r}") if value is not None else None
+        if problem:
+            raise ProtocolMessageError(f"{command}: {problem}")
+    return body
 
 
 def event_data(body: Any) -> tuple[str, dict[str, Any]]:

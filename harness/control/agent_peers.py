@@ -4,7 +4,9 @@ Strategy: the agent's loop owns every `PeerProcess` and calls it; nothing in her
 or starts a thread.  A peer is `python -m harness source|destination`, launched through
 `agent_launch` (so it gets SIGTERM if the agent dies) in a session of its own (so process
 faults and the leftover check see its whole tree), with its control plane on a private
-ipc:// address that only the agent connects to.  The agent's DEALER to it is
+ipc:// address that only the agent connects to (so it runs with `--allow-exec`: the
+agent's own rule decides what it relays).  Its log is `RUN-DIR/NAME.log`, NAME a plain
+name, opened without following a symlink.  The agent's DEALER to it is
 asynchronous: `send` returns the id the reply will carry, and `receive` hands back
 whatever arrived, so a peer busy digesting 4 GiB never holds up the agent's heartbeats.
 
@@ -32,6 +34,7 @@ import zmq
 
 from harness.control.agent_messages import PeerStart, PeerState
 from harness.control.errors import ProtocolMessageError
+from harness.control.guard import inside
 from harness.control.messages import Execute, Message, encode, from_frames
 from harness.faults import process
 from harness.guest.leaks import remove_segments
@@ -89,7 +92,7 @@ class PeerProcess:
     # ------------------------------------------------------------------ start
     def command_line(self) -> list[str]:
         peer = [sys.executable, "-m", "harness", self.role, "--control", self.address,
-                "--guest-json", json.dumps(self.spec.guest)]
+                "--guest-json", json.dumps(self.spec.guest), "--allow-exec"]
         if self.role == "destination":
             peer += ["--incoming", "defer"] if self.spec.incoming else []
         if self.spec.paused:
@@ -99,7 +102,11 @@ class PeerProcess:
 
     def launch(self) -> None:
         """Start the process and ask it for its greeting (raises OSError)."""
-        with self.log_path.open("wb") as log:
+        if not inside(self.log_path, self.run_dir):
+            raise OSError(f"{self.log_path} lies outside the run's directory {self.run_dir}")
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644)
+        with open(fd, "wb") as log:
             self.proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, cwd=self.run_dir,
                                          env=_peer_environment(), start_new_session=True)

@@ -5,15 +5,16 @@ the run id the runner chose; it knows its owner (the client its events go to), w
 runner was last heard from, and what it still holds -- so the loop can judge it MISSING or
 ORPHANED, and a runner that comes back (same run id, new connection) finds it all there,
 with the events it missed kept in a bounded backlog.  Each run writes its peer logs in a
-directory of its own under the agent's work directory; the oldest are removed beyond
-`KEEP_RUNS`.  `host_facts` is what the runner records of the host.
+directory of its own, `WORKDIR/runs/RUN-ID` (a run id is a plain name, `guard.check_name`),
+marked with a `MARKER` file; the oldest are removed beyond `KEEP_RUNS` -- only marked
+directories in `runs/`, never anything else a user keeps in a `--workdir` they gave.
+`host_facts` is what the runner records of the host.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import re
 import shutil
 import socket
 from collections import deque
@@ -27,11 +28,14 @@ from harness import __version__
 from harness.control.agent_links import ActiveLink
 from harness.control.agent_messages import RunState
 from harness.control.agent_peers import PeerProcess
+from harness.control.guard import check_name, inside
 
-__all__ = ["BACKLOG", "KEEP_RUNS", "Run", "host_facts", "run_directory"]
+__all__ = ["BACKLOG", "KEEP_RUNS", "MARKER", "RUNS", "Run", "host_facts", "run_directory"]
 
 BACKLOG = 10_000  # events kept for a runner that is unreachable
 KEEP_RUNS = 20  # run directories kept in the work directory
+RUNS = "runs"  # the agent's own subdirectory of its work directory
+MARKER = ".harness-agent-run"  # in every run directory the agent made
 
 
 def host_facts() -> dict[str, Any]:
@@ -66,11 +70,20 @@ class Run:
 
 
 def run_directory(workdir: Path, run_id: str, runs: dict[str, Run]) -> Path:
-    """The directory of a new run (its peers' logs); the oldest unused ones go."""
-    directory = workdir / (re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:80] or "run")
+    """The directory of a new run (its peers' logs); the oldest unused ones the agent made
+    go.  ValueError if `run_id` is not a name or the directory would lie elsewhere."""
+    problem = check_name(run_id, "run id")
+    if problem:
+        raise ValueError(problem)
+    parent = workdir / RUNS
+    directory = parent / run_id
+    if not inside(directory, parent):  # a symlink planted in runs/
+        raise ValueError(f"run id {run_id!r}: {directory} lies outside {parent}")
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).touch()
     in_use = {r.directory for r in runs.values()} | {directory}
-    old = sorted((d for d in workdir.iterdir() if d.is_dir() and d not in in_use),
+    old = sorted((d for d in parent.iterdir() if d not in in_use and not d.is_symlink()
+                  and d.is_dir() and (d / MARKER).is_file()),
                  key=lambda d: d.stat().st_mtime)
     for stale in old[:max(0, len(old) - KEEP_RUNS)]:
         shutil.rmtree(stale, ignore_errors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import secrets
 import threading
 from typing import Any
@@ -84,7 +85,9 @@ class Agents:
     """Every agent connection of a run, by host name."""
 
     def __init__(self, scenario: Scenario) -> None:
-        self.run_id = f"{scenario.name}-{secrets.token_hex(6)}"
+        # a plain name (`guard.NAME_RULE`): the agent makes a directory of it
+        stem = re.sub(r"[^A-Za-z0-9_-]", "_", scenario.name)[:48] or "run"
+        self.run_id = f"{stem}-{secrets.token_hex(6)}"
         self.by_host: dict[str, AgentConnection] = {}
         for name in used_hosts(scenario):
             self.by_host[name] = AgentConnection(name, scenario.hosts[name], self.run_id)

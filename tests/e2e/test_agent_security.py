@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 import zmq
 
+from harness.control import CommandError
 from harness.control.curve import load_client_keys
 from harness.runner.agent_peer import AgentPeer
 from harness.runner.agents import AgentConnection
@@ -164,3 +168,137 @@ def test_keys_that_are_missing_or_readable_by_others_are_refused(keys, tmp_path)
     done = subprocess.run([sys.executable, "-m", "harness", "agent", "--keys", str(empty)],
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and "no such key file" in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------------- the agent's host
+class RawClient:
+    """A bare zmq client of an agent: requests with ids, replies matched by id."""
+
+    def __init__(self, url: str) -> None:
+        self.sock = _raw_client(url, {})
+        self.next_id = 0
+
+    def ask(self, command: str, arguments: dict[str, Any], timeout: float = 30.0
+            ) -> dict[str, Any]:
+        self.next_id += 1
+        self.sock.send(json.dumps({"execute": command, "arguments": arguments,
+                                   "id": self.next_id}).encode())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sock.poll(50, zmq.POLLIN):
+                reply = json.loads(self.sock.recv_multipart()[0])
+                if reply.get("id") == self.next_id:
+                    return reply
+        raise AssertionError(f"no reply to {command} within {timeout} s")
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    """A file outside the agent's directory that nothing may truncate."""
+    path = tmp_path / "victim" / "app.log"
+    path.parent.mkdir()
+    path.write_text("precious\n")
+    return path
+
+
+@pytest.mark.parametrize("run_id, peer", [
+    ("../../victim/app", "source"), ("ok-run", "../../../victim/app"), ("ok-run", "a/b"),
+    ("x" * 65, "source"), ("", "source"), ("ok-run", "sp ace")])
+def test_run_ids_and_peer_names_are_plain_names(tmp_path, victim, run_id, peer):
+    agent = AgentProcess("--workdir", str(tmp_path / "agent"))
+    client = RawClient(agent.url)
+    try:
+        hello = client.ask("agent-hello", {"run-id": run_id})
+        if run_id != "ok-run":
+            assert "error" in hello and "is not a name" in hello["error"]["desc"], hello
+            assert "[A-Za-z0-9_-]{1,64}" in hello["error"]["desc"]
+        else:
+            assert "return" in hello, hello
+            start = client.ask("peer-start", {"peer": peer, "role": "source", "guest": GUEST})
+            assert "error" in start and "is not a name" in start["error"]["desc"], start
+        assert agent.peers() == []
+    finally:
+        client.close()
+        agent.close()
+    assert victim.read_text() == "precious\n"
+    assert [p.name for p in (tmp_path / "agent").rglob("*.log")] == []
+
+
+def test_the_agent_prunes_only_run_directories_it_made(tmp_path):
+    workdir = tmp_path / "work"
+    mine = [workdir / f"user-{n:02d}" for n in range(25)]
+    for n, directory in enumerate(mine):
+        directory.mkdir(parents=True)
+        (directory / "data").write_text(str(n))
+        os.utime(directory, (n, n))  # older than anything the agent makes
+    (workdir / "runs" / "not-a-run").mkdir(parents=True)  # in runs/, but unmarked
+    agent = AgentProcess("--workdir", str(workdir))
+    client = RawClient(agent.url)
+    try:
+        for n in range(23):  # more runs than it keeps
+            assert "return" in client.ask("agent-hello", {"run-id": f"r{n:02d}"})
+            assert "return" in client.ask("agent-end-run", {})
+    finally:
+        client.close()
+        agent.close()
+    assert all((d / "data").is_file() for d in mine), "user directories were removed"
+    assert (workdir / "runs" / "not-a-run").is_dir()
+    runs = sorted(d.name for d in (workdir / "runs").iterdir() if d.name.startswith("r"))
+    assert 0 < len(runs) <= 21 and "r22" in runs and "r00" not in runs, runs
+
+
+def test_migrate_incoming_unix_cannot_take_over_a_path_outside_the_run(tmp_path):
+    agent = AgentProcess("--workdir", str(tmp_path / "agent"))
+    conn = AgentConnection("h", Host(agent=agent.url), "unix-run")
+    directory = tempfile.mkdtemp(prefix="mha", dir="/tmp")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        live.bind(f"{directory}/live")
+        live.listen(1)
+        stale.bind(f"{directory}/stale")  # bound, never listening: a dead peer's leftover
+        inodes = {name: os.stat(f"{directory}/{name}").st_ino for name in ("live", "stale")}
+        conn.connect()
+        peer = AgentPeer("destination", conn, GUEST, incoming=True)
+        peer.start()
+        for name, inode in inodes.items():
+            with pytest.raises(CommandError) as refused:
+                peer.execute("migrate-incoming", {"uri": f"unix:{directory}/{name}"})
+            assert "outside the run's directory" in refused.value.desc, refused.value
+            assert os.stat(f"{directory}/{name}").st_ino == inode
+        fresh = f"{directory}/fresh"  # a new socket where nothing was: allowed
+        peer.execute("migrate-incoming", {"uri": f"unix:{fresh}"})
+        assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o600
+    finally:
+        conn.end_run()
+        live.close()
+        stale.close()
+        agent.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_an_oversized_message_ends_one_connection_not_the_agent(tmp_path):
+    agent = AgentProcess("--workdir", str(tmp_path / "agent"))
+    big = _raw_client(agent.url, {})
+    monitor = big.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    client = RawClient(agent.url)
+    try:
+        big.send(b"{" + b" " * ((64 << 20) - 2) + b"}", copy=False)
+        poller = zmq.Poller()
+        poller.register(big, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        deadline = time.monotonic() + 120
+        ready: dict[Any, int] = {}
+        while not ready and time.monotonic() < deadline:
+            ready = dict(poller.poll(100))
+        assert monitor in ready, "the agent took a 64 MiB message"
+        assert "return" in client.ask("agent-time", {})
+    finally:
+        big.disable_monitor()
+        monitor.close(linger=0)
+        big.close(linger=0)
+        client.close()
+        agent.close()
