@@ -1,20 +1,37 @@
-"""Fixtures shared by every tier: where the QEMU vectors are, the pattern file."""
+"""Fixtures shared by every tier: where the QEMU vectors are, the pattern file.
+
+Tests that need ../shared (QEMU's captured streams, DESIGN.md) find it through SHARED_DIR
+and skip, naming ../shared, when it is absent; HARNESS_SHARED_DIR points SHARED_DIR
+elsewhere (a missing directory shows that no test needs it to pass).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_VECTORS = REPO.parent / "shared" / "qemu-vectors"
+SHARED_DIR = Path(os.environ.get("HARNESS_SHARED_DIR") or REPO.parent / "shared")
+SHARED_VECTORS = SHARED_DIR / "qemu-vectors"
+
+
+def shared_file(relative: str) -> Path:
+    """SHARED_DIR / relative, or a skip naming ../shared."""
+    path = SHARED_DIR / relative
+    if not path.exists():
+        pytest.skip(f"{relative} not found at {path} (it lives in ../shared, which this "
+                    "checkout does not have)")
+    return path
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     """../shared/qemu-vectors, or a skip saying why."""
     if not SHARED_VECTORS.is_dir():
-        pytest.skip(f"QEMU 7.2 vectors not found at {SHARED_VECTORS} (they live in ../shared)")
+        pytest.skip(f"QEMU 7.2 vectors not found at {SHARED_VECTORS} (they live in ../shared, "
+                    "which this checkout does not have)")
     return SHARED_VECTORS
 
 

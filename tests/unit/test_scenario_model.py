@@ -32,7 +32,7 @@ from harness.scenario import (
 )
 from harness.scenario.steps import NET_FAULT_FIELDS
 from harness.scenario.units import GiB, KiB, MiB
-from tests.conftest import REPO
+from tests.conftest import shared_file
 
 #: DESIGN.md section 3 "Scenario file", verbatim
 DESIGN_EXAMPLE = """\
@@ -67,13 +67,9 @@ expect:
   guest-runs-on: destination        # destination | source | nowhere
 """
 
-DESIGN_MD = REPO.parent / "shared" / "DESIGN.md"
-
-
 def test_the_example_here_is_the_one_in_design_md():
-    if not DESIGN_MD.is_file():
-        pytest.skip(f"DESIGN.md not found at {DESIGN_MD}")
-    match = re.search(r"### Scenario file.*?```yaml\n(.*?)```", DESIGN_MD.read_text(), re.DOTALL)
+    design = shared_file("DESIGN.md")
+    match = re.search(r"### Scenario file.*?```yaml\n(.*?)```", design.read_text(), re.DOTALL)
     assert match is not None
     assert match.group(1) == DESIGN_EXAMPLE
 
