@@ -50,8 +50,13 @@ def analyze(
         help="Also decode a capture of the return path (destination -> source bytes).")] = None,
 ) -> None:
     """Decode a migration stream like QEMU's analyze-migration.py, postcopy included."""
-    from .analyze import NotAStream, analyze_file, check_regular_file, check_stream_file, \
-        summary_lines
+    from .analyze import (
+        NotAStream,
+        analyze_file,
+        check_regular_file,
+        check_stream_file,
+        summary_lines,
+    )
     from .analyze import extract_ram as write_ram
     from .protocol import ProtocolError
 
