@@ -26,6 +26,7 @@ from typing import Literal
 from harness.transport import MigrationUri, connect, parse_uri
 from harness.transport.addresses import resolve, uri_of
 from harness.transport.channel import SocketChannel, tune_socket
+from harness.transport.unix_mode import bind_private, is_listening
 from harness.transport.waiting import Deadline, Wait, Waker, wait_fd
 
 __all__ = ["Endpoint", "ProxyListener", "Quiet", "Stopped", "connect_target", "proxy_uri"]
@@ -112,12 +113,13 @@ def _listen_unix(path: str) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise OSError(f"cannot listen on {path}: it exists and is not a socket")
+        if is_listening(path):
+            raise OSError(f"cannot listen on {path}: a live socket is there (not removing it)")
         os.unlink(path)  # a stale socket of an earlier run
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         tune_socket(sock)
-        sock.bind(path)
-        sock.listen(8)
+        bind_private(sock, path, 8)  # mode 0600
     except OSError:
         sock.close()
         raise

@@ -424,3 +424,23 @@ def test_a_qmp_id_of_5000_digits_gets_an_error_and_the_session_goes_on(peers):
         assert error["error"]["class"] == "GenericError" and "id" in error["error"]["desc"]
         sock.sendall(b'{"execute": "query-status", "id": 2}\r\n')
         assert json.loads(reader.readline())["id"] == 2
+
+
+def test_the_proxy_listener_is_0600_and_never_takes_over_a_live_socket():
+    from harness.faults.endpoint import ProxyListener
+
+    directory = tempfile.mkdtemp(prefix="mhs", dir="/tmp")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        live.bind(f"{directory}/live")
+        live.listen(1)
+        with pytest.raises(OSError, match="a live socket is there"):
+            ProxyListener(f"unix:{directory}/live")
+        listener = ProxyListener(f"unix:{directory}/proxy")
+        try:
+            assert stat.S_IMODE(os.stat(f"{directory}/proxy").st_mode) == 0o600
+        finally:
+            listener.close()
+    finally:
+        live.close()
+        shutil.rmtree(directory, ignore_errors=True)
