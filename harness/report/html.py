@@ -4,7 +4,9 @@ Strategy: built from the JSON report's dicts (what `harness run --json` writes),
 just finished and reports read back by `harness report` render alike.  Plain HTML with
 inline CSS and the plots as PNG `data:` URIs (plots.py): no script, no external URL, it
 opens anywhere and can be mailed or kept as a CI artifact.  One run: per scenario its
-verdict and reason, invariants, both peers' statistics, faults, plots and the event list.
+verdict and reason, the scenario itself (description, steps, expect), invariants, both
+peers' statistics, faults, plots and the event list.  Every run's provenance (harness
+version and commit, host, kernel, QEMU version) heads the page.
 Several runs: the comparison table (compare.py), then per scenario a column per run.
 """
 
@@ -29,13 +31,17 @@ table{border-collapse:collapse;margin:.3em 0}td,th{border:1px solid #e3e3e3;padd
 text-align:left;vertical-align:top}th{background:#f3f3f3}td.num{text-align:right}
 .verdict{display:inline-block;padding:1px 10px;border-radius:10px;color:#fff;font-weight:600}
 .pass{background:#2b8a3e}.fail{background:#c92a2a}.error{background:#e67700}
+.skip{background:#868e96}
 .ok{color:#2b8a3e}.bad{color:#c92a2a;font-weight:600}.reason{color:#c92a2a}
 .meta{color:#666}.cols{display:grid;gap:1em;align-items:start}
 .row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
 figure.plot{margin:.6em 0}figure.plot img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-weight:600;font-size:.95em}details{margin-top:.6em}
-code{font-size:.9em}
+code{font-size:.9em}.description{white-space:pre-wrap;margin:.3em 0}
 """
+
+
+VERDICTS = ("pass", "fail", "error", "skip")
 
 
 def html_report(runs: Sequence[tuple[str, dict[str, Any]]],
@@ -47,7 +53,7 @@ def html_report(runs: Sequence[tuple[str, dict[str, Any]]],
     intro = (f"<h1>{_e(title)}</h1><p class=meta>written {when}; "
              f"{len(runs)} run{'s' if len(runs) != 1 else ''}: "
              f"{', '.join(_e(label) for label, _ in runs)}</p>")
-    parts = [head, intro]
+    parts = [head, intro, _provenance(runs)]
     if len(runs) == 1:
         parts.append(_summary(runs[0][1]["scenarios"]))
         parts += [_scenario_section(sc, f"sc{i}")
@@ -72,6 +78,61 @@ def _verdict(v: str) -> str:
     return f"<span class='verdict {_e(v)}'>{_e(v.upper())}</span>"
 
 
+def _provenance(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Where each run came from (reports written before provenance existed: nothing)."""
+    rows = []
+    for label, doc in runs:
+        prov = doc.get("provenance")
+        if not isinstance(prov, dict):
+            continue
+        cells = [f"harness {prov.get('harness-version') or doc.get('harness-version') or '?'}",
+                 f"commit {prov['commit']}" if prov.get("commit") else "commit unknown",
+                 f"host {prov.get('hostname')}", f"kernel {prov.get('kernel')}"]
+        if prov.get("qemu-version"):
+            cells.append(str(prov["qemu-version"]))
+        rows.append(f"<tr><td>{_e(label)}</td><td>{_e(', '.join(cells))}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h3>Provenance</h3><table class=provenance><tr><th>run</th><th>harness, host, "
+            f"QEMU</th></tr>{''.join(rows)}</table>")
+
+
+def _scenario_spec(sc: dict[str, Any]) -> str:
+    """The scenario as written: its description, steps and expect."""
+    spec = sc.get("scenario")
+    if not isinstance(spec, dict):
+        return ""
+    parts = ["<details open class=scenario><summary>Scenario</summary>"]
+    if spec.get("description"):
+        parts.append(f"<p class=description>{_e(str(spec['description']).strip())}</p>")
+    steps = spec.get("steps") or []
+    if steps:
+        main = ("name", "on", "do", "fault")
+        rows = "".join(
+            f"<tr><td>{_e(step.get('name', ''))}</td><td>{_e(_words(step.get('on')))}</td>"
+            f"<td>{_e(_words(step.get('do') or step.get('fault')))}</td>"
+            f"<td>{_e(_words({k: v for k, v in step.items() if k not in main}))}</td></tr>"
+            for step in steps if isinstance(step, dict))
+        parts.append("<h3>Steps</h3><table><tr><th>name</th><th>on</th><th>do / fault</th>"
+                     f"<th>also</th></tr>{rows}</table>")
+    expect = spec.get("expect") or {}
+    if expect:
+        rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(_words(v))}</td></tr>"
+                       for k, v in expect.items())
+        parts.append(f"<h3>Expect</h3><table>{rows}</table>")
+    parts.append("</details>")
+    return "".join(parts)
+
+
+def _words(value: Any) -> str:
+    """A step's trigger or action as `key: value` words, as it was written."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_words(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_words(v) for v in value)
+    return "" if value is None else str(value)
+
+
 def _summary(scenarios: list[dict[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td><a href='#sc{i}'>{_e(scenario_key(sc))}</a></td><td>{_verdict(sc['verdict'])}"
@@ -93,9 +154,8 @@ def _comparison_table(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
         for j, (metric, cells) in enumerate(rows):
             name = f"<td rowspan={len(rows)}><a href='#sc{i}'>{_e(key)}</a></td>" if j == 0 \
                 else ""
-            tds = "".join(f"<td>{_verdict(c)}</td>" if metric == "verdict" and
-                          c in ("pass", "fail", "error") else f"<td class=num>{_e(c)}</td>"
-                          for c in cells)
+            tds = "".join(f"<td>{_verdict(c)}</td>" if metric == "verdict" and c in VERDICTS
+                          else f"<td class=num>{_e(c)}</td>" for c in cells)
             body.append(f"<tr>{name}<td>{_e(metric)}</td>{tds}</tr>")
     return (f"<h2>Runs compared</h2><table><tr><th>scenario</th><th>figure</th>{head}</tr>"
             + "".join(body) + "</table>")
@@ -126,6 +186,7 @@ def _scenario_body(sc: dict[str, Any]) -> str:
                  f"run time {_e(sc.get('duration'))} s"
                  + (f", work directory <code>{_e(sc['workdir'])}</code>"
                     if sc.get("workdir") else "") + "</p>")
+    parts.append(_scenario_spec(sc))
     parts.append(f"<div class=row><div>{_invariants(sc)}</div><div>{_stats(sc)}</div>"
                  f"<div>{_faults(sc)}{_passes(sc)}</div></div>")
     for plot in scenario_plots(sc):
@@ -186,8 +247,9 @@ def _faults(sc: dict[str, Any]) -> str:
     faults = sc.get("faults") or []
     if not faults:
         return ""
+    t0 = migrate_time(sc)
     rows = "".join(
-        f"<tr><td class=num>{float(f.get('t', 0)):.3f}</td><td>{_e(f.get('kind'))}</td>"
+        f"<tr><td class=num>{float(f.get('t', 0)) - t0:.3f}</td><td>{_e(f.get('kind'))}</td>"
         f"<td>{_e(f.get('target'))}</td><td>{_e(f.get('step'))}</td>"
         f"<td>{_e(_fault_detail(f.get('detail') or {}))}</td></tr>" for f in faults)
     return ("<h3>Faults</h3><table><tr><th>s after migrate</th><th>kind</th><th>on</th>"

@@ -104,6 +104,8 @@ class ScenarioResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     #: per pass: t, duration, transferred, bandwidth, dirtied, dirty-rate (runner/samples.py)
     passes: list[dict[str, Any]] = field(default_factory=list)
+    #: the scenario as run, for the reports: description, steps and expect as plain data
+    scenario: dict[str, Any] = field(default_factory=dict)
     #: every step: step, on, does, fired, t or why-not (runner/steps.py: report)
     steps: list[dict[str, Any]] = field(default_factory=list)
 
@@ -129,4 +131,5 @@ class ScenarioResult:
             **({"hosts": self.hosts} if self.hosts else {}),
             "samples": self.samples,
             "passes": self.passes,
+            **({"scenario": self.scenario} if self.scenario else {}),
         }

@@ -7,6 +7,10 @@ each in its own work directory (peer logs, streams, the event log when there is 
 pass or --record asked for it, removed when it passed.  While a scenario runs, a rich
 progress bar (in a terminal only) shows how much is sent, what remains, the pass and
 the statuses; the summary table comes at the end, then the JSON, JUnit and HTML reports.
+Each verdict line is printed once, as its scenario ends; the summary adds the details.
+A scenario that places its peers on `hosts:` (agents) runs when its file is named; found
+in a directory (`harness run DIR`), it is skipped with the reason (verdict `skip`) rather
+than reaching out to the addresses in the file.
 
 SIGINT, SIGTERM and SIGHUP all raise `Interrupted` (a KeyboardInterrupt) in the main
 thread, once: the coordinator ends the scenario as `error`, reason `interrupted`, reaps its
@@ -26,11 +30,18 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from harness.lifeline import sweep
-from harness.report.formats import json_report, junit_report, print_summary, summary_lines
+from harness.report.formats import (
+    headline,
+    json_report,
+    junit_report,
+    print_summary,
+    report_console,
+)
 from harness.scenario import load_scenarios
 from harness.scenario.model import Scenario
 
@@ -54,6 +65,7 @@ def run_scenario(scenario: Scenario, seed: int | None = None,
         except KeyboardInterrupt:  # it came after `run` handled its own: in its close
             coordinator.abandon()
             raise
+    result.scenario = scenario_record(scenario)
     if result.verdict == "pass" and not record:  # nothing to look at: nothing left behind
         shutil.rmtree(workdir, ignore_errors=True)
         result.workdir = None
@@ -116,7 +128,8 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
     """Run every scenario of the given files; raises ScenarioError for a bad file and
     RunInterrupted (after writing the reports) when a signal ended the run."""
     scenarios = load_scenarios(paths)
-    out = console or Console()
+    named = {Path(p).resolve() for p in paths if not Path(p).is_dir()}
+    out = console or report_console()
     err = Console(stderr=True)
     swept = sweep()
     if swept:
@@ -127,6 +140,14 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
     with _interruptible() as caught:
         try:
             for scenario in scenarios:
+                skip = _skip_reason(scenario, named)
+                if skip is not None:
+                    results.append(ScenarioResult(scenario.name, str(scenario.source_file),
+                                                  scenario.seed if seed is None else seed,
+                                                  verdict="skip", reason=skip,
+                                                  scenario=scenario_record(scenario)))
+                    _print_result(results[-1], out)
+                    continue
                 for round_ in range(1, repeat + 1):
                     label = round_ if repeat > 1 else None
                     current = scenario
@@ -144,17 +165,36 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
             if current is not None:  # stopped before its coordinator could say so
                 results.append(ScenarioResult(current.name, str(current.source_file or ""),
                                               current.seed if seed is None else seed,
-                                              verdict="error", reason=INTERRUPTED))
+                                              verdict="error", reason=INTERRUPTED,
+                                              scenario=scenario_record(current)))
                 _print_result(results[-1], out)
             _write_reports(results, out, json_path, junit_path, html_path)
             raise RunInterrupted(caught.get("signal", "SIGINT"), results) from None
     return results
 
 
+def scenario_record(scenario: Scenario) -> dict[str, Any]:
+    """What the reports show of the scenario: its description, steps and expect."""
+    return {"description": scenario.description,
+            "steps": [step.model_dump(mode="json", by_alias=True, exclude_none=True,
+                                      exclude_defaults=True) for step in scenario.steps],
+            "expect": scenario.expect.model_dump(mode="json", by_alias=True,
+                                                 exclude_none=True)}
+
+
+def _skip_reason(scenario: Scenario, named: set[Path]) -> str | None:
+    """Why a scenario found in a directory is not run: it needs agents on its hosts."""
+    if not scenario.hosts or scenario.source_file is None:
+        return None
+    if scenario.source_file.resolve() in named:
+        return None
+    hosts = ", ".join(f"{name} at {host.agent}" for name, host in scenario.hosts.items())
+    return f"needs hosts (agents): {hosts}; name the file to run it"
+
+
 def _print_result(result: ScenarioResult, out: Console) -> None:
-    """The scenario's summary line, and where its work directory is when it is kept."""
-    for line in summary_lines(result)[:1]:
-        out.print(line, markup=False, highlight=False)
+    """The scenario's verdict line, and where its work directory is when it is kept."""
+    out.print(headline(result), markup=False, highlight=False, soft_wrap=True)
     if result.workdir is not None:
         out.print(f"  workdir: {result.workdir}", markup=False, highlight=False,
                   soft_wrap=True)  # one line, whatever the width: a path to copy
@@ -162,7 +202,7 @@ def _print_result(result: ScenarioResult, out: Console) -> None:
 
 def _write_reports(results: list[ScenarioResult], out: Console, json_path: str | Path | None,
                    junit_path: str | Path | None, html_path: str | Path | None) -> None:
-    print_summary(results, out)
+    print_summary(results, out, headlines_printed=True)
     if json_path:
         Path(json_path).write_text(json_report(results))
     if junit_path:
