@@ -18,8 +18,7 @@ import typer
 from . import __version__
 
 app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
+    add_completion=True,
     help="Test QEMU live migration the way it really happens (QEMU 7.2 wire format).",
 )
 
@@ -29,11 +28,15 @@ def _fail(code: int, message: str) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context,
+          version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False
           ) -> None:
     if version:
         typer.echo(f"migration-harness {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:  # `harness` alone: the help, as no_args_is_help did
+        typer.echo(ctx.get_help())
         raise typer.Exit(0)
 
 
@@ -200,7 +203,8 @@ def report(
         typer.echo(f"wrote {html_path}")
 
 
-def _peer_options(role: str, control: str, guest_json: str | None, memory: str, machine: str,
+def _peer_options(role: str, control: str | None, guest_json: str | None, memory: str,
+                  machine: str,
                   seed: int, fill: float, dirty_rate: str, pattern: str, hotset: str | None,
                   devices: str, fd: list[str], paused: bool, incoming: str | None,
                   qmp: str | None = None,
@@ -221,6 +225,10 @@ def _peer_options(role: str, control: str, guest_json: str | None, memory: str, 
             "workload": {"dirty_rate": rate, "pattern": pattern,
                          "hotset": parse_size(hotset) if hotset else 0, "seed": seed}
             if rate else None})
+    if control is None:  # --qmp alone, as QEMU's -qmp: the control plane stays in-process
+        import os
+
+        control = f"inproc://harness-{role}-{os.getpid()}"
     return PeerOptions(role=role, control=control, guest=parse_guest_json(guest_json),
                        fds=parse_fd_args(fd), autostart=not paused, incoming=incoming,
                        qmp=parse_qmp_option(qmp) if qmp is not None else None,
@@ -228,7 +236,8 @@ def _peer_options(role: str, control: str, guest_json: str | None, memory: str, 
 
 
 _CONTROL = typer.Option("--control", metavar="ADDR",
-                        help="Control address to serve QMP-shaped commands on (ipc:// or tcp://).")
+                        help="Control address to serve QMP-shaped commands on (ipc:// or "
+                             "tcp://); --qmp alone is enough to drive a peer by hand.")
 _GUEST = typer.Option("--guest-json", metavar="JSON", help="The whole guest as JSON.")
 _QMP = typer.Option("--qmp", metavar="unix:PATH",
                     help="Also serve real QMP on this unix socket, as QEMU's "
@@ -252,11 +261,15 @@ def _peer_main(role: str, options: dict) -> None:  # type: ignore[type-arg]
     logging.basicConfig(level=logging.WARNING, format=f"harness {role}: %(message)s")
     from .control import check_address
 
+    if options["control"] is None and options["qmp"] is None:
+        raise _fail(2, f"harness {role}: give --control ADDR (the runner's control plane) "
+                       f"or --qmp unix:PATH (real QMP, as QEMU's -qmp), or both")
     from .control.guard import control_access
 
     keys, insecure, allow_exec = (options.pop(k) for k in ("keys", "insecure", "allow_exec"))
     try:
-        check_address(options["control"])  # --control, before anything starts
+        if options["control"] is not None:
+            check_address(options["control"])  # --control, before anything starts
         server_keys, warning = control_access(options["control"], keys, insecure)
         opts = _peer_options(role, **options)
     except (ValueError, KeyError) as err:
@@ -270,17 +283,18 @@ def _peer_main(role: str, options: dict) -> None:  # type: ignore[type-arg]
         from destination.main import run as run_peer
     from .control.errors import ControlError
     from .control.qmp_socket import QmpSocketError
+    from .migration.peer import PeerStartError
 
     try:
         code = run_peer(opts)
-    except (QmpSocketError, ControlError) as err:  # while starting: nothing ran yet
+    except (QmpSocketError, ControlError, PeerStartError) as err:  # starting: nothing ran yet
         raise _fail(2, f"harness {role}: {err}")
     raise typer.Exit(code)
 
 
 @app.command()
 def source(
-    control: Annotated[str, _CONTROL],
+    control: Annotated[str | None, _CONTROL] = None,
     guest_json: Annotated[str | None, _GUEST] = None,
     memory: str = "16MiB", machine: str = "none", seed: int = 0, fill: float = 0.0,
     dirty_rate: str = "0", pattern: str = "uniform", hotset: str | None = None,
@@ -304,7 +318,7 @@ def source(
 
 @app.command()
 def destination(
-    control: Annotated[str, _CONTROL],
+    control: Annotated[str | None, _CONTROL] = None,
     guest_json: Annotated[str | None, _GUEST] = None,
     memory: str = "16MiB", machine: str = "none", seed: int = 0,
     devices: str = "timer,globalstate",
