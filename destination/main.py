@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from harness.control import CommandError
+from harness.migration.peer import Peer, PeerOptions, PeerStartError, record_dir
 from harness.migration.status import continue_refusal, continue_state
-from harness.migration.peer import Peer, PeerOptions, record_dir
-from harness.transport import listen, parse_uri
+from harness.transport import TransportError, listen, parse_uri
 
 from .incoming import IncomingError, IncomingMigration
 
@@ -90,5 +90,25 @@ def run(options: PeerOptions) -> int:
     peer.register("x-incoming-snapshot", snapshot)
     peer.register("x-record", record)
     if options.incoming and options.incoming != "defer":
-        incoming.migrate_incoming(options.incoming)
+        _listen_at_start(peer, incoming, options.incoming)
     return peer.run()
+
+
+def _listen_at_start(peer: Peer, incoming: IncomingMigration, uri: str) -> None:
+    """`--incoming URI`: listen now, and say where (the port after port 0); a URI that
+    cannot be listened on ends the peer before it serves (PeerStartError, one line)."""
+    try:
+        incoming.migrate_incoming(uri)
+    except (IncomingError, TransportError, OSError) as err:
+        peer.close()
+        reason = str(err).removesuffix(f" ({uri})")
+        raise PeerStartError(f"--incoming {uri}: {reason}") from None
+    for address in incoming.socket_address or ():
+        if address.get("type") == "unix":
+            peer.listening.append(("incoming", f"unix:{address.get('path')}"))
+        else:
+            host = str(address.get("host"))
+            host = f"[{host}]" if ":" in host else host
+            peer.listening.append(("incoming", f"tcp:{host}:{address.get('port')}"))
+    if not incoming.socket_address:
+        peer.listening.append(("incoming", uri))

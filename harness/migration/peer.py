@@ -9,9 +9,12 @@ role adds its commands (`migrate`, `migrate_cancel` or `migrate-incoming`) and i
 its own thread and reports through events.  `quit`, SIGTERM or the end of the runner
 all lead to the same cleanup: the migration is cancelled, the workload reaped, the
 shared memory unlinked.  Commands beyond QMP's are prefixed `x-` (digests and checks of
-guest memory for the runner's invariants).  What acts on the host beyond the peer's own
-sockets -- `exec:`/`file:` URIs, `x-record` -- is refused unless `--allow-exec`
-(`harness.control.guard`); `--keys DIR` makes the control server a CURVE server.
+guest memory for the runner's invariants).  Once serving, a peer prints one line per
+address it listens on (control, QMP, incoming), so a peer started by hand says where it is;
+a failure to start ends in `PeerStartError`, which the CLI prints as one line (exit 2).
+What acts on the host beyond the peer's own sockets -- `exec:`/`file:` URIs, `x-record` --
+is refused unless `--allow-exec` (`harness.control.guard`); `--keys DIR` makes the control
+server a CURVE server.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ Handler = Callable[[dict[str, Any]], Any]
 SWITCH_INTERVAL = 0.0002
 
 
+class PeerStartError(Exception):
+    """The peer could not start (an address it cannot listen on, ...): nothing ran yet."""
+
+
 @dataclass
 class PeerOptions:
     role: str  # "source" | "destination"
@@ -56,9 +63,10 @@ class PeerOptions:
     autostart: bool = True  # QEMU's autostart: -S turns it off
     incoming: str | None = None  # destination: a URI, "defer", or None (not a destination)
     qmp: str | None = None  # a unix socket path to serve real QMP on too (`--qmp unix:PATH`)
+    uuid: bytes | None = None  # QEMU's -uuid (`--uuid`): the configuration's, validate-uuid
+    announce: bool = True  # print where the peer listens once it serves (stdout)
     allow_exec: bool = False  # exec:/file: URIs and x-record (`--allow-exec`)
     keys: ServerKeys | None = None  # CURVE for the control server (`--keys DIR`)
-    uuid: bytes | None = None  # QEMU's -uuid (`--uuid`): the configuration's, validate-uuid
 
 
 class Peer:
@@ -87,6 +95,12 @@ class Peer:
                                                                 {}))
         self.migration: Any = None  # OutgoingMigration or IncomingMigration
         self.guest.uuid = options.uuid  # type: ignore[attr-defined]
+        #: what the peer says it listens on once serving: (what, address); a role adds its own
+        self.listening: list[tuple[str, str]] = []
+        if not self.server.address.startswith("inproc://"):
+            self.listening.append(("control", self.server.address))
+        if options.qmp:
+            self.listening.append(("QMP", f"unix:{options.qmp}"))
         self._register_common()
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,10 +125,21 @@ class Peer:
         try:
             if self.qmp is not None:
                 self.qmp.start()
+            if self.options.announce:
+                self._announce()
             self.server.serve_forever(self.quit_requested)
         finally:
             self.close()
         return 0
+
+    def _announce(self) -> None:
+        """One line per address on stdout; a stdout that is gone is no reason to stop."""
+        try:
+            for what, address in self.listening:
+                print(f"harness {self.options.role}: {what} listening on {address}",
+                      flush=True)
+        except (OSError, ValueError):
+            pass
 
     def close(self) -> None:
         migration = self.migration
