@@ -16,6 +16,7 @@ own nest about ten); `--extract-ram` writes sparse files, every all-zero page a 
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import re
@@ -319,7 +320,9 @@ def rp_json(msg: RpMessage) -> dict[str, Any]:
 
 def analyze_return_path(path: str | Path) -> list[dict[str, Any]]:
     decoder = ReturnPathDecoder()
-    decoder.receive_data(Path(path).read_bytes())
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            decoder.receive_data(chunk)
     decoder.receive_data(b"")
     return [rp_json(m) for m in decoder.events()]
 
@@ -345,16 +348,19 @@ def block_file_name(idstr: str) -> str:
 
 def extract_ram(analysis: Analysis, directory: str | Path) -> list[Path]:
     """Each block's final content to DIRECTORY/NAME.bin, as sparse files: a stream of a
-    few bytes may declare gigabytes of (zero) RAM."""
+    few bytes may declare gigabytes of (zero) RAM. FileExistsError if a NAME.bin exists."""
     out_dir = Path(directory)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, stats in analysis.blocks.items():
-        target = out_dir / block_file_name(name)
-        with target.open("wb") as fh:
-            _write_sparse(fh, analysis.ram[name], stats.used_length)
-        written.append(target)
-    return written
+    targets = {name: out_dir / block_file_name(name) for name in analysis.blocks}
+    for target in targets.values():  # a file (or link) already there is not ours to clobber
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(errno.EEXIST, "file exists", str(target))
+    for name, target in targets.items():
+        with target.open("xb") as fh:
+            _write_sparse(fh, analysis.ram[name], analysis.blocks[name].used_length)
+    return list(targets.values())
 
 
 def _write_sparse(fh: Any, mem: np.ndarray, length: int) -> None:

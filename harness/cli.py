@@ -85,6 +85,9 @@ def analyze(
     if extract_ram is not None:
         try:
             written = write_ram(result, extract_ram)
+        except FileExistsError as err:
+            raise _fail(2, f"harness analyze: --extract-ram {extract_ram}: {err.filename} "
+                           "already exists; not overwritten (give a new or empty directory)")
         except OSError as err:
             raise _fail(2, f"harness analyze: --extract-ram {extract_ram}: {err.strerror or err}")
         if not as_json:

@@ -166,6 +166,21 @@ def test_a_deeply_nested_vm_description_is_ignored_with_a_warning(tmp_path, trai
     assert timer["fields"] is not None  # decoded with the built-in description
 
 
+def test_extract_ram_overwrites_nothing(tmp_path):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("keep me")
+    (tmp_path / "ram.bin").symlink_to(mine)
+    out = harness("analyze", str(EXAMPLES / "none-m16-pattern.bin"), "--extract-ram",
+                  str(tmp_path))
+    assert out.returncode == 2 and out.stderr == (
+        f"harness analyze: --extract-ram {tmp_path}: {tmp_path / 'ram.bin'} already exists; "
+        "not overwritten (give a new or empty directory)\n")
+    assert mine.read_text() == "keep me"
+    out = harness("analyze", str(EXAMPLES / "none-m16-pattern.bin"), "--extract-ram", str(mine))
+    assert out.returncode == 2 and out.stderr.endswith(f"--extract-ram {mine}: not a directory\n")
+    assert mine.read_text() == "keep me"
+
+
 def test_extract_ram_writes_holes_not_zeros(tmp_path):
     """54 bytes declaring a 2 GiB block wrote 2 GiB of zeros; now a 2 GiB hole."""
     stream = tmp_path / "big.bin"
