@@ -219,9 +219,10 @@ class IncomingMigration:
             end = self.finished_at or time.monotonic()
             info["total-time"] = int((end - self.started_at) * 1000)
             if self.postcopy is not None and self.postcopy.state >= PostcopyState.LISTENING:
-                blocked = self.guest.postcopy_stats()
-                info["postcopy-blocktime"] = blocked["blocked-ns"] // 1_000_000
-                info["x-postcopy"] = self.postcopy.stats()
+                blocked = self.guest.postcopy_stats()["blocked-ns"] // 1_000_000
+                if self.config.cap("postcopy-blocktime"):  # as 7.2's blocktime_ctx
+                    info["postcopy-blocktime"] = blocked
+                info["x-postcopy"] = {**self.postcopy.stats(), "blocked-ms": blocked}
         if self.error_desc:
             info["error-desc"] = self.error_desc
         return info

@@ -187,7 +187,8 @@ def downtime_plot(sc: dict[str, Any], st: Story) -> Plot | None:
     if st.downtime is not None:
         bars.append(("source STOP -> destination RESUME",
                      (st.downtime.end - st.downtime.start) * 1000))
-    blocked = (sc.get("destination-stats") or {}).get("postcopy-blocktime")
+    dst = sc.get("destination-stats") or {}  # QEMU's figure (with the capability), else ours
+    blocked = dst.get("postcopy-blocktime", (dst.get("x-postcopy") or {}).get("blocked-ms"))
     if isinstance(blocked, (int, float)):
         bars.append(("postcopy: guest blocked on pages", float(blocked)))
     if not bars:

@@ -130,6 +130,7 @@ def test_pause_before_switchover_before_postcopy_then_postcopy_active(tmp_path):
     with pair(tmp_path) as (src, dst, uri):
         for peer in (src, dst):
             _caps_on(peer, "events", "pause-before-switchover", "postcopy-ram")
+        _caps_on(dst, "postcopy-ram", "postcopy-blocktime")
         src.execute("migrate-set-parameters", {"max-bandwidth": 1 * MiB})  # stays in precopy
         dst.execute("migrate-incoming", {"uri": uri})
         src.execute("migrate", {"uri": uri})
@@ -143,6 +144,24 @@ def test_pause_before_switchover_before_postcopy_then_postcopy_active(tmp_path):
         assert _statuses_heard(src) == ["setup", "active", "pre-switchover", "postcopy-active",
                                         "completed"]
         _same_memory(src, dst)
+        info = dst.execute("query-migrate")  # postcopy-blocktime on: QEMU's figure is there
+        assert info["postcopy-blocktime"] == info["x-postcopy"]["blocked-ms"] >= 0
+
+
+def test_postcopy_blocktime_is_reported_only_with_its_capability(tmp_path):
+    with pair(tmp_path) as (src, dst, uri):
+        for peer in (src, dst):
+            _caps_on(peer, "postcopy-ram")
+        src.execute("migrate-set-parameters", {"max-bandwidth": 1 * MiB})
+        dst.execute("migrate-incoming", {"uri": uri})
+        src.execute("migrate", {"uri": uri})
+        _status(src, {"active"})
+        src.execute("migrate-set-parameters", {"max-bandwidth": 1 << 30})
+        src.execute("migrate-start-postcopy")
+        info = _status(dst, {"completed", "failed"})
+        assert info["status"] == "completed"
+        assert "postcopy-blocktime" not in info  # as QEMU 7.2 without blocktime_ctx
+        assert info["x-postcopy"]["blocked-ms"] >= 0  # the harness's own figure stays
 
 
 def test_pause_before_switchover_over_the_real_qmp_socket():

@@ -138,7 +138,9 @@ def _postcopy(sc):
                                                                    "postcopy-active"))
     dst = sc["destination-stats"]["x-postcopy"]
     assert dst["requests"] > 0 and dst["requests"] == sc["stats"]["ram"]["postcopy-requests"]
-    assert sc["destination-stats"]["postcopy-blocktime"] >= 0
+    assert dst["blocked-ms"] >= 0
+    # QEMU 7.2 reports postcopy-blocktime only with that capability, which this one leaves off
+    assert "postcopy-blocktime" not in sc["destination-stats"]
     assert sc["stats"]["x-return-path"]["shut"] == 0
 
 

@@ -45,7 +45,7 @@ IMPLEMENTED_CAPABILITIES = {
     "x-ignore-shared": f"{E2E}::test_x_ignore_shared_stream_is_well_formed_and_migrates_"
                        "everything",
     "validate-uuid": f"{E2E}::test_validate_uuid_refuses_a_guest_with_another_uuid",
-    "postcopy-blocktime": "tests/e2e/test_scenarios.py::test_shipped_scenario_facts",
+    "postcopy-blocktime": f"{E2E}::test_postcopy_blocktime_is_reported_only_with_its_capability",
 }
 REFUSED_CAPABILITIES = {
     "rdma-pin-all", "zero-blocks", "x-colo", "release-ram", "block", "multifd", "dirty-bitmaps",
