@@ -163,14 +163,15 @@ def _emit_burst(server: ControlServer, thread: int, count: int) -> None:
 
 
 def test_events_and_stop_wake_a_server_that_waits_long(server, serve):
-    serve(server, poll_interval=60)  # only the wake-ups can get it out of its recv
+    poll = 60.0  # only the wake-ups can get it out of its recv before this
+    serve(server, poll_interval=poll)
     with ControlClient(server.address, timeout=5) as client:
         client.hello()
         for n in range(3):  # each burst needs a fresh wake-up
             start = time.monotonic()
             server.emit("PING", {"n": n})
-            assert client.wait_event("PING", timeout=5).data == {"n": n}
-            assert time.monotonic() - start < 2
+            assert client.wait_event("PING", timeout=poll / 2).data == {"n": n}
+            assert time.monotonic() - start < poll / 2  # woken, not at the poll's end
             time.sleep(0.05)
     # and the fixture's teardown (stop + wakeup) must join within its 5 s
 
@@ -221,7 +222,8 @@ def test_hello_to_nobody_times_out_naming_command_address_and_deadline():
         start = time.monotonic()
         with pytest.raises(ControlTimeout) as info:
             client.hello()
-        assert 0.2 <= time.monotonic() - start < 3
+        # waited for its 0.2 s, and ended (any bound tells that from a hang: a generous one)
+        assert 0.2 <= time.monotonic() - start < 30
         assert str(info.value) == f"no reply to 'qmp_capabilities' from {address} within 0.2 s"
         with pytest.raises(ControlTimeout, match="no MIGRATION event"):
             client.wait_event("MIGRATION", timeout=0.05)
@@ -236,8 +238,8 @@ def test_mark_peer_gone_fails_fast_with_the_reason(server, serve):
         client.mark_peer_gone("process exited with code -9")
         start = time.monotonic()
         with pytest.raises(PeerGone, match="exited with code -9"):
-            client.execute("echo", timeout=10)
-        assert time.monotonic() - start < 0.5
+            client.execute("echo", timeout=60)
+        assert time.monotonic() - start < 30  # failed at once, not at the command's deadline
 
 
 def test_closed_client_and_server_refuse_use(server):
