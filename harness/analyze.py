@@ -20,13 +20,13 @@ import errno
 import json
 import mmap
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .file_kinds import not_a_file
 from .protocol import (
     Command,
     Configuration,
@@ -66,19 +66,11 @@ class NotAStream(ValueError):
     """The file is no migration stream at all (bad input), as opposed to a broken one."""
 
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
-          (stat.S_ISSOCK, "a socket"))
-
-
 def check_regular_file(path: str | Path) -> None:
     """Raise NotAStream unless `path` is a regular file (OSError if it cannot be looked at)."""
-    mode = Path(path).stat().st_mode
-    for test, kind in _KINDS:
-        if test(mode):
-            raise NotAStream(f"{kind}, not a file")
-    if not stat.S_ISREG(mode):
-        raise NotAStream("not a regular file")
+    kind = not_a_file(path)
+    if kind is not None:
+        raise NotAStream(f"{kind}, not a file")
 
 
 def check_stream_file(path: str | Path) -> None:

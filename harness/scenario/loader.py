@@ -31,6 +31,7 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, Tag, ValidationError
 
+from ..file_kinds import not_a_file
 from .base import FieldError, PathItem, ScenarioModel, describe, dotted
 from .model import Scenario
 
@@ -154,7 +155,11 @@ def _expand(paths: Iterable[str | Path]) -> Iterator[Path | Problem]:
 
 def _read(path: str | Path) -> str:
     try:
-        with Path(path).open("rb") as fh:  # not stat: /dev/zero or a FIFO has no size
+        kind = not_a_file(path)  # opening a FIFO without a writer would never return
+        if kind is not None:
+            raise ScenarioError([Problem(str(path), None, None, None,
+                                         f"is {kind}, not a scenario file")])
+        with Path(path).open("rb") as fh:  # read to the bound: the file may be growing
             data = fh.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             reason = (f"larger than {MAX_FILE_BYTES // 1024} KiB, the bound for a scenario file "
@@ -163,8 +168,6 @@ def _read(path: str | Path) -> str:
             return data.decode("utf-8")
     except FileNotFoundError:
         reason = "no such file"
-    except IsADirectoryError:
-        reason = "is a directory, not a scenario file"
     except UnicodeDecodeError as err:
         reason = f"not UTF-8 text (byte {err.start})"
     except OSError as err:

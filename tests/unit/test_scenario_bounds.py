@@ -3,12 +3,14 @@ refused with exit 2 and one line naming the file, the place and the bound."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from harness.scenario import ScenarioError, load_scenario, parse_scenario
+from harness.scenario import ScenarioError, load_scenario, load_scenarios, parse_scenario
 from harness.scenario.loader import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
 from tests.conftest import REPO
 
@@ -85,10 +87,23 @@ def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path):
     assert err.value.reason.startswith("larger than 1024 KiB, the bound for a scenario file")
 
 
-def test_an_endless_file_is_read_only_up_to_the_bound():
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda tmp: Path("/dev/zero"), "a character device"),  # endless
+    (lambda tmp: (os.mkfifo(tmp / "p.yaml"), tmp / "p.yaml")[1], "a named pipe"),  # open hung
+])
+def test_what_is_no_file_is_refused_without_reading_it(tmp_path, make, kind):
+    path = make(tmp_path)
+    out = harness("validate", str(path))
+    assert out.returncode == 2
+    assert out.stderr == f"harness validate: {path}: is {kind}, not a scenario file\n"
+
+
+def test_a_directory_of_scenarios_still_loads_its_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("seed: 1\n")
+    os.mkfifo(tmp_path / "b.yaml")
     with pytest.raises(ScenarioError) as err:
-        load_scenario("/dev/zero")
-    assert "larger than 1024 KiB" in err.value.reason
+        load_scenarios([tmp_path])
+    assert [p.reason for p in err.value.problems] == ["is a named pipe, not a scenario file"]
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "a..b", "a b", "x" * 101,
