@@ -222,6 +222,20 @@ def test_synchronous_migrate_progress_ctrl_c_and_process_faults(tmp_path):
         con.quit_and_check_reaped("\x03")  # Ctrl-C at the prompt ends it too
 
 
+def test_pause_before_switchover_gives_the_prompt_back_and_migrate_continue_completes(tmp_path):
+    with monitor(tmp_path, "--start", "--memory", "16MiB") as con:
+        assert "Error" not in con.run("migrate_set_capability pause-before-switchover on")
+        con.child.sendline("migrate")
+        con.wait_for(r"Migration paused before switchover: migrate_continue pre-switchover")
+        assert "Migration status: pre-switchover" in con.run("info migrate")
+        assert "Error: Migration not in expected state: pre-switchover" in con.run(
+            "migrate_continue active")
+        assert "Error" not in con.run("migrate_continue pre-switchover")
+        con.wait_for(r"MIGRATION status=completed")
+        assert "Migration status: completed" in con.run("info migrate")
+        con.quit_and_check_reaped()
+
+
 def _peer(role: str, workdir: Path) -> HarnessPeer:
     guest = {"machine": "none", "seed": 3, "fill": 0.5,
              "blocks": [{"name": "ram", "size": 32 << 20}], "devices": ["timer", "globalstate"],
