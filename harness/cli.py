@@ -102,7 +102,8 @@ def analyze(
 
 @app.command()
 def run(
-    scenarios: Annotated[list[Path], typer.Argument(help="Scenario files (YAML).")],
+    scenarios: Annotated[list[Path], typer.Argument(
+        metavar="SCENARIO|DIR...", help="Scenario files (YAML), or directories of them.")],
     json_path: Annotated[Path | None, typer.Option("--json", metavar="FILE",
                                                    help="Write the JSON report.")] = None,
     junit_path: Annotated[Path | None, typer.Option("--junit", metavar="FILE",
@@ -121,6 +122,9 @@ def run(
                          ] = None,
 ) -> None:
     """Run scenarios (files, or directories: every scenario in them).
+
+    A scenario with `hosts:` (agents) runs when its file is named; found in a directory, it
+    is skipped (SKIP, with the reason) rather than reaching out to the addresses in it.
 
     Exit status:
     0: every scenario met its `expect`;
