@@ -394,7 +394,8 @@ class Scenario(ScenarioModel):
     def _cross_checks(self, info: ValidationInfo) -> Scenario:
         raise_issues(self._step_order_issues() + self._host_issues() + self._qemu_issues()
                      + self._postcopy_issues() + self._throttle_issues()
-                     + self._proxy_issues() + self._harness_peer_issues())
+                     + self._proxy_issues() + self._harness_peer_issues()
+                     + self._pause_issues())
         source_file = (info.context or {}).get("source_file")
         if source_file is not None:
             self._source_file = Path(source_file)
@@ -486,6 +487,22 @@ class Scenario(ScenarioModel):
                       "migrate_set_capability before the start of migration\")")
                 for index, step in enumerate(self.steps)
                 if step.action_name in POSTCOPY_ACTIONS]
+
+    def _pause_issues(self) -> list[Issue]:
+        """migrate-continue, and a trigger on pre-switchover, need pause-before-switchover:
+        without it the source never pauses (migration_maybe_pause), so the step would only
+        be refused ("Migration not in expected state: ...") or never fire."""
+        if self.capabilities.get("pause-before-switchover"):
+            return []
+        need = "needs capabilities: {pause-before-switchover: true}"
+        issues = [Issue(("steps", index, "do"), f"migrate-continue {need}")
+                  for index, step in enumerate(self.steps)
+                  if step.action_name == "migrate-continue"]
+        issues += [Issue(("steps", index, "on", "status", "is"), f"pre-switchover {need} "
+                         "(no migration reaches it otherwise)")
+                   for index, step in enumerate(self.steps)
+                   if isinstance(step.on, StatusTrigger) and step.on.status.is_ == "pre-switchover"]
+        return issues
 
     def _harness_peer_issues(self) -> list[Issue]:
         harness = [name for name in ("source", "destination")

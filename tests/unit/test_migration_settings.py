@@ -199,3 +199,13 @@ def test_migrate_continue_is_a_step_action_and_pre_switchover_a_status_trigger()
         "  - {on: {status: {peer: source, is: pre-switchover}}, do: migrate-continue}\n"))
     assert s.steps[0].action_name == "migrate-continue"
     assert s.steps[0].on.status.is_ == "pre-switchover"
+
+
+def test_migrate_continue_and_a_pre_switchover_trigger_need_the_capability():
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario(_scenario(
+            "steps:\n  - {on: {status: {peer: source, is: pre-switchover}}, do: migrate-continue}\n"))
+    text = str(err.value)
+    assert ("steps[0].do: migrate-continue needs capabilities: {pause-before-switchover: true}"
+            in text)
+    assert "steps[0].on.status.is: pre-switchover needs capabilities" in text
