@@ -83,7 +83,7 @@ class ScenarioModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=kebab,
                               validate_by_name=True, validate_by_alias=True,
-                              serialize_by_alias=True)
+                              serialize_by_alias=True, use_attribute_docstrings=True)
 
     @classmethod
     def file_keys(cls) -> list[str]:
@@ -170,8 +170,8 @@ def _written_as(forms: str, text_pattern: str) -> WithJsonSchema:
     """The JSON Schema of a quantity as files write it: a number, or text with a unit (the
     parser in `units` has the last word; this is what an editor can check)."""
     return WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
-                                     {"type": "string", "pattern": text_pattern}],
-                           "description": forms})
+                                     {"type": "string", "pattern": text_pattern,
+                                      "description": forms}]})
 
 
 Size = Annotated[int, BeforeValidator(units.parse_size), _written_as(

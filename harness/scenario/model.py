@@ -143,9 +143,12 @@ class Workload(ScenarioModel):
     """How the guest dirties its RAM while it migrates."""
 
     dirty_rate: Rate = 0
+    """How fast the guest writes its RAM (0: it stays idle)."""
     pattern: Annotated[WorkloadPattern, choice("a workload pattern", WORKLOAD_PATTERNS)] = \
         "uniform"
+    """Which pages it writes: all alike, a hot set, or in order."""
     hotset: Size | None = None
+    """With pattern: hotset, the size of the hot part of RAM."""
 
     @model_validator(mode="after")
     def _hotset_with_pattern(self) -> Workload:
@@ -174,14 +177,21 @@ class Guest(ScenarioModel):
     """The simulated VM: RAM (`memory:` or `blocks:`), fill, workload and devices."""
 
     machine: Text = QEMU_MACHINE
+    """The machine name sent in the stream's configuration section."""
     memory: PageSize | None = None
+    """Guest RAM as one block named "ram" (64 MiB when neither this nor blocks is given)."""
     blocks: Annotated[tuple[Block, ...], AfterValidator(non_empty),
                       _no_duplicates("block")] | None = None
+    """Named RAM blocks instead of memory."""
     fill: Fraction = 0.5
+    """The share of pages with non-zero content at the start (0 to 1)."""
     content: Annotated[ContentKind, choice("a content kind", CONTENT_KINDS)] = "random"
+    """What non-zero pages hold."""
     workload: Workload = Field(default_factory=Workload)
+    """How the guest writes its RAM during the migration."""
     devices: Annotated[tuple[Annotated[DeviceName, choice("a device", DEVICE_NAMES)], ...],
                        _no_duplicates("device")] = DEFAULT_DEVICES
+    """Device state migrated besides RAM; blocker makes the guest unmigratable."""
 
     @model_validator(mode="before")
     @classmethod
@@ -228,9 +238,13 @@ class Peer(ScenarioModel):
     """`source:` / `destination:`: the harness's own peer or a real QEMU."""
 
     kind: Annotated[PeerKind, choice("a peer kind", PEER_KINDS)] = "harness"
+    """The harness's own peer, or a real QEMU."""
     args: Annotated[tuple[str, ...], BeforeValidator(_args_as_text)] = ()
+    """kind: qemu only: extra QEMU arguments."""
     host: Text | None = None
+    """The host (a key of hosts) whose agent runs this peer."""
     binary: Path | None = None
+    """kind: qemu only: the QEMU binary to run."""
 
     @model_validator(mode="after")
     def _qemu_only_keys(self) -> Peer:
@@ -323,10 +337,14 @@ class Expect(ScenarioModel):
     """What the run must end with; a key left out is not checked."""
 
     source: Status | None = None
+    """The source's final migration status."""
     destination: Status | None = None
+    """The destination's final migration status."""
     memory: Annotated[MemoryExpectation, choice("a memory expectation",
                                                 MEMORY_EXPECTATIONS)] | None = None
+    """What the guest's RAM must be at the end."""
     guest_runs_on: Annotated[GuestPlace, choice("a place", GUEST_PLACES)] | None = None
+    """Where the guest runs at the end."""
 
 
 # --- the scenario -----------------------------------------------------------------------
@@ -337,21 +355,35 @@ class Scenario(ScenarioModel):
 
     name: Annotated[Text, AfterValidator(_scenario_name), WithJsonSchema({
         "type": "string", "pattern": r"^(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$",
-        "description": "default: the file's stem"})]
+        "description": "What reports and the work directory call the scenario: letters, "
+                       "digits, '.', '_', '-' (not starting with '.'); default: the file's "
+                       "stem"})]
     description: str = ""
+    """For humans: what the scenario does and why."""
     seed: Annotated[StrictInt, AfterValidator(
         in_range(0, 2**64 - 1, "an integer from 0 to 2**64 - 1"))] = 0
+    """Drives guest content, the workload and random faults (0 to 2**64 - 1)."""
     timeout: Annotated[Duration, AfterValidator(
         in_range(1e-3, float("inf"), "a duration of at least 1ms"))] = DEFAULT_TIMEOUT
+    """The watchdog of the whole scenario."""
     guest: Guest = Field(default_factory=Guest)
+    """The simulated VM."""
     source: Peer = Field(default_factory=Peer)
+    """The migration source."""
     destination: Peer = Field(default_factory=Peer)
+    """The migration destination."""
     hosts: dict[Text, Host] = Field(default_factory=dict)
+    """Multi-host runs: the hosts by name, each with its agent."""
     transport: Transport = Field(default_factory=Transport)
+    """How the stream travels between the peers."""
     capabilities: Capabilities = Field(default_factory=dict)
+    """migrate-set-capabilities, by QMP name."""
     parameters: MigrationParameters = Field(default_factory=MigrationParameters)
+    """migrate-set-parameters before the migration starts, by QMP name."""
     steps: tuple[Step, ...] = ()
+    """What happens during the migration: triggers, then actions or faults."""
     expect: Expect = Field(default_factory=Expect)
+    """What the run must end with."""
 
     _source_file: Path | None = PrivateAttr(default=None)
 

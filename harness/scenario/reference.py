@@ -150,11 +150,12 @@ def _section(title: str, schema: dict[str, Any], used: list[str]) -> list[str]:
         lines += [_one_paragraph(schema["description"]), ""]
     mapping = next((m for m in schema.get("anyOf", []) if "properties" in m), schema)
     if mapping is not schema:  # a short form besides the mapping (transport: tcp)
-        short = [_allowed(m) for m in schema["anyOf"] if m is not mapping]
+        short = [_one_paragraph(m.get("description", "")) for m in schema["anyOf"]
+                 if m is not mapping]
         lines += [f"Written as text ({'; '.join(short)}) or as a mapping:", ""]
     properties = mapping.get("properties", {})
     if not properties:
-        return [*lines, f"Written as: {_type(schema)}; {_allowed(schema)}.", ""]
+        return [*lines, f"Written as {_type(schema)}. {_allowed(schema)}", ""]
     required = set(mapping.get("required", []))
     lines += ["| key | type | default | allowed values, meaning |", "|---|---|---|---|"]
     for key, prop in properties.items():
@@ -201,18 +202,36 @@ def _enum(prop: dict[str, Any]) -> list[Any] | None:
 
 
 def _allowed(prop: dict[str, Any]) -> str:
+    """The key's meaning (its docstring), allowed values and written forms, as sentences."""
     parts = []
+    if prop.get("description"):
+        parts.append(_sentence(prop["description"]))
     values = _enum(prop) or _enum(prop.get("items", {}))
     if values is not None:
-        parts.append("one of " + ", ".join(f"`{v}`" for v in values))
+        parts.append("One of " + ", ".join(f"`{v}`" for v in values) + ".")
     names = prop.get("propertyNames", {}).get("enum")
     if names:
-        parts.append("keys: " + ", ".join(f"`{v}`" for v in names))
-    description = prop.get("description") or next(
-        (m["description"] for m in prop.get("anyOf", []) if "description" in m), None)
-    if description:
-        parts.append(_one_paragraph(description))
-    return "; ".join(parts) or " "
+        parts.append("Keys: " + ", ".join(f"`{v}`" for v in names) + ".")
+    forms = _forms(prop)
+    if forms:
+        parts.append(f"Written as {forms}.")
+    return " ".join(parts) or " "
+
+
+def _forms(prop: dict[str, Any]) -> str | None:
+    """The forms of a quantity (the description of its text member), searched in unions."""
+    for member in prop.get("anyOf", []):
+        if member.get("type") == "string" and "description" in member:
+            return _one_paragraph(member["description"])
+        found = _forms(member)
+        if found:
+            return found
+    return None
+
+
+def _sentence(text: str) -> str:
+    text = _one_paragraph(text)
+    return text if text.endswith((".", ")", "`")) else text + "."
 
 
 def _default(prop: dict[str, Any]) -> str:

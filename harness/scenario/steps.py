@@ -78,6 +78,7 @@ class TriggerBase(ScenarioModel):
 
     KEY: ClassVar[str]
     probability: Fraction = 1.0
+    """The chance that the step fires when its condition holds (drawn from the seed)."""
 
     @property
     def kind(self) -> str:
@@ -438,11 +439,17 @@ class Step(ScenarioModel):
     (or a trigger `probability` below 1) lets it not fire; the report still says so."""
 
     name: Text | None = None
+    """What after: of other steps calls this one."""
     on: Trigger
+    """When the step fires."""
     after: Text | None = None
+    """The name of a step that must have fired first; the trigger counts from then."""
     do: Action | None = None
+    """The QMP-like action to carry out (or fault:)."""
     fault: Fault | None = None
+    """The fault to inject (or do:)."""
     optional: bool = False
+    """The step may not fire without failing the scenario."""
 
     @property
     def must_fire(self) -> bool:
