@@ -288,3 +288,24 @@ def test_unimplemented_parameters_are_refused_but_their_defaults_accepted(tmp_pa
         assert _refused(src, "migrate", {"uri": uri, "inc": True}) == (
             "migrate's 'inc' (block migration) is not implemented by the harness peer")
         assert src.execute("query-migrate") == {}  # nothing started
+
+
+# ---------------------------------------------------------------------- harness validate
+def test_harness_validate_refuses_a_harness_scenario_with_tls_or_release_ram(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    path = tmp_path / "tls.yaml"
+    path.write_text("name: tls\ncapabilities: {release-ram: true}\n"
+                    "parameters: {tls-creds: tls0}\n")
+    proc = subprocess.run([sys.executable, "-m", "harness", "validate", str(path)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out
+    assert (f"{path}:2:29: capabilities.release-ram: release-ram is not implemented by the "
+            "harness peer") in out
+    assert (f"{path}:3:25: parameters.tls-creds: the harness peer has no TLS, so `migrate` "
+            "would fail with \"No TLS credentials with id 'tls0'\"") in out
