@@ -625,8 +625,26 @@ def bench_postcopy(
     _bench_out(figures, json_path)
 
 
-def main() -> None:
+def _click_error() -> type[Exception]:
+    """click's error class (typer 0.26 carries its own copy of click)."""
     try:
-        app()
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click.exceptions import ClickException
+    return ClickException
+
+
+def main() -> None:
+    """`harness`: a bad option or argument is one line naming the command (exit 2), as every
+    error of ours is, not click's usage box."""
+    error = _click_error()
+    try:
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:  # pragma: no cover - interactive
         sys.exit(130)
+    except error as err:
+        ctx = getattr(err, "ctx", None)
+        where = ctx.command_path if ctx is not None else "harness"
+        print(f"{where}: {err.format_message()} (see {where} --help)", file=sys.stderr)
+        sys.exit(getattr(err, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -242,10 +242,21 @@ class Peer:
 
 
 def parse_guest_json(text: str) -> GuestSpec:
-    """A GuestSpec from the JSON the runner passes on the command line."""
+    """A GuestSpec from the JSON the runner passes on the command line; ValueError naming
+    --guest-json when it is not one."""
+    try:
+        return _guest_spec(json.loads(text))
+    except KeyError as err:
+        raise ValueError(f"--guest-json: {err} is missing") from None
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"--guest-json: {err}") from None
+
+
+def _guest_spec(doc: Any) -> GuestSpec:
     from harness.guest import BlockSpec, WorkloadSpec
 
-    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise TypeError("expected a JSON object")
     workload = doc.get("workload")
     return GuestSpec(
         machine=doc.get("machine", "none"),

@@ -128,6 +128,26 @@ def test_bad_incoming_host_is_one_line_exit_2(short_dir: str, uri: str, words: s
     assert line.startswith(f"harness destination: --incoming {uri}: ") and words in line
 
 
+@pytest.mark.parametrize("args, words", [
+    (["run", "--seed", "x", "a.yaml"], "run: Invalid value for '--seed'"),
+    (["nosuch"], "harness: No such command 'nosuch'"),
+    (["source", "--bogus"], "source: No such option: --bogus")])
+def test_usage_errors_are_one_line_exit_2(args: list[str], words: str) -> None:
+    proc = _run(args)
+    assert proc.returncode == 2, proc.stderr
+    assert words in _one_line(proc.stderr)
+
+
+@pytest.mark.parametrize("guest, words", [("[]", "expected a JSON object"),
+                                           ('{"blocks": [{"name": "ram"}]}', "'size' is missing"),
+                                           ('{"workload": {"bogus": 1}}', "bogus")])
+def test_bad_guest_json_is_one_line_exit_2(short_dir: str, guest: str, words: str) -> None:
+    proc = _run(["source", "--control", f"ipc://{short_dir}/s.ctl", "--guest-json", guest])
+    assert proc.returncode == 2, proc.stderr
+    line = _one_line(proc.stderr)
+    assert line.startswith("harness source: --guest-json: ") and words in line
+
+
 @pytest.mark.parametrize("role", ["source", "destination"])
 def test_a_peer_needs_control_or_qmp(role: str) -> None:
     proc = _run([role])
