@@ -1,6 +1,7 @@
 """Migration settings against a real QEMU 7.2: pause-before-switchover with QEMU as the
 source and the harness as destination (the runner's `do: migrate-continue` sent to QEMU),
-and x-ignore-shared streams in both directions (QEMU decodes ours, we decode QEMU's).
+x-ignore-shared streams in both directions (QEMU decodes ours, we decode QEMU's), and
+validate-uuid: QEMU checks the UUID our source sends (zeros without --uuid, as QEMU's own).
 
 Each case is a scenario file written here and run as a user runs it (`harness run FILE
 --json OUT`), so every process -- QEMU included -- is started and reaped by the runner.
@@ -38,9 +39,9 @@ expect:
 """
 
 
-def run(tmp: Path, body: str) -> dict:
+def run(tmp: Path, body: str, expect: str = EXPECT) -> dict:
     scenario = tmp / "s.yaml"
-    scenario.write_text(f"name: s\nseed: 3\ntimeout: 60s\n{GUEST}{body}{EXPECT}")
+    scenario.write_text(f"name: s\nseed: 3\ntimeout: 60s\n{GUEST}{body}{expect}")
     out = tmp / "report.json"
     proc = subprocess.run([sys.executable, "-m", "harness", "run", str(scenario), "--json",
                            str(out)], capture_output=True, text=True, timeout=240, cwd=REPO,
@@ -69,3 +70,12 @@ def test_x_ignore_shared_streams_interoperate_with_qemu(tmp_path, qemu_side):
     sc = run(tmp_path, f"{qemu_side}: {{kind: qemu}}\ncapabilities: {{x-ignore-shared: true}}\n")
     assert sc[qemu_side]["kind"] == "qemu"
     assert sc["destination"]["statuses"][-1] == "completed"
+
+
+def test_validate_uuid_our_source_sends_what_qemu_checks(tmp_path):
+    uuid = "66666666-7777-8888-9999-aaaaaaaaaaaa"
+    sc = run(tmp_path, f"destination: {{kind: qemu, args: [-uuid, {uuid}]}}\n"
+                       "capabilities: {validate-uuid: true}\n",
+             expect="expect:\n  source: failed\n  guest-runs-on: source\n")
+    assert (f"UUID received is 00000000-0000-0000-0000-000000000000 and local is {uuid}"
+            in sc["destination"]["error"])
