@@ -173,7 +173,8 @@ def continue_state(arguments: dict[str, object]) -> str:
     if state is None:
         raise ValueError("Parameter 'state' is missing")
     if not isinstance(state, str):
-        raise ValueError("Invalid parameter type for 'state', expected: string")
+        # a GenericError, as QEMU's: the peer turns ValueError into one
+        raise ValueError("Invalid parameter type for 'state', expected: string")  # noqa: TRY004
     if state not in {str(s) for s in MigrationStatus}:
         raise ValueError(f"Parameter 'state' does not accept value '{state}'")
     return state

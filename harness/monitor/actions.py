@@ -16,8 +16,7 @@ import time
 from typing import Any
 
 from harness.faults import process
-# action -> (peer, QMP command) and its arguments, as the runner does it
-from harness.runner.effects import ARGUMENTS, COMMANDS
+from harness.runner.effects import ARGUMENTS, COMMANDS  # actions as the runner does them
 from harness.scenario import steps as model
 
 from .hmp import MonitorError

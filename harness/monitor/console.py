@@ -228,8 +228,9 @@ class Console(cmd.Cmd):
                     self._migration_ended(info)
                     return
                 if status == "pre-switchover":  # the prompt back: migrate_continue is typed there
-                    self.out.lines([hmp.progress_line(info), "Migration paused before "
-                                    "switchover: migrate_continue pre-switchover goes on"])
+                    self.out.lines([hmp.progress_line(info), (
+                        "Migration paused before switchover: migrate_continue pre-switchover "
+                        "goes on")])
                     return
                 self.out.lines([hmp.progress_line(info)])
                 self._discard_events()

@@ -163,8 +163,8 @@ def _scenario(body: str, kinds: tuple[str, str] = ("harness", "harness")) -> str
     ("parameters: {multifd-channels: 4}\n", "parameters.multifd-channels",
      "multifd-channels is not implemented by the harness peer (only its default 2)"),
     ("parameters: {tls-creds: tls0}\n", "parameters.tls-creds",
-     "the harness peer has no TLS, so `migrate` would fail with \"No TLS credentials with id "
-     "'tls0'\""),
+     ("the harness peer has no TLS, so `migrate` would fail with \"No TLS credentials with id "
+      "'tls0'\"")),
     ("parameters: {tls-hostname: dst}\n", "parameters.tls-hostname",
      "the harness peer has no TLS"),
     ("steps:\n  - {on: {pass: 1}, do: {migrate-set-parameters: {announce-rounds: 3}}}\n",
