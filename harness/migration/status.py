@@ -18,6 +18,10 @@ destination pauses in `postcopy_pause_incoming`, recovers on the new connection
 back to paused, as QEMU 8.2+ does (7.2's CAS from postcopy-active fails there and its
 loader retries on a closed file).  No pause or recovery ever ends in failed: 7.2 has no
 postcopy-recover-setup, and a refused connection leaves the source paused.
+
+Pause before switchover: the source goes active -> pre-switchover -> device (or
+postcopy-active); `continue_state` / `continue_refusal` are `migrate-continue`'s checks
+(qmp_migrate_continue), shared by both roles (a destination's outgoing status is none).
 """
 
 from __future__ import annotations
