@@ -190,16 +190,15 @@ def report(
                                        "each run's plots side by side.")] = None,
 ) -> None:
     """Compare runs side by side: a table per scenario; exit 2 on a file that is not one."""
-    from rich.console import Console
-
     from .report.compare import ReportError, load_report, print_comparison, run_labels
+    from .report.formats import report_console
 
     try:
         docs = [load_report(path) for path in reports]
     except ReportError as err:
         raise _fail(2, f"harness report: {err}")
     runs = list(zip(run_labels(reports), docs))
-    print_comparison(runs, Console())
+    print_comparison(runs, report_console())
     if html_path is not None:
         from .report.html import write_html
 

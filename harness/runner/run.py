@@ -208,7 +208,7 @@ def _write_reports(results: list[ScenarioResult], out: Console, json_path: str |
     if junit_path:
         Path(junit_path).write_text(junit_report(results))
     if html_path:
-        write_html_report(html_path, results, json_path, Console(stderr=True))
+        write_html_report(html_path, results, json_path, report_console(stderr=True))
 
 
 def write_html_report(path: str | Path, results: Sequence[ScenarioResult],

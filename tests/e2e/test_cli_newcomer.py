@@ -289,3 +289,15 @@ def test_run_dir_skips_a_scenario_that_needs_agents(tmp_path: Path) -> None:
     doc = json.loads(report.read_text())
     assert [sc["verdict"] for sc in doc["scenarios"]] == ["skip"]
     assert doc["scenarios"][0]["source"]["status"] == "none"  # nothing was started
+
+
+def test_piped_comparison_is_not_cut_at_80_columns(
+        failed_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, tmp = failed_run
+    label = "a-rather-long-report-name-of-the-nightly-run"
+    for n in (1, 2):
+        shutil.copy(tmp / "r.json", tmp / f"{label}-{n}.json")
+    proc = _run(["report", str(tmp / f"{label}-1.json"), str(tmp / f"{label}-2.json")],
+                env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"{label}-1.json" in proc.stdout and f"{label}-2.json" in proc.stdout, proc.stdout
