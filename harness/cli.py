@@ -220,6 +220,7 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
     from .scenario.units import parse_rate, parse_size
     from .transport import parse_fd_args
 
+    given = guest_json is not None
     if guest_json is None:
         import json
 
@@ -235,7 +236,11 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
         import os
 
         control = f"inproc://harness-{role}-{os.getpid()}"
-    return PeerOptions(role=role, control=control, guest=parse_guest_json(guest_json),
+    try:
+        guest = parse_guest_json(guest_json)
+    except ValueError as err:  # built from --memory, --pattern...: name no --guest-json
+        raise err if given else ValueError(str(err).removeprefix("--guest-json: ")) from None
+    return PeerOptions(role=role, control=control, guest=guest,
                        fds=parse_fd_args(fd), autostart=not paused, incoming=incoming,
                        qmp=parse_qmp_option(qmp) if qmp is not None else None,
                        uuid=parse_uuid(uuid) if uuid is not None else None)

@@ -148,6 +148,14 @@ def test_bad_guest_json_is_one_line_exit_2(short_dir: str, guest: str, words: st
     assert line.startswith("harness source: --guest-json: ") and words in line
 
 
+def test_bad_guest_option_names_no_guest_json(short_dir: str) -> None:
+    proc = _run(["source", "--control", f"ipc://{short_dir}/s.ctl", "--pattern", "bogus",
+                 "--dirty-rate", "1MiB/s"])
+    assert proc.returncode == 2, proc.stderr
+    line = _one_line(proc.stderr)
+    assert "pattern" in line and "bogus" in line and "--guest-json" not in line
+
+
 @pytest.mark.parametrize("role", ["source", "destination"])
 def test_a_peer_needs_control_or_qmp(role: str) -> None:
     proc = _run([role])
