@@ -361,10 +361,21 @@ def proxy(
     target: Annotated[str, typer.Option(metavar="URI", help="Where each connection is "
                                         "forwarded (the destination's URI).")],
     seed: Annotated[int, typer.Option(help="Seed of random faults (jitter, corrupt).")] = 0,
+    insecure: Annotated[bool, typer.Option("--insecure", help=(
+        "Allow a non-loopback tcp:// --control without authentication (whoever reaches it "
+        "can cut, corrupt and redirect the stream)."))] = False,
 ) -> None:
     """Run the fault-injecting proxy between the peers (what `harness run` starts)."""
+    from .control.curve import bind_needs_keys
     from .faults.proxy_main import main as run_proxy
 
+    if bind_needs_keys(control) and not insecure:
+        raise _fail(2, f"harness proxy: --control {control} is not a loopback address: "
+                       f"whoever reaches it can cut, corrupt and redirect the stream "
+                       f"(x-proxy-target), so it needs an explicit --insecure")
+    if bind_needs_keys(control):
+        typer.echo(f"harness proxy: warning: --insecure: the control plane on {control} has "
+                   f"no authentication", err=True)
     raise typer.Exit(run_proxy(control, listen, target, seed))
 
 

@@ -142,6 +142,15 @@ def test_a_non_loopback_control_without_keys_or_insecure_is_refused(role):
     assert both.returncode == 2 and "contradict" in both.stderr, both.stderr
 
 
+def test_a_proxy_with_a_non_loopback_control_needs_insecure():
+    """Whoever reaches a proxy's control can redirect the stream (x-proxy-target)."""
+    done = _run("proxy", "--control", f"tcp://0.0.0.0:{_free_port()}", "--listen",
+                "tcp:127.0.0.1:0", "--target", "tcp:127.0.0.1:9")
+    assert done.returncode == 2, done.stderr
+    assert "--insecure" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_insecure_serves_on_every_interface_with_a_warning(peers):
     port = _free_port()
     peers.append(Peer("source", "--control", f"tcp://0.0.0.0:{port}", "--insecure"))

@@ -88,7 +88,7 @@ class Run:
         return found
 
     def wait_mid_migration(self, status: str = "active") -> None:
-        """Until a peer is in `status` and both peers have their workload process."""
+        """Until the source is in `status` and both peers have their workload process."""
         events = self.report.with_name("report.lifecycle.events.jsonl")
         deadline = time.monotonic() + DEADLINE
         while True:
@@ -96,7 +96,7 @@ class Run:
             assert time.monotonic() < deadline, f"never mid-migration:\n{self.output()}"
             text = events.read_text() if events.exists() else ""
             workloads = [p for p in self.descendants() if _is_workload(p)]
-            if f'"status": "{status}"' in text and len(workloads) == 2:
+            if _source_status_seen(text, status) and len(workloads) == 2:
                 self.descendants()
                 return
             time.sleep(0.1)
@@ -262,3 +262,16 @@ def test_abandon_kills_and_reaps_what_a_run_cut_short_in_its_close_started(tmp_p
         assert not any(p._sockdir.exists() for p in coordinator._peers())  # type: ignore
     finally:
         coordinator.abandon()
+
+
+def _source_status_seen(events: str, status: str) -> bool:
+    """Whether the run's event log has the source reporting `status` (whole lines only:
+    the log may be read while a line is being written)."""
+    for line in events.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        entry = json.loads(line)
+        if entry["peer"] == "source" and entry["name"] == "MIGRATION" \
+                and entry["data"].get("status") == status:
+            return True
+    return False
