@@ -63,14 +63,14 @@ def test_bench_precopy_compares_with_a_raw_stream(tmp_path):
 
 
 def test_bench_postcopy_reports_p50_and_p99_per_transport(tmp_path):
-    figures = _bench(tmp_path, "postcopy", "--size", "32MiB", "--push", "64MiB/s")
+    figures = _bench(tmp_path, "postcopy", "--size", "32MiB", "--push", "8MiB/s")
     names = {f["name"] for f in figures}
-    assert names == {f"postcopy.request-latency.{kind}.push-64MiBps.{p}"
+    assert names == {f"postcopy.request-latency.{kind}.push-8MiBps.{p}"
                      for kind in ("tcp", "unix") for p in ("p50", "p99")}
     by = {f["name"]: f for f in figures}
     for kind in ("tcp", "unix"):
-        p50 = by[f"postcopy.request-latency.{kind}.push-64MiBps.p50"]
-        p99 = by[f"postcopy.request-latency.{kind}.push-64MiBps.p99"]
+        p50 = by[f"postcopy.request-latency.{kind}.push-8MiBps.p50"]
+        p99 = by[f"postcopy.request-latency.{kind}.push-8MiBps.p99"]
         assert p50["value"] <= p99["value"] and p50["baseline"] <= p99["baseline"]
         assert (p50["goal"], p99["goal"]) == (1.5, 3.0)
         assert p50["lower_is_better"] and p99["lower_is_better"]
@@ -97,7 +97,7 @@ def test_bench_zero_measures_speed_and_the_peers_memory(tmp_path):
 
 def test_bench_all_prints_one_table_of_every_figure(tmp_path):
     figures = _bench(tmp_path, "all", "--precopy-size", "16MiB", "--zero-size", "32MiB",
-                     "--postcopy-size", "16MiB", "--repeat", "1", "--push", "64MiB/s")
+                     "--postcopy-size", "16MiB", "--repeat", "1", "--push", "4MiB/s")
     names = [f["name"] for f in figures]
     assert len(names) == len(set(names))
     for prefix in ("precopy.harness.tcp.idle-random", "precopy.harness.tcp.idle-zero-",

@@ -37,12 +37,12 @@ DEADLINE = 120.0  # a subprocess that takes longer hangs: the test fails, it doe
 FAILING = """\
 name: wrong-expect
 description: |
-  1. A 4 MiB idle guest migrates over TCP; the source is stopped after pass 1.
+  1. A 4 MiB idle guest migrates over TCP; its bandwidth is raised after pass 1.
   Expected (wrongly, on purpose): the source fails.
 guest: {memory: 4MiB}
 steps:
   - on: {pass: 1}
-    do: stop
+    do: {migrate-set-parameters: {max-bandwidth: 1GiB}}
 expect:
   source: failed
   memory: identical
@@ -270,7 +270,8 @@ def test_json_report_has_schema_version_and_provenance(
         assert re.fullmatch(r"[0-9a-f]{40}", prov["commit"]), prov
     sc = doc["scenarios"][0]["scenario"]
     assert sc["description"].startswith("1. A 4 MiB idle guest")
-    assert sc["steps"] == [{"on": {"pass": 1}, "do": "stop"}]
+    assert sc["steps"] == [{"on": {"pass": 1},
+                            "do": {"migrate-set-parameters": {"max-bandwidth": 1 << 30}}}]
     assert sc["expect"] == {"source": "failed", "memory": "identical"}
 
 
@@ -278,8 +279,9 @@ def test_html_report_shows_the_scenario_and_provenance(
         failed_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     _, tmp = failed_run
     page = (tmp / "r.html").read_text()
-    assert "1. A 4 MiB idle guest migrates over TCP; the source is stopped after pass 1." in page
-    assert "<h3>Steps</h3>" in page and "<td>pass: 1</td><td>stop</td>" in page
+    assert "1. A 4 MiB idle guest migrates over TCP; its bandwidth is raised after pass 1." \
+        in page
+    assert "<h3>Steps</h3>" in page and "<td>pass: 1</td><td>migrate-set-parameters" in page
     assert "<td>source</td><td>failed</td>" in page
     assert "Provenance" in page and f"harness {__version__}" in page
     assert f"host {socket.gethostname()}" in page and f"kernel {os.uname().release}" in page
