@@ -10,8 +10,9 @@ COMMAND, which keeps the setting (not across a setuid exec; no harness peer is o
 is a separate exec, not a `preexec_fn`, because the starter has threads (zmq's, rich's)
 and `preexec_fn` is unsafe with threads.  The kernel signals when the *thread* that forked
 the child ends, so only a starter that forks from the thread it lives in (the runner's
-main thread) opts in (`command(...)`); peers started by hand never get it.  (An agent's
-peers have their own trampoline, harness.control.agent_launch, with SIGTERM.)
+main thread) opts in (`command(...)`); peers started by hand never get it.  An agent's
+peers ask for SIGTERM instead (`on_death`): they then shut down cleanly on their host --
+cancel, reap the workload, unlink the guest's memory -- where no later run sweeps.
 
 A killed peer's own children end by themselves (the workload watches getppid(), the
 multiprocessing resource tracker reads EOF and unlinks the segments it knew of); what is
@@ -41,9 +42,10 @@ SOCKET_ROOT = Path("/tmp")  # unix socket paths are limited to 107 bytes: a shor
 _OWNED_DIR = re.compile(r"^(mh[a-z]?|hq)-(\d+)-[a-z0-9_]+$")
 
 
-def command(argv: list[str]) -> list[str]:
-    """`argv` wrapped so that the process dies (SIGKILL) when this process does."""
-    return [sys.executable, "-m", "harness.lifeline", str(os.getpid()), "--", *argv]
+def command(argv: list[str], on_death: signal.Signals = signal.SIGKILL) -> list[str]:
+    """`argv` wrapped so that the process gets `on_death` when this process dies."""
+    return [sys.executable, "-m", "harness.lifeline", str(os.getpid()), "--signal",
+            on_death.name, "--", *argv]
 
 
 def owned_dir(prefix: str) -> Path:
@@ -101,24 +103,41 @@ def _ours(path: Path, directory: bool = False) -> bool:
     return kind_ok and st.st_uid == os.getuid()
 
 
+def _parse(argv: list[str]) -> tuple[int, signal.Signals, list[str]] | None:
+    """STARTER-PID [--signal NAME] -- COMMAND... (None: not that)."""
+    if not argv or not argv[0].isdigit():
+        return None
+    rest, on_death = argv[1:], signal.SIGKILL
+    if rest[:1] == ["--signal"] and len(rest) > 1:
+        if rest[1] not in ("SIGKILL", "SIGTERM"):
+            return None
+        on_death, rest = signal.Signals[rest[1]], rest[2:]
+    if len(rest) < 2 or rest[0] != "--":
+        return None
+    return int(argv[0]), on_death, rest[1:]
+
+
 def main(argv: list[str]) -> int:
     """The trampoline: PDEATHSIG, the parent check, exec."""
-    if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        print("usage: python -m harness.lifeline STARTER-PID -- COMMAND...", file=sys.stderr)
+    parsed = _parse(argv)
+    if parsed is None:
+        print("usage: python -m harness.lifeline STARTER-PID [--signal SIGKILL|SIGTERM] -- "
+              "COMMAND...", file=sys.stderr)
         return 2
+    starter, on_death, argv = parsed
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, on_death, 0, 0, 0) != 0:
         print(f"lifeline: prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}",
               file=sys.stderr)
         return 1
-    if os.getppid() != int(argv[0]):
-        print(f"lifeline: the starter is gone; not starting {shlex.join(argv[2:])}",
+    if os.getppid() != starter:
+        print(f"lifeline: the starter is gone; not starting {shlex.join(argv)}",
               file=sys.stderr)
         return 1
     try:
-        os.execv(argv[2], argv[2:])
+        os.execv(argv[0], argv)
     except OSError as err:
-        print(f"lifeline: cannot run {argv[2]}: {err.strerror or err}", file=sys.stderr)
+        print(f"lifeline: cannot run {argv[0]}: {err.strerror or err}", file=sys.stderr)
         return 127
     return 1  # not reached
 

@@ -2,7 +2,7 @@
 
 Strategy: the agent's loop owns every `PeerProcess` and calls it; nothing in here waits
 or starts a thread.  A peer is `python -m harness source|destination`, launched through
-`agent_launch` (so it gets SIGTERM if the agent dies) in a session of its own (so process
+`harness.lifeline` (so it gets SIGTERM if the agent dies) in a session of its own (so process
 faults and the leftover check see its whole tree), with its control plane on a private
 ipc:// address that only the agent connects to (so it runs with `--allow-exec`: the
 agent's own rule decides what it relays).  Its log is `RUN-DIR/NAME.log`, NAME a plain
@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from typing import Any
 
 import zmq
 
+from harness import lifeline
 from harness.control.agent_messages import PeerStart, PeerState
 from harness.control.errors import ProtocolMessageError
 from harness.control.guard import inside
@@ -97,8 +99,7 @@ class PeerProcess:
             peer += ["--incoming", "defer"] if self.spec.incoming else []
         if self.spec.paused:
             peer.append("--paused")
-        return [sys.executable, "-m", "harness.control.agent_launch", str(os.getpid()), "--",
-                *peer]
+        return lifeline.command(peer, on_death=signal.SIGTERM)
 
     def launch(self) -> None:
         """Start the process and ask it for its greeting (raises OSError)."""

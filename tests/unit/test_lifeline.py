@@ -71,6 +71,42 @@ def test_a_child_started_through_the_lifeline_dies_with_its_killed_starter(wrapp
             os.kill(child_pid, signal.SIGKILL)
 
 
+TERM_STARTER = """
+import signal, subprocess, sys, time
+from harness import lifeline
+child = subprocess.Popen(lifeline.command([sys.executable, "-c", sys.argv[1]],
+                                          on_death=signal.SIGTERM), start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(300)
+"""
+def test_an_agents_peer_gets_sigterm_to_shut_down_cleanly(tmp_path):
+    """on_death=SIGTERM (what an agent asks for its peers): the child's handler runs."""
+    mark = tmp_path / "terminated"
+    child_code = (f"import signal, sys, time\n"
+                  f"def on_term(*_):\n"
+                  f"    open({str(mark)!r}, 'w').close()\n"
+                  f"    sys.exit(0)\n"
+                  f"signal.signal(signal.SIGTERM, on_term)\n"
+                  f"print('ready', flush=True)\n"
+                  f"time.sleep(300)\n")
+    starter = subprocess.Popen([sys.executable, "-c", TERM_STARTER, child_code],
+                               stdout=subprocess.PIPE, text=True)
+    child_pid = None
+    try:
+        assert starter.stdout is not None
+        child_pid = int(starter.stdout.readline())
+        assert starter.stdout.readline().strip() == "ready"  # its handler is installed
+        starter.kill()
+        starter.wait(timeout=DEADLINE)
+        assert _gone(child_pid)
+        assert mark.exists(), "the child was not terminated by SIGTERM"
+    finally:
+        starter.kill()
+        starter.wait(timeout=DEADLINE)
+        if child_pid is not None and not _gone(child_pid, 0):
+            os.kill(child_pid, signal.SIGKILL)
+
+
 def test_the_lifeline_does_not_start_a_command_whose_starter_is_already_gone():
     out = subprocess.run([sys.executable, "-m", "harness.lifeline", str(_dead_pid()), "--",
                           "/bin/echo", "started"], capture_output=True, text=True,
