@@ -10,7 +10,9 @@ same process runs the guest.  Every process is reaped, also when the test fails.
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -46,6 +48,13 @@ def _workload_of(peer: HarnessPeer) -> psutil.Process | None:
 @pytest.mark.parametrize("postcopy", [False, True], ids=["precopy", "postcopy"])
 def test_the_destination_vcpu_process_exists_before_the_guest_runs_there(tmp_path, postcopy):
     sockdir = short_dir("mhv")
+    try:
+        _vcpu_before_the_guest_runs(tmp_path, postcopy, sockdir)
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def _vcpu_before_the_guest_runs(tmp_path: Path, postcopy: bool, sockdir: Path) -> None:
     with harness_pair(tmp_path, GUEST) as (src, dst):
         caps = [{"capability": "postcopy-ram", "state": postcopy}]
         for peer in (src, dst):
