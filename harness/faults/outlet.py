@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 HOLD_DEADLINE = 10.0  # a hold nobody releases ends by itself after this
 QUEUE_LIMIT = 64 << 20  # bytes queued by a shaping fault before the sender waits
 _SLICE = 0.05  # s: how often a waiting thread looks at the stop event
+_TIMER_JOIN = 5.0  # s: a cancelled hold timer's thread ends at once, unless the machine is busy
 _FOREVER = math.inf
 
 
@@ -76,6 +77,7 @@ class Holds:
         timer, since = entry
         if threading.current_thread() is not timer:
             timer.cancel()
+            timer.join(_TIMER_JOIN)  # a cancelled timer's thread is over when this returns
         if by == "deadline":
             log.warning("hold %s was not released within %g s: forwarding again", hold_id,
                         self.deadline)
@@ -96,7 +98,7 @@ class Holds:
             self._open.set()
         for timer, _ in entries:
             timer.cancel()
-            timer.join(1.0)
+            timer.join(_TIMER_JOIN)
 
 
 @dataclass

@@ -404,3 +404,18 @@ def test_a_packaged_command_waits_for_its_blob():
     framing = framer.take()
     assert framing.boundary == len(COMPOSITE)
     assert "PACKAGED" in [f.name for f in framing.frames]
+
+
+def test_a_released_hold_leaves_no_timer_thread_behind():
+    """x-proxy-release ends the hold's deadline timer, thread and all, before it returns
+    (a cancelled timer still running made the proxy tests' teardown fail under load)."""
+    import threading
+
+    from harness.faults.outlet import Holds
+
+    holds = Holds(lambda name, data: None, deadline=60)
+    for n in range(20):
+        holds.hold(f"h{n}")
+        assert holds.release(f"h{n}")
+        assert not [t for t in threading.enumerate() if t.name == f"proxy hold h{n}"]
+    holds.close()
