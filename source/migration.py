@@ -50,10 +50,10 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from harness.migration.config import MIGRATION_ACTIVE, MigrationConfig, tls_refusal
 from harness.migration.status import (
@@ -70,6 +70,7 @@ from harness.protocol.ram_saver import EOS, PAGE, FrameBuffer
 from harness.protocol.return_path import ResumeAck, RpMessage
 
 from .convergence import Convergence
+from .interfaces import Channel, Connector, GuestLike
 from .postcopy import PostcopySource
 from .postcopy_push import PostcopyPush
 from .ram_save import BATCH_PAGES, RamSave
@@ -90,35 +91,6 @@ class MigrationError(Exception):
 
 class _PostcopyStartFailed(RuntimeError):
     """postcopy_start failed: 7.2 fails the migration (it pauses only afterwards)."""
-
-
-class GuestLike(Protocol):
-    """What the migration needs of the guest (harness.guest.Guest provides it)."""
-
-    runstate: str
-
-    @property
-    def machine(self) -> str: ...
-    @property
-    def ram(self) -> Mapping[str, Any]: ...
-    def harvest_dirty(self) -> Mapping[str, Any]: ...
-    def stop(self, runstate: str = ...) -> None: ...
-    def cont(self) -> None: ...
-    def save_devices(self) -> Sequence[Any]: ...
-    def global_state_store(self) -> None: ...
-    def unmigratable_devices(self) -> list[str]: ...
-
-
-class Channel(Protocol):
-    def sendall(self, data: bytes | bytearray | memoryview) -> None: ...
-    def recv_into(self, view: memoryview) -> int: ...
-    def shutdown(self) -> None: ...
-    def close(self) -> None: ...
-    def prefer_latency(self) -> None: ...
-    def wait_writable(self, timeout: float) -> bool: ...
-
-
-Connector = Callable[[str, float], Channel]
 
 
 @dataclass
