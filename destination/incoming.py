@@ -479,11 +479,13 @@ class IncomingMigration:
     # ------------------------------------------------------------------ loading
     def _decoder(self) -> StreamDecoder:
         caps = [c for c in ("x-ignore-shared",) if self.config.cap(c)]
-        return StreamDecoder(
-            ram=dict(self.guest.ram), devices=self.guest.device_descriptions(),
+        decoder = StreamDecoder(
+            ram=self.guest.loadable_ram(), devices=self.guest.device_descriptions(),
             machine=self.guest.machine, capabilities=caps,
             uuid=getattr(self.guest, "uuid", None),  # vmstate_uuid_post_load: when set
             postcopy_ram=self.config.cap("postcopy-ram"), vmdesc=True)
+        decoder.loader.resize = self.guest.resize_block  # resizable blocks (pc's ROM blobs)
+        return decoder
 
     def _apply(self, event: Event) -> bool:
         """Apply one event; True once the stream is over (trailer read or input closed)."""

@@ -4,9 +4,10 @@ Strategy: the common peer frame (`harness.migration.peer`) plus QEMU's incoming 
 `migrate-incoming URI` (only when started with `--incoming defer`, as QEMU's
 `-incoming defer`), or listening at once when started with `--incoming URI`.  The guest
 memory starts zeroed; it runs only after a complete load (QEMU's autostart, off with
-`--paused`) -- or, in postcopy, from POSTCOPY_RUN.  Postcopy recovery: `migrate-recover
-URI` (only when postcopy is paused) listens for the source's new connection, and
-`migrate-pause` (postcopy-active only, as in 7.2) breaks the channel on purpose.
+`--paused`) -- or, in postcopy, from POSTCOPY_RUN.  `x-query-devices` lists the device
+sections loaded (kept as they came: `--layout`'s devices, harness.guest.machine).
+Postcopy recovery: `migrate-recover URI` (only when postcopy is paused) listens for the
+source's new connection, and `migrate-pause` (postcopy-active only, as in 7.2) breaks the channel on purpose.
 """
 
 from __future__ import annotations
@@ -87,7 +88,16 @@ def run(options: PeerOptions) -> int:
     peer.register("migrate-recover", migrate_recover)
     peer.register("migrate-pause", pause)
     peer.register("migrate-continue", migrate_continue)
+    def query_devices(_: dict[str, Any]) -> dict[str, Any]:
+        """The device sections loaded so far, values kept (a layout guest's devices)."""
+        state = peer.guest.device_state
+        return {"machine": peer.guest.machine, "described": len(peer.guest.devices),
+                "loaded": len(state),
+                "sections": [{"idstr": idstr, "instance-id": inst, "fields": len(values)}
+                             for (idstr, inst), values in state.items()]}
+
     peer.register("x-incoming-snapshot", snapshot)
+    peer.register("x-query-devices", query_devices)
     peer.register("x-record", record)
     if options.incoming and options.incoming != "defer":
         _listen_at_start(peer, incoming, options.incoming)

@@ -214,7 +214,8 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
                   seed: int, fill: float, dirty_rate: str, pattern: str, hotset: str | None,
                   devices: str, fd: list[str], paused: bool, incoming: str | None,
                   qmp: str | None = None,
-                  uuid: str | None = None):  # type: ignore[no-untyped-def]
+                  uuid: str | None = None,
+                  layout: Path | None = None):  # type: ignore[no-untyped-def]
     from .control.qmp_socket import parse_qmp_option
     from .migration.peer import PeerOptions, parse_guest_json, parse_uuid
     from .scenario.units import parse_rate, parse_size
@@ -240,6 +241,10 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
         guest = parse_guest_json(guest_json)
     except ValueError as err:  # built from --memory, --pattern...: name no --guest-json
         raise err if given else ValueError(str(err).removeprefix("--guest-json: ")) from None
+    if layout is not None:  # a real machine's blocks and devices (harness.guest.machine)
+        from .guest.machine import load_layout, spec_from_layout
+
+        guest = spec_from_layout(guest, load_layout(layout))
     return PeerOptions(role=role, control=control, guest=guest,
                        fds=parse_fd_args(fd), autostart=not paused, incoming=incoming,
                        qmp=parse_qmp_option(qmp) if qmp is not None else None,
@@ -343,6 +348,10 @@ def destination(
     keys: Annotated[Path | None, _KEYS] = None,
     insecure: Annotated[bool, _INSECURE] = False,
     allow_exec: Annotated[bool, _ALLOW_EXEC] = False,
+    layout: Annotated[Path | None, typer.Option(
+        "--layout", metavar="FILE", help="A real machine's layout (MachineLayout JSON, "
+        "harness.qemu.layout): the guest gets its machine name, RAM blocks and device "
+        "sections, whose values are loaded and kept.")] = None,
 ) -> None:
     """Run a migration destination peer (what `harness run` starts)."""
     _peer_main("destination", {"control": control, "guest_json": guest_json, "memory": memory,
@@ -350,7 +359,7 @@ def destination(
                                    "pattern": "uniform", "hotset": None, "devices": devices, "fd": fd,
                                    "paused": paused, "incoming": incoming, "qmp": qmp,
                                    "uuid": uuid, "keys": keys, "insecure": insecure,
-                                   "allow_exec": allow_exec})
+                                   "allow_exec": allow_exec, "layout": layout})
 
 
 @app.command()

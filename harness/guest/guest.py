@@ -26,12 +26,14 @@ from typing import Any, NamedTuple, Self
 import numpy as np
 
 from harness.protocol.constants import RUN_STATES
+from harness.protocol.errors import RemoteProtocolError
 from harness.protocol.vmstate import DeviceDescription, VMStateDescription
 
 from . import content
 from .devices import GuestDevice, MigrationBlockedError, make_devices
 from .faults import FaultFds
-from .memory import BlockSpec, GuestMemory
+from .machine import layout_devices
+from .memory import PAGE_SIZE, BlockSpec, GuestMemory
 from .workload import Ctl, Workload, WorkloadSpec, harvest_dirty
 
 DEFAULT_RAM = 16 << 20
@@ -57,6 +59,10 @@ class GuestSpec:
     workload: WorkloadSpec | None = None
     devices: list[str] = field(default_factory=_default_devices)
     content: str = "random"  # or "compressible" (content.py: each page repeats one KiB)
+    #: a real machine's devices (machine.py: a layout's descriptions), instead of `devices`
+    described: tuple[DeviceDescription, ...] | None = None
+    #: resizable blocks: name -> used length (the block's size is its maximum)
+    used_lengths: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.content not in CONTENT_KINDS:
@@ -64,7 +70,8 @@ class GuestSpec:
                              f"got {self.content!r}")
         if not 0.0 <= self.fill <= 1.0:
             raise ValueError(f"fill must be within [0, 1], got {self.fill}")
-        make_devices(self.devices)  # validates the names
+        if self.described is None:
+            make_devices(self.devices)  # validates the names
 
     @property
     def compressible(self) -> bool:
@@ -90,7 +97,11 @@ class Guest:
     def __init__(self, spec: GuestSpec, memory: GuestMemory, runstate: str) -> None:
         self.spec = spec
         self.memory = memory
-        self.devices: list[GuestDevice] = make_devices(spec.devices)
+        self.devices: list[GuestDevice] = (make_devices(spec.devices) if spec.described is None
+                                           else layout_devices(spec.described))
+        #: loaded values of the devices kept as they came (machine.py: StoredDevice)
+        self.device_state: dict[tuple[str, int], dict[str, Any]] = {}
+        self.used_lengths = dict(spec.used_lengths)  # resizable blocks: current used length
         self.runstate = runstate
         #: called with True when the guest starts running, False when it stops
         self.on_running: list[Callable[[bool], None]] = []
@@ -133,6 +144,34 @@ class Guest:
         """Each block's RAM (uint8 views of the shared segment), in block order."""
         self._check_open()
         return self.memory.ram
+
+    def block_length(self, name: str) -> int:
+        """The block's used length (less than its memory for a resizable block)."""
+        return self.used_lengths.get(name, self.memory.blocks[self.memory.block_index(name)].size)
+
+    def loadable_ram(self) -> dict[str, np.ndarray]:
+        """Each block's RAM up to its used length: what a load may write."""
+        return {name: mem[:self.block_length(name)] for name, mem in self.ram.items()}
+
+    def resize_block(self, name: str, length: int) -> np.ndarray | None:
+        """softmmu/physmem.c: qemu_ram_resize, as a load's MEM_SIZE asks it: the block's
+        RAM at its new used length, or None when the block is not resizable (the loader
+        then refuses with QEMU's "Size mismatch")."""
+        if name not in self.used_lengths:
+            return None
+        size = self.memory.blocks[self.memory.block_index(name)].size
+        if length > size:
+            raise RemoteProtocolError(f"Size too large: {name}: 0x{length:x} > 0x{size:x}: "
+                                      f"Invalid argument")
+        if length <= 0 or length % PAGE_SIZE:
+            raise RemoteProtocolError(f"RAM block '{name}': used length 0x{length:x} is not "
+                                      f"a positive multiple of the page size", qemu=False)
+        old, self.used_lengths[name] = self.used_lengths[name], length
+        if self.memory.control[Ctl.POSTCOPY]:
+            part = self.memory.present[self.memory.page_slice(name)]
+            part[old // PAGE_SIZE:length // PAGE_SIZE] = 0  # grown: to be received
+            part[length // PAGE_SIZE:] = 1  # beyond the used length: never asked for
+        return self.memory.ram[name][:length]
 
     # ------------------------------------------------------------------ runstate
     def _set_runstate(self, runstate: str) -> None:
@@ -210,6 +249,8 @@ class Guest:
         ctl[Ctl.REQUEST_FD_GEN] = 0
         self.memory.present[:] = 0
         self.memory.touched[:] = 0
+        for name, used in self.used_lengths.items():  # no page beyond it will come
+            self.memory.present[self.memory.page_slice(name)][used // PAGE_SIZE:] = 1
         fds = self._postcopy
         return (None if fds.relay_r < 0 else fds.relay_r), fds.wake_w
 
@@ -267,7 +308,8 @@ class Guest:
         now = self.digests()
         out = {}
         for index, spec in enumerate(self.memory.blocks):
-            part = self.memory.page_slice(index)
+            first = self.memory.page_slice(index).start
+            part = slice(first, first + now[spec.name].size)
             touched = self.memory.touched[part].astype(bool)
             digests = now[spec.name].copy()
             digests[touched] = self.memory.touch_digest[part][touched]
@@ -314,9 +356,13 @@ class Guest:
     def digests(self) -> dict[str, np.ndarray]:
         """A 64-bit digest per page of every block (holes are not read: stays sparse)."""
         self._check_open()
-        return {spec.name: content.page_digests(self.memory.ram[spec.name],
-                                                self.memory.backed_pages(index))
-                for index, spec in enumerate(self.memory.blocks)}
+        out = {}
+        for index, spec in enumerate(self.memory.blocks):
+            length = self.block_length(spec.name)
+            out[spec.name] = content.page_digests(
+                self.memory.ram[spec.name][:length],
+                self.memory.backed_pages(index)[:length // PAGE_SIZE])
+        return out
 
     def mismatched_pages(self) -> dict[str, np.ndarray]:
         """Pages differing from the oracle for their version (empty for an intact guest).

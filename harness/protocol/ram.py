@@ -111,6 +111,10 @@ class RamLoader:
         #: deferred and inflated together through it (zlib streams -> pages, b"" if bad)
         self.inflate: Callable[[list[bytes]], list[bytes]] | None = None
         self.last_block: _Block | None = None  # mis->last_recv_block, kept across sections
+        #: a destination's resizable blocks: (idstr, announced length) -> the block's RAM
+        #: at that length, None when it is not resizable (then "Size mismatch"); raises a
+        #: RemoteProtocolError when the length is beyond its maximum
+        self.resize: Callable[[str, int], np.ndarray | None] | None = None
         self.need = 0  # absolute offset the buffer must reach for the next record
         self.max_block_size = 1 << 40  # blocks created from a stream (analysis)
 
@@ -152,6 +156,10 @@ class RamLoader:
             if known is None and not self.create_blocks:
                 raise RemoteProtocolError(
                     f'Unknown ramblock "{name}", cannot accept migration')
+            if known is not None and length != known.used_length and self.resize:
+                mem = self.resize(name, length)  # qemu_ram_resize: a resizable block
+                if mem is not None:
+                    known = self._blocks[name] = _Block(name, mem, length)
             if known is not None and length != known.used_length:
                 raise RemoteProtocolError(
                     f"Size mismatch: {name}: 0x{length:x} != 0x{known.used_length:x}: "
