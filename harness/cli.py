@@ -373,6 +373,10 @@ def proxy(
     insecure: Annotated[bool, typer.Option("--insecure", help=(
         "Allow a non-loopback tcp:// --control without authentication (whoever reaches it "
         "can cut, corrupt and redirect the stream)."))] = False,
+    layout: Annotated[Path | None, typer.Option(
+        "--layout", metavar="FILE", help="Frame a real machine's device sections exactly with "
+        "this layout (a cached layout JSON, or a precopy stream with its VM description).")
+                      ] = None,
 ) -> None:
     """Run the fault-injecting proxy between the peers (what `harness run` starts)."""
     from .control.curve import bind_needs_keys
@@ -385,7 +389,7 @@ def proxy(
     if bind_needs_keys(control):
         typer.echo(f"harness proxy: warning: --insecure: the control plane on {control} has "
                    f"no authentication", err=True)
-    raise typer.Exit(run_proxy(control, listen, target, seed))
+    raise typer.Exit(run_proxy(control, listen, target, seed, layout))
 
 
 @app.command()

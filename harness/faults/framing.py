@@ -2,9 +2,16 @@
 
 Strategy: the proxy never parses bytes itself.  `StreamFramer` feeds the source ->
 destination bytes to the project's `StreamDecoder` -- RAM in discard mode (pages are
-checked and located, never kept), devices nobody described skipped to their footer (a
-real QEMU's stream) -- and turns its events, which all carry their absolute offset,
-into `Frame`s: name, start, where the payload starts, end, PACKAGED depth.  Page records
+checked and located, never kept) -- and turns its events, which all carry their absolute
+offset, into `Frame`s: name, start, where the payload starts, end, PACKAGED depth, and
+for a section its idstr.  A real machine's device sections are read field by field with
+the `MachineLayout` the proxy was given (harness.qemu.layout: QEMU's own description of
+them, learned from a probe), so every section ends exactly where QEMU's loader says; a
+device or subsection the layout does not describe loses the framing, with its name and
+offset.  Without a layout, device bodies nobody described are skipped by searching for
+their footer, a guess that `guessed` counts.  A precopy stream's own description
+(VMDESCRIPTION, after EOF; found in the bytes passed through when the framing was lost)
+is handed to `learn`, so the layout grows by what this stream showed.  Page records
 stay numpy arrays: a batch is the codec's `RamPages` with its `spans`.
 `ReturnPathFramer` does the same for destination -> source bytes with
 `ReturnPathDecoder`.  Both say how far the input is made of complete frames
@@ -27,14 +34,16 @@ previous one's `successor()`, which knows the section ids and RAM blocks already
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.protocol import (
     Command,
     Configuration,
     DeviceState,
     EndOfStream,
+    LocalProtocolError,
     PackagedEnd,
     PackagedStart,
     RamEos,
@@ -52,6 +61,7 @@ from harness.protocol import (
 )
 from harness.protocol.commands import Packaged
 from harness.protocol.events import Event
+from harness.qemu.layout import LayoutError, MachineLayout, find_trailer, load_vmdesc
 
 __all__ = ["Frame", "Framer", "Framing", "ReturnPathFramer", "StreamFramer", "StreamMemory",
            "frame_flows", "lost_message"]
@@ -65,6 +75,8 @@ _SECTION_NAMES = {SectionType.SECTION_START: "SECTION_START",
                   SectionType.SECTION_FULL: "SECTION_FULL"}
 #: return-path messages that do not exist on the main stream (RECV_BITMAP is on both)
 _RETURN_PATH_ONLY = ("SHUT", "PONG", "REQ_PAGES_ID", "REQ_PAGES", "RESUME_ACK")
+_TAIL = 16 << 20  # bytes kept after a loss of framing, to find the stream's own vmdesc
+Learn = Callable[[Mapping[str, Any]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,11 +235,20 @@ class ReturnPathFramer(Framer):
 
 
 class StreamMemory:
-    """The decoder of the stream the latest connection carried (shared by the sessions of
-    one proxy): a connection that starts without the file magic continues it."""
+    """What the sessions of one proxy share: the decoder of the stream the latest
+    connection carried (a connection that starts without the file magic continues it),
+    the machine layout new streams are framed with, and who learns from a stream's vmdesc."""
 
-    def __init__(self) -> None:
+    def __init__(self, layout: MachineLayout | None = None, learn: Learn | None = None
+                 ) -> None:
         self.decoder: StreamDecoder | None = None
+        self.layout = layout
+        self.learn = learn
+
+    def new_decoder(self) -> StreamDecoder:
+        if self.layout is None:
+            return StreamDecoder(ram="discard", skip_unknown_devices=True)
+        return StreamDecoder(ram="discard", devices=self.layout.devices())
 
 
 class StreamFramer(Framer):
@@ -248,12 +269,17 @@ class StreamFramer(Framer):
         self._pending_package: tuple[int, int] | None = None  # (start, blob length)
         self._section: SectionHeader | None = None  # waiting for its payload to show
         self._waiting: list[tuple[str, int, int, str, str]] = []  # end = next offset
+        self.guessed = 0  # device sections skipped to a footer found by searching
+        self._tail: bytearray | None = None  # after a loss: the last bytes, for the vmdesc
 
     # ------------------------------------------------------------------ input
     def receive_into(self, recv: Recv, size: int) -> int:
         decoder = self.decoder
         if decoder is None or self.lost is not None:
-            return super().receive_into(recv, size)  # first bytes, or passing through
+            n = super().receive_into(recv, size)  # first bytes, or passing through
+            if self._tail is not None and n:
+                self._keep_tail(self._held.view(self.received - n, self.received))
+            return n
         if self._held.end:
             self._held = _Held()  # the first bytes: the decoder holds them too
         n = decoder.receive_into(recv, size)
@@ -278,7 +304,35 @@ class StreamFramer(Framer):
             else:
                 self.continued = True
                 return decoder
-        return StreamDecoder(ram="discard", skip_unknown_devices=True)
+        return self.memory.new_decoder()
+
+    def _held_tail(self, decoder: StreamDecoder) -> bytearray:
+        """The input the decoder still holds at a loss (its last _TAIL bytes)."""
+        try:
+            with decoder.buffered(max(self._released, self.received - _TAIL),
+                                  self.received) as view:
+                return bytearray(view)
+        except LocalProtocolError:
+            return bytearray()
+
+    def _keep_tail(self, data: memoryview) -> None:
+        tail = self._tail
+        assert tail is not None
+        tail += data
+        if len(tail) > _TAIL:
+            del tail[:len(tail) - _TAIL]
+
+    def end_of_input(self) -> None:
+        """Also: after a loss of framing, look for the stream's vmdesc in its tail."""
+        super().end_of_input()
+        tail, self._tail = self._tail, None
+        if tail and self.memory.learn is not None:
+            trailer = find_trailer(bytes(tail))
+            if trailer is not None:
+                try:
+                    self.memory.learn(load_vmdesc(trailer))
+                except LayoutError:
+                    pass
 
     def release(self, upto: int) -> None:
         super().release(upto)
@@ -304,6 +358,8 @@ class StreamFramer(Framer):
             self._lost_at = self.received  # the decoder holds what came before, we the rest
             self._held = _Held()
             self._held.base = self.received
+            if self.memory.learn is not None and not self.continued:
+                self._tail = self._held_tail(decoder)
             return framing
         self._close_waiting(decoder.offset, framing)
         framing.boundary = decoder.offset
@@ -338,6 +394,7 @@ class StreamFramer(Framer):
         elif isinstance(event, DeviceState):
             header = self._section
             self._section = None
+            self.guessed += event.state is None
             if header is not None:
                 self._frame(framing, _SECTION_NAMES[header.type], header.offset, start,
                             start + event.size, "section", header.idstr)
@@ -396,6 +453,17 @@ class StreamFramer(Framer):
         elif isinstance(event, VmDescription):
             self._frame(framing, "VMDESCRIPTION", start, start + 5,
                         start + 5 + len(event.json_text), "stream")
+            self._learn(event.json_text)
+
+    def _learn(self, text: bytes) -> None:
+        """Hand a well-formed vmdesc to whoever learns from it (a bad one teaches nothing)."""
+        if self.memory.learn is None:
+            return
+        try:
+            vmdesc = load_vmdesc(text)
+        except LayoutError:
+            return
+        self.memory.learn(vmdesc)
 
 
 def _section_header_length(header: SectionHeader) -> int:

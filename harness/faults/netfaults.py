@@ -29,7 +29,8 @@ accepted when there is none); later connections are not affected.
   source -> destination); with `duration`, every one during the window.  Inside a
   PACKAGED blob the package's length is rewritten to match (only while the package's
   header has not left yet: a frame in a package already partly forwarded is skipped).
-* net.corrupt: one byte of the next frame named `frame` (default RAM_PAGE) is changed,
+* net.corrupt: one byte of the next frame named `frame` (default RAM_PAGE; with `section:
+  IDSTR`, the next such frame of that device section) is changed,
   in its `where` part (default payload; the other part if that one is empty).  Which
   byte, and its new value (old XOR a non-zero byte), are drawn from the seed; the FAULT
   event reports offset, old and new.  For RAM_PAGE payloads only normal pages count
@@ -215,9 +216,11 @@ class FrameFault:
         """Frames of this feed it aims at, from input offset `lo` on, in stream order."""
         target = self.target
         if target != "RAM_PAGE":
+            section = self.fault.section
             for frame in framing.frames:
                 if frame.start >= lo and (frame.name == target or (
-                        target == "COMMAND" and frame.kind == "command")):
+                        target == "COMMAND" and frame.kind == "command")) \
+                        and (section is None or frame.detail == section):
                     yield frame
             return
         for batch in framing.pages:

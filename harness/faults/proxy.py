@@ -11,6 +11,9 @@ the proxy, once per chunk, where armed triggers match in what they just framed
 is taken per chunk, never per frame.  Every thread it starts (accept, pumps, writers,
 hold timers) is joined on `close()`, within deadlines; a thread that fails logs once,
 reports the error (`query-proxy` and a PROXY_ERROR event) and aborts its session only.
+A real machine's stream is framed exactly with the `MachineLayout` the proxy is given
+(`set_layout`); what a precopy stream's own vmdesc adds to it is merged, stored back in
+the layout cache and used from the next connection on (a LAYOUT_LEARNED event).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from harness.qemu.layout import MachineLayout, remember
 from harness.transport import TransportError
 from harness.transport.waiting import Waker
 
@@ -81,6 +86,12 @@ class Session:
     def start(self) -> None:
         for pump in self.pumps.values():
             pump.thread.start()
+
+    @property
+    def guessed(self) -> int:
+        """Device sections of this connection skipped to a footer found by searching."""
+        framer = self.pumps[MAIN].framer
+        return framer.guessed if isinstance(framer, StreamFramer) else 0
 
     @property
     def continued(self) -> bool:
@@ -189,13 +200,16 @@ class Proxy:
     run); `start` once, `close` once at the end (idempotent)."""
 
     def __init__(self, listen: str, target: str, *, seed: int = 0, emit: Emit | None = None,
-                 hold_deadline: float = HOLD_DEADLINE) -> None:
+                 hold_deadline: float = HOLD_DEADLINE, layout: MachineLayout | None = None,
+                 layout_cache: Path | None = None) -> None:
         self.target = str(proxy_uri(target, "source"))
         self.seed = seed
         self._emit_to = emit
         self.stats = Stats()
         self.holds = Holds(self.emit, hold_deadline)
-        self.memory = StreamMemory()
+        self.memory = StreamMemory(layout, self._learn)
+        self.layout_cache = layout_cache  # None: the default cache (harness.qemu.layout)
+        self.learned: list[dict[str, Any]] = []
         self.state = ProxyState.RUNNING
         self._lock = threading.RLock()
         self._armed: dict[str, Armed] = {}
@@ -262,9 +276,42 @@ class Proxy:
         self.target = str(proxy_uri(uri, "source"))
         return {"target": self.target}
 
+    def set_layout(self, layout: MachineLayout | None) -> dict[str, Any]:
+        """Frame the streams of new connections with `layout` (None: guess, as before)."""
+        with self._lock:
+            self.memory.layout = layout
+        return self._layout_summary()
+
+    def _learn(self, vmdesc: Mapping[str, Any]) -> None:
+        """A pump saw a stream's own vmdesc: what it adds to the layout is kept (cache)."""
+        with self._lock:
+            layout = self.memory.layout
+            if layout is None:
+                return
+            try:
+                merged = remember(layout, vmdesc, self.layout_cache)
+            except OSError as exc:
+                self.errors.append(f"layout cache: {exc}")
+                return
+            if merged is layout:
+                return
+            self.memory.layout = merged
+            record = {"key": merged.key, "devices": len(merged.device_names())}
+            self.learned.append(record)
+        self.emit("LAYOUT_LEARNED", record)
+
+    def _layout_summary(self) -> dict[str, Any] | None:
+        layout = self.memory.layout
+        if layout is None:
+            return None
+        return {"key": layout.key, "machine": layout.machine,
+                "devices": len(layout.device_names()), "learned": len(self.learned)}
+
     def query(self) -> dict[str, Any]:
         with self._lock:
             sessions = [s.summary() for s in self.sessions]
+            guessed = sum(s.guessed for s in self.sessions)
+            layout = self._layout_summary()
             armed = [a.describe() for a in self._armed.values()]
             faults, lost, errors = list(self.faults), list(self.framing_errors), list(self.errors)
         return {
@@ -276,6 +323,7 @@ class Proxy:
                          "list": sessions},
             **self.stats.snapshot(),
             "framing-errors": lost,
+            "layout": layout, "guessed-sections": guessed,
             "armed": [a for a in armed if a["state"] == "armed"],
             "fired": [a for a in armed if a["state"] == "fired"],
             "faults": faults, "holds": self.holds.active, "errors": errors,

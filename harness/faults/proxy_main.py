@@ -12,6 +12,8 @@ Commands:
                  "probability"?: number}
     x-proxy-release {"id": str}
     x-proxy-target {"uri": str}
+    x-proxy-layout {"file": str|null}   frame new streams with this machine layout (a layout
+                                        JSON or a precopy stream with its vmdesc; null: none)
     query-proxy
     quit
 Events:
@@ -20,6 +22,7 @@ Events:
     SESSION {n, event: accepted|closed, reason}
     HOLD_RELEASED {id, by: x-proxy-release|deadline, held}
     FRAMING_LOST {session, channel, message}
+    LAYOUT_LEARNED {key, devices}   a stream's vmdesc added to the layout (and its cache)
     PROXY_ERROR {session, error}
 """
 
@@ -30,9 +33,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from harness.control import CommandError, ControlError, ControlServer
+from harness.protocol import RemoteProtocolError
+from harness.qemu.layout import LayoutError, MachineLayout, read_layout
 
 from .proxy import Proxy
 
@@ -46,17 +52,18 @@ SWITCH_INTERVAL = 0.0002  # s: as the peers' (harness.migration.peer)
 class ProxyProcess:
     """The proxy and its control server; `run()` serves until quit or SIGTERM."""
 
-    def __init__(self, control: str, listen: str, target: str, seed: int = 0) -> None:
+    def __init__(self, control: str, listen: str, target: str, seed: int = 0,
+                 layout: MachineLayout | None = None) -> None:
         self.server = ControlServer(control, role="proxy")
         self.stop = threading.Event()
         try:
-            self.proxy = Proxy(listen, target, seed=seed, emit=self.server.emit)
+            self.proxy = Proxy(listen, target, seed=seed, emit=self.server.emit, layout=layout)
         except BaseException:
             self.server.close()
             raise
         for name, handler in (("x-proxy-arm", self._arm), ("x-proxy-release", self._release),
-                              ("x-proxy-target", self._target), ("query-proxy", self._query),
-                              ("quit", self._quit)):
+                              ("x-proxy-target", self._target), ("x-proxy-layout", self._layout),
+                              ("query-proxy", self._query), ("quit", self._quit)):
             self.server.register(name, _plain_errors(handler))
 
     def run(self) -> int:
@@ -110,6 +117,13 @@ class ProxyProcess:
             raise CommandError("GenericError", "x-proxy-target needs uri (a tcp: or unix: URI)")
         return self.proxy.set_target(uri)
 
+    def _layout(self, args: dict[str, Any]) -> Any:
+        _only(args, "x-proxy-layout", {"file"})
+        path = args.get("file")
+        if path is not None and (not isinstance(path, str) or not 0 < len(path) < 4096):
+            raise CommandError("GenericError", "x-proxy-layout: file must be a path or null")
+        return {"layout": self.proxy.set_layout(None if path is None else load_layout(path))}
+
     def _query(self, args: dict[str, Any]) -> Any:
         _only(args, "query-proxy", set())
         return self.proxy.query()
@@ -136,11 +150,23 @@ def _plain_errors(handler: Callable[[dict[str, Any]], Any]) -> Callable[[dict[st
     return wrapped
 
 
-def main(control: str, listen: str, target: str, seed: int = 0) -> int:
+def load_layout(path: str | Path) -> MachineLayout:
+    """A machine layout from a file (ValueError naming the file when it is none)."""
+    try:
+        return read_layout(Path(path))
+    except (LayoutError, RemoteProtocolError) as err:
+        raise ValueError(f"layout {path}: {err}") from None
+    except OSError as err:
+        raise ValueError(f"layout {path}: {err.strerror or err}") from None
+
+
+def main(control: str, listen: str, target: str, seed: int = 0,
+         layout: str | Path | None = None) -> int:
     """Run the proxy process; 0 after quit/SIGTERM, 2 when it cannot start."""
     logging.basicConfig(level=logging.WARNING, format="harness proxy: %(message)s")
     try:
-        process = ProxyProcess(control, listen, target, seed)
+        machine = None if layout is None else load_layout(layout)
+        process = ProxyProcess(control, listen, target, seed, machine)
     except (ValueError, OSError, ControlError) as err:
         log.error("cannot start: %s", err)
         return 2

@@ -1,7 +1,8 @@
 """Wire triggers: the exact stream position at which an armed effect starts.
 
 Strategy: a trigger arrives as the scenario writes it (`{"event": "page-request",
-"count": 3}`, `{"command": "POSTCOPY_RUN"}`, `{"frame": "SECTION_END", "count": 1}`,
+"count": 3}`, `{"command": "POSTCOPY_RUN"}`, `{"frame": "SECTION_END", "count": 1}`
+(`"section": IDSTR` narrows a section frame to one device section),
 `{"bytes": {"channel": "main", "after": N}}`) and is checked with the scenario's own models, so the proxy accepts exactly what a
 scenario file may say.  A `WireTrigger` watches one flow and counts, from the moment it is
 armed, the frames it matches as the framer reports them; it matches when the count-th
@@ -59,6 +60,7 @@ class WireTrigger:
     probability: float = 1.0
     draw_seed: str = ""  # occurrence k is drawn with random.Random(f"{draw_seed}/{k}")
     declined: int = 0  # occurrences the draw said no to
+    section: str | None = None  # frame: only this device section's frames (its idstr)
 
     def _drawn(self) -> bool:
         if self.probability >= 1.0:
@@ -73,7 +75,8 @@ class WireTrigger:
         if self.kind == "command":
             return frame.kind == "command" and frame.name == self.what
         if self.kind == "frame":
-            return frame.name == self.what
+            return frame.name == self.what and (self.section is None
+                                                or frame.detail == self.section)
         what = self.what
         if what == "section":
             return frame.kind == "section"
@@ -134,7 +137,8 @@ def parse_trigger(value: Mapping[str, Any], *, probability: float | None = None,
         trigger = WireTrigger(spec, "command", MAIN, model.command)
     elif isinstance(model, FrameTrigger):
         flow = RETURN_PATH if model.frame in RETURN_PATH_ONLY else MAIN
-        trigger = WireTrigger(spec, "frame", flow, model.frame, model.count)
+        trigger = WireTrigger(spec, "frame", flow, model.frame, model.count,
+                              section=model.section)
     elif isinstance(model, BytesTrigger):
         if model.bytes.after < 1:
             raise TriggerError("a bytes trigger needs after: of at least 1 byte")

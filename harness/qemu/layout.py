@@ -50,6 +50,7 @@ __all__ = [
     "learn_layout",
     "load_vmdesc",
     "probe_args",
+    "read_layout",
 ]
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,9 @@ def _mapped(data: bytes | Path) -> Iterator[bytes | mmap.mmap]:
             yield mapped
 
 
-def layout_from_stream(data: bytes | Path, key: str = "0") -> MachineLayout:
-    """The layout of a captured precopy stream with its vmdesc trailer.
+def layout_from_stream(data: bytes | Path, key: str | None = None) -> MachineLayout:
+    """The layout of a captured precopy stream with its vmdesc trailer (`key`: by default
+    the sha256 of the trailer).
 
     The stream is decoded once more with the trailer's descriptions and nothing else: it
     must land exactly on every footer, on EOF and on the trailer (RemoteProtocolError
@@ -294,7 +296,24 @@ def layout_from_stream(data: bytes | Path, key: str = "0") -> MachineLayout:
         raise LayoutError("the decoder did not reach the VM description trailer")
     if not machine:
         raise LayoutError("the stream has no configuration section (no machine name)")
-    return MachineLayout(key, machine, blocks, vmdesc)
+    return MachineLayout(key or hashlib.sha256(trailer).hexdigest(), machine, blocks, vmdesc)
+
+
+def read_layout(path: Path) -> MachineLayout:
+    """A layout from a file: a cached/saved layout (JSON) or a precopy stream with its
+    vmdesc (QEMU's magic first).  LayoutError, RemoteProtocolError or OSError."""
+    with Path(path).open("rb") as fh:
+        head = fh.read(4)
+        if head == b"QEVM":
+            fh.close()
+            return layout_from_stream(Path(path))
+        text = head + fh.read(MAX_VMDESC_BYTES + 65536)
+    if len(text) > MAX_VMDESC_BYTES + 65536:
+        raise LayoutError(f"{path}: larger than a layout can be")
+    try:
+        return MachineLayout.from_json(json.loads(text))
+    except (ValueError, RecursionError) as err:
+        raise LayoutError(f"{path}: not a layout: {str(err)[:160]}") from None
 
 
 # ---------------------------------------------------------------------- the cache key

@@ -76,7 +76,8 @@ def wire_trigger(trigger: Any) -> dict[str, Any]:
     if isinstance(trigger, model.CommandTrigger):
         return {"command": trigger.command}
     if isinstance(trigger, model.FrameTrigger):
-        return {"frame": trigger.frame, "count": trigger.count}
+        return {"frame": trigger.frame, "count": trigger.count,
+                **({"section": trigger.section} if trigger.section is not None else {})}
     assert isinstance(trigger, model.BytesTrigger)
     return {"bytes": {"channel": trigger.bytes.channel, "after": trigger.bytes.after}}
 

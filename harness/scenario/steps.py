@@ -126,13 +126,48 @@ class CommandTrigger(TriggerBase):
     command: Annotated[MigCmdName, choice("a MIG_CMD command", MIG_CMD_NAMES)]
 
 
+#: frames that belong to one section, so `section: IDSTR` can narrow them
+SECTION_FRAMES = ("SECTION_START", "SECTION_PART", "SECTION_END", "SECTION_FULL")
+_IDSTR_MAX = 256  # QEMU's idstr is a str8 (at most 255 bytes)
+
+
+def _section_idstr(value: object) -> object:
+    """A section idstr as QEMU writes it ("serial", "0000:00:01.1/ide"): 1-255 printable
+    ASCII characters without spaces."""
+    if not isinstance(value, str) or not 0 < len(value) < _IDSTR_MAX or not value.isascii() \
+            or not value.isprintable() or " " in value:
+        raise ValueError(f"expected a section idstr (1-{_IDSTR_MAX - 1} printable ASCII "
+                         f"characters, no spaces, e.g. serial or 0000:00:01.1/ide), "
+                         f"got {describe(value)}")
+    return value
+
+
+SectionIdstr = Annotated[str, BeforeValidator(_section_idstr)]
+
+
+def _section_issue(frame: str | None, section: str | None) -> list[Issue]:
+    if section is not None and frame not in SECTION_FRAMES:
+        given = f"not to {frame}" if frame is not None else "and there is no frame:"
+        return [Issue(("section",), f"applies to frame: {', '.join(SECTION_FRAMES)} (a device "
+                      f"section's frames), {given}", at_key=True)]
+    return []
+
+
 class FrameTrigger(TriggerBase):
     """`{frame: SECTION_END, count: 1}`: the count-th frame of that name seen on the wire
-    (a section's header, a command, a return-path message...; not a single RAM page)."""
+    (a section's header, a command, a return-path message...; not a single RAM page).
+    `section: IDSTR` counts only the frames of that device section (`{frame: SECTION_FULL,
+    section: serial}`)."""
 
     KEY = "frame"
     frame: Annotated[str, choice("a frame", FRAME_TRIGGER_NAMES)]
     count: PositiveCount = 1
+    section: SectionIdstr | None = None
+
+    @model_validator(mode="after")
+    def _section_of_a_section(self) -> FrameTrigger:
+        raise_issues(_section_issue(self.frame, self.section))
+        return self
 
 
 class BytesCondition(ScenarioModel):
@@ -301,10 +336,10 @@ NET_FAULT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "net.bandwidth": (frozenset({"rate"}), frozenset({"duration"})),
     "net.drop": (frozenset({"message"}), frozenset({"duration"})),
     "net.duplicate": (frozenset({"message"}), frozenset({"duration"})),
-    "net.corrupt": (frozenset(), frozenset({"frame", "where"})),
-    "net.truncate": (frozenset(), frozenset({"frame", "where"})),
+    "net.corrupt": (frozenset(), frozenset({"frame", "where", "section"})),
+    "net.truncate": (frozenset(), frozenset({"frame", "where", "section"})),
 }
-_NET_OPTIONAL_FIELDS = ("duration", "delay", "rate", "message", "where", "frame")
+_NET_OPTIONAL_FIELDS = ("duration", "delay", "rate", "message", "where", "frame", "section")
 
 
 class NetFault(ScenarioModel):
@@ -324,6 +359,8 @@ class NetFault(ScenarioModel):
     message: Annotated[str, choice("a message", MESSAGE_NAMES)] | None = None
     where: Annotated[FramePart, choice("a part of a frame", FRAME_PARTS)] | None = None
     frame: Annotated[str, choice("a frame", FRAME_NAMES)] | None = None
+    section: SectionIdstr | None = None
+    """With a SECTION_* `frame`: only that device section's frame (its idstr)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -353,6 +390,8 @@ class NetFault(ScenarioModel):
         if self.where is not None and self.frame is None:
             issues.append(Issue(("where",), "where: needs frame: (which frame to aim at)",
                                 at_key=True))
+        if self.section is not None:
+            issues += _section_issue(self.frame, self.section)
         return issues
 
 

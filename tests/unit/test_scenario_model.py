@@ -265,7 +265,7 @@ def _net_fault(kind: str, **fields: str) -> str:
 
 
 VALUES = {"duration": "1s", "delay": "10ms", "rate": "1M", "message": "PING", "where": "payload",
-          "frame": "PACKAGED"}
+          "frame": "SECTION_FULL", "section": "serial"}
 
 
 @pytest.mark.parametrize("kind", sorted(NET_FAULT_FIELDS))
