@@ -171,17 +171,17 @@ def machine_args(machine: str, accel: str, memory: int, image: Path | None,
     `memory` is in bytes (a whole number of MiB); `accel` is resolved ("kvm" | "tcg");
     `image` is the raw boot disk (None: no disk, SeaBIOS then loops "No bootable
     device"); the destination waits with `-incoming defer`; `paused` adds `-S`.
-    `-M none` keeps the harness's historical line (no disk, no serial, TCG)."""
+    `-M none` keeps the harness's historical line (no disk, no serial)."""
     if role not in ROLES:
         raise MachineError(f"role {role!r}: expected source or destination")
     if accel not in ("kvm", "tcg"):
         raise MachineError(f"accel {accel!r}: resolve it first (kvm or tcg)")
-    if memory <= 0 or memory % (1 << 20):
-        raise MachineError(f"memory {memory}: must be a positive whole number of MiB")
-    if machine == "none":
+    if machine == "none":  # as the -M none peer always was (-m truncates to MiB)
         args = ["-accel", accel, "-display", "none", "-nodefaults", "-no-user-config",
                 "-M", "none", "-m", f"{memory >> 20}M"]
     else:
+        if memory <= 0 or memory % (1 << 20):
+            raise MachineError(f"memory {memory}: must be a positive whole number of MiB")
         args = ["-nodefaults", "-no-user-config", "-display", "none", "-M", machine,
                 "-accel", accel, "-m", f"{memory >> 20}M"]
         if accel == "kvm":
