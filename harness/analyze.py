@@ -2,11 +2,16 @@
 
 Strategy: like QEMU's `scripts/analyze-migration.py`, but built on the harness decoder, so
 it also reads postcopy streams (commands, PACKAGED blobs), XBZRLE and compressed pages,
-streams without footers, configuration or trailer.  Device bodies are decoded with the
-descriptions in the stream's own VM description trailer when there is one (found the
-way QEMU's analyzer finds it), with the harness's built-in devices otherwise, and
-skipped by their footer when nothing describes them.  The file is fed to the decoder in
-chunks from an mmap, so its size does not matter; RAM lands in numpy arrays.
+streams without footers, configuration or trailer.  Device bodies are decoded field by
+field with the descriptions in the stream's own VM description trailer when there is one
+(found the way QEMU's analyzer finds it), else with a machine layout (`--layout FILE`, or
+a cached layout of the same machine that frames the whole stream exactly: a postcopy
+capture of a pc/q35 guest), and the harness's built-in devices; then a device nobody
+describes is an error naming it.  Only with neither trailer nor layout are undescribed
+bodies skipped by searching for their footer, and the report says so (`guessed`).  Each
+decoded section lists every field: name, type, size, value, subsections.  The file is fed
+to the decoder in chunks from an mmap, so its size does not matter; RAM lands in numpy
+arrays.
 
 The file is input from anyone: what is no stream at all (a directory, a device, an empty
 file, a file without QEMU's magic) is `NotAStream`, bad input, before any decoding; the VM
@@ -16,6 +21,7 @@ own nest about ten); `--extract-ram` writes sparse files, every all-zero page a 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import mmap
@@ -38,6 +44,7 @@ from .protocol import (
     Ping,
     PostcopyAdvise,
     PostcopyRamDiscard,
+    ProtocolError,
     RamFlag,
     RamMemSize,
     RamPages,
@@ -54,11 +61,14 @@ from .protocol import (
 from .protocol.constants import QEMU_VM_FILE_MAGIC
 from .protocol.devices import standard_devices
 from .protocol.return_path import Pong, RecvBitmap, ReqPages, ReqPagesId, ResumeAck, Shut
+from .protocol.vmstate import field_rows
 from .protocol.wire import unpack_be32
+from .qemu.layout import MachineLayout, cache_dir, read_cached, read_layout
 
 CHUNK = 1 << 20
 MAX_VMDESC_DEPTH = 64  # JSON levels: a device's struct in a struct in a subsection...
 PAGE = 4096  # the unit of holes in --extract-ram's files
+MAX_CACHED = 64  # cached layouts tried on a stream without trailer
 STREAM_MAGIC = QEMU_VM_FILE_MAGIC.to_bytes(4, "big")
 
 
@@ -123,6 +133,8 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     return_path: list[dict[str, Any]] | None = None
     ram: dict[str, np.ndarray] = field(default_factory=dict)
+    descriptions: str = "built-in"  # "vmdesc", "layout FILE", "cache KEY", or "guessed"
+    guessed: int = 0  # device sections skipped to a footer found by searching
 
     def to_json(self) -> dict[str, Any]:
         config = None
@@ -144,6 +156,8 @@ class Analysis:
             "eof": self.eof,
             "vmdesc": {"size": self.vmdesc_size} if self.vmdesc_size is not None else None,
             "warnings": self.warnings,
+            "descriptions": self.descriptions,
+            "guessed_sections": self.guessed,
         }
         if self.return_path is not None:
             doc["return_path"] = self.return_path
@@ -175,41 +189,96 @@ def find_vmdesc(data: bytes | mmap.mmap) -> bytes | None:
     return bytes(data[brace:brace + length])
 
 
-def analyze_file(path: str | Path, return_path: str | Path | None = None) -> Analysis:
+def analyze_file(path: str | Path, return_path: str | Path | None = None,
+                 layout: MachineLayout | str | Path | None = None,
+                 use_cache: bool = True) -> Analysis:
     """Decode a stream file (and optionally its return-path capture).
 
-    Raises ProtocolError for a malformed stream, OSError for an unreadable file.
+    `layout`: a MachineLayout (or a file holding one, or a precopy stream with its vmdesc)
+    whose descriptions frame the device sections; `use_cache`: without trailer and
+    layout, try the cached layouts of the stream's machine.  Raises ProtocolError for a
+    malformed stream, OSError for an unreadable file, LayoutError for a bad layout file.
     """
     p = Path(path)
+    if isinstance(layout, (str, Path)):
+        layout = read_layout(Path(layout))
     with p.open("rb") as fh:
         size = p.stat().st_size
         if size == 0:
-            data: bytes | mmap.mmap = b""
-            return _analyze(p, data, return_path)
+            return _analyze(p, b"", return_path, layout, use_cache)
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _analyze(p, data, return_path)
+            return _analyze(p, data, return_path, layout, use_cache)
 
 
-def _analyze(p: Path, data: bytes | mmap.mmap, return_path: str | Path | None) -> Analysis:
-    result = Analysis(str(p), len(data))
-    devices = {(d.idstr, d.instance_id): d for d in standard_devices() + harness_devices()}
+def _analyze(p: Path, data: bytes | mmap.mmap, return_path: str | Path | None,
+             layout: MachineLayout | None, use_cache: bool) -> Analysis:
+    base = {(d.idstr, d.instance_id): d for d in standard_devices() + harness_devices()}
+    warnings: list[str] = []
     trailer = find_vmdesc(data)
-    if trailer is not None:
+    described = _trailer_devices(trailer, warnings) if trailer is not None else None
+    if described is not None:
+        return _decode(p, data, {**base, **described}, "vmdesc", warnings, return_path)
+    if layout is not None:
+        devices = {(d.idstr, d.instance_id): d for d in layout.devices()}
+        return _decode(p, data, {**base, **devices}, f"layout {layout.key[:12]}", warnings,
+                       return_path)
+    for candidate in _cached_layouts(data) if use_cache else ():
+        devices = {(d.idstr, d.instance_id): d for d in candidate.devices()}
         try:
-            for d in devices_from_vmdesc(_load_vmdesc(trailer)):
-                devices[(d.idstr, d.instance_id)] = d
-        except _TooDeep:
-            result.warnings.append(f"the VM description trailer nests deeper than "
-                                   f"{MAX_VMDESC_DEPTH} levels; ignored")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            result.warnings.append("the VM description trailer is not valid JSON; ignored")
-    decoder = StreamDecoder(devices=devices.values(), skip_unknown_devices=True)
+            return _decode(p, data, {**base, **devices}, f"cache {candidate.key[:12]}",
+                           warnings, return_path)
+        except ProtocolError:
+            continue  # not this machine's device set: the next one, or a guess
+    return _decode(p, data, base, "guessed", warnings, return_path)
+
+
+def _trailer_devices(trailer: bytes, warnings: list[str]) -> dict[Any, Any] | None:
+    try:
+        return {(d.idstr, d.instance_id): d for d in devices_from_vmdesc(_load_vmdesc(trailer))}
+    except _TooDeep:
+        warnings.append(f"the VM description trailer nests deeper than {MAX_VMDESC_DEPTH} "
+                        f"levels; ignored")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        warnings.append("the VM description trailer is not valid JSON; ignored")
+    return None
+
+
+def _cached_layouts(data: bytes | mmap.mmap) -> list[MachineLayout]:
+    """Cached layouts of the machine the stream's configuration names (newest first)."""
+    machine = _machine(data)
+    if machine is None or machine == "none":
+        return []
+    found = []
+    with contextlib.suppress(OSError):
+        paths = sorted(cache_dir().glob("*.json"), key=lambda q: q.stat().st_mtime,
+                       reverse=True)
+        for path in paths[:MAX_CACHED]:
+            layout = read_cached(path.stem)
+            if layout is not None and layout.machine == machine:
+                found.append(layout)
+    return found
+
+
+def _machine(data: bytes | mmap.mmap) -> str | None:
+    decoder = StreamDecoder(ram="discard")
+    decoder.receive_data(data[:4096])
+    with contextlib.suppress(ProtocolError):
+        for ev in decoder.events():
+            if isinstance(ev, Configuration):
+                return ev.machine
+    return None
+
+
+def _decode(p: Path, data: bytes | mmap.mmap, devices: dict[Any, Any], how: str,
+            warnings: list[str], return_path: str | Path | None) -> Analysis:
+    result = Analysis(str(p), len(data), descriptions=how, warnings=list(warnings))
+    decoder = StreamDecoder(devices=devices.values(), skip_unknown_devices=how == "guessed")
     depth = 0
     for start in range(0, len(data), CHUNK):
         decoder.receive_data(data[start:start + CHUNK])
-        depth = _collect(decoder, result, depth)
+        depth = _collect(decoder, result, depth, devices)
     decoder.receive_data(b"")
-    _collect(decoder, result, depth)
+    _collect(decoder, result, depth, devices)
     result.footers = decoder.footers
     result.ram = decoder.ram
     if return_path is not None:
@@ -241,7 +310,8 @@ def _load_vmdesc(text: bytes) -> Any:
     return doc
 
 
-def _collect(decoder: StreamDecoder, result: Analysis, depth: int) -> int:
+def _collect(decoder: StreamDecoder, result: Analysis, depth: int,
+             devices: dict[Any, Any]) -> int:
     for ev in decoder.events():
         packaged = depth > 0
         if isinstance(ev, StreamHeader):
@@ -259,11 +329,15 @@ def _collect(decoder: StreamDecoder, result: Analysis, depth: int) -> int:
         elif isinstance(ev, RamPages):
             result.blocks[ev.block].add(ev)
         elif isinstance(ev, DeviceState):
+            described = devices.get((ev.idstr, ev.instance_id))
+            result.guessed += ev.state is None
             result.devices.append({
                 "idstr": ev.idstr, "instance_id": ev.instance_id, "version_id": ev.version_id,
                 "section_id": ev.section_id, "size": ev.size, "offset": ev.offset,
                 "packaged": packaged,
-                "fields": None if ev.state is None else _jsonable(ev.state)})
+                "fields": None if ev.state is None else _jsonable(ev.state),
+                "layout": None if ev.state is None or described is None
+                else field_rows(described.vmsd, ev.state)})
         elif isinstance(ev, Command):
             result.commands.append({**command_json(ev), "offset": ev.offset,
                                     "packaged": packaged})
@@ -405,12 +479,17 @@ def summary_lines(a: Analysis) -> list[str]:
             lines.append(f"  {b.idstr:<{width}}  0x{b.used_length:x} bytes: "
                          f"{b.zero_pages} zero, {b.normal_pages} normal pages{extra}")
     if a.devices:
-        lines.append("devices:")
+        lines.append(f"devices (described by {a.descriptions}):")
         for d in a.devices:
-            how = "decoded" if d["fields"] is not None else "not described, skipped"
+            how = "decoded" if d["fields"] is not None else \
+                "not described: GUESSED, body skipped to a footer found by searching"
             where = " (in PACKAGED)" if d["packaged"] else ""
             lines.append(f"  {d['idstr']} instance {d['instance_id']} v{d['version_id']} "
                          f"section {d['section_id']}: {d['size']} bytes, {how}{where}")
+            lines.extend(field_text(d["layout"] or [], "    "))
+        if a.guessed:
+            lines.append(f"  {a.guessed} device sections were GUESSED (no VM description, no "
+                         f"layout: give --layout FILE to frame them exactly)")
     if a.commands:
         lines.append("commands:")
         for cmd in a.commands:
@@ -431,4 +510,27 @@ def summary_lines(a: Analysis) -> list[str]:
             text = " ".join(f"{k}={v}" for k, v in detail.items())
             lines.append(f"  @{m['offset']}: {m['name']} {text}".rstrip())
     lines.extend(f"warning: {w}" for w in a.warnings)
+    return lines
+
+
+def field_text(rows: list[dict[str, Any]], indent: str) -> list[str]:
+    """`field_rows` as indented lines: name type size = value; structs and subsections nest."""
+    lines = []
+    for row in rows:
+        if "subsection" in row:
+            lines.append(f"{indent}subsection {row['subsection']} v{row['version']} "
+                         f"({row['size']} bytes)")
+            lines.extend(field_text(row["fields"], indent + "  "))
+            continue
+        count = f"[{row['count']}]" if "count" in row else ""
+        head = f"{indent}{row['name']}{count} {row['type']} {row['size']}"
+        if "fields" not in row:
+            lines.append(f"{head} = {row['value']}")
+            continue
+        lines.append(head)
+        groups = row["fields"] if "count" in row else [row["fields"]]
+        for i, group in enumerate(groups):
+            if "count" in row:
+                lines.append(f"{indent}  [{i}]")
+            lines.extend(field_text(group, indent + ("    " if "count" in row else "  ")))
     return lines

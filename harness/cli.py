@@ -51,6 +51,14 @@ def analyze(
     return_path: Annotated[Path | None, typer.Option(
         "--return-path", metavar="FILE",
         help="Also decode a capture of the return path (destination -> source bytes).")] = None,
+    layout: Annotated[Path | None, typer.Option(
+        "--layout", metavar="FILE",
+        help="Describe a real machine's device sections with this layout (a cached layout "
+             "JSON, or a precopy stream of the same machine with its VM description); "
+             "for postcopy captures, which carry no description.")] = None,
+    use_cache: Annotated[bool, typer.Option(
+        "--cache/--no-cache", help="Without VM description and --layout, try the cached "
+                                   "layouts of the stream's machine.")] = True,
 ) -> None:
     """Decode a migration stream like QEMU's analyze-migration.py, postcopy included."""
     from .analyze import (
@@ -62,9 +70,11 @@ def analyze(
     )
     from .analyze import extract_ram as write_ram
     from .protocol import ProtocolError
+    from .qemu.layout import LayoutError
 
     for path, check, what in ((stream, check_stream_file, "not a migration stream: "),
-                              (return_path, check_regular_file, "--return-path: ")):
+                              (return_path, check_regular_file, "--return-path: "),
+                              (layout, check_regular_file, "--layout: ")):
         try:
             if path is not None:
                 check(path)
@@ -75,7 +85,9 @@ def analyze(
         except OSError as err:
             raise _fail(2, f"harness analyze: {path}: {err.strerror or err}")
     try:
-        result = analyze_file(stream, return_path)
+        result = analyze_file(stream, return_path, layout, use_cache)
+    except LayoutError as err:
+        raise _fail(2, f"harness analyze: --layout {layout}: {err}")
     except ProtocolError as err:
         lines = "\n".join(f"  {line}" for line in err.qemu_lines)
         raise _fail(1, f"harness analyze: {stream}: malformed migration stream at {err}\n"

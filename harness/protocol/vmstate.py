@@ -13,7 +13,8 @@ trailer (same keys, same order, sizes measured while writing).  `load_state` mir
 `vmstate_load_state` (`migration/vmstate.c`): version checks with QEMU's messages, fields
 present by version or `exists` rule, subsections peeked by name.  `from_vmdesc` turns a
 VM description JSON entry back into a description, so any device QEMU wrote can be
-decoded and re-encoded byte for byte from the trailer alone.
+decoded and re-encoded byte for byte from the trailer alone.  `field_rows` lays loaded
+values out for people: every field with its type, wire size and a short value.
 """
 
 from __future__ import annotations
@@ -451,3 +452,70 @@ def devices_from_vmdesc(vmdesc: Mapping[str, Any]) -> list[DeviceDescription]:
 def vmdesc_entry(idstr: str, instance_id: int, desc: Mapping[str, Any]) -> dict[str, Any]:
     """A device's entry in the trailer: name and instance, then its description."""
     return {"name": idstr, "instance_id": instance_id, **desc}
+
+
+# ------------------------------------------------------------------ values, for people
+
+_SHORT_BYTES = 16
+_SHORT_ITEMS = 8
+
+
+def field_rows(vmsd: VMStateDescription, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every field `load_state` read, in wire order: {name, type, size (wire bytes), value
+    (short: an int, "0x..", "zeros(N)", a few items)}, a struct's or tmp's `fields`, and
+    the subsections read ({subsection, version, size, fields})."""
+    rows: list[dict[str, Any]] = []
+    for key, f in zip(vmsd.keys, vmsd.fields):
+        if key in values:
+            rows.append(_row(key, f, values[key], values))
+    for sub in vmsd.subsections:
+        if sub.name in values:
+            inner = field_rows(sub, values[sub.name])
+            rows.append({"subsection": sub.name, "version": sub.version_id,
+                         "size": 1 + 1 + len(sub.name) + 4 + sum(r["size"] for r in inner),
+                         "fields": inner})
+    return rows
+
+
+def _row(key: str, f: Field, value: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    scalar = f.count is None and f.count_from is None
+    elements = [value] if scalar else list(value)
+    row: dict[str, Any] = {"name": key, "type": f.type_name}
+    if not scalar:
+        row["count"] = len(elements)
+    if f.struct is not None:
+        nested = [field_rows(f.struct, e) for e in elements]
+        row["size"] = sum(r["size"] for rows in nested for r in rows)
+        row["fields"] = nested[0] if scalar else nested
+        return row
+    row["size"] = sum(_scalar_size(f, e, values) for e in elements)
+    row["value"] = short_value(value)
+    return row
+
+
+def _scalar_size(f: Field, element: Any, values: Mapping[str, Any]) -> int:
+    t = f.type
+    assert t is not None
+    if t.fmt is not None:
+        return t.size or 0
+    if t.counted:
+        return 1 + len(str(element).encode("latin-1"))
+    return f.element_size(values)
+
+
+def short_value(value: Any) -> Any:
+    """A value in a few characters: ints as they are (hex when large), bytes as hex."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -0x10000 < value < 0x10000 else hex(value)
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+        if not any(raw):
+            return f"zeros({len(raw)})"
+        text = raw[:_SHORT_BYTES].hex()
+        return text if len(raw) <= _SHORT_BYTES else f"{text}..(+{len(raw) - _SHORT_BYTES} bytes)"
+    if isinstance(value, list):
+        items = [short_value(v) for v in value[:_SHORT_ITEMS]]
+        return items if len(value) <= _SHORT_ITEMS else [*items, f"..(+{len(value) - _SHORT_ITEMS})"]
+    return value
