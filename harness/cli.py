@@ -132,6 +132,12 @@ def run(
     html_path: Annotated[Path | None, typer.Option(
         "--html", metavar="FILE", help="Write a self-contained HTML report with plots.")
                          ] = None,
+    peers: Annotated[str | None, typer.Option(
+        "--peers", metavar="qemu|source=qemu|destination=qemu",
+        help="Run the scenarios with a real QEMU on both sides (qemu) or one: on the "
+             "scenario's machine, or pc running the harness's own x86 guest when it says "
+             "none. What changes is in the report; a scenario that cannot apply to QEMU "
+             "is skipped with the reason.")] = None,
 ) -> None:
     """Run scenarios (files, or directories: every scenario in them).
 
@@ -151,9 +157,15 @@ def run(
         if path is not None and not path.resolve().parent.is_dir():
             raise _fail(2, f"harness run: {option} {path}: no such directory "
                            f"{path.resolve().parent}")
+    from .scenario.qemu_peers import parse_peers
+
+    try:
+        sides = parse_peers(peers) if peers is not None else frozenset()
+    except ValueError as err:
+        raise _fail(2, f"harness run: {err}")
     try:
         results = run_files(scenarios, json_path=json_path, junit_path=junit_path, seed=seed,
-                            record=record, repeat=repeat, html_path=html_path)
+                            record=record, repeat=repeat, html_path=html_path, peers=sides)
     except ScenarioError as err:
         raise _fail(2, f"harness run: {err}")
     except RunInterrupted as err:  # SIGINT/SIGTERM/SIGHUP: reports written, peers reaped

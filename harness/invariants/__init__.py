@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .base import Evidence, Invariant
 from .leftovers import NoLeftovers
-from .memory import MemoryIdentical, SourceIntact
+from .memory import MemoryConsistent, MemoryIdentical, SourceIntact
 from .one_runner import OneRunner
 from .postcopy import PostcopyRequests
 from .runs_on import GuestRunsOn
@@ -20,7 +20,7 @@ from .transitions import LegalTransitions
 
 ALL: tuple[Invariant, ...] = (
     ExpectedStatus("source"), ExpectedStatus("destination"), LegalTransitions(),
-    MemoryIdentical(), SourceIntact(), GuestRunsOn(), OneRunner(), PostcopyRequests(),
+    MemoryIdentical(), MemoryConsistent(), SourceIntact(), GuestRunsOn(), OneRunner(), PostcopyRequests(),
     NoLeftovers(), StepsFired(),
 )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -16,7 +16,7 @@ class Expectations:
 
     source: str | None = None
     destination: str | None = None
-    memory: str | None = None  # identical | source-intact
+    memory: str | None = None  # identical | source-intact | consistent
     guest_runs_on: str | None = None  # destination | source | nowhere
 
 
@@ -40,6 +40,12 @@ class Evidence:
     leftovers: list[str] = field(default_factory=list)  # processes alive after the run
     #: every step of the scenario and whether it fired (harness/runner/steps.py: report)
     steps: list[dict] = field(default_factory=list)
+    #: a real guest (harness/realguest): the program it ran (a GuestProgram), and every
+    #: RAM block of each QEMU as read at the end (source: as it stopped; destination: as
+    #: its load left it, or after it ran, in postcopy)
+    program: Any = None
+    source_memory: dict[str, np.ndarray] | None = None
+    destination_memory: dict[str, np.ndarray] | None = None
 
     def fault_kinds(self) -> set[str]:
         return {f.kind for f in self.faults}

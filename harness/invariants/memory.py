@@ -4,7 +4,11 @@ identical: every page of the destination, as its load completed, equals the sour
 as the source stopped (per-page digests of both), and the source's pages are what its
 workload wrote (so "the source's content" is the guest's, not a corruption of it).
 source-intact: after a failed or cancelled migration the source's pages are exactly what
-its workload wrote (checked against the content oracle, page by page).
+its workload wrote (checked against the content oracle, page by page); with a real guest
+(harness/realguest), the source's RAM is one unbroken wave of self-consistent pages.
+consistent (real guests, when the destination ran before the check): both sides' RAM are
+unbroken waves, the destination's no older than the source's at the switchover, every
+other byte of guest RAM equal, and every other RAM block (ROMs, ACPI tables) identical.
 """
 
 from __future__ import annotations
@@ -50,6 +54,57 @@ class MemoryIdentical:
         return InvariantResult(self.name, True, f"all {pages} pages equal")
 
 
+def main_block(blocks: dict[str, np.ndarray]) -> str:
+    """The guest's RAM among a real machine's blocks: the largest (pc.ram)."""
+    return max(blocks, key=lambda name: len(blocks[name]))
+
+
+def _differing_blocks(src: dict[str, np.ndarray], dst: dict[str, np.ndarray],
+                      skip: str) -> list[str]:
+    problems = []
+    for name in sorted(set(src) | set(dst)):
+        if name == skip:
+            continue
+        if name not in src or name not in dst:
+            problems.append(f"block {name} only on the {'source' if name in src else 'destination'}")
+        elif len(src[name]) != len(dst[name]):
+            problems.append(f"block {name}: {len(src[name])} bytes on the source, "
+                            f"{len(dst[name])} on the destination")
+        else:
+            a, b = src[name].reshape(-1, 4096), dst[name].reshape(-1, 4096)
+            bad = np.flatnonzero((a != b).any(axis=1))
+            if bad.size:
+                first = ", ".join(f"0x{int(p) * 4096:x}" for p in bad[:5])
+                problems.append(f"block {name}: {bad.size} pages differ (first at {first})")
+    return problems
+
+
+class MemoryConsistent:
+    name = "memory-consistent"
+
+    def applies(self, evidence: Evidence) -> bool:
+        return evidence.expect.memory == "consistent"
+
+    def check(self, evidence: Evidence) -> InvariantResult:
+        from harness.realguest.wave import check_consistent
+
+        src, dst = evidence.source_memory, evidence.destination_memory
+        if src is None or dst is None or evidence.program is None:
+            missing = "source" if src is None else "destination"
+            return InvariantResult(self.name, False, f"no memory read from the {missing}")
+        ram = main_block(src)
+        if ram not in dst:
+            return InvariantResult(self.name, False, f"the destination has no block {ram}")
+        problems = check_consistent(src[ram], dst[ram], evidence.program)
+        problems += _differing_blocks(src, dst, ram)
+        if problems:
+            return InvariantResult(self.name, False, "; ".join(problems))
+        pages = sum(len(v) for v in src.values()) // 4096
+        return InvariantResult(self.name, True, f"{ram} is an unbroken wave on both sides, "
+                               "the destination's no older than the source's at the "
+                               f"switchover; the other blocks identical ({pages} pages)")
+
+
 class SourceIntact:
     name = "memory-source-intact"
 
@@ -57,6 +112,8 @@ class SourceIntact:
         return evidence.expect.memory == "source-intact"
 
     def check(self, evidence: Evidence) -> InvariantResult:
+        if evidence.program is not None:
+            return self._real_guest(evidence)
         mismatched = evidence.source_mismatched
         if mismatched is None:
             return InvariantResult(self.name, False, "no page check from the source")
@@ -66,3 +123,16 @@ class SourceIntact:
         pages = sum(d.size for d in (evidence.source_digests or {}).values())
         what = f"all {pages} pages" if pages else "every page"
         return InvariantResult(self.name, True, f"{what} hold what the source guest wrote")
+
+    def _real_guest(self, evidence: Evidence) -> InvariantResult:
+        from harness.realguest.wave import read_wave
+
+        src = evidence.source_memory
+        if src is None:
+            return InvariantResult(self.name, False, "no memory read from the source")
+        ram = main_block(src)
+        wave = read_wave(src[ram], evidence.program)
+        if wave.problems:
+            return InvariantResult(self.name, False, f"{ram}: " + "; ".join(wave.problems))
+        return InvariantResult(self.name, True, f"{ram} is an unbroken wave of the source "
+                               f"guest's pages (sweep {wave.gen}, at 0x{wave.cursor:x})")

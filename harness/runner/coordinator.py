@@ -39,6 +39,7 @@ from harness.scenario.model import Scenario
 from .agent_peer import AgentPeer, RemoteFrozen
 from .agent_pool import Agents, placement_problems
 from .agents import AgentError, tcp_uri
+from . import real_guest
 from .peers import HarnessPeer, PeerError, PeerHandle, QemuPeer, kill_tree, short_dir
 from .proxy import ProxyHandle
 from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
@@ -94,6 +95,7 @@ class Coordinator:
         self._log: IO[str] | None = None
         self.steps: StepRunner | None = None
         self._stacks: dict[str, str] = {}
+        self._accel: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ run
     def run(self) -> ScenarioResult:
@@ -203,8 +205,9 @@ class Coordinator:
                                f"{err}") from None
             if peer.pid is not None and host is None:
                 self._pids.append(peer.pid)  # a remote peer's leftovers: its agent checks
+            facts = peer.facts() if isinstance(peer, QemuPeer) else {}
             self.note(peer.role, "started", {"kind": peer.kind, "pid": peer.pid,
-                                             "runstate": peer.runstate(),
+                                             "runstate": peer.runstate(), **facts,
                                              **({"host": host} if host else {})}, time.time())
 
     def _connect_agents(self) -> None:
@@ -226,11 +229,7 @@ class Coordinator:
     def _make_peer(self, role: str, fds: dict[str, int]) -> PeerHandle:
         spec = self.sc.source if role == "source" else self.sc.destination
         if spec.kind == "qemu":
-            return QemuPeer(role, self.workdir, self.sc.guest.total_memory,
-                            args=list(spec.args), loader=self._loader_file() if
-                            role == "source" else None,
-                            binary=str(spec.binary) if spec.binary else None,
-                            die_with_starter=True)
+            return real_guest.make_qemu_peer(self, role)
         if spec.host is not None:
             return AgentPeer(role, self.agents[spec.host], self._guest_json(),
                              incoming=role == "destination")
@@ -244,7 +243,18 @@ class Coordinator:
         host = self.sc.destination.host
         return self.sc.hosts[host].peer_address if host is not None else "127.0.0.1"
 
-    def _loader_file(self) -> Path:
+    def accel(self) -> tuple[str, str]:
+        """The accelerator a real machine runs with, and why (resolved once per run)."""
+        if self._accel is None:
+            from harness.qemu.machine import resolve_accel
+
+            try:
+                self._accel = resolve_accel(self.sc.guest.accel)
+            except ValueError as err:
+                raise RunError(f"guest.accel {self.sc.guest.accel}: {err}") from None
+        return self._accel
+
+    def loader_file(self) -> Path:
         """RAM content for a QEMU source: the same version-0 pages a harness guest has."""
         from harness.guest.content import initial_content_array
 
@@ -576,7 +586,10 @@ class Coordinator:
         assert self.steps is not None
         evidence.steps = self.steps.report()
         evidence.frozen = set(self.frozen)
-        self._memory_evidence(evidence)
+        if real_guest.uses_real_guest(self.sc):
+            real_guest.collect(self, evidence)
+        else:
+            self._memory_evidence(evidence)
         if self.proxy is not None and self.proxy.alive():
             evidence.proxy = dict(self.proxy.execute("query-proxy") or {})
         return evidence
@@ -602,6 +615,8 @@ class Coordinator:
     def _outcome(self, peer: PeerHandle) -> PeerOutcome:
         out = PeerOutcome(kind=peer.kind, statuses=list(self.statuses[peer.role]),
                           stacks=self._stacks.get(peer.role))
+        if isinstance(peer, QemuPeer):
+            out.facts = peer.facts()
         log_path = getattr(peer, "stderr_path", None)
         out.log = str(log_path) if log_path else getattr(peer, "log_location", None)
         lost = peer.lost_reason() if isinstance(peer, AgentPeer) else None

@@ -24,6 +24,10 @@ class PeerOutcome:
     statuses: list[str] = field(default_factory=list)  # every status it reported, in order
     stacks: str | None = None  # its threads' stacks, when the run missed its deadline
     frozen: bool = False  # stopped (SIGSTOP) by the scenario at the end
+    #: a real QEMU peer: its machine and accelerator (and why), version, command line
+    facts: dict[str, Any] = field(default_factory=dict)
+    #: a real guest's heartbeat over the check window: before, after, advanced
+    heartbeat: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "kind": self.kind,
@@ -38,6 +42,10 @@ class PeerOutcome:
             out["stacks"] = self.stacks
         if self.frozen:
             out["frozen"] = True
+        if self.facts:
+            out["facts"] = self.facts
+        if self.heartbeat is not None:
+            out["heartbeat"] = self.heartbeat
         return out
 
 
@@ -108,6 +116,8 @@ class ScenarioResult:
     scenario: dict[str, Any] = field(default_factory=dict)
     #: every step: step, on, does, fired, t or why-not (runner/steps.py: report)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    #: how `--peers qemu` rewrote the scenario (harness/scenario/qemu_peers.py)
+    adapted: list[str] = field(default_factory=list)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -132,4 +142,5 @@ class ScenarioResult:
             "samples": self.samples,
             "passes": self.passes,
             **({"scenario": self.scenario} if self.scenario else {}),
+            **({"adapted": self.adapted} if self.adapted else {}),
         }

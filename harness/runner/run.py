@@ -44,6 +44,7 @@ from harness.report.formats import (
 )
 from harness.scenario import load_scenarios
 from harness.scenario.model import Scenario
+from harness.scenario.qemu_peers import with_qemu_peers
 
 from .coordinator import INTERRUPTED, Coordinator
 from .progress import MigrationProgress
@@ -124,10 +125,13 @@ def events_path(json_path: str | Path | None, scenario: Scenario, round_: int | 
 def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = None,
               junit_path: str | Path | None = None, seed: int | None = None,
               console: Console | None = None, record: bool = False,
-              repeat: int = 1, html_path: str | Path | None = None) -> list[ScenarioResult]:
+              repeat: int = 1, html_path: str | Path | None = None,
+              peers: frozenset[str] = frozenset()) -> list[ScenarioResult]:
     """Run every scenario of the given files; raises ScenarioError for a bad file and
-    RunInterrupted (after writing the reports) when a signal ended the run."""
+    RunInterrupted (after writing the reports) when a signal ended the run.  `peers`
+    (`--peers`): the sides that run a real QEMU instead (harness/scenario/qemu_peers.py)."""
     scenarios = load_scenarios(paths)
+    adapted = {id(sc): with_qemu_peers(sc, peers) for sc in scenarios} if peers else {}
     named = {Path(p).resolve() for p in paths if not Path(p).is_dir()}
     out = console or report_console()
     err = Console(stderr=True)
@@ -141,6 +145,11 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
         try:
             for scenario in scenarios:
                 skip = _skip_reason(scenario, named)
+                notes: list[str] = []
+                if peers and skip is None:
+                    change = adapted[id(scenario)]
+                    skip = change.why_not
+                    scenario, notes = change.scenario or scenario, change.notes
                 if skip is not None:
                     results.append(ScenarioResult(scenario.name, str(scenario.source_file),
                                                   scenario.seed if seed is None else seed,
@@ -155,6 +164,7 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
                                           Console(stderr=True, quiet=not out.is_terminal),
                                           record, events_path(json_path, scenario, label))
                     result.repeat = label
+                    result.adapted = notes
                     results.append(result)
                     current = None
                     _print_result(result, out)

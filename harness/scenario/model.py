@@ -43,6 +43,7 @@ from .base import (
     raise_issues,
 )
 from .names import (
+    ACCELS,
     CAPABILITIES,
     CONTENT_KINDS,
     DEFAULT_DEVICES,
@@ -54,9 +55,12 @@ from .names import (
     QEMU_DEVICES,
     QEMU_MACHINE,
     QEMU_RAM_BLOCK,
+    REAL_MACHINE,
+    REAL_MACHINE_FORMS,
     TARGET_PAGE_SIZE,
     TRANSPORT_SCHEMES,
     WORKLOAD_PATTERNS,
+    Accel,
     ContentKind,
     DeviceName,
     GuestPlace,
@@ -177,7 +181,12 @@ class Guest(ScenarioModel):
     """The simulated VM: RAM (`memory:` or `blocks:`), fill, workload and devices."""
 
     machine: Text = QEMU_MACHINE
-    """The machine name sent in the stream's configuration section."""
+    """The machine name sent in the stream's configuration section; for QEMU peers the
+    machine QEMU runs: none (RAM only), or pc, q35, pc-i440fx-X.Y, pc-q35-X.Y, which boot
+    the harness's own x86 guest (its workload runs inside the VM)."""
+    accel: Annotated[Accel, choice("an accelerator", ACCELS)] = "auto"
+    """QEMU peers on a real machine: auto (KVM only with hardware virtualization, else
+    TCG), kvm or tcg."""
     memory: PageSize | None = None
     """Guest RAM as one block named "ram" (64 MiB when neither this nor blocks is given)."""
     blocks: Annotated[tuple[Block, ...], AfterValidator(non_empty),
@@ -221,6 +230,11 @@ class Guest(ScenarioModel):
     @property
     def total_memory(self) -> int:
         return sum(block.size for block in self.ram_blocks)
+
+    @property
+    def real_machine(self) -> bool:
+        """A machine with a vCPU and devices that boots the harness's own x86 guest."""
+        return REAL_MACHINE.fullmatch(self.machine) is not None
 
 
 # --- peers, hosts, transport ------------------------------------------------------------
@@ -486,12 +500,56 @@ class Scenario(ScenarioModel):
     def _qemu_issues(self) -> list[Issue]:
         qemu_peers = [name for name in ("source", "destination")
                       if getattr(self, name).kind == "qemu"]
+        issues = self._accel_issues(qemu_peers) + self._consistent_issues(qemu_peers)
         if not qemu_peers:
-            return []
+            return issues
         peer = f"{qemu_peers[0]}.kind: qemu"
-        supports = (f"a QEMU peer runs machine {QEMU_MACHINE} with one RAM block "
-                    f"\"{QEMU_RAM_BLOCK}\" and the devices {' and '.join(QEMU_DEVICES)}")
-        return self._qemu_guest_issues(f"{supports} ({peer})")
+        if self.guest.real_machine:
+            return issues + self._real_machine_issues(qemu_peers)
+        supports = (f"a QEMU peer runs machine {QEMU_MACHINE} (RAM only, one block "
+                    f"\"{QEMU_RAM_BLOCK}\" and the devices {' and '.join(QEMU_DEVICES)}) or a "
+                    f"real machine ({REAL_MACHINE_FORMS})")
+        return issues + self._qemu_guest_issues(f"{supports} ({peer})")
+
+    def _accel_issues(self, qemu_peers: list[str]) -> list[Issue]:
+        if self.guest.accel == "auto" or (qemu_peers and self.guest.real_machine):
+            return []
+        return [Issue(("guest", "accel"), f"accel: {self.guest.accel} applies to a real machine "
+                      f"({REAL_MACHINE_FORMS}) run by a QEMU peer", at_key=True)]
+
+    def _consistent_issues(self, qemu_peers: list[str]) -> list[Issue]:
+        if self.expect.memory != "consistent" or \
+                (len(qemu_peers) == 2 and self.guest.real_machine):
+            return []
+        return [Issue(("expect", "memory"), "memory: consistent checks the pages the real guest "
+                      "writes, so both peers must be kind: qemu on a real machine "
+                      f"({REAL_MACHINE_FORMS}); the simulated guest uses identical")]
+
+    def _real_machine_issues(self, qemu_peers: list[str]) -> list[Issue]:
+        guest, issues = self.guest, []
+        machine = f"machine {guest.machine} runs the harness's own x86 guest"
+        if guest.blocks is not None:
+            issues.append(Issue(("guest", "blocks"), f"{machine}: its RAM blocks are the "
+                                "machine's own (write memory: SIZE instead)"))
+        elif guest.total_memory % (1 << 20) or guest.total_memory < (16 << 20):
+            issues.append(Issue(("guest", "memory"), f"{machine}: memory must be a whole "
+                                "number of MiB, at least 16MiB (QEMU's -m)"))
+        simulated = {"fill": "initialises its own memory", "content": "initialises its own "
+                     "memory", "devices": "has the machine's own devices"}
+        defaults = {key: Guest.model_fields[key].default for key in simulated}
+        issues += [Issue(("guest", key), f"{key}: describes the simulated guest; the real "
+                         f"guest of {machine[8:]} {why}", at_key=True)
+                   for key, why in simulated.items() if getattr(guest, key) != defaults[key]]
+        if qemu_peers == ["destination"]:
+            issues.append(Issue(("source", "kind"), f"{machine}: a harness source cannot send "
+                                "its device state; use source: {kind: qemu} or machine: none"))
+        if self.postcopy and self.expect.memory == "identical" and \
+                "destination" in qemu_peers:
+            issues.append(Issue(("expect", "memory"), "in postcopy the real guest runs on the "
+                                "destination before its memory can be read: use memory: "
+                                "consistent (every page self-consistent, none older than the "
+                                "source's at the switchover)"))
+        return issues
 
     def _qemu_guest_issues(self, supports: str) -> list[Issue]:
         guest = self.guest

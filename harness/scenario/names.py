@@ -11,6 +11,7 @@ keeps the two in step.
 
 from __future__ import annotations
 
+import re
 from typing import Literal, get_args
 
 #: MigrationStatus (qapi/migration.json, QEMU 7.2), in the C enum's order
@@ -114,13 +115,20 @@ NET_FAULT_KINDS: tuple[str, ...] = get_args(NetFaultKind)
 LINK_FAULT_KINDS: tuple[str, ...] = get_args(LinkFaultKind)
 FAULT_KINDS = PROCESS_FAULT_KINDS + NET_FAULT_KINDS + LINK_FAULT_KINDS
 
-MemoryExpectation = Literal["identical", "source-intact"]
+MemoryExpectation = Literal["identical", "source-intact", "consistent"]
 MEMORY_EXPECTATIONS: tuple[str, ...] = get_args(MemoryExpectation)
 GuestPlace = Literal["destination", "source", "nowhere"]
 GUEST_PLACES: tuple[str, ...] = get_args(GuestPlace)
 
 #: what a real QEMU peer can be here: `-M none -m SIZE` has one RAM block and two devices
 QEMU_MACHINE = "none"
+#: real machines a QEMU peer can run (with the harness's own x86 guest, harness/realguest):
+#: the aliases and the versioned names QEMU 7.2 lists in `-machine help`
+REAL_MACHINE = re.compile(r"pc|q35|pc-i440fx-\d+\.\d+|pc-q35-\d+\.\d+")
+REAL_MACHINE_FORMS = "pc, q35, pc-i440fx-X.Y or pc-q35-X.Y"
+#: how a real machine runs its vCPU: KVM only with hardware virtualization (auto)
+Accel = Literal["auto", "kvm", "tcg"]
+ACCELS: tuple[str, ...] = get_args(Accel)
 QEMU_RAM_BLOCK = "ram"  # hw/core/null-machine.c: mc->default_ram_id
 QEMU_DEVICES = ("timer", "globalstate")
 

@@ -115,7 +115,7 @@ def test_split_brain_and_illegal_history_are_caught():
     ev = _evidence(guest_runs_on="destination")
     ev.source.runstate = "running"
     assert {r.name: r for r in check_all(ev)}["guest-runs-on"].detail == \
-        "the guest runs on both sides (split brain)"
+        "the guest runs on both sides (split brain) (source running, destination running)"
     ev.source.statuses = ["setup", "completed"]
     legal = {r.name: r for r in check_all(ev)}["legal-transitions"]
     assert not legal.ok and "source setup -> completed" in legal.detail

@@ -69,8 +69,9 @@ CASES: dict[str, tuple[str, int, int, str | None, str]] = {
     "qemu peer with a cpu device": (
         "name: a\nsource: {kind: qemu}\nguest:\n  devices: [timer, globalstate, cpu]\n",
         4, 33, "guest.devices[2]",
-        ("a QEMU peer runs machine none with one RAM block \"ram\" and the devices timer and "
-        "globalstate (source.kind: qemu); not cpu")),
+        ("a QEMU peer runs machine none (RAM only, one block \"ram\" and the devices timer "
+         "and globalstate) or a real machine (pc, q35, pc-i440fx-X.Y or pc-q35-X.Y) "
+         "(source.kind: qemu); not cpu")),
     "qemu peer with pc blocks": (
         "name: a\ndestination:\n  kind: qemu\nguest:\n  blocks:\n    - {name: pc.ram, size: 16M}\n",
         6, 5, "guest.blocks", "not the blocks pc.ram (write memory: SIZE instead)"),

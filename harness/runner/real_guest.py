@@ -1,0 +1,169 @@
+"""The runner's side of a real guest: QEMU peers on a real machine, and what is read of them.
+
+Strategy: a scenario on a real machine (pc, q35...) with QEMU peers boots the harness's own
+x86 guest (harness/realguest) in both QEMUs -- the destination with `-S` in precopy, so
+that its memory can be read exactly as the load left it.  When the run has settled and
+the peers' outcomes are collected, `collect` reads what the oracle needs, in an order
+that keeps each reading meaningful:
+
+1. memory: every RAM block of each QEMU the expectation needs (harness/qemu/snapshot.py:
+   the VM is stopped first when it runs, and continued afterwards);
+2. a destination that was held paused after a completed load is continued (as a user's
+   `cont` after `-S`);
+3. the heartbeat window: each live guest's heartbeat is read twice, HEARTBEAT_WINDOW
+   apart; a guest runs where its tick counter moved.
+
+Everything read lands in the Evidence; the invariants judge it (harness/invariants).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from harness.control import ControlError
+from harness.qemu import QMPError
+from harness.scenario.model import Scenario
+
+from .peers import PeerHandle, QemuPeer
+
+if TYPE_CHECKING:
+    from harness.invariants import Evidence
+
+    from .coordinator import Coordinator
+
+HEARTBEAT_WINDOW = 0.4  # s: the guest's timer ticks at ~1 kHz, so hundreds of ticks
+_ERRORS = (QMPError, ControlError, OSError, ValueError, RuntimeError)
+
+
+def uses_real_guest(sc: Scenario) -> bool:
+    """QEMU peers on a real machine: the harness's own x86 guest runs in them."""
+    return sc.guest.real_machine and "qemu" in (sc.source.kind, sc.destination.kind)
+
+
+def program_of(sc: Scenario) -> Any:
+    """The GuestProgram the scenario's guest runs (its memory and workload)."""
+    from harness.realguest.image import GuestProgram
+
+    w = sc.guest.workload
+    pattern = "hotset" if w.pattern == "hotset" else "uniform"  # a sweep either way
+    return GuestProgram(memory=sc.guest.total_memory, dirty_rate=int(w.dirty_rate),
+                        pattern=pattern, hotset=w.hotset)
+
+
+def make_qemu_peer(c: Coordinator, role: str) -> QemuPeer:
+    """A QEMU peer of the scenario: `-M none` as before, or a real machine."""
+    sc = c.sc
+    spec = sc.source if role == "source" else sc.destination
+    binary = str(spec.binary) if spec.binary else None
+    if not sc.guest.real_machine:
+        return QemuPeer(role, c.workdir, sc.guest.total_memory, args=list(spec.args),
+                        loader=c.loader_file() if role == "source" else None,
+                        binary=binary, die_with_starter=True)
+    accel, why = c.accel()
+    held = role == "destination" and not sc.postcopy  # precopy: read it as loaded
+    return QemuPeer(role, c.workdir, sc.guest.total_memory, args=list(spec.args),
+                    binary=binary, die_with_starter=True, machine=sc.guest.machine,
+                    accel=accel, accel_reason=why, program=program_of(sc), paused=held)
+
+
+def collect(c: Coordinator, evidence: Evidence) -> None:
+    """Read memory and heartbeats of the real guests into `evidence` (see the strategy)."""
+    src, dst = c.peer("source"), c.peer("destination")
+    want = c.sc.expect.memory
+    evidence.program = program_of(c.sc)
+    if want is not None:
+        _read_memory(c, evidence, want, src, dst)
+    _continue_held(c, dst)
+    if c.sc.expect.guest_runs_on is not None:
+        _heartbeats(c, evidence)
+
+
+def _readable(c: Coordinator, peer: PeerHandle) -> bool:
+    return peer.alive() and peer.role not in c.frozen
+
+
+def _read_memory(c: Coordinator, evidence: Evidence, want: str, src: PeerHandle,
+                 dst: PeerHandle) -> None:
+    completed = c.status["destination"] == "completed"
+    if _readable(c, src):
+        evidence.source_memory = _snapshot(c, src)
+        if evidence.source_memory is not None:
+            evidence.source_digests = _digests(evidence.source_memory)
+    if want in ("identical", "consistent") and completed and _readable(c, dst):
+        if isinstance(dst, QemuPeer):
+            evidence.destination_memory = _snapshot(c, dst)
+            if evidence.destination_memory is not None:
+                evidence.destination_digests = _digests(evidence.destination_memory)
+        else:  # a harness destination: what its load left, block by block
+            evidence.destination_digests = dst.digests(at_incoming=True)
+
+
+def _snapshot(c: Coordinator, peer: PeerHandle) -> dict[str, Any] | None:
+    """Every RAM block of a QEMU, the VM stopped for the reading and resumed if it ran."""
+    assert isinstance(peer, QemuPeer)
+    started = time.monotonic()
+    try:
+        ran = peer.runstate() == "running"
+        if ran:
+            peer.execute("stop")
+        blocks = peer.snapshot()
+        if ran:
+            peer.execute("cont")
+    except _ERRORS as err:
+        c.note(peer.role, "memory-unreadable", {"error": str(err)})
+        return None
+    c.note(peer.role, "memory-read", {"blocks": {k: len(v) for k, v in blocks.items()},
+                                      "seconds": round(time.monotonic() - started, 3),
+                                      "resumed": ran})
+    return blocks
+
+
+def _digests(blocks: dict[str, Any]) -> dict[str, Any]:
+    from harness.guest.content import page_digests
+
+    return {name: page_digests(data) for name, data in blocks.items()}
+
+
+def _continue_held(c: Coordinator, dst: PeerHandle) -> None:
+    """A destination held with -S after a completed load is let run, as a user would."""
+    if not (isinstance(dst, QemuPeer) and dst.paused and _readable(c, dst)
+            and c.status["destination"] == "completed"):
+        return
+    try:
+        if dst.runstate() != "running":
+            dst.execute("cont")
+            c.note("runner", "cont", {"peer": "destination",
+                                      "why": "held paused (-S) for the memory check"})
+    except _ERRORS as err:
+        c.note("destination", "cont-refused", {"error": str(err)})
+
+
+def _heartbeats(c: Coordinator, evidence: Evidence) -> None:
+    peers = [p for p in (c.peer("source"), c.peer("destination"))
+             if isinstance(p, QemuPeer) and p.program is not None]
+    first = {p.role: _beat(c, p) for p in peers}
+    time.sleep(HEARTBEAT_WINDOW)
+    for p in peers:
+        before, after = first[p.role], _beat(c, p)
+        outcome = evidence.source if p.role == "source" else evidence.destination
+        if before is None or after is None:
+            outcome.heartbeat = {"readable": False}
+            continue
+        outcome.heartbeat = {"before": asdict(before), "after": asdict(after),
+                             "window": HEARTBEAT_WINDOW,
+                             "advanced": after.ticks > before.ticks}
+        with contextlib.suppress(*_ERRORS):
+            outcome.runstate = p.runstate()
+
+
+def _beat(c: Coordinator, peer: QemuPeer) -> Any:
+    if not _readable(c, peer):
+        return None
+    try:
+        return peer.heartbeat()
+    except _ERRORS as err:
+        c.note(peer.role, "heartbeat-unreadable", {"error": str(err)})
+        return None
