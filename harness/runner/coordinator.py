@@ -36,10 +36,10 @@ from harness.migration.status import FINAL
 from harness.qemu import QemuError, QMPError
 from harness.scenario.model import Scenario
 
+from . import real_guest
 from .agent_peer import AgentPeer, RemoteFrozen
 from .agent_pool import Agents, placement_problems
 from .agents import AgentError, tcp_uri
-from . import real_guest
 from .peers import HarnessPeer, PeerError, PeerHandle, QemuPeer, kill_tree, short_dir
 from .proxy import ProxyHandle
 from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
