@@ -4,21 +4,27 @@ Strategy: the coordinator talks to both kinds through one small interface (`Peer
 start, execute a QMP command, drain events, report its runstate, per-page digests of its
 memory, and close (always reaping the process, also after a failure).  A harness peer is
 `python -m harness source|destination` with a zmq control address; a QEMU peer is
-`qemu-system-x86_64 -M none -m N` with QMP on a unix socket, whose memory is read with
-`pmemsave` and digested the same way as a harness guest's.
+`qemu-system-x86_64` with QMP on a unix socket: `-M none -m N`, whose memory is read with
+`pmemsave`, or a real pc/q35 machine running the harness's real guest, whose every RAM
+block is read through a migration stream (harness.qemu.snapshot); either is digested the
+same way as a harness guest's.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import logging
+import os
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import psutil
@@ -29,6 +35,11 @@ from harness.guest.leaks import remove_segments
 from harness.lifeline import command as lifeline_command
 from harness.lifeline import owned_dir
 from harness.qemu.qmp import QMPError
+
+if TYPE_CHECKING:
+    from harness.qemu.snapshot import Snapshot
+    from harness.realguest.heartbeat import Heartbeat
+    from harness.realguest.image import GuestProgram
 
 log = logging.getLogger(__name__)
 
@@ -243,28 +254,51 @@ def kill_tree(pid: int) -> None:
 
 @dataclass
 class QemuPeer:
-    """A real `qemu-system-x86_64 -M none -m N` as a peer, driven over QMP."""
+    """A real `qemu-system-x86_64` as a peer, driven over QMP.
+
+    `machine="none"` (the default) is `-M none -m N`: no vCPU, one RAM block "ram",
+    read with pmemsave, exactly as before.  A real machine (pc, q35, pc-i440fx-7.2, ...,
+    see harness.qemu.machine) boots `program` (harness.realguest) from a raw image, with
+    its serial port in `serial_path`; its memory is every RAM block, read through a
+    migration stream (harness.qemu.snapshot).  The image is `workdir/guest.img`: a
+    source and a destination sharing a workdir (one host) open the same file -- an
+    `-incoming` destination may share a running source's image (fact F12), as shared
+    storage is shared in a real migration; peers in different workdirs each write their
+    own copy, identical bytes since write_image is a function of the program and the
+    guest never writes its disk.
+    """
 
     role: str
     workdir: Path
-    memory: int  # bytes of the one RAM block "ram"
+    memory: int  # bytes of RAM (-M none: the one RAM block "ram")
     args: list[str] = field(default_factory=list)
-    loader: Path | None = None  # a file loaded at guest address 0 (known content)
+    loader: Path | None = None  # -M none only: a file loaded at guest address 0
     paused: bool = False
     binary: str | None = None
     kind: str = "qemu"
     die_with_starter: bool = False  # see ControlledProcess
+    machine: str = "none"
+    accel: str = "tcg"  # resolved already (harness.qemu.machine.resolve_accel)
+    accel_reason: str = ""  # resolve_accel's why, for the report
+    program: GuestProgram | None = None  # the real guest (None: no disk, SeaBIOS idles)
+    serial_path: Path | None = None  # default workdir/ROLE.serial on a real machine
 
     def __post_init__(self) -> None:
         self._qemu: Any = None
+        self.image: Path | None = None
+        self.last_snapshot: Snapshot | None = None
+        if self.machine != "none":
+            if self.loader is not None:
+                raise PeerError(f"{self.role}: a loader file is for -M none only, not "
+                                f"machine {self.machine}")
+            if self.serial_path is None:
+                self.serial_path = self.workdir / f"{self.role}.serial"
 
     def command_args(self) -> list[str]:
-        args = ["-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config",
-                "-M", "none", "-m", f"{self.memory >> 20}M"]
-        if self.role == "destination":
-            args += ["-incoming", "defer"]
-        if self.paused:
-            args.append("-S")
+        from harness.qemu.machine import machine_args
+
+        args = machine_args(self.machine, self.accel, self.memory, self.image,
+                            self.serial_path, self.role, self.paused)
         if self.loader is not None:
             args += ["-device", f"loader,file={self.loader},addr=0x0"]
         return args + list(self.args)
@@ -272,6 +306,8 @@ class QemuPeer:
     def start(self) -> None:
         from harness.qemu import QemuProcess
 
+        if self.machine != "none":
+            self._prepare_machine()
         self._qemu = QemuProcess(self.command_args(), self.workdir, name=self.role,
                                  binary=self.binary, die_with_starter=self.die_with_starter)
         self._qemu.start(timeout=START_TIMEOUT)
@@ -294,14 +330,89 @@ class QemuPeer:
     def runstate(self) -> str | None:
         return str(self.execute("query-status", timeout=10)["status"])
 
-    def digests(self, at_incoming: bool = False) -> dict[str, np.ndarray] | None:
-        from harness.qemu import pmemsave
+    def _prepare_machine(self) -> None:
+        from harness.qemu.machine import MachineError, validate_machine
 
-        dump = self.workdir / f"{self.role}-memory.bin"
-        pmemsave(self._qemu.qmp, 0, self.memory, dump)
-        mem = np.fromfile(dump, dtype=np.uint8)
-        dump.unlink()
-        return {"ram": page_digests(mem)}
+        try:
+            validate_machine(self.machine, self.binary)
+        except MachineError as err:
+            raise PeerError(f"{self.role}: {err}") from None
+        if self.program is not None:
+            self.image = shared_image(self.program, self.workdir / "guest.img")
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Every RAM block (used length each): `-M none` its one block "ram" read with
+        pmemsave; a real machine through harness.qemu.snapshot (the VM is left paused)."""
+        if self.machine == "none":
+            from harness.qemu import pmemsave
+
+            dump = self.workdir / f"{self.role}-memory.bin"
+            pmemsave(self._qemu.qmp, 0, self.memory, dump)
+            mem = np.fromfile(dump, dtype=np.uint8)
+            dump.unlink()
+            return {"ram": mem}
+        from harness.qemu.snapshot import snapshot
+
+        self.last_snapshot = snapshot(self._qemu.qmp, timeout=max(60.0, self.memory / 50e6))
+        return self.last_snapshot.blocks
+
+    def digests(self, at_incoming: bool = False) -> dict[str, np.ndarray] | None:
+        """page_digests of every block of `snapshot()` (QEMU's memory is what it holds
+        now: `at_incoming` changes nothing for a real QEMU)."""
+        return {name: page_digests(mem) for name, mem in self.snapshot().items()}
+
+    def heartbeat(self) -> Heartbeat | None:
+        """The real guest's heartbeat (harness.realguest); None for -M none or no guest."""
+        if self.machine == "none" or self.program is None:
+            return None
+        from harness.realguest.heartbeat import read_heartbeat
+
+        return read_heartbeat(self._qemu.qmp)
+
+    def serial_text(self, limit: int = 1 << 20) -> str:
+        """What the guest wrote to its serial port (the last `limit` bytes), "" if none."""
+        if self.serial_path is None:
+            return ""
+        try:
+            with self.serial_path.open("rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - limit))
+                return f.read(limit).decode("latin-1")
+        except OSError:
+            return ""
+
+    def facts(self) -> dict[str, Any]:
+        """For the report: the machine as QEMU resolved it, accel and why, the QEMU
+        version, the command line (None where the QEMU could not say)."""
+        out: dict[str, Any] = {
+            "machine-requested": self.machine, "machine": None, "accel": self.accel,
+            "accel-reason": self.accel_reason, "qemu-version": None, "kvm-enabled": None,
+            "command-line": None if self._qemu is None else shlex.join(self._qemu.command),
+            "image": None if self.image is None else str(self.image),
+            "serial": None if self.serial_path is None else str(self.serial_path)}
+        if self.last_snapshot is not None:
+            snap = self.last_snapshot
+            out["snapshot"] = {"seconds": round(snap.seconds, 3), "blocks": list(snap.blocks),
+                               "stream-bytes": snap.stream_bytes, "notes": list(snap.notes)}
+        if self.alive():
+            out.update(self._asked_facts())
+        return out
+
+    def _asked_facts(self) -> dict[str, Any]:
+        qmp = self._qemu.qmp
+        out: dict[str, Any] = {}
+        try:
+            version = qmp.execute("query-version", timeout=5)
+            q = version["qemu"]
+            out["qemu-version"] = (f"{q['major']}.{q['minor']}.{q['micro']} "
+                                   f"{version.get('package', '')}".strip())
+            qom_type = str(qmp.execute("qom-get", {"path": "/machine", "property": "type"},
+                                       timeout=5))
+            out["machine"] = qom_type.removesuffix("-machine")
+            out["kvm-enabled"] = bool(qmp.execute("query-kvm", timeout=5)["enabled"])
+        except (QMPError, OSError, KeyError, TypeError) as err:
+            log.debug("%s: facts: %s", self.role, err)
+        return out
 
     def check_intact(self) -> dict[str, int] | None:
         return None
@@ -324,6 +435,29 @@ class QemuPeer:
     def close(self) -> None:
         if self._qemu is not None:
             self._qemu.close()
+
+
+def shared_image(program: GuestProgram, path: Path) -> Path:
+    """`path` holding `program`'s image: written when absent (link of a finished temp
+    file: never half-written, never replaced under a QEMU that has it open), else
+    checked to hold the same bytes."""
+    from harness.realguest.image import write_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".guest-", suffix=".img", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write_image(program, tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if not filecmp.cmp(tmp, path, shallow=False):
+                raise PeerError(f"{path} holds another guest image than this peer's "
+                                f"program") from None
+    finally:
+        tmp.unlink()
+    return path
 
 
 def _qmp_time(event: dict[str, Any]) -> float:
