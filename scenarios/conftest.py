@@ -11,6 +11,12 @@ real QEMU, or a QEMU postcopy destination (userfaultfd), is skipped with that re
 the machine lacks it.  A scenario with `hosts:` runs only when HARNESS_AGENTS=1 says its
 agents are up (README, "Across hosts"): its addresses are real hosts', never probed
 unasked.
+
+Each scenario of scenarios/faults/ is also an item `NAME[qemu]` (marker `qemu_matrix`):
+the same file run with `harness run --peers qemu`, a real QEMU on both sides running the
+harness's own x86 guest -- the fault matrix against real QEMU.  A cell that cannot apply
+to QEMU is skipped with the reason.  `pytest scenarios/ --peers qemu` (or HARNESS_PEERS)
+runs every scenario that way only; `-m "not qemu_matrix"` leaves the QEMU column out.
 """
 
 from __future__ import annotations
@@ -31,6 +37,17 @@ REPO = Path(__file__).resolve().parent.parent
 MARGIN = 120.0  # beyond the scenario's own timeout: start-up, digests, reaping
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--peers", default=os.environ.get("HARNESS_PEERS"),
+                     metavar="qemu|source=qemu|destination=qemu",
+                     help="run every scenario with real QEMU peers (harness run --peers)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "qemu_matrix: a fault-matrix scenario run with real "
+                            "QEMU peers (harness run --peers qemu)")
+
+
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
     if file_path.suffix in (".yaml", ".yml"):
         return ScenarioFile.from_parent(parent, path=file_path)
@@ -41,22 +58,50 @@ class ScenarioFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         from harness.scenario import ScenarioError, load_scenario
 
+        from harness.scenario.qemu_peers import parse_peers
+
         try:
             scenario = load_scenario(self.path)
         except ScenarioError as err:
             raise self.CollectError(str(err)) from None
+        peers = self.config.getoption("--peers", None)
+        if peers:
+            try:
+                parse_peers(peers)
+            except ValueError as err:
+                raise self.CollectError(str(err)) from None
+            yield self._qemu_item(scenario, peers)
+            return
         yield ScenarioItem.from_parent(self, name=scenario.name, scenario=scenario)
+        if self.path.parent.name == "faults":
+            yield self._qemu_item(scenario, "qemu")
+
+    def _qemu_item(self, scenario: Any, peers: str) -> pytest.Item:
+        from harness.scenario.qemu_peers import parse_peers, with_qemu_peers
+
+        adapted = with_qemu_peers(scenario, parse_peers(peers))
+        item = ScenarioItem.from_parent(self, name=f"{scenario.name}[{peers}]",
+                                        scenario=adapted.scenario or scenario, peers=peers,
+                                        not_applicable=adapted.why_not)
+        item.add_marker(pytest.mark.qemu_matrix)
+        item.add_marker(pytest.mark.qemu)
+        return item
 
 
 class ScenarioItem(pytest.Item):
-    def __init__(self, *, scenario: Any, **kwargs: Any) -> None:
+    def __init__(self, *, scenario: Any, peers: str | None = None,
+                 not_applicable: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scenario = scenario
+        self.peers = peers
+        self.not_applicable = not_applicable
         self.add_marker(pytest.mark.timeout(scenario.timeout + MARGIN))
         if "qemu" in (scenario.source.kind, scenario.destination.kind):
             self.add_marker(pytest.mark.qemu)
 
     def runtest(self) -> None:
+        if self.not_applicable:
+            pytest.skip(self.not_applicable)
         self._skip_without_what_it_needs()
         work = Path(tempfile.mkdtemp(prefix=f"scenario-{self.scenario.name}-"))
         report = work / "report.json"
@@ -66,8 +111,10 @@ class ScenarioItem(pytest.Item):
             shutil.rmtree(work, ignore_errors=True)
 
     def _run(self, work: Path, report: Path) -> None:
+        peers = ["--peers", self.peers] if self.peers else []
         proc = subprocess.run(
-            [sys.executable, "-m", "harness", "run", str(self.path), "--json", str(report)],
+            [sys.executable, "-m", "harness", "run", str(self.path), "--json", str(report),
+             *peers],
             capture_output=True, text=True, cwd=REPO, check=False,
             timeout=self.scenario.timeout + MARGIN,
             env={**os.environ, "HARNESS_WORKDIR": str(work / "runs")})

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from .model import Scenario
 from .names import PEER_NAMES, QEMU_MACHINE, REAL_MACHINE
 
@@ -77,10 +79,9 @@ def with_qemu_peers(scenario: Scenario, roles: frozenset[str]) -> Adapted:
     try:
         adapted = Scenario.model_validate(data, context={
             "source_file": scenario.source_file})
-    except ValueError as err:
-        first = str(err).strip().splitlines()
-        return Adapted(None, why_not="not applicable to QEMU peers: " +
-                       " / ".join(first[:3]))
+    except ValidationError as err:
+        words = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors()[:3])
+        return Adapted(None, why_not=f"not applicable to QEMU peers: {words}")
     return Adapted(adapted, notes)
 
 
