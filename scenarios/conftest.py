@@ -57,7 +57,6 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 class ScenarioFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         from harness.scenario import ScenarioError, load_scenario
-
         from harness.scenario.qemu_peers import parse_peers
 
         try:

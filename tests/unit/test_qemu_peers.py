@@ -94,8 +94,8 @@ QEMU_PC = "name: r\nguest: {machine: pc, memory: 64MiB%s}\nsource: {kind: qemu}\
     (QEMU_PC % ", fill: 0.2", "guest.fill", "describes the simulated guest"),
     (QEMU_PC % ", devices: [timer, globalstate, cpu]", "guest.devices",
      "has the machine's own devices"),
-    ("name: r\nguest: {machine: pc, blocks: [{name: pc.ram, size: 64MiB}]}\n"
-     "source: {kind: qemu}\ndestination: {kind: qemu}\n", "guest.blocks",
+    (("name: r\nguest: {machine: pc, blocks: [{name: pc.ram, size: 64MiB}]}\n"
+     "source: {kind: qemu}\ndestination: {kind: qemu}\n"), "guest.blocks",
      "its RAM blocks are the machine's own"),
     (QEMU_PC.replace("64MiB", "8MiB") % "", "guest.memory", "at least 16MiB"),
     ("name: r\nguest: {machine: q35, memory: 64MiB}\ndestination: {kind: qemu}\n",
