@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,3 +233,31 @@ def test_analyze_lists_every_field_exactly(learned, tmp_path):
     assert any("GUESSED" in line for line in summary_lines(guessed))
     events = decode_all(POSTCOPY[0].read_bytes(), ram="discard", devices=learned.devices())
     assert sum(isinstance(e, DeviceState) for e in events) == 30
+
+
+def run_analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", "analyze", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_analyze_cli_prints_every_field_of_a_pc_stream():
+    out = run_analyze(str(PC))
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "devices (described by vmdesc):" in text and "GUESSED" not in text
+    assert "  mc146818rtc instance 0 v3 section 19: 245 bytes, decoded\n" \
+           "    cmos_data buffer 128 = 00000000000007010100260200800000..(+112 bytes)\n" \
+           "    cmos_index uint8 1 = 0\n" in text
+    assert "    subsection fw_cfg/dma v0 (24 bytes)\n" in text  # 1+1+10+4 header + 8
+
+
+def test_analyze_cli_frames_a_postcopy_capture_with_a_layout(tmp_path):
+    out = run_analyze(str(POSTCOPY[0]), "--layout", str(LIVE), "--no-cache")
+    assert out.returncode == 0, out.stderr
+    assert "GUESSED" not in out.stdout and "decoded (in PACKAGED)" in out.stdout
+    assert "    subsection cpu/msr_smi_count v1 (" in out.stdout
+    guessed = run_analyze(str(POSTCOPY[0]), "--no-cache")
+    assert guessed.returncode == 0 and "device sections were GUESSED" in guessed.stdout
+    (tmp_path / "bad.json").write_text('{"format": 1}')
+    bad = run_analyze(str(POSTCOPY[0]), "--layout", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2 and "--layout" in bad.stderr
