@@ -434,10 +434,10 @@ def _from_guest_physical(qmp: QMPClient, arrays: dict[str, np.ndarray], workdir:
                 offset + length > arrays[name].size:
             continue
         pmemsave(qmp, addr, length, dump, timeout=_left(deadline))
-        data = np.fromfile(dump, dtype=np.uint8)
-        if data.size != length:
-            raise SnapshotError(f"pmemsave of 0x{addr:x}+0x{length:x} wrote {data.size} bytes")
-        arrays[name][offset:offset + length] = data
+        with dump.open("rb") as f:
+            got = f.readinto(memoryview(arrays[name][offset:offset + length]))
+        if got != length:
+            raise SnapshotError(f"pmemsave of 0x{addr:x}+0x{length:x} wrote {got} bytes")
         covered[name][offset // PAGE:(offset + length) // PAGE] = True
     blocks, notes = {}, [POSTMIGRATE_REFUSAL]
     for name, pages in covered.items():
