@@ -30,13 +30,18 @@ from harness.guest.machine import (
 )
 from harness.protocol import DeviceState, RemoteProtocolError, StreamDecoder
 from harness.qemu.layout import layout_from_stream
+from tests.conftest import SHARED_VECTORS, shared_file
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "qemu-vectors" / "precopy"
-PC = VECTORS / "pc-m16.bin"
-Q35 = VECTORS / "q35-m16.bin"
+PC = SHARED_VECTORS / "precopy" / "pc-m16.bin"
+Q35 = SHARED_VECTORS / "precopy" / "q35-m16.bin"
 TABLES = "/rom@etc/acpi/tables"
 
-pytestmark = pytest.mark.skipif(not PC.exists(), reason=f"{PC} is not there")
+
+@pytest.fixture(autouse=True)
+def _vectors() -> None:
+    """The captured streams, or a skip naming ../shared (tests/conftest.py)."""
+    for path in (PC, Q35):
+        shared_file(str(path.relative_to(SHARED_VECTORS.parent)))
 
 
 def layout_guest(stream: Path) -> Guest:
