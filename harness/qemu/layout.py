@@ -44,6 +44,7 @@ __all__ = [
     "LayoutError",
     "MachineLayout",
     "cache_dir",
+    "cache_path",
     "find_trailer",
     "layout_from_stream",
     "layout_key",
@@ -309,11 +310,11 @@ def read_layout(path: Path) -> MachineLayout:
             return layout_from_stream(Path(path))
         text = head + fh.read(MAX_VMDESC_BYTES + 65536)
     if len(text) > MAX_VMDESC_BYTES + 65536:
-        raise LayoutError(f"{path}: larger than a layout can be")
+        raise LayoutError("larger than a layout can be")
     try:
         return MachineLayout.from_json(json.loads(text))
     except (ValueError, RecursionError) as err:
-        raise LayoutError(f"{path}: not a layout: {str(err)[:160]}") from None
+        raise LayoutError(f"not a layout: {str(err)[:160]}") from None
 
 
 # ---------------------------------------------------------------------- the cache key
@@ -398,9 +399,14 @@ def cache_dir() -> Path:
 # ------------------------------------------------------------------------- the cache
 
 
+def cache_path(key: str, directory: Path | None = None) -> Path:
+    """Where the layout of `key` is cached (what `harness proxy --layout` takes)."""
+    return (directory or cache_dir()) / f"{key}.json"
+
+
 def read_cached(key: str, directory: Path | None = None) -> MachineLayout | None:
     """The cached layout for `key`, or None (absent, unreadable or invalid: logged)."""
-    path = (directory or cache_dir()) / f"{key}.json"
+    path = cache_path(key, directory)
     try:
         with path.open("rb") as fh:
             text = fh.read(MAX_VMDESC_BYTES + 65536 + 1)
@@ -421,7 +427,7 @@ def store(layout: MachineLayout, directory: Path | None = None) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(layout.to_json(), fh, separators=(",", ":"))
-        target = where / f"{layout.key}.json"
+        target = cache_path(layout.key, where)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

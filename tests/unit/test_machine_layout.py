@@ -10,6 +10,7 @@ The cache key and the layout document are checked without QEMU (tests/e2e has th
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 
 from harness.analyze import analyze_file, summary_lines
 from harness.faults.framing import StreamFramer, StreamMemory
-from harness.faults.netfaults import parse_fault
+from harness.faults.netfaults import Armed, FrameFault, parse_fault
 from harness.faults.triggers import parse_trigger
 from harness.protocol import RemoteProtocolError, decode_all
 from harness.protocol.events import DeviceState
@@ -141,7 +142,11 @@ def test_a_frame_trigger_and_fault_aim_at_a_named_section(pc):
     assert data[frame.start + 6:frame.start + 6 + 16] == b"0000:00:01.1/ide"
     fault = parse_fault({"kind": "net.corrupt", "frame": "SECTION_FULL", "section": "fdc",
                          "where": "payload"})
-    assert fault.section == "fdc"
+    pending = FrameFault(Armed("f", None, fault, False), fault, ("main",), random.Random(1))
+    aimed = list(pending.candidates(framing, 0))
+    assert [f.detail for f in aimed] == ["fdc"] and aimed[0].name == "SECTION_FULL"
+    edit, detail = pending.corrupt(aimed[0], lambda at: data[at])
+    assert aimed[0].payload <= edit.start < aimed[0].end and detail["where"] == "payload"
     with pytest.raises(ValueError, match="section"):
         parse_trigger({"frame": "PONG", "section": "fdc"})
     with pytest.raises(ValueError, match="section idstr"):
