@@ -145,6 +145,14 @@ def test_a_device_the_layout_lacks_is_refused_in_qemus_words() -> None:
         "setup matches your saved VM setup, including any hotplugged devices")
 
 
+def test_the_configuration_must_name_the_layouts_machine() -> None:
+    # the words of a real pc destination given a q35 stream (qemu-7.2-interop.md 3.2)
+    with layout_guest(PC) as guest, pytest.raises(RemoteProtocolError) as refused:
+        load(guest, Q35.read_bytes())
+    assert refused.value.message == ("Machine type received is 'pc-q35-7.2' and local is "
+                                     "'pc-i440fx-7.2'")
+
+
 # ------------------------------------------------------------------ resizable blocks
 def test_a_resizable_block_takes_the_announced_length() -> None:
     data = with_block_length(PC.read_bytes(), TABLES, 0x21000)
