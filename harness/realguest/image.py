@@ -7,10 +7,13 @@ enters 32-bit protected mode (no paging).  There it zeroes the heartbeat, remaps
 loads an IDT, then makes every page of [start, end) a wave page of generation 0 (SeaBIOS
 leaves garbage there, F9), writes 'S' to COM1 and enables interrupts.
 
-Main loop (rate control on the PIT tick, not a calibrated delay): a budget in 16.16
-fixed-point pages gets `rate` per elapsed tick (at most `BURST_TICKS` ticks are
-credited, and the budget is capped, so a late guest never bursts); while a whole page
-is in the budget the loop rewrites the next page -- u32@0 += 1 (generation), u32@4 =
+Main loop (rate control on a clock, not a calibrated delay loop): on every PIT tick it
+reads the ACPI PM timer (port 0x608 on pc and q35 after SeaBIOS, 3.579545 MHz, 24 bits;
+QEMU derives it from the virtual clock, so a tick interrupt that arrives late or merges
+with the next loses no time) and credits `rate` (4.28 fixed-point pages per timer unit)
+times the units elapsed -- at most `BURST_SECONDS` worth, and the budget (16.16 pages) is
+capped, so a late guest never bursts.  While a whole page is in the budget the loop
+rewrites the next page -- u32@0 += 1 (generation), u32@4 =
 GPA>>12, u32@4092 += 1 -- then publishes (cursor, gen) with one 8-byte MMX store so a
 stopped guest never shows them torn.  Out of budget it `hlt`s until the next tick (an
 idle or slow guest does not burn a host core); a budget larger than the guest can
@@ -32,7 +35,7 @@ from pathlib import Path
 from .asm import Asm
 
 __all__ = [
-    "BURST_TICKS", "GUEST_SCRATCH", "HEARTBEAT_GPA", "HEARTBEAT_MAGIC", "HEARTBEAT_SIZE",
+    "BURST_SECONDS", "GUEST_SCRATCH", "HEARTBEAT_GPA", "HEARTBEAT_MAGIC", "HEARTBEAT_SIZE",
     "LOADED_SECTORS", "PAGE_SIZE", "PARAMS_GPA", "TICK_HZ", "GuestProgram", "build_image",
     "program_listing", "write_image",
 ]
@@ -59,7 +62,12 @@ PARAMS_GPA = ORIGIN + PARAMS_OFFSET
 PIT_HZ = 1193182               # i8254 input clock
 PIT_DIVISOR = 1193
 TICK_HZ = PIT_HZ / PIT_DIVISOR  # 1000.15 Hz
-BURST_TICKS = 4                # ticks of budget credited at most, and budget cap
+PM_TIMER_PORT = 0x608          # ACPI PM timer: PMBASE 0x600 (SeaBIOS) + 8, pc and q35
+PM_TIMER_HZ = 3579545          # hw/acpi/core.c: PM_TIMER_FREQUENCY
+PM_TIMER_MASK = 0xFFFFFF       # 24-bit counter, wraps every 4.7 s
+BURST_SECONDS = 0.005          # time credited at most per refill (5 ticks), and budget cap
+BURST_UNITS = round(BURST_SECONDS * PM_TIMER_HZ)
+RATE_SHIFT = 28                # rate: pages per PM timer unit, 4.28 fixed point
 FIXED_ONE = 1 << 16            # one page in the 16.16 budget
 DOTS_EVERY = 1000              # ticks per '.' on serial
 COM1 = 0x3F8
@@ -114,22 +122,22 @@ class GuestProgram:
 
     @property
     def rate_fixed(self) -> int:
-        """Pages per tick, 16.16 fixed point (what the guest reads)."""
+        """Pages per PM timer unit, 4.28 fixed point (what the guest reads)."""
         if self.dirty_rate == 0:
             return 0
-        exact = self.dirty_rate / PAGE_SIZE / TICK_HZ * FIXED_ONE
-        return min(max(round(exact), 1), 0xFFFF0000)
+        exact = self.dirty_rate / PAGE_SIZE / PM_TIMER_HZ * (1 << RATE_SHIFT)
+        return min(max(round(exact), 1), 0xFFFFFFFF)
 
     @property
     def budget_cap(self) -> int:
-        """Largest budget (16.16 pages): BURST_TICKS ticks' worth, at least one page."""
-        return min(max(BURST_TICKS * self.rate_fixed, FIXED_ONE + self.rate_fixed),
-                   0xFFFFFFFF)
+        """Largest budget (16.16 pages): BURST_SECONDS' worth, at least two pages."""
+        burst = self.rate_fixed * BURST_UNITS >> (RATE_SHIFT - 16)
+        return min(max(burst, 2 * FIXED_ONE), 0xFFFFFFFF)
 
     @property
     def paced_rate(self) -> float:
         """The dirty rate the guest aims at after fixed-point rounding, bytes/s."""
-        return self.rate_fixed / FIXED_ONE * TICK_HZ * PAGE_SIZE
+        return self.rate_fixed / (1 << RATE_SHIFT) * PM_TIMER_HZ * PAGE_SIZE
 
 
 def build_image(program: GuestProgram) -> bytes:
@@ -232,7 +240,7 @@ def _parameters(a: Asm, program: GuestProgram) -> None:
             ("p_start", program.start, "first page of the range"),
             ("p_end", program.end, "end of the range (init pass)"),
             ("p_sweep_end", program.sweep_end, "end of the swept part"),
-            ("p_rate", program.rate_fixed, "pages per tick, 16.16"),
+            ("p_rate", program.rate_fixed, "pages per PM timer unit, 4.28"),
             ("p_cap", program.budget_cap, "budget cap, 16.16 pages"),
             ("p_pit", PIT_DIVISOR, "PIT channel 0 divisor")):
         a.label(name)
@@ -287,7 +295,8 @@ def _init_pass(a: Asm) -> None:
 
 
 def _start_loop(a: Asm) -> None:
-    a.note("esi = cursor (next page), ebx = gen, edi = budget (16.16), ebp = tick seen")
+    a.note("esi = cursor (next page), ebx = gen, edi = budget (16.16 pages),")
+    a.note("ecx = PIT tick seen, ebp = PM timer at the last credit")
     a.ins("8b 35", "mov esi, dword ptr [p_start]", ref="p_start")
     a.ins("bb 01 00 00 00", "mov ebx, 0x1")
     _publish(a)
@@ -298,7 +307,11 @@ def _start_loop(a: Asm) -> None:
           "magic last: a valid heartbeat is a running loop")
     _serial(a, "53", "'S': the loop starts")
     a.ins("31 ff", "xor edi, edi")
-    a.ins("31 ed", "xor ebp, ebp")
+    a.ins("31 c9", "xor ecx, ecx")
+    a.ins(f"66 ba {PM_TIMER_PORT & 0xFF:02x} {PM_TIMER_PORT >> 8:02x}",
+          f"mov dx, {PM_TIMER_PORT:#x}")
+    a.ins("ed", "in eax, dx")
+    a.ins("89 c5", "mov ebp, eax")
     a.ins("fb", "sti")
 
 
@@ -307,22 +320,31 @@ def _main_loop(a: Asm) -> None:
     a.label("idle")
     a.ins("fa", "cli", "sti;hlt below is atomic: no tick is missed")
     a.ins(f"a1 {_hex32(ticks)}", f"mov eax, dword ptr [{ticks:#x}]")
-    a.ins("39 e8", "cmp eax, ebp")
+    a.ins("39 c8", "cmp eax, ecx")
     a.jump("jne", "refill")
     a.ins("fb", "sti")
     a.ins("f4", "hlt")
     a.jump("jmp", "idle")
     a.label("refill")
     a.ins("fb", "sti")
+    a.ins("89 c1", "mov ecx, eax", "a new tick: credit the time since the last one")
+    a.ins(f"66 ba {PM_TIMER_PORT & 0xFF:02x} {PM_TIMER_PORT >> 8:02x}",
+          f"mov dx, {PM_TIMER_PORT:#x}")
+    a.ins("ed", "in eax, dx")
     a.ins("89 c2", "mov edx, eax")
-    a.ins("29 e8", "sub eax, ebp", "eax = ticks elapsed")
+    a.ins("29 e8", "sub eax, ebp")
     a.ins("89 d5", "mov ebp, edx")
-    a.ins(f"83 f8 {BURST_TICKS:02x}", f"cmp eax, {BURST_TICKS:#x}")
+    a.ins(f"25 {_hex32(PM_TIMER_MASK)}", f"and eax, {PM_TIMER_MASK:#x}",
+          "eax = PM timer units elapsed")
+    a.ins(f"3d {_hex32(BURST_UNITS)}", f"cmp eax, {BURST_UNITS:#x}")
     a.jump("jbe", "credit")
-    a.ins(f"b8 {_hex32(BURST_TICKS)}", f"mov eax, {BURST_TICKS:#x}")
+    a.ins(f"b8 {_hex32(BURST_UNITS)}", f"mov eax, {BURST_UNITS:#x}")
     a.label("credit")
-    a.ins("f7 25", "mul dword ptr [p_rate]", "edx:eax = ticks * rate", ref="p_rate")
-    a.ins("85 d2", "test edx, edx")
+    a.ins("f7 25", "mul dword ptr [p_rate]", "edx:eax = units * rate (pages, 4.28)",
+          ref="p_rate")
+    a.ins(f"0f ac d0 {RATE_SHIFT - 16:02x}", f"shrd eax, edx, {RATE_SHIFT - 16:#x}",
+          "to 16.16 pages")
+    a.ins(f"c1 ea {RATE_SHIFT - 16:02x}", f"shr edx, {RATE_SHIFT - 16:#x}")
     a.jump("jnz", "full")
     a.ins("01 c7", "add edi, eax")
     a.jump("jc", "full")
@@ -335,7 +357,7 @@ def _main_loop(a: Asm) -> None:
     a.jump("jb", "idle")
     _write_page(a)
     a.ins(f"a1 {_hex32(ticks)}", f"mov eax, dword ptr [{ticks:#x}]")
-    a.ins("39 e8", "cmp eax, ebp")
+    a.ins("39 c8", "cmp eax, ecx")
     a.jump("jne", "refill")
     a.jump("jmp", "budget")
 

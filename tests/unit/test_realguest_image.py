@@ -23,7 +23,7 @@ import pytest
 from harness.realguest.asm import Asm, AsmError
 from harness.realguest.heartbeat import Heartbeat, parse_heartbeat, parse_xp_words
 from harness.realguest.image import (
-    BURST_TICKS,
+    BURST_SECONDS,
     HEARTBEAT_MAGIC,
     HEARTBEAT_SIZE,
     PARAMS_GPA,
@@ -35,7 +35,7 @@ from harness.realguest.image import (
 
 MiB = 1 << 20
 REFERENCE = GuestProgram(memory=256 * MiB, dirty_rate=64 * MiB)
-REFERENCE_SHA256 = "0b626f5e2b4924f90247f2f149752b22b6afd94fa9c918715c7e5ee71002438d"
+REFERENCE_SHA256 = "c848223c693dddc95c6e052ddfe9e85f1a02b1e5e1dc03d47e8a1ce966d52033"
 LISTING = Path(__file__).resolve().parent.parent / "data" / "realguest.S"
 PARAMS = PARAMS_GPA - 0x7C00          # file offset of the parameter block
 # QEMU 7.2.22's reply format for `xp /8wx 0x6000`, with the words of a real run (pc, TCG)
@@ -84,15 +84,15 @@ def test_write_image_pads_sparsely_to_one_mib(tmp_path: Path) -> None:
 def test_the_paced_rate_is_the_dirty_rate_within_rounding(rate: int) -> None:
     program = GuestProgram(memory=256 * MiB, dirty_rate=rate)
     assert abs(program.paced_rate - rate) / rate < 1e-4
-    assert program.budget_cap == max(BURST_TICKS * program.rate_fixed,
-                                      65536 + program.rate_fixed)
+    burst_pages = program.budget_cap / 65536
+    assert burst_pages == pytest.approx(max(rate / 4096 * BURST_SECONDS, 2), rel=1e-3)
 
 
 def test_rate_zero_is_idle_and_huge_rates_saturate() -> None:
     idle = GuestProgram(memory=256 * MiB)
-    assert (idle.rate_fixed, idle.budget_cap) == (0, 65536)
+    assert (idle.rate_fixed, idle.budget_cap) == (0, 2 * 65536)
     flat_out = GuestProgram(memory=256 * MiB, dirty_rate=10**15)
-    assert (flat_out.rate_fixed, flat_out.budget_cap) == (0xFFFF0000, 0xFFFFFFFF)
+    assert (flat_out.rate_fixed, flat_out.budget_cap) == (0xFFFFFFFF, 0xFFFFFFFF)
     assert GuestProgram(memory=256 * MiB, dirty_rate=1).rate_fixed == 1
 
 
