@@ -8,14 +8,14 @@ loads an IDT, then makes every page of [start, end) a wave page of generation 0 
 leaves garbage there, F9), writes 'S' to COM1 and enables interrupts.
 
 Main loop (rate control on a clock, not a calibrated delay loop): on every PIT tick it
-reads the ACPI PM timer (port 0x608 on pc and q35 after SeaBIOS, 3.579545 MHz, 24 bits;
-QEMU derives it from the virtual clock, so a tick interrupt that arrives late or merges
-with the next loses no time) and credits `rate` (4.28 fixed-point pages per timer unit)
-times the units elapsed -- at most `BURST_SECONDS` worth, and the budget (16.16 pages) is
-capped, so a late guest never bursts.  While a whole page is in the budget the loop
-rewrites the next page -- u32@0 += 1 (generation), u32@4 =
-GPA>>12, u32@4092 += 1 -- then publishes (cursor, gen) with one 8-byte MMX store so a
-stopped guest never shows them torn.  Out of budget it `hlt`s until the next tick (an
+reads the ACPI PM timer (3.579545 MHz, 24 bits; `info mtree` shows acpi-tmr at port
+0x608 on pc and q35 once SeaBIOS set PMBASE; QEMU derives it from the virtual clock, so
+a tick interrupt that arrives late or merges with the next loses no time) and credits
+`rate` (4.28 fixed-point pages per timer unit) times the units elapsed -- at most
+`BURST_SECONDS` worth, and the budget (16.16 pages) is capped, so a late guest never
+bursts.  While a whole page is in the budget the loop rewrites the next page -- u32@0 +=
+1 (generation), u32@4 = GPA>>12, u32@4092 += 1 -- then publishes (cursor, gen) with one
+8-byte MMX store so a stopped guest never shows them torn.  Out of budget it `hlt`s until the next tick (an
 idle or slow guest does not burn a host core); a budget larger than the guest can
 write means it never halts (flat out).  Serial: 'a'+(gen&15) per finished sweep, and
 the timer interrupt writes '.' every 1000 ticks.
