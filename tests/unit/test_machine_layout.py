@@ -14,7 +14,6 @@ import random
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -34,14 +33,16 @@ from harness.qemu.layout import (
     read_cached,
     remember,
 )
+from tests.conftest import SHARED_VECTORS
 from tests.unit.test_proxy_framing import check_frame, frame_all
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "qemu-vectors"
+VECTORS = SHARED_VECTORS
 PC = VECTORS / "precopy" / "pc-m16.bin"
 Q35 = VECTORS / "precopy" / "q35-m16.bin"
 LIVE = VECTORS / "live" / "live-pc-m16.bin"
 POSTCOPY = sorted((VECTORS / "postcopy").glob("real-pc-m64-postcopy-*.fwd.bin"))
-pytestmark = pytest.mark.skipif(not PC.exists(), reason=f"no QEMU vectors at {VECTORS}")
+pytestmark = pytest.mark.skipif(not PC.exists(), reason=f"QEMU vectors not found at {VECTORS} "
+                                "(they live in ../shared)")
 
 MIB = 1 << 20
 #: F38 with -m 16
