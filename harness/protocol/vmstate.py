@@ -380,14 +380,18 @@ def from_vmdesc(entry: Mapping[str, Any]) -> VMStateDescription:
             raise ValueError(f"device '{entry.get('name')}': negative size")
         return VMStateDescription(str(entry.get("name", "")), 0, legacy_size=size)
     fields: list[Field] = []
-    for item in entry.get("fields", []):
-        fd = _field_from_vmdesc(item)
-        prev = fields[-1] if fields else None
-        if "index" in item and int(item["index"]) > 0 and prev is not None \
-                and prev.name == fd.name:
-            fields[-1] = _merge_indexed(prev, fd)
-        else:
-            fields.append(fd)
+    for run in _indexed_runs(entry.get("fields", [])):
+        described = [_field_from_vmdesc(item) for item in run]
+        if len(run) > 1 and not _same_elements(described):
+            # elements of one array written differently (ide_drive's identify_data only
+            # where a drive is attached): each is its own field, in order
+            fields += [replace(fd, name=f"{fd.name}[{item['index']}]")
+                       for fd, item in zip(described, run)]
+            continue
+        merged = described[0]
+        for fd in described[1:]:
+            merged = _merge_indexed(merged, fd)
+        fields.append(merged)
     subsections = tuple(from_vmdesc(s) for s in entry.get("subsections", []))
     return VMStateDescription(str(entry["vmsd_name"]), int(entry["version"]), tuple(fields),
                               subsections=subsections)
@@ -412,6 +416,29 @@ def _field_from_vmdesc(item: Mapping[str, Any]) -> Field:
         return Field(name, known, count=count, compress=compress)
     ftype = known if known is not None else FieldType(type_name)
     return Field(name, ftype, size=size, count=count, compress=compress)
+
+
+def _indexed_runs(items: list[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """The vmdesc's fields, consecutive elements of one array (`index` 0, 1, ...) grouped."""
+    runs: list[list[Mapping[str, Any]]] = []
+    for item in items:
+        last = runs[-1][-1] if runs else None
+        if last is not None and "index" in item and int(item["index"]) > 0 \
+                and "index" in last and str(last["name"]) == str(item["name"]):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
+def _same_elements(fields: list[Field]) -> bool:
+    """Whether array elements are written alike: the same fields and sizes (subsections
+    may differ: they are peeked by name on the wire, so one description holds them all)."""
+    def shape(f: Field) -> Any:
+        if f.struct is None:
+            return (f.type_name, f.size)
+        return tuple(shape(x) for x in f.struct.fields)
+    return len({shape(f) for f in fields}) == 1
 
 
 def _merge_indexed(prev: Field, item: Field) -> Field:

@@ -506,7 +506,11 @@ def _probe(binary: str, args: list[str], workdir: Path, key: str, timeout: float
         time.sleep(min(run_seconds, _left(deadline)))
         qemu.qmp.execute("stop", timeout=_left(deadline))
         running, more = _capture(qemu, probe_dir / "running.bin", key, deadline)
-        return layout.merge(running.vmdesc), size + more
+        # the running machine's field lists win (a booted guest's ide drive writes its
+        # identify data, a paused fresh one does not); the paused capture adds what only
+        # it showed
+        merged = running.merge(layout.vmdesc)
+        return replace(merged, blocks=layout.blocks or merged.blocks), size + more
     except QMPError as err:
         raise LayoutError(f"layout probe: {err}; QEMU stderr: "
                           f"{qemu.stderr_text()[-400:]!r}") from None

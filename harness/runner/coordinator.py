@@ -96,6 +96,7 @@ class Coordinator:
         self.steps: StepRunner | None = None
         self._stacks: dict[str, str] = {}
         self._accel: tuple[str, str] | None = None
+        self.layout: Path | None = None  # a real machine's layout file (qemu/layout.py)
 
     # ------------------------------------------------------------------ run
     def run(self) -> ScenarioResult:
@@ -193,13 +194,19 @@ class Coordinator:
         # a crash (SIGABRT) should not write a core of the guest's RAM: peers inherit this
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         self._connect_agents()
+        if real_guest.needs_layout(self.sc, needs_proxy(self.sc.steps)):
+            try:
+                self.layout = real_guest.machine_layout(self)
+            except real_guest.BootError as err:
+                raise RunError(str(err)) from None
         self.dst = self._make_peer("destination", fds["destination"])
         self.src = self._make_peer("source", fds["source"])
         for peer in (self.dst, self.src):
             host = getattr(peer, "host", None)
             try:
                 peer.start()
-            except (PeerError, QemuError, ControlError, OSError) as err:
+                real_guest.wait_booted(self, peer)
+            except (PeerError, QemuError, ControlError, OSError, real_guest.BootError) as err:
                 where = f" on host {host}" if host else ""
                 raise RunError(f"cannot start the {peer.role} ({peer.kind}){where}: "
                                f"{err}") from None
@@ -234,6 +241,8 @@ class Coordinator:
             return AgentPeer(role, self.agents[spec.host], self._guest_json(),
                              incoming=role == "destination")
         extra = ["--incoming", "defer"] if role == "destination" else []
+        if role == "destination" and self.layout is not None:
+            extra += ["--layout", str(self.layout)]  # a real machine's blocks and devices
         peer = HarnessPeer(role, self.workdir, self._guest_json(), extra, fds)
         peer.die_with_starter = True  # even a SIGKILLed runner leaves no peer (lifeline)
         return peer
@@ -367,6 +376,8 @@ class Coordinator:
             raise RunError(f"cannot start the proxy: {err}") from None
         if self.proxy.pid is not None:
             self._pids.append(self.proxy.pid)
+        if self.layout is not None:  # frame the real machine's device sections exactly
+            self.proxy.execute("x-proxy-layout", {"file": str(self.layout)})
         self.note("proxy", "started", {"listen": uri, "target": target, "pid": self.proxy.pid})
         return uri
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.control import ControlError
-from harness.qemu import QMPError
+from harness.qemu import QemuError, QMPError
 from harness.scenario.model import Scenario
 
 from .peers import PeerHandle, QemuPeer
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
     from .coordinator import Coordinator
 
 HEARTBEAT_WINDOW = 0.4  # s: the guest's timer ticks at ~1 kHz, so hundreds of ticks
+BOOT_TIMEOUT = 30.0  # s: SeaBIOS + init pass; TCG 0.1-0.7 s, software KVM 3-4 s (F16)
+
+
+class BootError(RuntimeError):
+    """The real guest did not reach its loop."""
 _ERRORS = (QMPError, ControlError, OSError, ValueError, RuntimeError)
 
 
@@ -67,6 +73,56 @@ def make_qemu_peer(c: Coordinator, role: str) -> QemuPeer:
     return QemuPeer(role, c.workdir, sc.guest.total_memory, args=list(spec.args),
                     binary=binary, die_with_starter=True, machine=sc.guest.machine,
                     accel=accel, accel_reason=why, program=program_of(sc), paused=held)
+
+
+def needs_layout(sc: Scenario, proxy: bool) -> bool:
+    """A real machine's stream is framed exactly only with its layout: the proxy between
+    real machines needs it, and so does a harness destination of a real QEMU source."""
+    return sc.guest.real_machine and sc.source.kind == "qemu" and (
+        proxy or sc.destination.kind == "harness")
+
+
+def machine_layout(c: Coordinator) -> Path:
+    """The source machine's layout (harness/qemu/layout.py: from the cache, or learnt by a
+    probe of the same command line), as the file the proxy and a harness destination read."""
+    from harness.qemu.layout import LayoutError, cache_path, learn_layout
+
+    from .peers import shared_image
+
+    source = make_qemu_peer(c, "source")
+    source.image = shared_image(source.program, c.workdir / "guest.img")
+    try:
+        layout = learn_layout(source.binary, source.command_args(), c.workdir)
+    except (LayoutError, QemuError) as err:
+        raise BootError(f"cannot learn the layout of machine {c.sc.guest.machine}: "
+                        f"{err}") from None
+    c.note("runner", "machine-layout", {"key": layout.key[:16], "machine": layout.machine,
+                                        "devices": len(layout.device_names()),
+                                        "blocks": [name for name, _ in layout.blocks],
+                                        **layout.probe})
+    return cache_path(layout.key)
+
+
+def wait_booted(c: Coordinator, peer: PeerHandle) -> None:
+    """A source's real guest must run its loop before the migration starts: a migration of
+    SeaBIOS, or of the guest's init pass, is not the test the scenario describes."""
+    if not (isinstance(peer, QemuPeer) and peer.program is not None and not peer.paused
+            and peer.role == "source"):
+        return
+    started = time.monotonic()
+    deadline = started + BOOT_TIMEOUT
+    while True:
+        try:
+            beat = peer.heartbeat()
+            break
+        except ValueError as err:
+            if time.monotonic() >= deadline or not peer.alive():
+                raise BootError(f"the {peer.role}'s guest did not reach its loop within "
+                                f"{BOOT_TIMEOUT:g} s ({err}); serial: "
+                                f"{peer.serial_text(200)!r}") from None
+        time.sleep(0.01)
+    c.note(peer.role, "guest-running", {"seconds": round(time.monotonic() - started, 3),
+                                        "ticks": beat.ticks if beat else None})
 
 
 def collect(c: Coordinator, evidence: Evidence) -> None:

@@ -267,3 +267,28 @@ def test_analyze_cli_frames_a_postcopy_capture_with_a_layout(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": 1}')
     bad = run_analyze(str(POSTCOPY[0]), "--layout", str(tmp_path / "bad.json"))
     assert bad.returncode == 2 and "--layout" in bad.stderr
+
+
+def test_array_elements_written_differently_are_decoded_each_as_written():
+    """QEMU 7.2's ide writes `identify_data` (512 bytes) only for a drive whose identify
+    data is set: bus[0].ifs index 0 is 540 bytes, index 1 28 (seen with a booted disk).
+    Merging the elements into one array of the first's shape misread the section."""
+    from harness.protocol.vmstate import from_vmdesc, load_state
+    from harness.protocol.wire import Reader
+
+    def drive(identify: bool) -> dict:
+        fields = [{"name": "status", "type": "uint8", "size": 1}]
+        if identify:
+            fields.append({"name": "identify_data", "type": "buffer", "size": 4})
+        return {"vmsd_name": "ide_drive", "version": 3, "fields": fields}
+
+    entry = {"name": "ide", "instance_id": 0, "vmsd_name": "ide", "version": 3, "fields": [
+        {"name": "ifs", "index": 0, "type": "struct", "struct": drive(True), "size": 5},
+        {"name": "ifs", "index": 1, "type": "struct", "struct": drive(False), "size": 1},
+        {"name": "tail", "type": "uint8", "size": 1}]}
+    data = bytes([0x50, 1, 2, 3, 4, 0x41, 0x7F])
+    reader = Reader(data, 0, len(data), closed=True)
+    values = load_state(reader, from_vmdesc(entry), 3)
+    assert reader.pos == len(data)
+    assert values["tail"] == 0x7F
+    assert values["ifs[1]"][0]["status"] == 0x41 and values["ifs[0]"][0]["status"] == 0x50
