@@ -175,6 +175,9 @@ class IncomingMigration:
 
         if self.state.status is not S.POSTCOPY_PAUSED:
             raise IncomingError(MIGRATE_RECOVER_REFUSED)
+        # 7.2 migration.c: qemu_start_incoming_migration sends a MIGRATION event "setup"
+        # before it listens, whatever the state (which stays postcopy-paused)
+        self._emit("MIGRATION", {"status": str(S.SETUP)})
         try:
             parse_uri(uri, "destination")
             listener = self._listen(uri)

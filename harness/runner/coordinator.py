@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 POLL = 0.02
 SETTLED_FOR = 0.5  # how long nothing may move before the run counts as settled
+RECOVER_WAIT = 10.0  # s a source may take to see the break it must resume from
 STATS_PERIOD = 0.05  # how often `remaining`/`progress` triggers poll the source
 FD_NAME = "migfd"
 #: statuses a peer does not leave by itself: it waits for an admin (or nothing at all)
@@ -567,12 +568,25 @@ class Coordinator:
                 self.proxy.execute("x-proxy-target", {"uri": target})
                 source_uri = self.proxy.address_for_source()
             data["source-uri"] = source_uri
+            self._await_source_paused(data)
             self.src.execute("migrate", {"uri": source_uri, "resume": True})
         except CommandError as err:
             data["error"] = err.desc
         except ControlError as err:
             data["error"] = f"a peer did not answer: {err}"
         self.note("runner", "step", data)
+
+    def _await_source_paused(self, data: dict[str, Any]) -> None:
+        """A QEMU source resumes only from postcopy-paused ("Cannot resume if there is no
+        paused migration"), which it reaches when its own socket fails -- it may learn of
+        a break later than the destination.  Wait for it, bounded."""
+        deadline = time.monotonic() + RECOVER_WAIT
+        while self.status["source"] != "postcopy-paused" and self.peer("source").alive() \
+                and time.monotonic() < deadline:
+            self._pump()
+            time.sleep(POLL)
+        if self.status["source"] != "postcopy-paused":
+            data["source-status"] = self.status["source"]
 
     def _recovery_uri(self) -> str:
         if self.sc.transport.scheme == "unix":

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import psutil
 
-from harness.control import ControlClient, ControlError, PeerGone
+from harness.control import CommandError, ControlClient, ControlError, PeerGone
+from harness.control.errors import ControlTimeout
 from harness.guest.content import page_digests
 from harness.guest.leaks import remove_segments
 from harness.lifeline import command as lifeline_command
@@ -314,7 +315,14 @@ class QemuPeer:
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None,
                 timeout: float | None = None) -> Any:
-        return self._qemu.qmp.execute(command, arguments, timeout=timeout or COMMAND_TIMEOUT)
+        """A QMP command; QEMU's refusal is a CommandError and a QMP socket that closed or
+        timed out a PeerGone / ControlTimeout, as with a harness peer, so the runner
+        handles both kinds alike."""
+        try:
+            return self._qemu.qmp.execute(command, arguments,
+                                          timeout=timeout or COMMAND_TIMEOUT)
+        except QMPError as err:
+            raise _control_error(err) from None
 
     def poll_events(self) -> list[PeerEvent]:
         if self._qemu is None or not self.alive():
@@ -458,6 +466,16 @@ def shared_image(program: GuestProgram, path: Path) -> Path:
     finally:
         tmp.unlink()
     return path
+
+
+def _control_error(err: QMPError) -> ControlError:
+    if err.error_class == "ConnectionClosed":
+        return PeerGone(f"QEMU's QMP socket closed: {err.desc}")
+    if err.error_class == "Timeout":
+        return ControlTimeout(f"QEMU did not answer: {err.desc}")
+    if err.error_class == "ProtocolError":
+        return ControlError(f"QEMU's QMP: {err.desc}")
+    return CommandError(err.error_class, err.desc)
 
 
 def _qmp_time(event: dict[str, Any]) -> float:
