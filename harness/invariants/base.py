@@ -46,6 +46,8 @@ class Evidence:
     program: Any = None
     source_memory: dict[str, np.ndarray] | None = None
     destination_memory: dict[str, np.ndarray] | None = None
+    #: the source's blocks read from a reference QEMU (runner/real_guest.py: _reference_roms)
+    reference_blocks: list[str] = field(default_factory=list)
 
     def fault_kinds(self) -> set[str]:
         return {f.kind for f in self.faults}

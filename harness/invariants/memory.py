@@ -31,7 +31,7 @@ class MemoryIdentical:
         if src is None or dst is None:
             missing = "source" if src is None else "destination"
             return InvariantResult(self.name, False, f"no page digests from the {missing}")
-        if list(src) != list(dst):
+        if sorted(src) != sorted(dst):
             return InvariantResult(self.name, False,
                                    f"RAM blocks differ: source {list(src)}, destination {list(dst)}")
         problems = []
@@ -51,7 +51,15 @@ class MemoryIdentical:
             problems.append(f"the source's own pages differ from what its guest wrote: {corrupt}")
         if problems:
             return InvariantResult(self.name, False, "; ".join(problems))
-        return InvariantResult(self.name, True, f"all {pages} pages equal")
+        return InvariantResult(self.name, True, f"all {pages} pages equal" +
+                               _reference_note(evidence))
+
+
+def _reference_note(evidence: Evidence) -> str:
+    if not evidence.reference_blocks:
+        return ""
+    return (f"; the source's {', '.join(evidence.reference_blocks)} read from a fresh QEMU "
+            "of its command line (QEMU 7.2 cannot migrate a source in postmigrate again)")
 
 
 def main_block(blocks: dict[str, np.ndarray]) -> str:
@@ -102,7 +110,8 @@ class MemoryConsistent:
         pages = sum(len(v) for v in src.values()) // 4096
         return InvariantResult(self.name, True, f"{ram} is an unbroken wave on both sides, "
                                "the destination's no older than the source's at the "
-                               f"switchover; the other blocks identical ({pages} pages)")
+                               f"switchover; the other blocks identical ({pages} pages)"
+                               + _reference_note(evidence))
 
 
 class SourceIntact:

@@ -146,8 +146,6 @@ def _read_memory(c: Coordinator, evidence: Evidence, want: str, src: PeerHandle,
     completed = c.status["destination"] == "completed"
     if _readable(c, src):
         evidence.source_memory = _snapshot(c, src)
-        if evidence.source_memory is not None:
-            evidence.source_digests = _digests(evidence.source_memory)
     if want in ("identical", "consistent") and completed and _readable(c, dst):
         if isinstance(dst, QemuPeer):
             evidence.destination_memory = _snapshot(c, dst)
@@ -155,6 +153,35 @@ def _read_memory(c: Coordinator, evidence: Evidence, want: str, src: PeerHandle,
                 evidence.destination_digests = _digests(evidence.destination_memory)
         else:  # a harness destination: what its load left, block by block
             evidence.destination_digests = dst.digests(at_incoming=True)
+    if evidence.source_memory is not None and isinstance(src, QemuPeer):
+        _reference_roms(c, evidence, src, evidence.source_memory)
+        evidence.source_digests = _digests(evidence.source_memory)
+
+
+def _reference_roms(c: Coordinator, evidence: Evidence, src: QemuPeer,
+                    blocks: dict[str, Any]) -> None:
+    """A source that completed a migration is in `postmigrate`, which QEMU 7.2 will not
+    migrate again ("Can't migrate the vm that was paused due to previous migration"), so
+    only what guest-physical space maps (pc.ram, pc.bios) could be read.  Its other
+    blocks -- ROMs and fw_cfg blobs (ACPI tables, table-loader, RSDP) that the guest
+    cannot write -- are read from a reference: a fresh QEMU of the same command line that
+    booted the same guest (the ACPI tables are rebuilt when SeaBIOS reads them)."""
+    listed = [b.name for b in getattr(src.last_snapshot, "listed", [])]
+    missing = [name for name in listed if name not in blocks]
+    if not missing:
+        return
+    from harness.qemu.reference import reference_blocks
+
+    started = time.monotonic()
+    try:
+        found = reference_blocks(src.binary, src.command_args(), c.workdir, missing)
+    except _ERRORS as err:
+        c.note("source", "reference-unreadable", {"blocks": missing, "error": str(err)})
+        return
+    blocks.update(found)
+    evidence.reference_blocks = sorted(found)
+    c.note("source", "reference-read", {"blocks": sorted(found),
+                                        "seconds": round(time.monotonic() - started, 3)})
 
 
 def _snapshot(c: Coordinator, peer: PeerHandle) -> dict[str, Any] | None:
