@@ -5,20 +5,24 @@ Strategy: SeaBIOS loads sector 0 at 0x7c00; that real-mode code reads the next
 enters 32-bit protected mode (no paging).  There it zeroes the heartbeat, remaps the 8259
 (IRQ0 -> vector 0x20, all other IRQs masked), sets PIT channel 0 to ~1 kHz (mode 2),
 loads an IDT, then makes every page of [start, end) a wave page of generation 0 (SeaBIOS
-leaves garbage there, F9), writes 'S' to COM1 and enables interrupts.
+leaves garbage there, F9) and writes 'S' to COM1.
 
-Main loop (rate control on a clock, not a calibrated delay loop): on every PIT tick it
-reads the ACPI PM timer (3.579545 MHz, 24 bits; `info mtree` shows acpi-tmr at port
-0x608 on pc and q35 once SeaBIOS set PMBASE; QEMU derives it from the virtual clock, so
-a tick interrupt that arrives late or merges with the next loses no time) and credits
-`rate` (4.28 fixed-point pages per timer unit) times the units elapsed -- at most
-`BURST_SECONDS` worth, and the budget (16.16 pages) is capped, so a late guest never
+Main loop (rate control on a clock, not a calibrated delay loop): the clock is the ACPI
+PM timer (3.579545 MHz, 24 bits; `info mtree` shows acpi-tmr at port 0x608 on pc and q35
+once SeaBIOS set PMBASE; QEMU derives it from the virtual clock, so nothing is lost when
+a wake-up comes late).  Each read adds the elapsed time to the heartbeat's ticks (ms) and
+credits `rate` (4.28 fixed-point pages per timer unit) times the units elapsed -- at
+most `BURST_SECONDS` worth, and the budget (16.16 pages) is capped, so a late guest never
 bursts.  While a whole page is in the budget the loop rewrites the next page -- u32@0 +=
 1 (generation), u32@4 = GPA>>12, u32@4092 += 1 -- then publishes (cursor, gen) with one
-8-byte MMX store so a stopped guest never shows them torn.  Out of budget it `hlt`s until the next tick (an
-idle or slow guest does not burn a host core); a budget larger than the guest can
-write means it never halts (flat out).  Serial: 'a'+(gen&15) per finished sweep, and
-the timer interrupt writes '.' every 1000 ticks.
+8-byte store (cmpxchg8b) so a stopped guest never shows them torn.  Out of budget it
+does `sti; hlt` (an idle or slow guest does not burn a host core) until the PIT
+interrupt, whose handler drops its frame and jumps back to the clock read: interrupts
+are enabled only inside that hlt, so no iret is needed -- KVM's emulator cannot run a
+protected-mode iret, and PVM emulates non-paged guest code (F1), so only instructions
+it knows are used (no MMX/SSE, no paging).  Flat out (a budget larger than the guest
+can write) it never halts and reads the clock every `RECHECK_PAGES` pages.  Serial:
+'a'+(gen&15) per finished sweep, and '.' every 1000 ticks.
 
 The parameter block sits at fixed addresses in sector 0 (`PARAMS_GPA`); only its bytes
 depend on the `GuestProgram`.  `build_image` returns the code sectors; `write_image`
@@ -52,7 +56,8 @@ HEARTBEAT_GPA = 0x6000         # free low memory, below the stack
 HEARTBEAT_SIZE = 32
 HEARTBEAT_MAGIC = int.from_bytes(b"RGH1", "little")
 HB_MAGIC, HB_TICKS, HB_CURSOR, HB_GEN = 0, 4, 8, 12
-HB_PAGES, HB_DOTS = 16, 24     # u64 pages written; ISR countdown to the next '.'
+HB_PAGES = 16                  # u64 pages written
+HB_FRACTION, HB_NEXT_DOT = 24, 28  # ticks' 0.32 fraction; tick of the next '.' on serial
 STACK_TOP = 0x7000             # the 32-bit stack grows down into the heartbeat's page
 #: GPA range the running guest itself changes outside the swept pages (heartbeat, stack)
 GUEST_SCRATCH = (HEARTBEAT_GPA, STACK_TOP)
@@ -70,6 +75,8 @@ BURST_UNITS = round(BURST_SECONDS * PM_TIMER_HZ)
 RATE_SHIFT = 28                # rate: pages per PM timer unit, 4.28 fixed point
 FIXED_ONE = 1 << 16            # one page in the 16.16 budget
 DOTS_EVERY = 1000              # ticks per '.' on serial
+TICK_PER_UNIT = round((1 << 32) * 1000 / PM_TIMER_HZ)  # ms per PM timer unit, 0.32
+RECHECK_PAGES = 1024           # pages written flat out between two PM timer reads
 COM1 = 0x3F8
 
 
@@ -209,7 +216,6 @@ def _real_mode(a: Asm) -> None:
     a.ins("e6 92", "out 0x92, al")
     a.ins("0f 01 16", "lgdt [gdtr]", ref="gdtr", width=2)
     a.ins("0f 20 c0", "mov eax, cr0")
-    a.ins("66 83 e0 f3", "and eax, 0xfffffff3", "EM = TS = 0: MMX usable")
     a.ins("66 83 c8 01", "or eax, 0x1", "PE")
     a.ins("0f 22 c0", "mov cr0, eax")
     a.ins("ea", "jmp 0x8:pm32", "far jump into 32-bit code", ref="pm32", width=2,
@@ -287,7 +293,9 @@ def _init_pass(a: Asm) -> None:
     a.ins("8b 35", "mov esi, dword ptr [p_start]", ref="p_start")
     a.label("init_page")
     a.ins("c7 06 00 00 00 00", "mov dword ptr [esi], 0x0")
-    _store_pfn(a)
+    a.ins("89 f0", "mov eax, esi")
+    a.ins("c1 e8 0c", "shr eax, 0xc")
+    a.ins("89 46 04", "mov dword ptr [esi+4], eax")
     a.ins("c7 86 fc 0f 00 00 00 00 00 00", "mov dword ptr [esi+4092], 0x0")
     a.ins("81 c6 00 10 00 00", "add esi, 0x1000")
     a.ins("3b 35", "cmp esi, dword ptr [p_end]", ref="p_end")
@@ -295,47 +303,33 @@ def _init_pass(a: Asm) -> None:
 
 
 def _start_loop(a: Asm) -> None:
-    a.note("esi = cursor (next page), ebx = gen, edi = budget (16.16 pages),")
-    a.note("ecx = PIT tick seen, ebp = PM timer at the last credit")
-    a.ins("8b 35", "mov esi, dword ptr [p_start]", ref="p_start")
-    a.ins("bb 01 00 00 00", "mov ebx, 0x1")
+    a.note("ebx = cursor (next page), ecx = gen, edi = budget (16.16 pages),")
+    a.note("ebp = PM timer at the last credit, esi = pages left before the next read")
+    a.note("IF stays 0 except in sti;hlt: the timer interrupt only ends a hlt")
+    a.ins("8b 1d", "mov ebx, dword ptr [p_start]", ref="p_start")
+    a.ins("b9 01 00 00 00", "mov ecx, 0x1")
     _publish(a)
-    a.ins(f"c7 05 {_hex32(HEARTBEAT_GPA + HB_DOTS)} {_hex32(DOTS_EVERY)}",
-          f"mov dword ptr [{HEARTBEAT_GPA + HB_DOTS:#x}], {DOTS_EVERY:#x}")
+    next_dot = HEARTBEAT_GPA + HB_NEXT_DOT
+    a.ins(f"c7 05 {_hex32(next_dot)} {_hex32(DOTS_EVERY)}",
+          f"mov dword ptr [{next_dot:#x}], {DOTS_EVERY:#x}")
     a.ins(f"c7 05 {_hex32(HEARTBEAT_GPA + HB_MAGIC)} {_hex32(HEARTBEAT_MAGIC)}",
           f"mov dword ptr [{HEARTBEAT_GPA + HB_MAGIC:#x}], {HEARTBEAT_MAGIC:#x}",
           "magic last: a valid heartbeat is a running loop")
     _serial(a, "53", "'S': the loop starts")
     a.ins("31 ff", "xor edi, edi")
-    a.ins("31 c9", "xor ecx, ecx")
-    a.ins(f"66 ba {PM_TIMER_PORT & 0xFF:02x} {PM_TIMER_PORT >> 8:02x}",
-          f"mov dx, {PM_TIMER_PORT:#x}")
-    a.ins("ed", "in eax, dx")
+    _read_pm_timer(a)
     a.ins("89 c5", "mov ebp, eax")
-    a.ins("fb", "sti")
 
 
 def _main_loop(a: Asm) -> None:
-    ticks = HEARTBEAT_GPA + HB_TICKS
-    a.label("idle")
-    a.ins("fa", "cli", "sti;hlt below is atomic: no tick is missed")
-    a.ins(f"a1 {_hex32(ticks)}", f"mov eax, dword ptr [{ticks:#x}]")
-    a.ins("39 c8", "cmp eax, ecx")
-    a.jump("jne", "refill")
-    a.ins("fb", "sti")
-    a.ins("f4", "hlt")
-    a.jump("jmp", "idle")
     a.label("refill")
-    a.ins("fb", "sti")
-    a.ins("89 c1", "mov ecx, eax", "a new tick: credit the time since the last one")
-    a.ins(f"66 ba {PM_TIMER_PORT & 0xFF:02x} {PM_TIMER_PORT >> 8:02x}",
-          f"mov dx, {PM_TIMER_PORT:#x}")
-    a.ins("ed", "in eax, dx")
+    _read_pm_timer(a)
     a.ins("89 c2", "mov edx, eax")
     a.ins("29 e8", "sub eax, ebp")
     a.ins("89 d5", "mov ebp, edx")
     a.ins(f"25 {_hex32(PM_TIMER_MASK)}", f"and eax, {PM_TIMER_MASK:#x}",
-          "eax = PM timer units elapsed")
+          "eax = PM timer units since the last credit")
+    _clock(a)
     a.ins(f"3d {_hex32(BURST_UNITS)}", f"cmp eax, {BURST_UNITS:#x}")
     a.jump("jbe", "credit")
     a.ins(f"b8 {_hex32(BURST_UNITS)}", f"mov eax, {BURST_UNITS:#x}")
@@ -349,67 +343,91 @@ def _main_loop(a: Asm) -> None:
     a.ins("01 c7", "add edi, eax")
     a.jump("jc", "full")
     a.ins("3b 3d", "cmp edi, dword ptr [p_cap]", ref="p_cap")
-    a.jump("jbe", "budget")
+    a.jump("jbe", "credited")
     a.label("full")
     a.ins("8b 3d", "mov edi, dword ptr [p_cap]", ref="p_cap")
+    a.label("credited")
+    a.ins(f"be {_hex32(RECHECK_PAGES)}", f"mov esi, {RECHECK_PAGES:#x}")
     a.label("budget")
     a.ins(f"81 ff {_hex32(FIXED_ONE)}", f"cmp edi, {FIXED_ONE:#x}")
-    a.jump("jb", "idle")
+    a.jump("jb", "wait")
     _write_page(a)
-    a.ins(f"a1 {_hex32(ticks)}", f"mov eax, dword ptr [{ticks:#x}]")
-    a.ins("39 c8", "cmp eax, ecx")
-    a.jump("jne", "refill")
+    a.ins("4e", "dec esi")
+    a.jump("jz", "refill", "flat out: read the clock now and then")
     a.jump("jmp", "budget")
+    a.label("wait")
+    a.ins("fb", "sti", "the tick can only come inside the hlt (sti's shadow)")
+    a.ins("f4", "hlt")
+    a.ins("fa", "cli")
+    a.jump("jmp", "refill")
+
+
+def _clock(a: Asm) -> None:
+    """ticks += eax PM timer units in ms (0.32 fraction kept); '.' every 1000 ticks."""
+    ticks, fraction = HEARTBEAT_GPA + HB_TICKS, HEARTBEAT_GPA + HB_FRACTION
+    next_dot = HEARTBEAT_GPA + HB_NEXT_DOT
+    a.ins("50", "push eax")
+    a.ins(f"ba {_hex32(TICK_PER_UNIT)}", f"mov edx, {TICK_PER_UNIT:#x}", "ms per unit, 0.32")
+    a.ins("f7 e2", "mul edx")
+    a.ins(f"03 05 {_hex32(fraction)}", f"add eax, dword ptr [{fraction:#x}]")
+    a.ins("83 d2 00", "adc edx, 0x0")
+    a.ins(f"a3 {_hex32(fraction)}", f"mov dword ptr [{fraction:#x}], eax")
+    a.ins(f"01 15 {_hex32(ticks)}", f"add dword ptr [{ticks:#x}], edx")
+    a.ins(f"a1 {_hex32(ticks)}", f"mov eax, dword ptr [{ticks:#x}]")
+    a.ins(f"3b 05 {_hex32(next_dot)}", f"cmp eax, dword ptr [{next_dot:#x}]")
+    a.jump("jb", "no_dot")
+    a.ins(f"81 05 {_hex32(next_dot)} {_hex32(DOTS_EVERY)}",
+          f"add dword ptr [{next_dot:#x}], {DOTS_EVERY:#x}")
+    _serial(a, "2e", "'.': 1000 more ticks")
+    a.label("no_dot")
+    a.ins("58", "pop eax")
 
 
 def _write_page(a: Asm) -> None:
     pages = HEARTBEAT_GPA + HB_PAGES
     a.note("one page: gen, pfn, tail (F7/F8), then count it and move the cursor")
-    a.ins("83 06 01", "add dword ptr [esi], 0x1")
-    _store_pfn(a)
-    a.ins("83 86 fc 0f 00 00 01", "add dword ptr [esi+4092], 0x1")
+    a.ins("83 03 01", "add dword ptr [ebx], 0x1")
+    a.ins("89 d8", "mov eax, ebx")
+    a.ins("c1 e8 0c", "shr eax, 0xc")
+    a.ins("89 43 04", "mov dword ptr [ebx+4], eax")
+    a.ins("83 83 fc 0f 00 00 01", "add dword ptr [ebx+4092], 0x1")
     a.ins(f"83 05 {_hex32(pages)} 01", f"add dword ptr [{pages:#x}], 0x1")
     a.ins(f"83 15 {_hex32(pages + 4)} 00", f"adc dword ptr [{pages + 4:#x}], 0x0")
     a.ins(f"81 ef {_hex32(FIXED_ONE)}", f"sub edi, {FIXED_ONE:#x}")
-    a.ins("81 c6 00 10 00 00", "add esi, 0x1000")
-    a.ins("3b 35", "cmp esi, dword ptr [p_sweep_end]", ref="p_sweep_end")
+    a.ins("81 c3 00 10 00 00", "add ebx, 0x1000")
+    a.ins("3b 1d", "cmp ebx, dword ptr [p_sweep_end]", ref="p_sweep_end")
     a.jump("jb", "publish")
-    a.ins("88 d8", "mov al, bl", "sweep done: 'a'+(gen&15) (F7)")
+    a.ins("88 c8", "mov al, cl", "sweep done: 'a'+(gen&15) (F7)")
     a.ins("24 0f", "and al, 0xf")
     a.ins("04 61", "add al, 0x61")
     a.ins("66 ba f8 03", f"mov dx, {COM1:#x}")
     a.ins("ee", "out dx, al")
-    a.ins("43", "inc ebx")
-    a.ins("8b 35", "mov esi, dword ptr [p_start]", ref="p_start")
+    a.ins("41", "inc ecx")
+    a.ins("8b 1d", "mov ebx, dword ptr [p_start]", ref="p_start")
     a.label("publish")
     _publish(a)
 
 
 def _handlers(a: Asm) -> None:
-    ticks, dots = HEARTBEAT_GPA + HB_TICKS, HEARTBEAT_GPA + HB_DOTS
+    """No iret anywhere (KVM's emulator cannot run a protected-mode iret, F1)."""
     a.label("isr_timer")
-    a.ins("50", "push eax")
-    a.ins(f"ff 05 {_hex32(ticks)}", f"inc dword ptr [{ticks:#x}]")
-    a.ins(f"ff 0d {_hex32(dots)}", f"dec dword ptr [{dots:#x}]")
-    a.jump("jnz", "eoi")
-    a.ins(f"c7 05 {_hex32(dots)} {_hex32(DOTS_EVERY)}",
-          f"mov dword ptr [{dots:#x}], {DOTS_EVERY:#x}")
-    a.ins("52", "push edx")
-    _serial(a, "2e", "'.': 1000 more ticks")
-    a.ins("5a", "pop edx")
-    a.label("eoi")
     a.ins("b0 20", "mov al, 0x20", "non-specific EOI to the master 8259")
     a.ins("e6 20", "out 0x20, al")
-    a.ins("58", "pop eax")
-    a.ins("cf", "iretd")
     a.label("isr_ignore")
-    a.ins("cf", "iretd", "masked or spurious IRQ (IRQ7): no EOI")
+    a.ins("83 c4 0c", "add esp, 0xc", "drop the frame: it ended the hlt in wait")
+    a.jump("jmp", "refill", "IF = 0 again (interrupt gate)")
     a.label("isr_fault")
     _serial(a, "21", "'!': a CPU exception, the guest stops")
     a.label("fault_halt")
     a.ins("fa", "cli")
     a.ins("f4", "hlt")
     a.jump("jmp", "fault_halt")
+
+
+def _read_pm_timer(a: Asm) -> None:
+    a.ins(f"66 ba {PM_TIMER_PORT & 0xFF:02x} {PM_TIMER_PORT >> 8:02x}",
+          f"mov dx, {PM_TIMER_PORT:#x}")
+    a.ins("ed", "in eax, dx", "ACPI PM timer")
 
 
 def _idt(a: Asm) -> None:
@@ -428,19 +446,16 @@ def _idt(a: Asm) -> None:
     a.data(4, "idt")
 
 
-def _store_pfn(a: Asm) -> None:
-    a.ins("89 f0", "mov eax, esi")
-    a.ins("c1 e8 0c", "shr eax, 0xc")
-    a.ins("89 46 04", "mov dword ptr [esi+4], eax")
-
-
 def _publish(a: Asm) -> None:
-    """(cursor, gen) to the heartbeat in one 8-byte store (MMX movq)."""
-    cursor = HEARTBEAT_GPA + HB_CURSOR
-    a.ins("0f 6e c6", "movd mm0, esi")
-    a.ins("0f 6e cb", "movd mm1, ebx")
-    a.ins("0f 62 c1", "punpckldq mm0, mm1")
-    a.ins(f"0f 7f 05 {_hex32(cursor)}", f"movq qword ptr [{cursor:#x}], mm0")
+    """(cursor, gen) = ebx, ecx to the heartbeat in one 8-byte store.
+
+    cmpxchg8b stores ecx:ebx where edx:eax equals the old value, which the loop (the only
+    writer) has just loaded; unlike an MMX movq, KVM's instruction emulator runs it.
+    """
+    cursor, gen = HEARTBEAT_GPA + HB_CURSOR, HEARTBEAT_GPA + HB_GEN
+    a.ins(f"a1 {_hex32(cursor)}", f"mov eax, dword ptr [{cursor:#x}]")
+    a.ins(f"8b 15 {_hex32(gen)}", f"mov edx, dword ptr [{gen:#x}]")
+    a.ins(f"0f c7 0d {_hex32(cursor)}", f"cmpxchg8b qword ptr [{cursor:#x}]")
 
 
 def _serial(a: Asm, char: str, note: str) -> None:

@@ -18,33 +18,32 @@ _start:
     mov dh, 0x0                              # 07c12: b6 00  head 0
     mov bx, 0x7e00                           # 07c14: bb 00 7e  to ES:BX = 0000:7e00
     int 0x13                                 # 07c17: cd 13
-    jc disk_error                            # 07c19: 72 20
+    jc disk_error                            # 07c19: 72 1c
     in al, 0x92                              # 07c1b: e4 92  A20 on; bit 0 (fast reset) stays 0
     or al, 0x2                               # 07c1d: 0c 02
     and al, 0xfe                             # 07c1f: 24 fe
     out 0x92, al                             # 07c21: e6 92
-    lgdt [gdtr]                              # 07c23: 0f 01 16 60 7c
+    lgdt [gdtr]                              # 07c23: 0f 01 16 58 7c
     mov eax, cr0                             # 07c28: 0f 20 c0
-    and eax, 0xfffffff3                      # 07c2b: 66 83 e0 f3  EM = TS = 0: MMX usable
-    or eax, 0x1                              # 07c2f: 66 83 c8 01  PE
-    mov cr0, eax                             # 07c33: 0f 22 c0
-    jmp 0x8:pm32                             # 07c36: ea 00 7e 08 00  far jump into 32-bit code
+    or eax, 0x1                              # 07c2b: 66 83 c8 01  PE
+    mov cr0, eax                             # 07c2f: 0f 22 c0
+    jmp 0x8:pm32                             # 07c32: ea 00 7e 08 00  far jump into 32-bit code
 disk_error:
-    mov dx, 0x3f8                            # 07c3b: ba f8 03
-    mov al, 0x45                             # 07c3e: b0 45  'E': the disk read failed
-    out dx, al                               # 07c40: ee
+    mov dx, 0x3f8                            # 07c37: ba f8 03
+    mov al, 0x45                             # 07c3a: b0 45  'E': the disk read failed
+    out dx, al                               # 07c3c: ee
 halt16:
-    hlt                                      # 07c41: f4
-    jmp halt16                               # 07c42: eb fd
-    .p2align 3, 0                            # 07c44: 4 zeros
+    hlt                                      # 07c3d: f4
+    jmp halt16                               # 07c3e: eb fd
+    .p2align 3, 0                            # 07c40: 0 zeros
 gdt:
-    .quad 0x0                                # 07c48: 00 00 00 00 00 00 00 00  null
-    .quad 0xcf9a000000ffff                   # 07c50: ff ff 00 00 00 9a cf 00  0x08: code, base 0, 4 GiB, 32-bit
-    .quad 0xcf92000000ffff                   # 07c58: ff ff 00 00 00 92 cf 00  0x10: data, base 0, 4 GiB
+    .quad 0x0                                # 07c40: 00 00 00 00 00 00 00 00  null
+    .quad 0xcf9a000000ffff                   # 07c48: ff ff 00 00 00 9a cf 00  0x08: code, base 0, 4 GiB, 32-bit
+    .quad 0xcf92000000ffff                   # 07c50: ff ff 00 00 00 92 cf 00  0x10: data, base 0, 4 GiB
 gdtr:
-    .word 0x17                               # 07c60: 17 00
-    .long gdt                                # 07c62: 48 7c 00 00
-    .org 0x1e0, 0                            # 07c66: 378 zeros  parameter block (PARAMS_GPA)
+    .word 0x17                               # 07c58: 17 00
+    .long gdt                                # 07c5a: 40 7c 00 00
+    .org 0x1e0, 0                            # 07c5e: 386 zeros  parameter block (PARAMS_GPA)
 p_start:
     .long 0x100000                           # 07de0: 00 00 10 00  first page of the range
 p_end:
@@ -104,7 +103,7 @@ pm32:
     out 0x40, al                             # 07e56: e6 40
     mov al, ah                               # 07e58: 88 e0
     out 0x40, al                             # 07e5a: e6 40
-    lidt [idtr]                              # 07e5c: 0f 01 1d 40 81 00 00
+    lidt [idtr]                              # 07e5c: 0f 01 1d 58 81 00 00
     # init pass: every page of [start, end) becomes gen 0, pfn, tail 0 (F9)
     mov esi, dword ptr [p_start]             # 07e63: 8b 35 e0 7d 00 00
 init_page:
@@ -116,355 +115,352 @@ init_page:
     add esi, 0x1000                          # 07e81: 81 c6 00 10 00 00
     cmp esi, dword ptr [p_end]               # 07e87: 3b 35 e4 7d 00 00
     jb init_page                             # 07e8d: 72 da
-    # esi = cursor (next page), ebx = gen, edi = budget (16.16 pages),
-    # ecx = PIT tick seen, ebp = PM timer at the last credit
-    mov esi, dword ptr [p_start]             # 07e8f: 8b 35 e0 7d 00 00
-    mov ebx, 0x1                             # 07e95: bb 01 00 00 00
-    movd mm0, esi                            # 07e9a: 0f 6e c6
-    movd mm1, ebx                            # 07e9d: 0f 6e cb
-    punpckldq mm0, mm1                       # 07ea0: 0f 62 c1
-    movq qword ptr [0x6008], mm0             # 07ea3: 0f 7f 05 08 60 00 00
-    mov dword ptr [0x6018], 0x3e8            # 07eaa: c7 05 18 60 00 00 e8 03 00 00
-    mov dword ptr [0x6000], 0x31484752       # 07eb4: c7 05 00 60 00 00 52 47 48 31  magic last: a valid heartbeat is a running loop
-    mov dx, 0x3f8                            # 07ebe: 66 ba f8 03
-    mov al, 0x53                             # 07ec2: b0 53  'S': the loop starts
-    out dx, al                               # 07ec4: ee
-    xor edi, edi                             # 07ec5: 31 ff
-    xor ecx, ecx                             # 07ec7: 31 c9
+    # ebx = cursor (next page), ecx = gen, edi = budget (16.16 pages),
+    # ebp = PM timer at the last credit, esi = pages left before the next read
+    # IF stays 0 except in sti;hlt: the timer interrupt only ends a hlt
+    mov ebx, dword ptr [p_start]             # 07e8f: 8b 1d e0 7d 00 00
+    mov ecx, 0x1                             # 07e95: b9 01 00 00 00
+    mov eax, dword ptr [0x6008]              # 07e9a: a1 08 60 00 00
+    mov edx, dword ptr [0x600c]              # 07e9f: 8b 15 0c 60 00 00
+    cmpxchg8b qword ptr [0x6008]             # 07ea5: 0f c7 0d 08 60 00 00
+    mov dword ptr [0x601c], 0x3e8            # 07eac: c7 05 1c 60 00 00 e8 03 00 00
+    mov dword ptr [0x6000], 0x31484752       # 07eb6: c7 05 00 60 00 00 52 47 48 31  magic last: a valid heartbeat is a running loop
+    mov dx, 0x3f8                            # 07ec0: 66 ba f8 03
+    mov al, 0x53                             # 07ec4: b0 53  'S': the loop starts
+    out dx, al                               # 07ec6: ee
+    xor edi, edi                             # 07ec7: 31 ff
     mov dx, 0x608                            # 07ec9: 66 ba 08 06
-    in eax, dx                               # 07ecd: ed
+    in eax, dx                               # 07ecd: ed  ACPI PM timer
     mov ebp, eax                             # 07ece: 89 c5
-    sti                                      # 07ed0: fb
-idle:
-    cli                                      # 07ed1: fa  sti;hlt below is atomic: no tick is missed
-    mov eax, dword ptr [0x6004]              # 07ed2: a1 04 60 00 00
-    cmp eax, ecx                             # 07ed7: 39 c8
-    jne refill                               # 07ed9: 75 04
-    sti                                      # 07edb: fb
-    hlt                                      # 07edc: f4
-    jmp idle                                 # 07edd: eb f2
 refill:
-    sti                                      # 07edf: fb
-    mov ecx, eax                             # 07ee0: 89 c1  a new tick: credit the time since the last one
-    mov dx, 0x608                            # 07ee2: 66 ba 08 06
-    in eax, dx                               # 07ee6: ed
-    mov edx, eax                             # 07ee7: 89 c2
-    sub eax, ebp                             # 07ee9: 29 e8
-    mov ebp, edx                             # 07eeb: 89 d5
-    and eax, 0xffffff                        # 07eed: 25 ff ff ff 00  eax = PM timer units elapsed
-    cmp eax, 0x45ea                          # 07ef2: 3d ea 45 00 00
-    jbe credit                               # 07ef7: 76 05
-    mov eax, 0x45ea                          # 07ef9: b8 ea 45 00 00
+    mov dx, 0x608                            # 07ed0: 66 ba 08 06
+    in eax, dx                               # 07ed4: ed  ACPI PM timer
+    mov edx, eax                             # 07ed5: 89 c2
+    sub eax, ebp                             # 07ed7: 29 e8
+    mov ebp, edx                             # 07ed9: 89 d5
+    and eax, 0xffffff                        # 07edb: 25 ff ff ff 00  eax = PM timer units since the last credit
+    push eax                                 # 07ee0: 50
+    mov edx, 0x124ef8                        # 07ee1: ba f8 4e 12 00  ms per unit, 0.32
+    mul edx                                  # 07ee6: f7 e2
+    add eax, dword ptr [0x6018]              # 07ee8: 03 05 18 60 00 00
+    adc edx, 0x0                             # 07eee: 83 d2 00
+    mov dword ptr [0x6018], eax              # 07ef1: a3 18 60 00 00
+    add dword ptr [0x6004], edx              # 07ef6: 01 15 04 60 00 00
+    mov eax, dword ptr [0x6004]              # 07efc: a1 04 60 00 00
+    cmp eax, dword ptr [0x601c]              # 07f01: 3b 05 1c 60 00 00
+    jb no_dot                                # 07f07: 72 11
+    add dword ptr [0x601c], 0x3e8            # 07f09: 81 05 1c 60 00 00 e8 03 00 00
+    mov dx, 0x3f8                            # 07f13: 66 ba f8 03
+    mov al, 0x2e                             # 07f17: b0 2e  '.': 1000 more ticks
+    out dx, al                               # 07f19: ee
+no_dot:
+    pop eax                                  # 07f1a: 58
+    cmp eax, 0x45ea                          # 07f1b: 3d ea 45 00 00
+    jbe credit                               # 07f20: 76 05
+    mov eax, 0x45ea                          # 07f22: b8 ea 45 00 00
 credit:
-    mul dword ptr [p_rate]                   # 07efe: f7 25 ec 7d 00 00  edx:eax = units * rate (pages, 4.28)
-    shrd eax, edx, 0xc                       # 07f04: 0f ac d0 0c  to 16.16 pages
-    shr edx, 0xc                             # 07f08: c1 ea 0c
-    jnz full                                 # 07f0b: 75 0c
-    add edi, eax                             # 07f0d: 01 c7
-    jc full                                  # 07f0f: 72 08
-    cmp edi, dword ptr [p_cap]               # 07f11: 3b 3d f0 7d 00 00
-    jbe budget                               # 07f17: 76 06
+    mul dword ptr [p_rate]                   # 07f27: f7 25 ec 7d 00 00  edx:eax = units * rate (pages, 4.28)
+    shrd eax, edx, 0xc                       # 07f2d: 0f ac d0 0c  to 16.16 pages
+    shr edx, 0xc                             # 07f31: c1 ea 0c
+    jnz full                                 # 07f34: 75 0c
+    add edi, eax                             # 07f36: 01 c7
+    jc full                                  # 07f38: 72 08
+    cmp edi, dword ptr [p_cap]               # 07f3a: 3b 3d f0 7d 00 00
+    jbe credited                             # 07f40: 76 06
 full:
-    mov edi, dword ptr [p_cap]               # 07f19: 8b 3d f0 7d 00 00
+    mov edi, dword ptr [p_cap]               # 07f42: 8b 3d f0 7d 00 00
+credited:
+    mov esi, 0x400                           # 07f48: be 00 04 00 00
 budget:
-    cmp edi, 0x10000                         # 07f1f: 81 ff 00 00 01 00
-    jb idle                                  # 07f25: 72 aa
+    cmp edi, 0x10000                         # 07f4d: 81 ff 00 00 01 00
+    jb wait                                  # 07f53: 72 61
     # one page: gen, pfn, tail (F7/F8), then count it and move the cursor
-    add dword ptr [esi], 0x1                 # 07f27: 83 06 01
-    mov eax, esi                             # 07f2a: 89 f0
-    shr eax, 0xc                             # 07f2c: c1 e8 0c
-    mov dword ptr [esi+4], eax               # 07f2f: 89 46 04
-    add dword ptr [esi+4092], 0x1            # 07f32: 83 86 fc 0f 00 00 01
-    add dword ptr [0x6010], 0x1              # 07f39: 83 05 10 60 00 00 01
-    adc dword ptr [0x6014], 0x0              # 07f40: 83 15 14 60 00 00 00
-    sub edi, 0x10000                         # 07f47: 81 ef 00 00 01 00
-    add esi, 0x1000                          # 07f4d: 81 c6 00 10 00 00
-    cmp esi, dword ptr [p_sweep_end]         # 07f53: 3b 35 e8 7d 00 00
-    jb publish                               # 07f59: 72 12
-    mov al, bl                               # 07f5b: 88 d8  sweep done: 'a'+(gen&15) (F7)
-    and al, 0xf                              # 07f5d: 24 0f
-    add al, 0x61                             # 07f5f: 04 61
-    mov dx, 0x3f8                            # 07f61: 66 ba f8 03
-    out dx, al                               # 07f65: ee
-    inc ebx                                  # 07f66: 43
-    mov esi, dword ptr [p_start]             # 07f67: 8b 35 e0 7d 00 00
+    add dword ptr [ebx], 0x1                 # 07f55: 83 03 01
+    mov eax, ebx                             # 07f58: 89 d8
+    shr eax, 0xc                             # 07f5a: c1 e8 0c
+    mov dword ptr [ebx+4], eax               # 07f5d: 89 43 04
+    add dword ptr [ebx+4092], 0x1            # 07f60: 83 83 fc 0f 00 00 01
+    add dword ptr [0x6010], 0x1              # 07f67: 83 05 10 60 00 00 01
+    adc dword ptr [0x6014], 0x0              # 07f6e: 83 15 14 60 00 00 00
+    sub edi, 0x10000                         # 07f75: 81 ef 00 00 01 00
+    add ebx, 0x1000                          # 07f7b: 81 c3 00 10 00 00
+    cmp ebx, dword ptr [p_sweep_end]         # 07f81: 3b 1d e8 7d 00 00
+    jb publish                               # 07f87: 72 12
+    mov al, cl                               # 07f89: 88 c8  sweep done: 'a'+(gen&15) (F7)
+    and al, 0xf                              # 07f8b: 24 0f
+    add al, 0x61                             # 07f8d: 04 61
+    mov dx, 0x3f8                            # 07f8f: 66 ba f8 03
+    out dx, al                               # 07f93: ee
+    inc ecx                                  # 07f94: 41
+    mov ebx, dword ptr [p_start]             # 07f95: 8b 1d e0 7d 00 00
 publish:
-    movd mm0, esi                            # 07f6d: 0f 6e c6
-    movd mm1, ebx                            # 07f70: 0f 6e cb
-    punpckldq mm0, mm1                       # 07f73: 0f 62 c1
-    movq qword ptr [0x6008], mm0             # 07f76: 0f 7f 05 08 60 00 00
-    mov eax, dword ptr [0x6004]              # 07f7d: a1 04 60 00 00
-    cmp eax, ecx                             # 07f82: 39 c8
-    jne refill                               # 07f84: 0f 85 55 ff ff ff
-    jmp budget                               # 07f8a: eb 93
+    mov eax, dword ptr [0x6008]              # 07f9b: a1 08 60 00 00
+    mov edx, dword ptr [0x600c]              # 07fa0: 8b 15 0c 60 00 00
+    cmpxchg8b qword ptr [0x6008]             # 07fa6: 0f c7 0d 08 60 00 00
+    dec esi                                  # 07fad: 4e
+    jz refill                                # 07fae: 0f 84 1c ff ff ff  flat out: read the clock now and then
+    jmp budget                               # 07fb4: eb 97
+wait:
+    sti                                      # 07fb6: fb  the tick can only come inside the hlt (sti's shadow)
+    hlt                                      # 07fb7: f4
+    cli                                      # 07fb8: fa
+    jmp refill                               # 07fb9: e9 12 ff ff ff
 isr_timer:
-    push eax                                 # 07f8c: 50
-    inc dword ptr [0x6004]                   # 07f8d: ff 05 04 60 00 00
-    dec dword ptr [0x6018]                   # 07f93: ff 0d 18 60 00 00
-    jnz eoi                                  # 07f99: 75 13
-    mov dword ptr [0x6018], 0x3e8            # 07f9b: c7 05 18 60 00 00 e8 03 00 00
-    push edx                                 # 07fa5: 52
-    mov dx, 0x3f8                            # 07fa6: 66 ba f8 03
-    mov al, 0x2e                             # 07faa: b0 2e  '.': 1000 more ticks
-    out dx, al                               # 07fac: ee
-    pop edx                                  # 07fad: 5a
-eoi:
-    mov al, 0x20                             # 07fae: b0 20  non-specific EOI to the master 8259
-    out 0x20, al                             # 07fb0: e6 20
-    pop eax                                  # 07fb2: 58
-    iretd                                    # 07fb3: cf
+    mov al, 0x20                             # 07fbe: b0 20  non-specific EOI to the master 8259
+    out 0x20, al                             # 07fc0: e6 20
 isr_ignore:
-    iretd                                    # 07fb4: cf  masked or spurious IRQ (IRQ7): no EOI
+    add esp, 0xc                             # 07fc2: 83 c4 0c  drop the frame: it ended the hlt in wait
+    jmp refill                               # 07fc5: e9 06 ff ff ff  IF = 0 again (interrupt gate)
 isr_fault:
-    mov dx, 0x3f8                            # 07fb5: 66 ba f8 03
-    mov al, 0x21                             # 07fb9: b0 21  '!': a CPU exception, the guest stops
-    out dx, al                               # 07fbb: ee
+    mov dx, 0x3f8                            # 07fca: 66 ba f8 03
+    mov al, 0x21                             # 07fce: b0 21  '!': a CPU exception, the guest stops
+    out dx, al                               # 07fd0: ee
 fault_halt:
-    cli                                      # 07fbc: fa
-    hlt                                      # 07fbd: f4
-    jmp fault_halt                           # 07fbe: eb fc
-    .p2align 3, 0                            # 07fc0: 0 zeros
+    cli                                      # 07fd1: fa
+    hlt                                      # 07fd2: f4
+    jmp fault_halt                           # 07fd3: eb fc
+    .p2align 3, 0                            # 07fd5: 3 zeros
 idt:
-    .word isr_fault                          # 07fc0: b5 7f  vector 0x00
-    .word 0x8                                # 07fc2: 08 00
-    .byte 0x0                                # 07fc4: 00
-    .byte 0x8e                               # 07fc5: 8e  32-bit interrupt gate, present
-    .word 0x0                                # 07fc6: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 07fc8: b5 7f  vector 0x01
-    .word 0x8                                # 07fca: 08 00
-    .byte 0x0                                # 07fcc: 00
-    .byte 0x8e                               # 07fcd: 8e  32-bit interrupt gate, present
-    .word 0x0                                # 07fce: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 07fd0: b5 7f  vector 0x02
-    .word 0x8                                # 07fd2: 08 00
-    .byte 0x0                                # 07fd4: 00
-    .byte 0x8e                               # 07fd5: 8e  32-bit interrupt gate, present
-    .word 0x0                                # 07fd6: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 07fd8: b5 7f  vector 0x03
+    .word isr_fault                          # 07fd8: ca 7f  vector 0x00
     .word 0x8                                # 07fda: 08 00
     .byte 0x0                                # 07fdc: 00
     .byte 0x8e                               # 07fdd: 8e  32-bit interrupt gate, present
     .word 0x0                                # 07fde: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 07fe0: b5 7f  vector 0x04
+    .word isr_fault                          # 07fe0: ca 7f  vector 0x01
     .word 0x8                                # 07fe2: 08 00
     .byte 0x0                                # 07fe4: 00
     .byte 0x8e                               # 07fe5: 8e  32-bit interrupt gate, present
     .word 0x0                                # 07fe6: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 07fe8: b5 7f  vector 0x05
+    .word isr_fault                          # 07fe8: ca 7f  vector 0x02
     .word 0x8                                # 07fea: 08 00
     .byte 0x0                                # 07fec: 00
     .byte 0x8e                               # 07fed: 8e  32-bit interrupt gate, present
     .word 0x0                                # 07fee: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 07ff0: b5 7f  vector 0x06
+    .word isr_fault                          # 07ff0: ca 7f  vector 0x03
     .word 0x8                                # 07ff2: 08 00
     .byte 0x0                                # 07ff4: 00
     .byte 0x8e                               # 07ff5: 8e  32-bit interrupt gate, present
     .word 0x0                                # 07ff6: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 07ff8: b5 7f  vector 0x07
+    .word isr_fault                          # 07ff8: ca 7f  vector 0x04
     .word 0x8                                # 07ffa: 08 00
     .byte 0x0                                # 07ffc: 00
     .byte 0x8e                               # 07ffd: 8e  32-bit interrupt gate, present
     .word 0x0                                # 07ffe: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08000: b5 7f  vector 0x08
+    .word isr_fault                          # 08000: ca 7f  vector 0x05
     .word 0x8                                # 08002: 08 00
     .byte 0x0                                # 08004: 00
     .byte 0x8e                               # 08005: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08006: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08008: b5 7f  vector 0x09
+    .word isr_fault                          # 08008: ca 7f  vector 0x06
     .word 0x8                                # 0800a: 08 00
     .byte 0x0                                # 0800c: 00
     .byte 0x8e                               # 0800d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0800e: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08010: b5 7f  vector 0x0a
+    .word isr_fault                          # 08010: ca 7f  vector 0x07
     .word 0x8                                # 08012: 08 00
     .byte 0x0                                # 08014: 00
     .byte 0x8e                               # 08015: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08016: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08018: b5 7f  vector 0x0b
+    .word isr_fault                          # 08018: ca 7f  vector 0x08
     .word 0x8                                # 0801a: 08 00
     .byte 0x0                                # 0801c: 00
     .byte 0x8e                               # 0801d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0801e: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08020: b5 7f  vector 0x0c
+    .word isr_fault                          # 08020: ca 7f  vector 0x09
     .word 0x8                                # 08022: 08 00
     .byte 0x0                                # 08024: 00
     .byte 0x8e                               # 08025: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08026: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08028: b5 7f  vector 0x0d
+    .word isr_fault                          # 08028: ca 7f  vector 0x0a
     .word 0x8                                # 0802a: 08 00
     .byte 0x0                                # 0802c: 00
     .byte 0x8e                               # 0802d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0802e: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08030: b5 7f  vector 0x0e
+    .word isr_fault                          # 08030: ca 7f  vector 0x0b
     .word 0x8                                # 08032: 08 00
     .byte 0x0                                # 08034: 00
     .byte 0x8e                               # 08035: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08036: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08038: b5 7f  vector 0x0f
+    .word isr_fault                          # 08038: ca 7f  vector 0x0c
     .word 0x8                                # 0803a: 08 00
     .byte 0x0                                # 0803c: 00
     .byte 0x8e                               # 0803d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0803e: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08040: b5 7f  vector 0x10
+    .word isr_fault                          # 08040: ca 7f  vector 0x0d
     .word 0x8                                # 08042: 08 00
     .byte 0x0                                # 08044: 00
     .byte 0x8e                               # 08045: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08046: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08048: b5 7f  vector 0x11
+    .word isr_fault                          # 08048: ca 7f  vector 0x0e
     .word 0x8                                # 0804a: 08 00
     .byte 0x0                                # 0804c: 00
     .byte 0x8e                               # 0804d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0804e: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08050: b5 7f  vector 0x12
+    .word isr_fault                          # 08050: ca 7f  vector 0x0f
     .word 0x8                                # 08052: 08 00
     .byte 0x0                                # 08054: 00
     .byte 0x8e                               # 08055: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08056: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08058: b5 7f  vector 0x13
+    .word isr_fault                          # 08058: ca 7f  vector 0x10
     .word 0x8                                # 0805a: 08 00
     .byte 0x0                                # 0805c: 00
     .byte 0x8e                               # 0805d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0805e: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08060: b5 7f  vector 0x14
+    .word isr_fault                          # 08060: ca 7f  vector 0x11
     .word 0x8                                # 08062: 08 00
     .byte 0x0                                # 08064: 00
     .byte 0x8e                               # 08065: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08066: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08068: b5 7f  vector 0x15
+    .word isr_fault                          # 08068: ca 7f  vector 0x12
     .word 0x8                                # 0806a: 08 00
     .byte 0x0                                # 0806c: 00
     .byte 0x8e                               # 0806d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0806e: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08070: b5 7f  vector 0x16
+    .word isr_fault                          # 08070: ca 7f  vector 0x13
     .word 0x8                                # 08072: 08 00
     .byte 0x0                                # 08074: 00
     .byte 0x8e                               # 08075: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08076: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08078: b5 7f  vector 0x17
+    .word isr_fault                          # 08078: ca 7f  vector 0x14
     .word 0x8                                # 0807a: 08 00
     .byte 0x0                                # 0807c: 00
     .byte 0x8e                               # 0807d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0807e: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08080: b5 7f  vector 0x18
+    .word isr_fault                          # 08080: ca 7f  vector 0x15
     .word 0x8                                # 08082: 08 00
     .byte 0x0                                # 08084: 00
     .byte 0x8e                               # 08085: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08086: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08088: b5 7f  vector 0x19
+    .word isr_fault                          # 08088: ca 7f  vector 0x16
     .word 0x8                                # 0808a: 08 00
     .byte 0x0                                # 0808c: 00
     .byte 0x8e                               # 0808d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0808e: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08090: b5 7f  vector 0x1a
+    .word isr_fault                          # 08090: ca 7f  vector 0x17
     .word 0x8                                # 08092: 08 00
     .byte 0x0                                # 08094: 00
     .byte 0x8e                               # 08095: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08096: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 08098: b5 7f  vector 0x1b
+    .word isr_fault                          # 08098: ca 7f  vector 0x18
     .word 0x8                                # 0809a: 08 00
     .byte 0x0                                # 0809c: 00
     .byte 0x8e                               # 0809d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0809e: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 080a0: b5 7f  vector 0x1c
+    .word isr_fault                          # 080a0: ca 7f  vector 0x19
     .word 0x8                                # 080a2: 08 00
     .byte 0x0                                # 080a4: 00
     .byte 0x8e                               # 080a5: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080a6: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 080a8: b5 7f  vector 0x1d
+    .word isr_fault                          # 080a8: ca 7f  vector 0x1a
     .word 0x8                                # 080aa: 08 00
     .byte 0x0                                # 080ac: 00
     .byte 0x8e                               # 080ad: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080ae: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 080b0: b5 7f  vector 0x1e
+    .word isr_fault                          # 080b0: ca 7f  vector 0x1b
     .word 0x8                                # 080b2: 08 00
     .byte 0x0                                # 080b4: 00
     .byte 0x8e                               # 080b5: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080b6: 00 00  handlers are below 64 KiB
-    .word isr_fault                          # 080b8: b5 7f  vector 0x1f
+    .word isr_fault                          # 080b8: ca 7f  vector 0x1c
     .word 0x8                                # 080ba: 08 00
     .byte 0x0                                # 080bc: 00
     .byte 0x8e                               # 080bd: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080be: 00 00  handlers are below 64 KiB
-    .word isr_timer                          # 080c0: 8c 7f  vector 0x20
+    .word isr_fault                          # 080c0: ca 7f  vector 0x1d
     .word 0x8                                # 080c2: 08 00
     .byte 0x0                                # 080c4: 00
     .byte 0x8e                               # 080c5: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080c6: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 080c8: b4 7f  vector 0x21
+    .word isr_fault                          # 080c8: ca 7f  vector 0x1e
     .word 0x8                                # 080ca: 08 00
     .byte 0x0                                # 080cc: 00
     .byte 0x8e                               # 080cd: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080ce: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 080d0: b4 7f  vector 0x22
+    .word isr_fault                          # 080d0: ca 7f  vector 0x1f
     .word 0x8                                # 080d2: 08 00
     .byte 0x0                                # 080d4: 00
     .byte 0x8e                               # 080d5: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080d6: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 080d8: b4 7f  vector 0x23
+    .word isr_timer                          # 080d8: be 7f  vector 0x20
     .word 0x8                                # 080da: 08 00
     .byte 0x0                                # 080dc: 00
     .byte 0x8e                               # 080dd: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080de: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 080e0: b4 7f  vector 0x24
+    .word isr_ignore                         # 080e0: c2 7f  vector 0x21
     .word 0x8                                # 080e2: 08 00
     .byte 0x0                                # 080e4: 00
     .byte 0x8e                               # 080e5: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080e6: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 080e8: b4 7f  vector 0x25
+    .word isr_ignore                         # 080e8: c2 7f  vector 0x22
     .word 0x8                                # 080ea: 08 00
     .byte 0x0                                # 080ec: 00
     .byte 0x8e                               # 080ed: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080ee: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 080f0: b4 7f  vector 0x26
+    .word isr_ignore                         # 080f0: c2 7f  vector 0x23
     .word 0x8                                # 080f2: 08 00
     .byte 0x0                                # 080f4: 00
     .byte 0x8e                               # 080f5: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080f6: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 080f8: b4 7f  vector 0x27
+    .word isr_ignore                         # 080f8: c2 7f  vector 0x24
     .word 0x8                                # 080fa: 08 00
     .byte 0x0                                # 080fc: 00
     .byte 0x8e                               # 080fd: 8e  32-bit interrupt gate, present
     .word 0x0                                # 080fe: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 08100: b4 7f  vector 0x28
+    .word isr_ignore                         # 08100: c2 7f  vector 0x25
     .word 0x8                                # 08102: 08 00
     .byte 0x0                                # 08104: 00
     .byte 0x8e                               # 08105: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08106: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 08108: b4 7f  vector 0x29
+    .word isr_ignore                         # 08108: c2 7f  vector 0x26
     .word 0x8                                # 0810a: 08 00
     .byte 0x0                                # 0810c: 00
     .byte 0x8e                               # 0810d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0810e: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 08110: b4 7f  vector 0x2a
+    .word isr_ignore                         # 08110: c2 7f  vector 0x27
     .word 0x8                                # 08112: 08 00
     .byte 0x0                                # 08114: 00
     .byte 0x8e                               # 08115: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08116: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 08118: b4 7f  vector 0x2b
+    .word isr_ignore                         # 08118: c2 7f  vector 0x28
     .word 0x8                                # 0811a: 08 00
     .byte 0x0                                # 0811c: 00
     .byte 0x8e                               # 0811d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0811e: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 08120: b4 7f  vector 0x2c
+    .word isr_ignore                         # 08120: c2 7f  vector 0x29
     .word 0x8                                # 08122: 08 00
     .byte 0x0                                # 08124: 00
     .byte 0x8e                               # 08125: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08126: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 08128: b4 7f  vector 0x2d
+    .word isr_ignore                         # 08128: c2 7f  vector 0x2a
     .word 0x8                                # 0812a: 08 00
     .byte 0x0                                # 0812c: 00
     .byte 0x8e                               # 0812d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0812e: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 08130: b4 7f  vector 0x2e
+    .word isr_ignore                         # 08130: c2 7f  vector 0x2b
     .word 0x8                                # 08132: 08 00
     .byte 0x0                                # 08134: 00
     .byte 0x8e                               # 08135: 8e  32-bit interrupt gate, present
     .word 0x0                                # 08136: 00 00  handlers are below 64 KiB
-    .word isr_ignore                         # 08138: b4 7f  vector 0x2f
+    .word isr_ignore                         # 08138: c2 7f  vector 0x2c
     .word 0x8                                # 0813a: 08 00
     .byte 0x0                                # 0813c: 00
     .byte 0x8e                               # 0813d: 8e  32-bit interrupt gate, present
     .word 0x0                                # 0813e: 00 00  handlers are below 64 KiB
+    .word isr_ignore                         # 08140: c2 7f  vector 0x2d
+    .word 0x8                                # 08142: 08 00
+    .byte 0x0                                # 08144: 00
+    .byte 0x8e                               # 08145: 8e  32-bit interrupt gate, present
+    .word 0x0                                # 08146: 00 00  handlers are below 64 KiB
+    .word isr_ignore                         # 08148: c2 7f  vector 0x2e
+    .word 0x8                                # 0814a: 08 00
+    .byte 0x0                                # 0814c: 00
+    .byte 0x8e                               # 0814d: 8e  32-bit interrupt gate, present
+    .word 0x0                                # 0814e: 00 00  handlers are below 64 KiB
+    .word isr_ignore                         # 08150: c2 7f  vector 0x2f
+    .word 0x8                                # 08152: 08 00
+    .byte 0x0                                # 08154: 00
+    .byte 0x8e                               # 08155: 8e  32-bit interrupt gate, present
+    .word 0x0                                # 08156: 00 00  handlers are below 64 KiB
 idtr:
-    .word 0x17f                              # 08140: 7f 01
-    .long idt                                # 08142: c0 7f 00 00
+    .word 0x17f                              # 08158: 7f 01
+    .long idt                                # 0815a: d8 7f 00 00
