@@ -1,8 +1,8 @@
 """The real guest's heartbeat: its counters, read from guest memory over QMP.
 
-Strategy: the guest keeps HEARTBEAT_SIZE bytes at HEARTBEAT_GPA (image.py): magic, PIT
-ticks, (cursor, gen) -- published together by one 8-byte store -- and a u64 count of
-pages written.  `read_heartbeat` asks QEMU for them with the HMP command `xp /8wx GPA`
+Strategy: the guest keeps HEARTBEAT_SIZE bytes at HEARTBEAT_GPA (image.py): magic,
+ticks (ms of its PM timer), (cursor, gen) -- published together by one 8-byte store --
+and a u64 count of pages written.  `read_heartbeat` asks QEMU for them with the HMP command `xp /8wx GPA`
 through `human-monitor-command` (no file, a few ms, works while the guest runs) and
 parses the text strictly: the reply is bounded, every line must carry the expected
 address and words, anything else is a ValueError naming what is wrong.  A running
@@ -43,7 +43,8 @@ class _Monitor(Protocol):
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """The guest's counters: PIT ticks (~1 kHz), sweep generation, next page's GPA."""
+    """The guest's counters: ticks (ms of its ACPI PM timer), sweep generation, next
+    page's GPA (cursor) and pages written since the loop started."""
 
     ticks: int
     gen: int
