@@ -92,6 +92,18 @@ def _corrupted(sc: dict[str, Any]) -> None:
     assert sc["faults"][0]["detail"]["detail"]["page"].startswith("pc.ram@")
 
 
+def _to_harness(sc: dict[str, Any]) -> None:
+    assert sc["source"]["facts"]["machine"] == "pc-i440fx-7.2"
+    assert sc["destination"]["kind"] == "harness"
+    [layout] = [t["data"] for t in sc["timeline"] if t["name"] == "machine-layout"]
+    assert layout["machine"] == "pc-i440fx-7.2" and layout["devices"] >= 30
+    assert layout["blocks"][0] == "pc.ram" and len(layout["blocks"]) == 6
+    requests = sc["stats"]["ram"]["postcopy-requests"]
+    assert requests > 0 and requests == sc["destination-stats"]["x-postcopy"]["requests"]
+    [identical] = [i for i in sc["invariants"] if i["name"] == "memory-identical"]
+    assert identical["ok"]
+
+
 FACTS = {
     "qemu-pc-precopy": _precopy("pc-i440fx-7.2"), "qemu-q35-precopy": _precopy("pc-q35-7.2"),
     "qemu-pc-postcopy": _postcopy("pc-i440fx-7.2"),
@@ -99,6 +111,7 @@ FACTS = {
     "qemu-pc-kill-destination-pass": _killed,
     "qemu-pc-postcopy-reset-return-path-recover": _recovered,
     "qemu-pc-corrupt-page": _corrupted,
+    "qemu-pc-to-harness-postcopy": _to_harness,
 }
 POSTCOPY = {"qemu-pc-postcopy", "qemu-q35-postcopy", "qemu-pc-postcopy-reset-return-path-recover"}
 
