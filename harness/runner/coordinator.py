@@ -650,9 +650,11 @@ class Coordinator:
             return out
         if not peer.alive():
             out.exit_code = peer.exit_code()
-            out.status = self.status[peer.role]
+            tail = peer.stderr_tail(5)
+            out.status = dead_peer_status(isinstance(peer, QemuPeer), peer.role,
+                                          self.status[peer.role], out.exit_code, tail)
             out.error = f"the {peer.role} exited with status {out.exit_code}: " + \
-                peer.stderr_tail(5).replace("\n", " / ")
+                tail.replace("\n", " / ")
             return out
         if peer.role in self.frozen:  # it cannot answer; what it said last is what it is
             out.status, out.frozen = self.status[peer.role], True
@@ -764,6 +766,23 @@ class Coordinator:
     def elapsed(self) -> float:
         """Seconds since `migrate` was issued."""
         return time.monotonic() - getattr(self, "migrate_started", self.t0)
+
+
+LOAD_FAILED = "load of migration failed: "
+
+
+def dead_peer_status(qemu: bool, role: str, last: str | None, code: int | None,
+                     stderr_tail: str) -> str | None:
+    """The final status of a peer that exited: what it said last, except for a QEMU 7.2
+    destination whose load failed.  That one sets `failed` and exits(1) at once
+    (migration/migration.c, process_incoming_migration_co), so the MIGRATION event is
+    never flushed to QMP and `query-migrate` cannot be asked: its stderr's last
+    "load of migration failed: ..." line is the `failed` it reached."""
+    if qemu and role == "destination" and code == 1 and last in ("setup", "active") \
+            and any(line.split(": ", 1)[-1].startswith(LOAD_FAILED)
+                    for line in stderr_tail.splitlines()):
+        return "failed"
+    return last
 
 
 def _expectations(sc: Scenario) -> Expectations:
