@@ -67,6 +67,10 @@ class OneRunner:
 
 
 def _runs_at_end(evidence: Evidence, role: str) -> bool:
+    """Its runstate is running -- for a real guest, its heartbeat advanced at the end
+    (runner/real_guest.py), after a destination held with -S was continued."""
     outcome = getattr(evidence, role)
+    if outcome.heartbeat is not None:
+        return bool(outcome.heartbeat.get("advanced")) and role not in evidence.frozen
     return outcome.runstate == RUNNING and outcome.exit_code is None and \
         role not in evidence.frozen

@@ -104,6 +104,25 @@ def _to_harness(sc: dict[str, Any]) -> None:
     assert identical["ok"]
 
 
+def _device_section_refused(sc: dict[str, Any]) -> None:
+    """The destination QEMU refused the corrupted device section, in QEMU's words."""
+    assert sc["faults"][0]["detail"]["frame"] == "SECTION_FULL"
+    assert "'0000:00:01.3/piix4_pm'" in sc["destination"]["error"]
+    assert "load of migration failed" in sc["destination"]["error"]
+    assert sc["destination"]["exit-code"] == 1
+
+
+def _lost(sc: dict[str, Any]) -> None:
+    _device_section_refused(sc)
+    assert sc["source"]["status"] == "completed" and sc["source"]["runstate"] == "postmigrate"
+    assert not sc["source"]["heartbeat"]["advanced"]
+
+
+def _kept(sc: dict[str, Any]) -> None:
+    _device_section_refused(sc)
+    _runs_on(sc, "source")
+
+
 FACTS = {
     "qemu-pc-precopy": _precopy("pc-i440fx-7.2"), "qemu-q35-precopy": _precopy("pc-q35-7.2"),
     "qemu-pc-postcopy": _postcopy("pc-i440fx-7.2"),
@@ -112,6 +131,8 @@ FACTS = {
     "qemu-pc-postcopy-reset-return-path-recover": _recovered,
     "qemu-pc-corrupt-page": _corrupted,
     "qemu-pc-to-harness-postcopy": _to_harness,
+    "qemu-pc-corrupt-device-section": _lost,
+    "qemu-pc-corrupt-device-section-return-path": _kept,
 }
 POSTCOPY = {"qemu-pc-postcopy", "qemu-q35-postcopy", "qemu-pc-postcopy-reset-return-path-recover"}
 
