@@ -168,7 +168,9 @@ class Coordinator:
             self._log.flush()
 
     def record_fault(self, step: str, kind: str, target: str, detail: dict[str, Any]) -> None:
-        self.result.faults.append(FaultRecord(step, kind, target, self.elapsed(), detail))
+        # on the run's clock, as the timeline (the reports show it since migrate)
+        self.result.faults.append(FaultRecord(step, kind, target,
+                                              time.monotonic() - self.t0, detail))
         self.note("runner", "fault", {"step": step, "kind": kind, "target": target, **detail})
         if self.steps is not None:
             self.steps.fault_acted(step, detail)
@@ -507,7 +509,7 @@ class Coordinator:
             label = self.steps.label_of(step)
             self.result.faults.append(FaultRecord(label, str(data.get("kind")),
                                                   f"proxy {data.get('channel', 'main')}",
-                                                  self.elapsed(), dict(data)))
+                                                  time.monotonic() - self.t0, dict(data)))
             self.steps.fault_acted(label, {})
 
     # ------------------------------------------------------------------ timers, faults
