@@ -14,6 +14,7 @@ from __future__ import annotations
 from harness.runner.result import InvariantResult, TimelineEntry
 
 from .base import Evidence
+from .runs_on import runs
 
 RUNNING = "running"
 
@@ -71,6 +72,6 @@ def _runs_at_end(evidence: Evidence, role: str) -> bool:
     (runner/real_guest.py), after a destination held with -S was continued."""
     outcome = getattr(evidence, role)
     if outcome.heartbeat is not None:
-        return bool(outcome.heartbeat.get("advanced")) and role not in evidence.frozen
+        return runs(outcome) and role not in evidence.frozen
     return outcome.runstate == RUNNING and outcome.exit_code is None and \
         role not in evidence.frozen

@@ -13,9 +13,20 @@ from harness.runner.result import InvariantResult, PeerOutcome
 from .base import Evidence
 
 
-def _runs(outcome: PeerOutcome) -> bool:
+def blocked(outcome: PeerOutcome) -> bool:
+    """A real guest QEMU runs that cannot make progress: its vCPU waits for pages a
+    postcopy that is paused cannot bring (runstate running, heartbeat still)."""
+    beat = outcome.heartbeat
+    return beat is not None and not beat.get("advanced") and \
+        outcome.runstate == "running" and outcome.status == "postcopy-paused"
+
+
+def runs(outcome: PeerOutcome) -> bool:
+    """Where the guest is: a harness guest by its runstate; a real guest where its
+    heartbeat advanced, or where it is blocked in a paused postcopy (it has no other
+    place: the source gave it up at the switchover)."""
     if outcome.heartbeat is not None:
-        return bool(outcome.heartbeat.get("advanced"))
+        return bool(outcome.heartbeat.get("advanced")) or blocked(outcome)
     return outcome.runstate == "running"
 
 
@@ -26,7 +37,8 @@ def _how(outcome: PeerOutcome) -> str:
     if not beat.get("readable", True):
         return f"{outcome.runstate}, heartbeat unreadable"
     ticks = beat["after"]["ticks"] - beat["before"]["ticks"]
-    return f"{outcome.runstate}, heartbeat +{ticks} ticks in {beat['window']:g} s"
+    stuck = ", blocked waiting for pages" if blocked(outcome) else ""
+    return f"{outcome.runstate}, heartbeat +{ticks} ticks in {beat['window']:g} s{stuck}"
 
 
 class GuestRunsOn:
@@ -36,7 +48,7 @@ class GuestRunsOn:
         return evidence.expect.guest_runs_on is not None
 
     def check(self, evidence: Evidence) -> InvariantResult:
-        src, dst = _runs(evidence.source), _runs(evidence.destination)
+        src, dst = runs(evidence.source), runs(evidence.destination)
         states = f"(source {_how(evidence.source)}, destination {_how(evidence.destination)})"
         if src and dst:
             return InvariantResult(self.name, False,
