@@ -132,6 +132,10 @@ def run(
     html_path: Annotated[Path | None, typer.Option(
         "--html", metavar="FILE", help="Write a self-contained HTML report with plots.")
                          ] = None,
+    timeout: Annotated[str | None, typer.Option(
+        "--timeout", metavar="DURATION",
+        help="Override every scenario's timeout (e.g. 20s): the deadline at which a run "
+             "that has not settled is reported with where each peer was stuck.")] = None,
     peers: Annotated[str | None, typer.Option(
         "--peers", metavar="qemu|source=qemu|destination=qemu",
         help="Run the scenarios with a real QEMU on both sides (qemu) or one: on the "
@@ -158,14 +162,22 @@ def run(
             raise _fail(2, f"harness run: {option} {path}: no such directory "
                            f"{path.resolve().parent}")
     from .scenario.qemu_peers import parse_peers
+    from .scenario.units import parse_duration
 
     try:
         sides = parse_peers(peers) if peers is not None else frozenset()
     except ValueError as err:
         raise _fail(2, f"harness run: {err}")
     try:
+        deadline = parse_duration(timeout) if timeout is not None else None
+    except ValueError as err:
+        raise _fail(2, f"harness run: --timeout: {err}")
+    if deadline is not None and deadline <= 0:
+        raise _fail(2, f"harness run: --timeout {timeout}: expected a duration above 0")
+    try:
         results = run_files(scenarios, json_path=json_path, junit_path=junit_path, seed=seed,
-                            record=record, repeat=repeat, html_path=html_path, peers=sides)
+                            record=record, repeat=repeat, html_path=html_path, peers=sides,
+                            timeout=deadline)
     except ScenarioError as err:
         raise _fail(2, f"harness run: {err}")
     except RunInterrupted as err:  # SIGINT/SIGTERM/SIGHUP: reports written, peers reaped

@@ -126,11 +126,15 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
               junit_path: str | Path | None = None, seed: int | None = None,
               console: Console | None = None, record: bool = False,
               repeat: int = 1, html_path: str | Path | None = None,
-              peers: frozenset[str] = frozenset()) -> list[ScenarioResult]:
+              peers: frozenset[str] = frozenset(),
+              timeout: float | None = None) -> list[ScenarioResult]:
     """Run every scenario of the given files; raises ScenarioError for a bad file and
     RunInterrupted (after writing the reports) when a signal ended the run.  `peers`
-    (`--peers`): the sides that run a real QEMU instead (harness/scenario/qemu_peers.py)."""
+    (`--peers`): the sides that run a real QEMU instead (harness/scenario/qemu_peers.py);
+    `timeout` (`--timeout`): every scenario's deadline instead of its own."""
     scenarios = load_scenarios(paths)
+    if timeout is not None:  # --timeout: every scenario's deadline
+        scenarios = [sc.model_copy(update={"timeout": timeout}) for sc in scenarios]
     adapted = {id(sc): with_qemu_peers(sc, peers) for sc in scenarios} if peers else {}
     named = {Path(p).resolve() for p in paths if not Path(p).is_dir()}
     out = console or report_console()

@@ -62,3 +62,21 @@ def test_help_documents_every_exit_status():
                           env={**os.environ, "COLUMNS": "200"})
     for code in ("0:", "1:", "2:", "3:"):
         assert code in proc.stdout, proc.stdout
+
+
+def test_timeout_overrides_every_scenarios_deadline(tmp_path):
+    """`--timeout` replaces the file's 60 s: a run that cannot settle that fast is an
+    `error` naming the new deadline; a bad value is refused (2)."""
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(FAILS.replace("expect: {source: cancelled}",
+                                  "parameters: {max-bandwidth: 1MiB}\nexpect: {source: completed}"))
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(slow), "--timeout", "1.5s",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, check=False, env={**os.environ, "HARNESS_WORKDIR": str(tmp_path)})
+    [sc] = json.loads(out.read_text())["scenarios"]
+    assert proc.returncode == 3 and sc["verdict"] == "error", proc.stdout + proc.stderr
+    assert "did not finish within 1.5 s" in sc["reason"]
+    bad = subprocess.run([sys.executable, "-m", "harness", "run", str(slow), "--timeout", "-1s"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    assert bad.returncode == 2 and "--timeout" in bad.stderr
