@@ -31,28 +31,32 @@ class MemoryIdentical:
         if src is None or dst is None:
             missing = "source" if src is None else "destination"
             return InvariantResult(self.name, False, f"no page digests from the {missing}")
-        if sorted(src) != sorted(dst):
-            return InvariantResult(self.name, False,
-                                   f"RAM blocks differ: source {list(src)}, destination {list(dst)}")
-        problems = []
-        pages = 0
-        for name, a in src.items():
-            b = dst[name]
-            pages += a.size
-            if a.size != b.size:
-                problems.append(f"{name}: {a.size} pages on the source, {b.size} on the destination")
-                continue
-            bad = np.flatnonzero(a != b)
-            if bad.size:
-                first = ", ".join(f"0x{int(p) * 4096:x}" for p in bad[:5])
-                problems.append(f"{name}: {bad.size} pages differ (first at {first})")
+        problems = differing_pages(src, dst)
         corrupt = {k: v for k, v in (evidence.source_mismatched or {}).items() if v}
         if corrupt:
             problems.append(f"the source's own pages differ from what its guest wrote: {corrupt}")
         if problems:
             return InvariantResult(self.name, False, "; ".join(problems))
+        pages = sum(a.size for a in src.values())
         return InvariantResult(self.name, True, f"all {pages} pages equal" +
                                _reference_note(evidence))
+
+
+def differing_pages(src: dict[str, np.ndarray], dst: dict[str, np.ndarray]) -> list[str]:
+    """What differs between two sides' per-page digests, block by block (first pages named)."""
+    if sorted(src) != sorted(dst):
+        return [f"RAM blocks differ: source {list(src)}, destination {list(dst)}"]
+    problems = []
+    for name, a in src.items():
+        b = dst[name]
+        if a.size != b.size:
+            problems.append(f"{name}: {a.size} pages on the source, {b.size} on the destination")
+            continue
+        bad = np.flatnonzero(a != b)
+        if bad.size:
+            first = ", ".join(f"0x{int(p) * 4096:x}" for p in bad[:5])
+            problems.append(f"{name}: {bad.size} pages differ (first at {first})")
+    return problems
 
 
 def _reference_note(evidence: Evidence) -> str:
@@ -67,24 +71,10 @@ def main_block(blocks: dict[str, np.ndarray]) -> str:
     return max(blocks, key=lambda name: len(blocks[name]))
 
 
-def _differing_blocks(src: dict[str, np.ndarray], dst: dict[str, np.ndarray],
-                      skip: str) -> list[str]:
-    problems = []
-    for name in sorted(set(src) | set(dst)):
-        if name == skip:
-            continue
-        if name not in src or name not in dst:
-            problems.append(f"block {name} only on the {'source' if name in src else 'destination'}")
-        elif len(src[name]) != len(dst[name]):
-            problems.append(f"block {name}: {len(src[name])} bytes on the source, "
-                            f"{len(dst[name])} on the destination")
-        else:
-            a, b = src[name].reshape(-1, 4096), dst[name].reshape(-1, 4096)
-            bad = np.flatnonzero((a != b).any(axis=1))
-            if bad.size:
-                first = ", ".join(f"0x{int(p) * 4096:x}" for p in bad[:5])
-                problems.append(f"block {name}: {bad.size} pages differ (first at {first})")
-    return problems
+def _other_blocks(blocks: dict[str, np.ndarray], ram: str) -> dict[str, np.ndarray]:
+    from harness.guest.content import page_digests
+
+    return {name: page_digests(data) for name, data in blocks.items() if name != ram}
 
 
 class MemoryConsistent:
@@ -104,7 +94,7 @@ class MemoryConsistent:
         if ram not in dst:
             return InvariantResult(self.name, False, f"the destination has no block {ram}")
         problems = check_consistent(src[ram], dst[ram], evidence.program)
-        problems += _differing_blocks(src, dst, ram)
+        problems += differing_pages(_other_blocks(src, ram), _other_blocks(dst, ram))
         if problems:
             return InvariantResult(self.name, False, "; ".join(problems))
         pages = sum(len(v) for v in src.values()) // 4096

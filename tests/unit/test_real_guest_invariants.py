@@ -80,7 +80,7 @@ def test_consistent_passes_a_destination_ahead_and_names_a_changed_rom_page():
     assert good.ok and "unbroken wave" in good.detail
     _memory(ev, src, dst, rom=b"\x01")
     bad = _result(ev, "memory-consistent")
-    assert not bad.ok and "block pc.rom: 1 pages differ (first at 0x0)" in bad.detail
+    assert not bad.ok and "pc.rom: 1 pages differ (first at 0x0)" in bad.detail
 
 
 def test_source_intact_of_a_real_guest_is_its_wave():
