@@ -413,6 +413,9 @@ def proxy(
         "--layout", metavar="FILE", help="Frame a real machine's device sections exactly with "
         "this layout (a cached layout JSON, or a precopy stream with its VM description).")
                       ] = None,
+    record: Annotated[Path | None, typer.Option(
+        "--record", metavar="DIR", help="Keep what it delivers in DIR/stream.fwd.bin and "
+        "DIR/stream.rp.bin (new files, for harness analyze).")] = None,
 ) -> None:
     """Run the fault-injecting proxy between the peers (what `harness run` starts)."""
     from .control.curve import bind_needs_keys
@@ -425,7 +428,7 @@ def proxy(
     if bind_needs_keys(control):
         typer.echo(f"harness proxy: warning: --insecure: the control plane on {control} has "
                    f"no authentication", err=True)
-    raise typer.Exit(run_proxy(control, listen, target, seed, layout))
+    raise typer.Exit(run_proxy(control, listen, target, seed, layout, record))
 
 
 @app.command()

@@ -39,6 +39,7 @@ from .framing import MAIN, RETURN_PATH, Frame, Framing, ReturnPathFramer, Stream
 from .netfaults import FRAME_FAULTS, SHAPING_FAULTS, Armed, FrameFault, fault_flows, parse_fault
 from .outlet import HOLD_DEADLINE, Holds, Outlet
 from .pump import Pump
+from .recording import Recording
 from .stats import FLOWS, Stats
 from .triggers import parse_trigger
 
@@ -201,7 +202,7 @@ class Proxy:
 
     def __init__(self, listen: str, target: str, *, seed: int = 0, emit: Emit | None = None,
                  hold_deadline: float = HOLD_DEADLINE, layout: MachineLayout | None = None,
-                 layout_cache: Path | None = None) -> None:
+                 layout_cache: Path | None = None, record: Path | None = None) -> None:
         self.target = str(proxy_uri(target, "source"))
         self.seed = seed
         self._emit_to = emit
@@ -210,6 +211,8 @@ class Proxy:
         self.memory = StreamMemory(layout, self._learn)
         self.layout_cache = layout_cache  # None: the default cache (harness.qemu.layout)
         self.learned: list[dict[str, Any]] = []
+        #: what it delivered, kept (harness run --record with no harness peer recording)
+        self.recording = Recording(record) if record is not None else None
         self.state = ProxyState.RUNNING
         self._lock = threading.RLock()
         self._armed: dict[str, Armed] = {}
@@ -345,6 +348,8 @@ class Proxy:
             session.join(JOIN_TIMEOUT)
         self._listener.close()
         self._waker.close()
+        if self.recording is not None:
+            self.recording.close()
 
     # ------------------------------------------------------------------ for the pumps
     def firings(self, pump: Pump, framing: Framing, total_before: int, first: int, last: int

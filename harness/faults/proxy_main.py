@@ -53,11 +53,12 @@ class ProxyProcess:
     """The proxy and its control server; `run()` serves until quit or SIGTERM."""
 
     def __init__(self, control: str, listen: str, target: str, seed: int = 0,
-                 layout: MachineLayout | None = None) -> None:
+                 layout: MachineLayout | None = None, record: Path | None = None) -> None:
         self.server = ControlServer(control, role="proxy")
         self.stop = threading.Event()
         try:
-            self.proxy = Proxy(listen, target, seed=seed, emit=self.server.emit, layout=layout)
+            self.proxy = Proxy(listen, target, seed=seed, emit=self.server.emit, layout=layout,
+                               record=record)
         except BaseException:
             self.server.close()
             raise
@@ -161,12 +162,12 @@ def load_layout(path: str | Path) -> MachineLayout:
 
 
 def main(control: str, listen: str, target: str, seed: int = 0,
-         layout: str | Path | None = None) -> int:
+         layout: str | Path | None = None, record: Path | None = None) -> int:
     """Run the proxy process; 0 after quit/SIGTERM, 2 when it cannot start."""
     logging.basicConfig(level=logging.WARNING, format="harness proxy: %(message)s")
     try:
         machine = None if layout is None else load_layout(layout)
-        process = ProxyProcess(control, listen, target, seed, machine)
+        process = ProxyProcess(control, listen, target, seed, machine, record)
     except (ValueError, OSError, ControlError) as err:
         log.error("cannot start: %s", err)
         return 2

@@ -210,7 +210,7 @@ class Pump:
             if not edit.done:
                 edit.done = True
                 if edit.data:
-                    self.outlet.deliver(edit.data)
+                    self._send(edit.data)
             pos = max(pos, min(edit.end, to))  # the bytes it replaces are skipped
             if edit.end > to:
                 break  # the edit goes on beyond `to`
@@ -224,4 +224,10 @@ class Pump:
 
     def _deliver(self, start: int, end: int) -> None:
         with self.framer.view(start, end) as view:
-            self.outlet.deliver(view)
+            self._send(view)
+
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        recording = self.proxy.recording
+        if recording is not None:  # what the receiving side gets, faults applied
+            recording.write(self.flow, data)
+        self.outlet.deliver(data)

@@ -197,7 +197,7 @@ class Coordinator:
         # a crash (SIGABRT) should not write a core of the guest's RAM: peers inherit this
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         self._connect_agents()
-        if real_guest.needs_layout(self.sc, needs_proxy(self.sc.steps)):
+        if real_guest.needs_layout(self.sc, self.wants_proxy):
             try:
                 self.layout = real_guest.machine_layout(self)
             except real_guest.BootError as err:
@@ -327,7 +327,7 @@ class Coordinator:
             self.dst.execute("migrate-incoming", {"uri": self.dst_uri})
             if not src_uri:
                 src_uri = self._listening_uri()
-            if needs_proxy(self.sc.steps):
+            if self.wants_proxy:
                 src_uri = self._start_proxy(src_uri)
                 assert self.steps is not None
                 self.steps.arm_due()
@@ -339,6 +339,14 @@ class Coordinator:
         except CommandError as err:
             self.refused = err.desc
             self.note("source", "migrate-refused", {"desc": err.desc})
+
+    @property
+    def wants_proxy(self) -> bool:
+        """The scenario's network faults or wire triggers need the proxy; so does
+        `--record` when the destination is a QEMU (no harness peer to record the stream)."""
+        socket_transport = self.sc.transport.scheme in ("tcp", "unix")
+        return needs_proxy(self.sc.steps) or (
+            self.record and socket_transport and self.sc.destination.kind == "qemu")
 
     def _write_control_file(self) -> None:
         """control.json: the peers' control addresses (null for a QEMU or remote peer) and
@@ -370,7 +378,9 @@ class Coordinator:
             listen = f"unix:{d}/proxy.sock"
         else:
             listen = "tcp:127.0.0.1:0"
-        self.proxy = ProxyHandle("proxy", self.workdir, listen, target, self.seed)
+        record = self.workdir if self.record and self.sc.destination.kind == "qemu" else None
+        self.proxy = ProxyHandle("proxy", self.workdir, listen, target, self.seed,
+                                 record=record)
         self.proxy.die_with_starter = True
         try:
             self.proxy.start()

@@ -26,13 +26,16 @@ class ProxyHandle(ControlledProcess):
     target: str  # where the destination listens
     seed: int = 0
     kind: str = "proxy"
+    record: Path | None = None  # keep what it delivers there (harness run --record)
 
     def __post_init__(self) -> None:
         self._init_process()
 
     def command_line(self) -> list[str]:
+        record = ["--record", str(self.record)] if self.record is not None else []
         return [sys.executable, "-m", "harness", "proxy", "--control", self.address,
-                "--listen", self.listen, "--target", self.target, "--seed", str(self.seed)]
+                "--listen", self.listen, "--target", self.target, "--seed", str(self.seed),
+                *record]
 
     def address_for_source(self, timeout: float = 10.0) -> str:
         """The URI the source should migrate to (the proxy's actual listening address)."""

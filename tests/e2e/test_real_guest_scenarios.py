@@ -205,3 +205,24 @@ def test_the_oracle_names_the_page_the_proxy_corrupted(tmp_path):
     [identical] = [i for i in sc["invariants"] if i["name"] == "memory-identical"]
     assert not identical["ok"]
     assert identical["detail"] == f"{block}: 1 pages differ (first at {address})"
+
+
+def test_record_with_qemu_on_both_sides_keeps_what_the_proxy_delivered(tmp_path):
+    """No harness peer to record: the proxy keeps what it delivered, and `harness
+    analyze` finds in it the byte QEMU's destination refused, in QEMU's words."""
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--record", "--json",
+                           str(report), str(REAL / "qemu-pc-corrupt-device-section.yaml")],
+                          capture_output=True, text=True, cwd=REPO, timeout=240, check=False,
+                          env={**__import__("os").environ, "HARNESS_WORKDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [sc] = json.loads(report.read_text())["scenarios"]
+    work = Path(sc["workdir"])
+    forward, back = work / "stream.fwd.bin", work / "stream.rp.bin"
+    assert forward.stat().st_mode & 0o777 == 0o600 and back.exists()
+    analyzed = subprocess.run([sys.executable, "-m", "harness", "analyze", str(forward),
+                               "--return-path", str(back)], capture_output=True, text=True,
+                              cwd=REPO, timeout=120, check=False)
+    refused = sc["destination"]["error"].split("qemu-system-x86_64: ")[1].split(" / ")[0]
+    assert refused.startswith("savevm: unsupported version")
+    assert refused in analyzed.stdout + analyzed.stderr
