@@ -40,7 +40,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 MARGIN = 120.0  # beyond the scenario's own timeout: start-up, digests, reaping
-HANG_TIMEOUT = "20s"  # the deadline of a QEMU cell the README says hangs
+HANG_TIMEOUT = "12s"  # the deadline of a QEMU cell the README says hangs
 README_ROW = re.compile(r"^\| \[([\w-]+)\]\(scenarios/faults/[\w-]+\.yaml\) \|.*\| ([^|]+) \|$")
 
 
