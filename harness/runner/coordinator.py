@@ -167,10 +167,12 @@ class Coordinator:
             self._log.write(json.dumps(entry.to_json(), default=str) + "\n")
             self._log.flush()
 
-    def record_fault(self, step: str, kind: str, target: str, detail: dict[str, Any]) -> None:
-        # on the run's clock, as the timeline (the reports show it since migrate)
-        self.result.faults.append(FaultRecord(step, kind, target,
-                                              time.monotonic() - self.t0, detail))
+    def record_fault(self, step: str, kind: str, target: str, detail: dict[str, Any],
+                     at: float | None = None) -> None:
+        """`at`: when it acted, on the run's clock, as the timeline (default: now); the
+        reports show it since migrate."""
+        when = time.monotonic() - self.t0 if at is None else at
+        self.result.faults.append(FaultRecord(step, kind, target, when, detail))
         self.note("runner", "fault", {"step": step, "kind": kind, "target": target, **detail})
         if self.steps is not None:
             self.steps.fault_acted(step, detail)
@@ -756,6 +758,7 @@ class Coordinator:
         request = LinkFaultRequest(step_id, fault.kind, toward, fault.duration, fault.rate,
                                    getattr(fault, "delay", None), getattr(fault, "jitter", None))
         conn = self.agents[fault.host]
+        applied = time.monotonic() - self.t0  # the reply may wait for the link it cut
         try:
             reply = conn.request(request, timeout=30)
         except CommandError as err:
@@ -767,7 +770,7 @@ class Coordinator:
         self.record_fault(label, fault.kind, f"host {fault.host}", {
             **where, "toward": toward, **({"duration": fault.duration}
                                           if fault.duration is not None else {}),
-            **dict(reply.get("detail") or {})})
+            **dict(reply.get("detail") or {})}, at=applied)
 
     # ------------------------------------------------------------------ for steps
     def peer(self, role: str) -> PeerHandle:
