@@ -19,8 +19,9 @@ to QEMU is skipped with the reason.  `pytest scenarios/ --peers qemu` (or HARNES
 runs every scenario that way only; `-m "not qemu_matrix"` leaves the QEMU column out.
 The README's fault-matrix table says, in its last column, what real QEMU 7.2 does in each
 cell: "as expected" cells must pass; a cell that **differs** is a strict xfail that must
-fail the way the table says (a different failure, or a pass, fails the suite), and one
-that hangs runs with `--timeout HANG_TIMEOUT` to be named at that deadline.
+fail the way the table says (a different failure, or a pass, fails the suite) -- not
+strict when it differs only "sometimes" -- and one that hangs runs with `--timeout
+HANG_TIMEOUT` to be named at that deadline.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ class ScenarioFile(pytest.File):
         item.add_marker(pytest.mark.qemu)
         if differs != "as expected":
             item.differs = differs
-            item.add_marker(pytest.mark.xfail(strict=True, raises=ScenarioFailed,
+            # "sometimes": QEMU does not always differ (a crash that a race decides)
+            item.add_marker(pytest.mark.xfail(strict="sometimes" not in differs,
+                                              raises=ScenarioFailed,
                                               reason=f"README: real QEMU 7.2 {differs}"))
         return item
 
