@@ -96,7 +96,6 @@ class Coordinator:
         self._log: IO[str] | None = None
         self.steps: StepRunner | None = None
         self._stacks: dict[str, str] = {}
-        self._accel: tuple[str, str] | None = None
         self.layout: Path | None = None  # a real machine's layout file (qemu/layout.py)
 
     # ------------------------------------------------------------------ run
@@ -118,7 +117,7 @@ class Coordinator:
             self._loop(self.steps, deadline)
             evidence = self._collect()
         except (RunError, UnsupportedStep, AgentError, ControlError, OSError,
-                TimeoutError) as err:
+                TimeoutError, real_guest.BootError) as err:
             self.result.verdict = "error"
             self.result.reason = str(err)
             self._collect_quietly()
@@ -256,26 +255,6 @@ class Coordinator:
         """Where the destination listens: its host's address, or loopback."""
         host = self.sc.destination.host
         return self.sc.hosts[host].peer_address if host is not None else "127.0.0.1"
-
-    def accel(self) -> tuple[str, str]:
-        """The accelerator a real machine runs with, and why (resolved once per run)."""
-        if self._accel is None:
-            from harness.qemu.machine import resolve_accel
-
-            try:
-                self._accel = resolve_accel(self.sc.guest.accel)
-            except ValueError as err:
-                raise RunError(f"guest.accel {self.sc.guest.accel}: {err}") from None
-        return self._accel
-
-    def loader_file(self) -> Path:
-        """RAM content for a QEMU source: the same version-0 pages a harness guest has."""
-        from harness.guest.content import initial_content_array
-
-        path = self.workdir / "qemu-source-ram.bin"
-        initial_content_array(self.sc.guest.total_memory, self.seed, self.sc.guest.fill,
-                              compressible=self.sc.guest.content == "compressible").tofile(path)
-        return path
 
     def _configure(self) -> None:
         caps = [{"capability": "events", "state": True}]

@@ -19,6 +19,7 @@ Everything read lands in the Evidence; the invariants judge it (harness/invarian
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -40,7 +41,8 @@ BOOT_TIMEOUT = 30.0  # s: SeaBIOS + init pass; TCG 0.1-0.7 s, software KVM 3-4 s
 
 
 class BootError(RuntimeError):
-    """The real guest did not reach its loop."""
+    """A real machine could not be set up: its accelerator, its layout, or its guest did
+    not reach its loop (verdict `error`)."""
 _ERRORS = (QMPError, ControlError, OSError, ValueError, RuntimeError)
 
 
@@ -66,9 +68,9 @@ def make_qemu_peer(c: Coordinator, role: str) -> QemuPeer:
     binary = str(spec.binary) if spec.binary else None
     if not sc.guest.real_machine:
         return QemuPeer(role, c.workdir, sc.guest.total_memory, args=list(spec.args),
-                        loader=c.loader_file() if role == "source" else None,
+                        loader=_loader_file(c) if role == "source" else None,
                         binary=binary, die_with_starter=True)
-    accel, why = c.accel()
+    accel, why = _accel(sc.guest.accel)
     held = role == "destination" and not sc.postcopy  # precopy: read it as loaded
     return QemuPeer(role, c.workdir, sc.guest.total_memory, args=list(spec.args),
                     binary=binary, die_with_starter=True, machine=sc.guest.machine,
@@ -123,6 +125,28 @@ def wait_booted(c: Coordinator, peer: PeerHandle) -> None:
         time.sleep(0.01)
     c.note(peer.role, "guest-running", {"seconds": round(time.monotonic() - started, 3),
                                         "ticks": beat.ticks if beat else None})
+
+
+@functools.cache
+def _accel(requested: str) -> tuple[str, str]:
+    """The accelerator a real machine runs with, and why (this host's answer)."""
+    from harness.qemu.machine import resolve_accel
+
+    try:
+        return resolve_accel(requested)
+    except ValueError as err:
+        raise BootError(f"guest.accel {requested}: {err}") from None
+
+
+def _loader_file(c: Coordinator) -> Path:
+    """RAM content for a `-M none` QEMU source: the version-0 pages a harness guest has."""
+    from harness.guest.content import initial_content_array
+
+    g = c.sc.guest
+    path = c.workdir / "qemu-source-ram.bin"
+    initial_content_array(g.total_memory, c.seed, g.fill,
+                          compressible=g.content == "compressible").tofile(path)
+    return path
 
 
 def collect(c: Coordinator, evidence: Evidence) -> None:
