@@ -2,12 +2,16 @@
 
 Strategy: a scenario on a real machine (pc, q35...) with QEMU peers boots the harness's own
 x86 guest (harness/realguest) in both QEMUs -- the destination with `-S` in precopy, so
-that its memory can be read exactly as the load left it.  When the run has settled and
-the peers' outcomes are collected, `collect` reads what the oracle needs, in an order
-that keeps each reading meaningful:
+that its memory can be read exactly as the load left it -- on the accelerator the host
+allows (`_accel`), and starts the migration only once the source's guest runs its loop
+(`wait_booted`).  The proxy between real machines, and a harness destination of a real
+source, get the machine's layout (`machine_layout`: harness/qemu/layout.py).  When the run
+has settled and the peers' outcomes are collected, `collect` reads what the oracle needs,
+in an order that keeps each reading meaningful:
 
 1. memory: every RAM block of each QEMU the expectation needs (harness/qemu/snapshot.py:
-   the VM is stopped first when it runs, and continued afterwards);
+   the VM is stopped first when it runs, and continued afterwards; the ROMs of a source
+   QEMU will not migrate again come from a reference, harness/qemu/reference.py);
 2. a destination that was held paused after a completed load is continued (as a user's
    `cont` after `-S`);
 3. the heartbeat window: each live guest's heartbeat is read twice, HEARTBEAT_WINDOW
