@@ -12,8 +12,9 @@ PM timer (3.579545 MHz, 24 bits; `info mtree` shows acpi-tmr at port 0x608 on pc
 once SeaBIOS set PMBASE; QEMU derives it from the virtual clock, so nothing is lost when
 a wake-up comes late).  Each read adds the elapsed time to the heartbeat's ticks (ms) and
 credits `rate` (4.28 fixed-point pages per timer unit) times the units elapsed -- at
-most `BURST_SECONDS` worth, and the budget (16.16 pages) is capped, so a late guest never
-bursts.  While a whole page is in the budget the loop rewrites the next page -- u32@0 +=
+most `BURST_SECONDS` (100 ms) worth, and the budget (16.16 pages) is capped there: a vCPU
+the host did not run for a while (a loaded CI machine) catches up that much, so its rate
+holds, and never bursts beyond it.  While a whole page is in the budget the loop rewrites the next page -- u32@0 +=
 1 (generation), u32@4 = GPA>>12, u32@4092 += 1 -- then publishes (cursor, gen) with one
 8-byte store (cmpxchg8b) so a stopped guest never shows them torn.  Out of budget it
 does `sti; hlt` (an idle or slow guest does not burn a host core) until the PIT
@@ -70,7 +71,8 @@ TICK_HZ = PIT_HZ / PIT_DIVISOR  # 1000.15 Hz
 PM_TIMER_PORT = 0x608          # ACPI PM timer: PMBASE 0x600 (SeaBIOS) + 8, pc and q35
 PM_TIMER_HZ = 3579545          # hw/acpi/core.c: PM_TIMER_FREQUENCY
 PM_TIMER_MASK = 0xFFFFFF       # 24-bit counter, wraps every 4.7 s
-BURST_SECONDS = 0.005          # time credited at most per refill (5 ticks), and budget cap
+BURST_SECONDS = 0.1            # time credited at most per refill, and budget cap: a vCPU
+#                                the host did not run for up to 100 ms catches up
 BURST_UNITS = round(BURST_SECONDS * PM_TIMER_HZ)
 RATE_SHIFT = 28                # rate: pages per PM timer unit, 4.28 fixed point
 FIXED_ONE = 1 << 16            # one page in the 16.16 budget

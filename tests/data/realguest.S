@@ -53,7 +53,7 @@ p_sweep_end:
 p_rate:
     .long 0x12bf75                           # 07dec: 75 bf 12 00  pages per PM timer unit, 4.28
 p_cap:
-    .long 0x51ebd8                           # 07df0: d8 eb 51 00  budget cap, 16.16 pages
+    .long 0x66665e4                          # 07df0: e4 65 66 06  budget cap, 16.16 pages
 p_pit:
     .long 0x4a9                              # 07df4: a9 04 00 00  PIT channel 0 divisor
     .org 0x1fe, 0                            # 07df8: 6 zeros
@@ -155,9 +155,9 @@ refill:
     out dx, al                               # 07f19: ee
 no_dot:
     pop eax                                  # 07f1a: 58
-    cmp eax, 0x45ea                          # 07f1b: 3d ea 45 00 00
+    cmp eax, 0x57642                         # 07f1b: 3d 42 76 05 00
     jbe credit                               # 07f20: 76 05
-    mov eax, 0x45ea                          # 07f22: b8 ea 45 00 00
+    mov eax, 0x57642                         # 07f22: b8 42 76 05 00
 credit:
     mul dword ptr [p_rate]                   # 07f27: f7 25 ec 7d 00 00  edx:eax = units * rate (pages, 4.28)
     shrd eax, edx, 0xc                       # 07f2d: 0f ac d0 0c  to 16.16 pages

@@ -35,7 +35,7 @@ from harness.realguest.image import (
 
 MiB = 1 << 20
 REFERENCE = GuestProgram(memory=256 * MiB, dirty_rate=64 * MiB)
-REFERENCE_SHA256 = "35a7d7d789205c392c3b3ccf817b30dcc3e0944bbf86cea020a733b7b23b8711"
+REFERENCE_SHA256 = "9537e8a95af439db51bb2f66fb0c1b397f699ae150aff6c8a6a9950a13f7ec45"
 LISTING = Path(__file__).resolve().parent.parent / "data" / "realguest.S"
 PARAMS = PARAMS_GPA - 0x7C00          # file offset of the parameter block
 # QEMU 7.2.22's reply format for `xp /8wx 0x6000`, with the words of a real run (pc, TCG)
