@@ -56,6 +56,17 @@ def pytest_configure(config: pytest.Config) -> None:
                             "QEMU peers (harness run --peers qemu)")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Scenario items first, the QEMU column first of all: they are the suite's longest
+    (5-20 s each), and xdist hands items out in order -- started last, they would leave
+    one worker running alone at the end."""
+    def rank(item: pytest.Item) -> int:
+        if not isinstance(item, ScenarioItem):
+            return 2
+        return 0 if item.peers else 1
+    items.sort(key=rank)
+
+
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
     if file_path.suffix in (".yaml", ".yml"):
         return ScenarioFile.from_parent(parent, path=file_path)
