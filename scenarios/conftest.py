@@ -134,6 +134,8 @@ def differs_as_written(differs: str, report: dict[str, Any]) -> str | None:
         return f"expected a hang named at the deadline, got: {result.get('verdict')} {reason}"
     if "`cancelling`" in differs and "source cancelling" not in reason:
         return f"expected the source stuck in cancelling, got: {reason}"
+    if "source ends `failed`" in differs and "source ended failed" not in reason:
+        return f"expected the source to end failed, got: {reason}"
     if "SIGSEGV" in differs and result["destination"].get("exit-code") != -11:
         return f"expected the destination to die of SIGSEGV, got: {result['destination']}"
     return None
