@@ -17,6 +17,7 @@ SHARED_DIR = Path(os.environ.get("HARNESS_SHARED_DIR") or REPO.parent / "shared"
 SHARED_VECTORS = SHARED_DIR / "qemu-vectors"
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown under -p no:xdist
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """`pytest -n auto` on a small machine: one worker more than its CPUs.  Most of the
     suite's time is spent waiting -- on throttled migrations, QEMU, sockets -- not on a
