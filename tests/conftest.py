@@ -29,6 +29,16 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return cpus + 1 if cpus <= 4 else cpus
 
 
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Under xdist, idle workers steal pending items (`--dist worksteal`) unless a --dist
+    was given: the suite's items run 0.1 to 40 s, and a worker left with a queue of long
+    ones kept the others idle at the end."""
+    given = any(arg.startswith("--dist") or arg == "-d"
+                for arg in config.invocation_params.args)
+    if getattr(config.option, "dist", "no") == "load" and not given:
+        config.option.dist = "worksteal"
+
+
 def shared_file(relative: str) -> Path:
     """SHARED_DIR / relative, or a skip naming ../shared."""
     path = SHARED_DIR / relative
