@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import mmap
 import re
 from dataclasses import dataclass, field
@@ -63,10 +62,19 @@ from .protocol.devices import standard_devices
 from .protocol.return_path import Pong, RecvBitmap, ReqPages, ReqPagesId, ResumeAck, Shut
 from .protocol.vmstate import field_rows
 from .protocol.wire import unpack_be32
-from .qemu.layout import MachineLayout, cache_dir, read_cached, read_layout
+from .qemu.layout import (
+    MAX_DEPTH,
+    LayoutError,
+    MachineLayout,
+    TooDeep,
+    cache_dir,
+    load_vmdesc,
+    read_cached,
+    read_layout,
+)
 
 CHUNK = 1 << 20
-MAX_VMDESC_DEPTH = 64  # JSON levels: a device's struct in a struct in a subsection...
+MAX_VMDESC_DEPTH = MAX_DEPTH  # JSON levels: a device's struct in a struct in a subsection...
 PAGE = 4096  # the unit of holes in --extract-ram's files
 MAX_CACHED = 64  # cached layouts tried on a stream without trailer
 STREAM_MAGIC = QEMU_VM_FILE_MAGIC.to_bytes(4, "big")
@@ -234,12 +242,14 @@ def _analyze(p: Path, data: bytes | mmap.mmap, return_path: str | Path | None,
 
 def _trailer_devices(trailer: bytes, warnings: list[str]) -> dict[Any, Any] | None:
     try:
-        return {(d.idstr, d.instance_id): d for d in devices_from_vmdesc(_load_vmdesc(trailer))}
-    except _TooDeep:
+        doc = load_vmdesc(trailer)  # bounded: json.loads and the readers recurse on nesting
+    except TooDeep:
         warnings.append(f"the VM description trailer nests deeper than {MAX_VMDESC_DEPTH} "
                         f"levels; ignored")
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except LayoutError:
         warnings.append("the VM description trailer is not valid JSON; ignored")
+    else:
+        return {(d.idstr, d.instance_id): d for d in devices_from_vmdesc(doc)}
     return None
 
 
@@ -284,30 +294,6 @@ def _decode(p: Path, data: bytes | mmap.mmap, devices: dict[Any, Any], how: str,
     if return_path is not None:
         result.return_path = analyze_return_path(return_path)
     return result
-
-
-class _TooDeep(Exception):
-    pass
-
-
-def _load_vmdesc(text: bytes) -> Any:
-    """The trailer's JSON, refused (`_TooDeep`) past MAX_VMDESC_DEPTH levels: json.loads
-    and the description readers recurse on nesting."""
-    try:
-        doc = json.loads(text)
-    except RecursionError:
-        raise _TooDeep from None
-    todo = [(doc, 1)]
-    while todo:  # iterative: the document may be deeper than Python's recursion limit
-        value, depth = todo.pop()
-        children = value.values() if isinstance(value, dict) else \
-            value if isinstance(value, list) else ()
-        for child in children:
-            if isinstance(child, (dict, list)):
-                if depth + 1 > MAX_VMDESC_DEPTH:
-                    raise _TooDeep
-                todo.append((child, depth + 1))
-    return doc
 
 
 def _collect(decoder: StreamDecoder, result: Analysis, depth: int,

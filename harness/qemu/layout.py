@@ -70,6 +70,10 @@ class LayoutError(ValueError):
     """A layout document, stream or probe that cannot give a layout (says why)."""
 
 
+class TooDeep(LayoutError):
+    """A VM description nested deeper than MAX_DEPTH levels."""
+
+
 # ------------------------------------------------------------------------- the layout
 
 
@@ -197,7 +201,9 @@ def load_vmdesc(text: bytes | str) -> dict[str, Any]:
         raise LayoutError(f"VM description of {len(text)} bytes exceeds {MAX_VMDESC_BYTES}")
     try:
         doc = json.loads(text)
-    except (RecursionError, ValueError) as err:
+    except RecursionError:
+        raise TooDeep(f"VM description nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as err:
         raise LayoutError(f"VM description is not JSON: {str(err)[:120]}") from None
     return check_vmdesc(doc)
 
@@ -232,7 +238,7 @@ def _check_depth(doc: Any) -> None:
         for child in children:
             if isinstance(child, (dict, list)):
                 if depth + 1 > MAX_DEPTH:
-                    raise LayoutError(f"VM description nests deeper than {MAX_DEPTH} levels")
+                    raise TooDeep(f"VM description nests deeper than {MAX_DEPTH} levels")
                 todo.append((child, depth + 1))
 
 
