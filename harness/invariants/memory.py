@@ -71,12 +71,6 @@ def main_block(blocks: dict[str, np.ndarray]) -> str:
     return max(blocks, key=lambda name: len(blocks[name]))
 
 
-def _other_blocks(blocks: dict[str, np.ndarray], ram: str) -> dict[str, np.ndarray]:
-    from harness.guest.content import page_digests
-
-    return {name: page_digests(data) for name, data in blocks.items() if name != ram}
-
-
 class MemoryConsistent:
     name = "memory-consistent"
 
@@ -94,7 +88,9 @@ class MemoryConsistent:
         if ram not in dst:
             return InvariantResult(self.name, False, f"the destination has no block {ram}")
         problems = check_consistent(src[ram], dst[ram], evidence.program)
-        problems += differing_pages(_other_blocks(src, ram), _other_blocks(dst, ram))
+        others = [{k: v for k, v in (side or {}).items() if k != ram}
+                  for side in (evidence.source_digests, evidence.destination_digests)]
+        problems += differing_pages(*others)
         if problems:
             return InvariantResult(self.name, False, "; ".join(problems))
         pages = sum(len(v) for v in src.values()) // 4096

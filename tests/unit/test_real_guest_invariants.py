@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness.guest.content import page_digests
 from harness.invariants import check_all
 from harness.invariants.base import Evidence, Expectations
 from harness.realguest.image import GuestProgram
@@ -69,6 +70,9 @@ def _memory(ev: Evidence, src_ram: np.ndarray, dst_ram: np.ndarray, rom: bytes =
     rom_dst[: len(rom)] = np.frombuffer(rom, dtype=np.uint8)
     ev.source_memory = {"pc.ram": src_ram, "pc.rom": rom_src}
     ev.destination_memory = {"pc.ram": dst_ram, "pc.rom": rom_dst}
+    # as the runner does (runner/real_guest.py): per-page digests of every block read
+    ev.source_digests = {k: page_digests(v) for k, v in ev.source_memory.items()}
+    ev.destination_digests = {k: page_digests(v) for k, v in ev.destination_memory.items()}
 
 
 def test_consistent_passes_a_destination_ahead_and_names_a_changed_rom_page():
