@@ -19,6 +19,7 @@ file or a stream is bounded and validated (`from_json`, `load_vmdesc`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -376,6 +377,14 @@ def key_args(args: list[str]) -> list[str]:
 
 
 def _version_text(binary: str) -> str:
+    st = Path(binary).stat()
+    return _version_of(binary, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _version_of(binary: str, size: int, mtime_ns: int) -> str:
+    """`binary -version`, asked once per binary file (a run keys its layout and its
+    reference ROMs by it)."""
     try:
         done = subprocess.run([binary, "-version"], capture_output=True, timeout=10,
                               stdin=subprocess.DEVNULL, check=False)
