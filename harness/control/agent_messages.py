@@ -111,7 +111,10 @@ class AgentHealth(enum.Enum):
     CLOSED = "closed"    # the run ended and we hung up
 
 
-Role = Literal["source", "destination"]
+Role = Literal["source", "destination", "proxy"]
+#: what a `peer-start` runs: the harness's own peer, a real QEMU (wrapped so that the
+#: agent relays QMP like any peer's commands), or the protocol-aware proxy
+ProcessKind = Literal["harness", "qemu", "proxy"]
 FaultKind = Literal["kill", "crash", "stop", "cont"]
 
 
@@ -147,6 +150,8 @@ class PeerStart:
     guest: dict[str, Any]
     incoming: bool = False  # a destination started with `--incoming defer`
     paused: bool = False
+    kind: ProcessKind = "harness"
+    options: dict[str, Any] = field(default_factory=dict)  # per kind (agent_peers.py)
 
 
 @dataclass(frozen=True)

@@ -93,13 +93,19 @@ class PeerProcess:
 
     # ------------------------------------------------------------------ start
     def command_line(self) -> list[str]:
+        build = _COMMAND_LINES.get(self.spec.kind)
+        if build is None:
+            raise OSError(f"this agent cannot start a process of kind {self.spec.kind!r}")
+        return lifeline.command(build(self), on_death=signal.SIGTERM)
+
+    def _harness_peer(self) -> list[str]:
         peer = [sys.executable, "-m", "harness", self.role, "--control", self.address,
                 "--guest-json", json.dumps(self.spec.guest), "--allow-exec"]
         if self.role == "destination":
             peer += ["--incoming", "defer"] if self.spec.incoming else []
         if self.spec.paused:
             peer.append("--paused")
-        return lifeline.command(peer, on_death=signal.SIGTERM)
+        return peer
 
     def launch(self) -> None:
         """Start the process and ask it for its greeting (raises OSError)."""
@@ -243,6 +249,10 @@ class PeerProcess:
         return {"peer": self.name, "role": self.role, "state": self.state.value,
                 "pid": self.pid, "exit-code": self.exit_code, "log": str(self.log_path),
                 "frozen": self.frozen is not None}
+
+
+#: kind -> the command line of the process a `peer-start` of that kind runs
+_COMMAND_LINES: dict[str, Any] = {"harness": PeerProcess._harness_peer}
 
 
 def _peer_environment() -> dict[str, str]:

@@ -284,6 +284,12 @@ class Host(ScenarioModel):
     agent: Annotated[Text, AfterValidator(_agent_url)]
     address: Text | None = None
     keys: Path | None = None
+    qemu: Path | None = None
+    """The QEMU binary kind: qemu peers on this host run (default: the agent's PATH's
+    qemu-system-x86_64); a path on that host."""
+    workdir: Path | None = None
+    """Where the agent of this host keeps the run's files (default: the agent's own
+    work directory); an existing directory on that host."""
 
     @property
     def peer_address(self) -> str:
@@ -292,6 +298,14 @@ class Host(ScenarioModel):
             return self.address
         rest = self.agent.split("://", 1)[1]
         return rest.rsplit(":", 1)[0].strip("[]") if ":" in rest else rest
+
+
+class ProxyPlace(ScenarioModel):
+    """`proxy:`: where the protocol-aware proxy runs when the scenario needs one."""
+
+    host: Text | None = None
+    """The host (a key of hosts) whose agent runs the proxy (default: the destination's
+    host when the peers are on hosts, else beside the runner)."""
 
 
 _URI_FORMS = {
@@ -388,6 +402,8 @@ class Scenario(ScenarioModel):
     """The migration destination."""
     hosts: dict[Text, Host] = Field(default_factory=dict)
     """Multi-host runs: the hosts by name, each with its agent."""
+    proxy: ProxyPlace = Field(default_factory=ProxyPlace)
+    """Where the proxy runs (network faults and wire triggers need it)."""
     transport: Transport = Field(default_factory=Transport)
     """How the stream travels between the peers."""
     capabilities: Capabilities = Field(default_factory=dict)
@@ -491,7 +507,8 @@ class Scenario(ScenarioModel):
         known = ", ".join(self.hosts) or "none: define them under hosts:"
         places: list[tuple[tuple[PathItem, ...], str | None]] = [
             (("source", "host"), self.source.host),
-            (("destination", "host"), self.destination.host)]
+            (("destination", "host"), self.destination.host),
+            (("proxy", "host"), self.proxy.host)]
         places += [(("steps", index, "fault", "host"), step.fault.host)
                    for index, step in enumerate(self.steps) if isinstance(step.fault, LinkFault)]
         return [Issue(path, f"{host!r} is not one of the hosts (hosts: {known})")

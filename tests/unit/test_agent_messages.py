@@ -18,7 +18,8 @@ def test_requests_travel_with_kebab_case_members_and_come_back_typed():
     command, arguments = am.request_arguments(body)
     assert command == "peer-start"
     assert arguments == {"peer": "destination", "role": "destination", "guest": {"seed": 1},
-                         "incoming": True, "paused": False}
+                         "incoming": True, "paused": False, "kind": "harness",
+                         "options": {}}
     assert am.decode_request(command, arguments) == body
     link = am.LinkFaultRequest("step-0", "link.delay", "198.18.0.2", 1.0, delay=0.05)
     assert am.request_arguments(link)[1]["toward"] == "198.18.0.2"
@@ -30,8 +31,10 @@ def test_requests_travel_with_kebab_case_members_and_come_back_typed():
     ("peer-start", {"peer": "s", "role": "source", "guest": {}, "extra": 1},
      "peer-start: member 'extra' is unexpected"),
     ("peer-start", {"peer": "s", "guest": {}}, "peer-start: member 'role' is missing"),
-    ("peer-start", {"peer": "s", "role": "proxy", "guest": {}},
-     "member 'role' must be one of 'source', 'destination'"),
+    ("peer-start", {"peer": "s", "role": "guest", "guest": {}},
+     "member 'role' must be one of 'source', 'destination', 'proxy'"),
+    ("peer-start", {"peer": "s", "role": "proxy", "guest": {}, "kind": "vm"},
+     "member 'kind' must be one of 'harness', 'qemu', 'proxy'"),
     ("peer-log", {"peer": "s", "lines": True}, "member 'lines' must be an integer"),
     ("peer-execute", {"peer": 3, "command": "stop"}, "member 'peer' must be a string"),
     ("peer-fault", {"peer": "s", "kind": "explode"}, "member 'kind' must be one of"),
