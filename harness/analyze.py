@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import ProtocolFailure
+
 from .file_kinds import not_a_file
 from .protocol import (
     Command,
@@ -80,7 +82,7 @@ MAX_CACHED = 64  # cached layouts tried on a stream without trailer
 STREAM_MAGIC = QEMU_VM_FILE_MAGIC.to_bytes(4, "big")
 
 
-class NotAStream(ValueError):
+class NotAStream(ProtocolFailure, ValueError):
     """The file is no migration stream at all (bad input), as opposed to a broken one."""
 
 

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
+from harness.errors import HarnessError, branch_of
+
 from . import __version__
 
 app = typer.Typer(
@@ -714,4 +716,12 @@ def main() -> None:
         where = ctx.command_path if ctx is not None else "harness"
         print(f"{where}: {err.format_message()} (see {where} --help)", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 2))
+    except HarnessError as err:  # one a command did not turn into its own line: still one
+        print(f"harness: {err}", file=sys.stderr)
+        sys.exit(BRANCH_EXIT[branch_of(err)])
     sys.exit(code if isinstance(code, int) else 0)
+
+
+#: the exit status of an error no command handled, by its branch (harness/errors.py):
+#: bad input 2, a failed migration protocol 1, what could not be carried out 3
+BRANCH_EXIT = {"scenario": 2, "protocol": 1, "control": 3, "environment": 3, "internal": 3}

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import zmq
 import zmq.auth
 
+from harness.errors import EnvironmentFailure
+
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
 
@@ -42,7 +44,7 @@ SERVER, CLIENT = "server", "client"
 KEYS_ENV = "HARNESS_AGENT_KEYS"
 
 
-class KeyError_(ValueError):
+class KeyError_(EnvironmentFailure, ValueError):
     """Keys missing or unreadable; the message names the file and how to make it."""
 
 

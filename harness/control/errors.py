@@ -12,10 +12,12 @@ keeps its constructor arguments in `args`, so the errors pickle across processes
 
 from __future__ import annotations
 
+from harness.errors import ControlFailure
+
 __all__ = ["CommandError", "ControlError", "ControlTimeout", "PeerGone", "ProtocolMessageError"]
 
 
-class ControlError(Exception):
+class ControlError(ControlFailure):
     """Root of every error raised by `harness.control`."""
 
 

@@ -29,6 +29,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeGuard
 
+from harness.errors import EnvironmentFailure
+
 LINK_KINDS = ("link.down", "link.blackhole", "link.bandwidth", "link.delay")
 COMMAND_TIMEOUT = 5.0  # seconds; `ip` and `tc` answer in milliseconds
 TBF_LATENCY = "50ms"  # longest a packet may queue in the bucket before tbf drops it
@@ -46,7 +48,7 @@ _PACKAGES = {"ip": "iproute2 (Debian: apt-get install iproute2)",
              "unshare": "util-linux (Debian: apt-get install util-linux)"}
 
 
-class LinkFaultError(Exception):
+class LinkFaultError(EnvironmentFailure):
     """A link fault could not be applied or undone; the message says which command and why.
     `returncode` is the failed command's exit status (None: it never ran, or timed out)."""
 

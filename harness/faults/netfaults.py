@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from harness.errors import ScenarioFailure
 from harness.protocol import RamFlag
 from harness.scenario.base import FieldError, dotted
 from harness.scenario.names import MIG_CMD_NAMES, RP_MESSAGE_NAMES
@@ -73,7 +74,7 @@ FRAME_FAULTS = ("net.drop", "net.duplicate", "net.corrupt", "net.truncate")
 _PAGE = int(RamFlag.PAGE)
 
 
-class FaultError(ValueError):
+class FaultError(ScenarioFailure, ValueError):
     """A fault the proxy cannot apply as given; the message says why."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from harness.errors import ScenarioFailure
 from harness.scenario.base import FieldError, dotted
 from harness.scenario.names import RETURN_PATH_ONLY
 from harness.scenario.steps import (
@@ -41,7 +42,7 @@ _TRIGGER: TypeAdapter[Any] = TypeAdapter(Trigger)
 _PAGE_REQUESTS = ("REQ_PAGES", "REQ_PAGES_ID")
 
 
-class TriggerError(ValueError):
+class TriggerError(ScenarioFailure, ValueError):
     """A trigger the proxy cannot evaluate; the message says why."""
 
 

@@ -72,6 +72,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from harness.errors import EnvironmentFailure
+
 from . import content
 from .memory import PAGE_SIZE, GuestMemory
 
@@ -133,7 +135,7 @@ FAULT_RECHECK = 0.002  # a blocked access re-checks its page at least this often
 HANDOFF_TIMEOUT = 10.0  # a new request socket is sent before its generation is bumped
 
 
-class WorkloadError(RuntimeError):
+class WorkloadError(EnvironmentFailure, RuntimeError):
     """The workload process did not do what it was asked (timeout, crash, exit)."""
 
 

@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from harness.errors import ScenarioFailure
+
 #: qapi/migration.json MigrationCapability, QEMU 7.2 order
 CAPABILITIES = (
     "xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events",
@@ -104,7 +106,7 @@ def tls_refusal(parameters: dict[str, Any]) -> str | None:
     return f"No TLS credentials with id '{creds}'" if creds else None
 
 
-class ConfigError(ValueError):
+class ConfigError(ScenarioFailure, ValueError):
     """A refused capability or parameter, in QEMU's words."""
 
 

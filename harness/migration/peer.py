@@ -39,6 +39,7 @@ from harness.control.curve import ServerKeys
 from harness.control.guard import host_effect_refusal
 from harness.control.qmp_socket import QmpSocketError, QmpSocketServer, query_version
 from harness.control.server import BlobResult
+from harness.errors import EnvironmentFailure
 from harness.guest import Guest, GuestSpec
 
 from .config import ConfigError, MigrationConfig
@@ -50,7 +51,7 @@ Handler = Callable[[dict[str, Any]], Any]
 SWITCH_INTERVAL = 0.0002
 
 
-class PeerStartError(Exception):
+class PeerStartError(EnvironmentFailure):
     """The peer could not start (an address it cannot listen on, ...): nothing ran yet."""
 
 

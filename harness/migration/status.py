@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from harness.errors import ProtocolFailure
+
 
 class MigrationStatus(enum.StrEnum):
     """qapi/migration.json: MigrationStatus (the values QEMU 7.2 knows)."""
@@ -99,7 +101,7 @@ MIGRATE_RECOVER_REFUSED = "Migrate recover can only be run when postcopy is paus
 MIGRATE_RESUME_REFUSED = "Cannot resume if there is no paused migration"
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(ProtocolFailure, RuntimeError):
     pass
 
 

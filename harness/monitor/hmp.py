@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from harness.errors import ControlFailure, ScenarioFailure
 from harness.migration.config import CAPABILITIES, PARAMETER_DEFAULTS
 from harness.scenario.base import FieldError, unknown_name
 from harness.scenario.parameters import MigrationParameters
@@ -54,11 +55,11 @@ _KB = 1024
 _ON = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
 
 
-class MonitorError(Exception):
+class MonitorError(ControlFailure):
     """A refused command: printed as HMP prints them, `Error: <text>`."""
 
 
-class UsageError(Exception):
+class UsageError(ScenarioFailure):
     """Bad arguments: printed bare, then `Try "help CMD" for more information` (as HMP)."""
 
     def __init__(self, command: str, text: str) -> None:

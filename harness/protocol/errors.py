@@ -14,6 +14,8 @@ from __future__ import annotations
 import errno as _errno
 from typing import Self
 
+from harness.errors import ProtocolFailure
+
 __all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
 
 #: glibc's strerror() of the errnos a QEMU load ends with ("load of migration failed: ...")
@@ -27,7 +29,7 @@ _STRERROR = {
 }
 
 
-class ProtocolError(Exception):
+class ProtocolError(ProtocolFailure):
     """Root of every protocol error raised by `harness.protocol`."""
 
     def __init__(

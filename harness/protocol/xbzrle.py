@@ -14,11 +14,13 @@ from itertools import pairwise
 
 import numpy as np
 
+from harness.errors import ProtocolFailure
+
 __all__ = ["XbzrleError", "decode", "encode", "encode_pages", "uleb128_decode_small",
            "uleb128_encode_small"]
 
 
-class XbzrleError(ValueError):
+class XbzrleError(ProtocolFailure, ValueError):
     """A delta that QEMU's decoder would reject."""
 
 

@@ -31,6 +31,7 @@ from typing import IO, Self
 
 import psutil
 
+from harness.errors import EnvironmentFailure
 from harness.lifeline import command as lifeline_command
 from harness.lifeline import owned_dir
 
@@ -46,7 +47,7 @@ _STDERR_TAIL_LINES = 12
 _POLL_INTERVAL = 0.005
 
 
-class QemuError(RuntimeError):
+class QemuError(EnvironmentFailure, RuntimeError):
     """QEMU did not start, exited early, or did not exit when asked."""
 
 

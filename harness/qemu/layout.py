@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness.errors import EnvironmentFailure
 from harness.protocol import RemoteProtocolError, StreamDecoder
 from harness.protocol.events import Configuration, RamMemSize, VmDescription
 from harness.protocol.vmstate import DeviceDescription, devices_from_vmdesc
@@ -67,7 +68,7 @@ CHUNK = 1 << 20
 RUN_SECONDS = 0.3  # the probe's guest runs this long before the second capture
 
 
-class LayoutError(ValueError):
+class LayoutError(EnvironmentFailure, ValueError):
     """A layout document, stream or probe that cannot give a layout (says why)."""
 
 

@@ -26,6 +26,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from harness.errors import ScenarioFailure
+
 from .launch import QEMU_BINARY, find_qemu
 
 __all__ = ["KVM_SLOWDOWN", "MachineError", "hardware_virtualization", "kvm_usable",
@@ -43,7 +45,7 @@ _ALIAS = re.compile(r"\(alias of (\S+)\)")
 _HELP_TIMEOUT = 10.0
 
 
-class MachineError(ValueError):
+class MachineError(ScenarioFailure, ValueError):
     """A machine or accelerator that cannot be used here; the message is one clear line."""
 
 

@@ -23,12 +23,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Self
 
+from harness.errors import ControlFailure
+
 __all__ = ["QMPClient", "QMPError", "pmemsave", "read_phys", "wait_migration"]
 
 _READ_CHUNK = 65536
 
 
-class QMPError(Exception):
+class QMPError(ControlFailure):
     """A QMP error reply (`error_class` as QEMU names it), or a transport failure.
 
     Transport failures use the classes "ConnectionClosed", "Timeout" and "ProtocolError".

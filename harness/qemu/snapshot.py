@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import EnvironmentFailure
 from harness.lifeline import owned_dir
 from harness.protocol import (
     NEED_DATA,
@@ -88,7 +89,7 @@ POSTMIGRATE_REFUSAL = ("runstate postmigrate: QEMU 7.2 refuses to migrate it aga
                        "guest-physical space was read with pmemsave")
 
 
-class SnapshotError(RuntimeError):
+class SnapshotError(EnvironmentFailure, RuntimeError):
     """The RAM could not be read; the message says where it stopped and why."""
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.errors import HarnessError
+
 __all__ = ["Asm", "AsmError"]
 
 # condition-code nibble of Jcc (70+cc rel8, 0f 80+cc rel16/32): Intel SDM vol. 2, "Jcc"
@@ -24,7 +26,7 @@ _CC = {"jo": 0x0, "jno": 0x1, "jb": 0x2, "jc": 0x2, "jae": 0x3, "jnc": 0x3, "je"
 _WIDTH_DIRECTIVE = {1: ".byte", 2: ".word", 4: ".long", 8: ".quad"}
 
 
-class AsmError(ValueError):
+class AsmError(HarnessError, ValueError):
     """A label is missing or defined twice, a value does not fit, a padding goes back."""
 
 

@@ -18,10 +18,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from harness.errors import ScenarioFailure
+
 MiB = 1 << 20
 
 
-class ReportError(Exception):
+class ReportError(ScenarioFailure):
     """A file that is not a harness JSON report (the message names it and why)."""
 
 

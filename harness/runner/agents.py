@@ -30,6 +30,7 @@ from harness.control import agent_messages as am
 from harness.control.agent_client import AgentClient
 from harness.control.agent_messages import AgentHealth
 from harness.control.curve import KEYS_ENV, ClientKeys, KeyError_, load_client_keys
+from harness.errors import EnvironmentFailure
 from harness.scenario.model import Host
 
 from .peers import PeerEvent
@@ -45,7 +46,7 @@ DEAD_AFTER_SILENCE = 15.0  # s without a heartbeat, connected or not: dead
 CLOCK_SAMPLES = 8
 
 
-class AgentError(RuntimeError):
+class AgentError(EnvironmentFailure, RuntimeError):
     """An agent could not be reached or refused the run; the message names it."""
 
 

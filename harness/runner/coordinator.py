@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from harness.control import CommandError, ControlError
+from harness.errors import EnvironmentFailure, HarnessError
 from harness.faults import process
 from harness.guest.leaks import leftover_segments
 from harness.invariants import Evidence, check_all
@@ -39,13 +40,13 @@ from harness.scenario.model import Scenario
 from . import real_guest
 from .agent_peer import AgentPeer, RemoteFrozen
 from .agent_pool import Agents, placement_problems
-from .agents import AgentError, tcp_uri
+from .agents import tcp_uri
 from .peers import HarnessPeer, PeerError, PeerHandle, QemuPeer, kill_tree, short_dir
 from .proxy import ProxyHandle
 from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
 from .samples import Sampler
 from .stacks import proc_stacks, python_stacks
-from .steps import StepRunner, UnsupportedStep, needs_proxy
+from .steps import StepRunner, needs_proxy
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ RESTING = FINAL | {"postcopy-paused"}
 INTERRUPTED = "interrupted"  # the reason of a run a signal ended (verdict `error`)
 
 
-class RunError(RuntimeError):
+class RunError(EnvironmentFailure, RuntimeError):
     """The harness could not run the scenario (verdict `error`)."""
 
 
@@ -116,8 +117,7 @@ class Coordinator:
             self._begin()
             self._loop(self.steps, deadline)
             evidence = self._collect()
-        except (RunError, UnsupportedStep, AgentError, ControlError, OSError,
-                TimeoutError, real_guest.BootError) as err:
+        except (HarnessError, OSError, TimeoutError) as err:
             self.result.verdict = "error"
             self.result.reason = str(err)
             self._collect_quietly()

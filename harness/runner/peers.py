@@ -31,6 +31,7 @@ import psutil
 
 from harness.control import CommandError, ControlClient, ControlError, PeerGone
 from harness.control.errors import ControlTimeout
+from harness.errors import EnvironmentFailure
 from harness.guest.content import page_digests
 from harness.guest.leaks import remove_segments
 from harness.lifeline import command as lifeline_command
@@ -48,7 +49,7 @@ START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 30.0
 
 
-class PeerError(RuntimeError):
+class PeerError(EnvironmentFailure, RuntimeError):
     """A peer could not be started or stopped; the message says why (stderr included)."""
 
 

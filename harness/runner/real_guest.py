@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.control import ControlError
+from harness.errors import EnvironmentFailure
 from harness.qemu import QemuError, QMPError
 from harness.scenario.model import Scenario
 
@@ -44,7 +45,7 @@ HEARTBEAT_WINDOW = 0.4  # s: the guest's timer ticks at ~1 kHz, so hundreds of t
 BOOT_TIMEOUT = 30.0  # s: SeaBIOS + init pass; TCG 0.1-0.7 s, software KVM 3-4 s (F16)
 
 
-class BootError(RuntimeError):
+class BootError(EnvironmentFailure, RuntimeError):
     """A real machine could not be set up: its accelerator, its layout, or its guest did
     not reach its loop (verdict `error`)."""
 _ERRORS = (QMPError, ControlError, OSError, ValueError, RuntimeError)

@@ -34,6 +34,7 @@ from typing import Any
 
 from rich.console import Console
 
+from harness.errors import EnvironmentFailure
 from harness.lifeline import sweep
 from harness.report.formats import (
     headline,
@@ -79,7 +80,7 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP (or SIGINT), raised where the main thread is, as Ctrl-C is."""
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(EnvironmentFailure):
     """A signal ended `harness run`; the reports are written, `results` is what ran."""
 
     def __init__(self, signame: str, results: list[ScenarioResult]) -> None:

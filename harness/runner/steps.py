@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from harness.errors import ScenarioFailure
 from harness.scenario import steps as model
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ WIRE_TRIGGERS = (model.EventTrigger, model.CommandTrigger, model.FrameTrigger,
                  model.BytesTrigger)
 
 
-class UnsupportedStep(RuntimeError):
+class UnsupportedStep(ScenarioFailure, RuntimeError):
     pass
 
 

@@ -26,6 +26,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from harness.errors import ScenarioFailure
+
 from . import units
 
 PathItem = str | int
@@ -40,7 +42,7 @@ class Issue:
     at_key: bool = False  # point at the key itself (an unknown or duplicate name)
 
 
-class FieldError(ValueError):
+class FieldError(ScenarioFailure, ValueError):
     """Raised by validators; the loader turns each issue into a file:line:field message."""
 
     def __init__(self, issues: Issue | Iterable[Issue]):

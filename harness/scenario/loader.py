@@ -31,6 +31,8 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, Tag, ValidationError
 
+from harness.errors import ScenarioFailure
+
 from ..file_kinds import not_a_file
 from .base import FieldError, PathItem, ScenarioModel, describe, dotted
 from .model import Scenario
@@ -86,7 +88,7 @@ class Problem:
         return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
 
 
-class ScenarioError(Exception):
+class ScenarioError(ScenarioFailure):
     """An invalid scenario file. The attributes describe the first problem (in file order);
     `problems` holds them all and `str()` prints one per line."""
 

@@ -10,6 +10,8 @@ peer is real.
 
 from __future__ import annotations
 
+from harness.errors import EnvironmentFailure
+
 __all__ = [
     "ChannelClosed",
     "ChannelTimeout",
@@ -22,7 +24,7 @@ __all__ = [
 ]
 
 
-class TransportError(Exception):
+class TransportError(EnvironmentFailure):
     """Root of every error raised by `harness.transport`."""
 
 
