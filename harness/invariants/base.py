@@ -48,6 +48,12 @@ class Evidence:
     destination_memory: dict[str, np.ndarray] | None = None
     #: the source's blocks read from a reference QEMU (runner/real_guest.py: _reference_roms)
     reference_blocks: list[str] = field(default_factory=list)
+    #: QEMUs on other hosts: each side's RAM as digests (harness/realguest/hashed.py), in
+    #: place of source_memory / destination_memory, and how to fetch the few pages a
+    #: message quotes
+    source_summary: Any = None
+    destination_summary: Any = None
+    page_fetch: Any = None
 
     def fault_kinds(self) -> set[str]:
         return {f.kind for f in self.faults}

@@ -81,6 +81,8 @@ class MemoryConsistent:
         from harness.realguest.wave import check_consistent
 
         src, dst = evidence.source_memory, evidence.destination_memory
+        if src is None and dst is None and evidence.source_summary is not None:
+            return self._hashed(evidence)
         if src is None or dst is None or evidence.program is None:
             missing = "source" if src is None else "destination"
             return InvariantResult(self.name, False, f"no memory read from the {missing}")
@@ -88,12 +90,32 @@ class MemoryConsistent:
         if ram not in dst:
             return InvariantResult(self.name, False, f"the destination has no block {ram}")
         problems = check_consistent(src[ram], dst[ram], evidence.program)
+        pages = sum(len(v) for v in src.values()) // 4096
+        return self._verdict(evidence, ram, problems, pages)
+
+    def _hashed(self, evidence: Evidence) -> InvariantResult:
+        """The same check from each host's digests (harness/realguest/hashed.py)."""
+        from harness.realguest.hashed import consistent_problems
+
+        src, dst = evidence.source_summary, evidence.destination_summary
+        if dst is None or evidence.program is None:
+            return InvariantResult(self.name, False, "no memory read from the destination")
+        ram = src.main
+        if ram not in dst.hashes:
+            return InvariantResult(self.name, False, f"the destination has no block {ram}")
+        try:
+            problems = consistent_problems(src, dst, evidence.program, evidence.page_fetch)
+        except ValueError as err:
+            return InvariantResult(self.name, False, str(err))
+        return self._verdict(evidence, ram, problems, sum(src.sizes.values()) // 4096)
+
+    def _verdict(self, evidence: Evidence, ram: str, problems: list[str],
+                 pages: int) -> InvariantResult:
         others = [{k: v for k, v in (side or {}).items() if k != ram}
                   for side in (evidence.source_digests, evidence.destination_digests)]
         problems += differing_pages(*others)
         if problems:
             return InvariantResult(self.name, False, "; ".join(problems))
-        pages = sum(len(v) for v in src.values()) // 4096
         return InvariantResult(self.name, True, f"{ram} is an unbroken wave on both sides, "
                                "the destination's no older than the source's at the "
                                f"switchover; the other blocks identical ({pages} pages)"
@@ -122,11 +144,16 @@ class SourceIntact:
     def _real_guest(self, evidence: Evidence) -> InvariantResult:
         from harness.realguest.wave import read_wave
 
-        src = evidence.source_memory
-        if src is None:
+        src, summary = evidence.source_memory, evidence.source_summary
+        if src is None and summary is not None:  # read on the source's host (hashed.py)
+            ram, wave = summary.main, summary.wave
+            if wave is None:
+                return InvariantResult(self.name, False, f"{ram}: {summary.wave_error}")
+        elif src is None:
             return InvariantResult(self.name, False, "no memory read from the source")
-        ram = main_block(src)
-        wave = read_wave(src[ram], evidence.program)
+        else:
+            ram = main_block(src)
+            wave = read_wave(src[ram], evidence.program)
         if wave.problems:
             return InvariantResult(self.name, False, f"{ram}: " + "; ".join(wave.problems))
         return InvariantResult(self.name, True, f"{ram} is an unbroken wave of the source "

@@ -24,7 +24,8 @@ import numpy as np
 
 from .image import GUEST_SCRATCH, PAGE_SIZE, GuestProgram
 
-__all__ = ["MAX_LISTED", "Wave", "check_consistent", "pages_ahead", "read_wave"]
+__all__ = ["MAX_LISTED", "Wave", "capped", "check_consistent", "difference_text", "masked",
+           "pages_ahead", "partial_page", "read_wave"]
 
 MAX_LISTED = 10                   # problems named in full; the rest are counted
 _WORDS = PAGE_SIZE // 4
@@ -60,7 +61,7 @@ def read_wave(ram: np.ndarray, program: GuestProgram) -> Wave:
     if boundary == len(head):             # the sweep is complete: the next one starts
         gen, boundary = gen + 1, 0
     return Wave(gen=gen, cursor=program.start + boundary * PAGE_SIZE,
-                problems=_capped(found + rest, total + rest_total))
+                problems=capped(found + rest, total + rest_total))
 
 
 def pages_ahead(wave: Wave, gen: int, cursor: int, program: GuestProgram) -> int:
@@ -87,7 +88,7 @@ def check_consistent(source: np.ndarray, destination: np.ndarray,
     if (dst.gen, dst.cursor) < (src.gen, src.cursor):
         problems.append(f"destination wave (gen {dst.gen}, cursor {dst.cursor:#x}) is behind "
                         f"the source's (gen {src.gen}, cursor {src.cursor:#x})")
-    problems += _capped(*_masked_differences(source, destination, program))
+    problems += capped(*_masked_differences(source, destination, program))
     return problems
 
 
@@ -166,7 +167,7 @@ def _wrong_pfn(pfn: int, head: int, program: GuestProgram) -> str:
     return f"never written (gen {head}, pfn word {pfn:#x}: not a wave page)"
 
 
-def _capped(found: list[tuple[int, str]], total: int) -> tuple[str, ...]:
+def capped(found: list[tuple[int, str]], total: int) -> tuple[str, ...]:
     """The first MAX_LISTED problems in full, then how many more there are."""
     named = tuple(f"page {gpa:#x}: {what}" for gpa, what in found[:MAX_LISTED])
     more = total - len(named)
@@ -184,25 +185,36 @@ def _masked_differences(source: np.ndarray, destination: np.ndarray,
         hi = min(lo + _CHUNK_PAGES * PAGE_SIZE, size)
         a = source[lo:hi].view("<u4").reshape(-1, _WORDS)
         b = destination[lo:hi].view("<u4").reshape(-1, _WORDS)
-        differ = a != b
         gpa = lo + np.arange(len(a), dtype=np.int64) * PAGE_SIZE
-        swept = (gpa >= program.start) & (gpa < program.sweep_end)
-        differ[swept, 0] = False
-        differ[swept, _TAIL] = False
-        differ[(gpa >= GUEST_SCRATCH[0]) & (gpa < GUEST_SCRATCH[1])] = False
+        differ = masked(a != b, gpa, program)
         rows = np.flatnonzero(differ.any(axis=1))
         total += len(rows)
         for row in rows[:MAX_LISTED - len(found)]:
-            word = int(np.argmax(differ[row]))
-            what = (f"differs at byte {4 * word:#x} (source {a[row, word]:#010x}, "
-                    f"destination {b[row, word]:#010x})")
-            found.append((int(gpa[row]), what))
-    partial = _partial_page(source, destination, size)
+            found.append((int(gpa[row]), difference_text(a[row], b[row], differ[row])))
+    partial = partial_page(source, destination, size)
     return found + partial[:MAX_LISTED - len(found)], total + len(partial)
 
 
-def _partial_page(source: np.ndarray, destination: np.ndarray,
-                  size: int) -> list[tuple[int, str]]:
+def masked(flags: np.ndarray, gpa: np.ndarray, program: GuestProgram) -> np.ndarray:
+    """`flags` (pages x u32 words, at `gpa` each) with what the comparison ignores cleared:
+    the gen/tail words of swept pages and every word of GUEST_SCRATCH pages (in place)."""
+    swept = (gpa >= program.start) & (gpa < program.sweep_end)
+    flags[swept, 0] = False
+    flags[swept, _TAIL] = False
+    flags[(gpa >= GUEST_SCRATCH[0]) & (gpa < GUEST_SCRATCH[1])] = False
+    return flags
+
+
+def difference_text(a: np.ndarray, b: np.ndarray, differ: np.ndarray) -> str:
+    """How one page differs: its first differing u32 word (`differ` after `masked`)."""
+    word = int(np.argmax(differ))
+    return (f"differs at byte {4 * word:#x} (source {a[word]:#010x}, "
+            f"destination {b[word]:#010x})")
+
+
+def partial_page(source: np.ndarray, destination: np.ndarray,
+                 size: int) -> list[tuple[int, str]]:
+    """A difference in the bytes past the last whole page both sides have."""
     end = min(source.size, destination.size)
     differ = np.flatnonzero(source[size:end] != destination[size:end])
     if not differ.size:
