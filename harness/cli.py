@@ -18,6 +18,7 @@ import typer
 from harness.errors import HarnessError, branch_of
 
 from . import __version__
+from .hosts.command import hosts_app
 
 app = typer.Typer(
     add_completion=True,
@@ -144,6 +145,14 @@ def run(
              "scenario's machine, or pc running the harness's own x86 guest when it says "
              "none. What changes is in the report; a scenario that cannot apply to QEMU "
              "is skipped with the reason.")] = None,
+    hosts: Annotated[Path | None, typer.Option(
+        "--hosts", metavar="INVENTORY",
+        help="Run every scenario across the hosts of this inventory file (their agents): "
+             "the first two hosts take source and destination unless --place says "
+             "(`harness hosts check INVENTORY` checks them first).")] = None,
+    place: Annotated[str | None, typer.Option(
+        "--place", metavar="source=HOST,destination=HOST[,proxy=HOST]",
+        help="With --hosts: the inventory host of each role.")] = None,
 ) -> None:
     """Run scenarios (files, or directories: every scenario in them).
 
@@ -176,10 +185,16 @@ def run(
         raise _fail(2, f"harness run: --timeout: {err}")
     if deadline is not None and deadline <= 0:
         raise _fail(2, f"harness run: --timeout {timeout}: expected a duration above 0")
+    from .hosts.command import hosts_options
+
+    try:
+        inventory, placement = hosts_options(hosts, place)
+    except (ValueError, ScenarioError) as err:
+        raise _fail(2, f"harness run: {err}")
     try:
         results = run_files(scenarios, json_path=json_path, junit_path=junit_path, seed=seed,
                             record=record, repeat=repeat, html_path=html_path, peers=sides,
-                            timeout=deadline)
+                            timeout=deadline, inventory=inventory, placement=placement)
     except ScenarioError as err:
         raise _fail(2, f"harness run: {err}")
     except RunInterrupted as err:  # SIGINT/SIGTERM/SIGHUP: reports written, peers reaped
@@ -561,6 +576,8 @@ def agent_keygen(
                f"on the host in the scenario, or {curve.KEYS_ENV}={directory} (needs "
                f"client.key_secret and server.key)")
 
+
+app.add_typer(hosts_app, name="hosts")  # harness hosts check (harness/hosts/command.py)
 
 bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same "
                                 "run.  Without a command: all of them (`bench all`).")

@@ -45,7 +45,8 @@ from harness.control.address import ipc_path
 from harness.control.agent_links import apply_link
 from harness.control.agent_messages import AgentCommand, PeerState, RunState
 from harness.control.agent_peers import PeerProcess, Pending
-from harness.control.agent_runs import Run, host_facts, run_directory
+from harness.control.agent_preflight import PreflightJobs
+from harness.control.agent_runs import Run, host_facts, run_base, run_directory
 from harness.control.curve import ServerKeys, make_curve_server, start_authenticator
 from harness.control.errors import CommandError, ProtocolMessageError
 from harness.control.guard import URI_COMMANDS, host_effect_refusal, inside
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 0.5
 ORPHAN_GRACE = 10.0
 MISSING_AFTER = 3  # heartbeats
+MAX_PREFLIGHTS = 4  # agent-preflight requests probing at once
 STALL = 0.5  # a loop turn this much late: the agent itself was not running
 _DEFERRED = object()  # a handler that will answer later
 
@@ -100,8 +102,10 @@ class Agent:
         self._next_beat = 0.0
         self._last_tick = time.monotonic()
         self.dropped = 0
+        self._preflights = PreflightJobs()  # agent-preflight probes, in threads
         self._handlers: dict[type, Callable[[bytes, int, Any], Any]] = {
-            am.HelloAgent: self._hello, am.TimeSample: lambda c, i, b: {"time": time.time()},
+            am.HelloAgent: self._hello, am.Preflight: self._preflight,
+            am.TimeSample: lambda c, i, b: {"time": time.time()},
             am.Heartbeat: self._heartbeat, am.EndRun: self._end_run,
             am.PeerStart: self._peer_start, am.PeerExecute: self._peer_execute,
             am.PeerFault: self._peer_fault, am.PeerStop: self._peer_stop,
@@ -273,7 +277,8 @@ class Agent:
         resynced = run is not None
         if run is None:
             try:
-                directory = run_directory(self.workdir, body.run_id, self.runs)
+                base = run_base(self.workdir, body.workdir)  # the host's workdir:
+                directory = run_directory(base, body.run_id, self.runs)
             except (ValueError, OSError) as err:
                 raise CommandError(GENERIC_ERROR, f"agent-hello: {err}") from None
             run = Run(body.run_id, directory, client, body.heartbeat, time.monotonic())
@@ -290,6 +295,13 @@ class Agent:
             "run-dir": str(run.directory), "links": sorted(run.links)})
         while run.backlog:  # what it missed, after the reply that tells it what it has
             self._send(client, run.backlog.popleft())
+        return _DEFERRED
+
+    def _preflight(self, client: bytes, msg_id: int, body: am.Preflight) -> Any:
+        """Facts for `harness hosts check` (no run needed), answered from `_tick`."""
+        if self._preflights.running >= MAX_PREFLIGHTS:
+            raise CommandError(GENERIC_ERROR, f"{MAX_PREFLIGHTS} preflights are running")
+        self._preflights.start(client, msg_id, body.qemu)
         return _DEFERRED
 
     def _heartbeat(self, client: bytes, msg_id: int, body: am.Heartbeat) -> Any:
@@ -474,6 +486,8 @@ class Agent:
     def _tick(self, now: float) -> None:
         stalled = now - self._last_tick - STALL
         self._last_tick = now
+        for client, msg_id, facts in self._preflights.finished():
+            self._reply(client, msg_id, facts)
         if stalled > 0:  # we were not listening (stopped, swapped out): not their silence
             for run in self.runs.values():
                 run.last_seen += stalled

@@ -45,6 +45,7 @@ __all__ = [
     "PeerStart",
     "PeerState",
     "PeerStop",
+    "Preflight",
     "RunState",
     "TimeSample",
     "decode_event",
@@ -64,6 +65,7 @@ class AgentCommand(enum.Enum):
     TIME = "agent-time"            # one clock sample
     HEARTBEAT = "agent-heartbeat"  # the runner is alive (any message also counts)
     END_RUN = "agent-end-run"      # stop what is left of the run, forget it
+    PREFLIGHT = "agent-preflight"  # what this host offers a run (harness hosts check)
     PEER_START = "peer-start"
     PEER_EXECUTE = "peer-execute"  # relay one QMP command to a peer
     PEER_FAULT = "peer-fault"      # kill | crash | stop | cont the peer's session
@@ -124,11 +126,22 @@ class HelloAgent:
     COMMAND: ClassVar[AgentCommand] = AgentCommand.HELLO
     run_id: str
     heartbeat: float = 0.5  # how often the runner will send heartbeats
+    #: the host's `workdir:`: the run's directory goes under it (an existing directory
+    #: of the agent's user, not group/world-writable), else the agent's own
+    workdir: str | None = None
 
 
 @dataclass(frozen=True)
 class TimeSample:
     COMMAND: ClassVar[AgentCommand] = AgentCommand.TIME
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """No run needed: facts of this host (control/agent_preflight.py)."""
+
+    COMMAND: ClassVar[AgentCommand] = AgentCommand.PREFLIGHT
+    qemu: str | None = None  # the host's QEMU binary (None: the PATH's)
 
 
 @dataclass(frozen=True)
@@ -206,7 +219,7 @@ class LinkUndo:
     id: str
 
 
-Request = (HelloAgent | TimeSample | Heartbeat | EndRun | PeerStart | PeerExecute | PeerFault
+Request = (HelloAgent | TimeSample | Preflight | Heartbeat | EndRun | PeerStart | PeerExecute | PeerFault
            | PeerStop | PeerStacks | PeerLog | LinkFaultRequest | LinkUndo)
 _REQUESTS: dict[str, type[Any]] = {cls.COMMAND.value: cls for cls in typing.get_args(Request)}
 

@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import socket
+import stat
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ from harness.control.agent_messages import RunState
 from harness.control.agent_peers import PeerProcess
 from harness.control.guard import check_name, inside
 
-__all__ = ["BACKLOG", "KEEP_RUNS", "MARKER", "RUNS", "Run", "host_facts", "run_directory"]
+__all__ = ["BACKLOG", "KEEP_RUNS", "MARKER", "RUNS", "Run", "host_facts", "run_base",
+           "run_directory"]
 
 BACKLOG = 10_000  # events kept for a runner that is unreachable
 KEEP_RUNS = 20  # run directories kept in the work directory
@@ -47,6 +49,30 @@ def host_facts() -> dict[str, Any]:
             "load-average": [round(x, 2) for x in os.getloadavg()],
             "memory-total": memory.total, "memory-available": memory.available,
             "python": platform.python_version(), "harness": __version__, "agent-pid": os.getpid()}
+
+
+def run_base(own: Path, wanted: str | None) -> Path:
+    """Where a run's directory goes: the host's `workdir:` (agent-hello `workdir`) when it
+    is an existing directory of the agent's user that no one else may write, else the
+    agent's own work directory; ValueError naming the directory and what is wrong."""
+    if wanted is None:
+        return own
+    path = Path(wanted)
+    if not path.is_absolute():
+        raise ValueError(f"workdir {wanted!r} is not an absolute path")
+    try:
+        st = path.resolve().stat()
+    except OSError as err:
+        raise ValueError(f"workdir {wanted}: {err.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"workdir {wanted} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise ValueError(f"workdir {wanted} belongs to uid {st.st_uid}, not to the agent's "
+                         f"user (uid {os.geteuid()})")
+    if st.st_mode & 0o022:
+        raise ValueError(f"workdir {wanted} is group- or world-writable (mode "
+                         f"{stat.S_IMODE(st.st_mode):o}): others could plant files in it")
+    return path
 
 
 @dataclass

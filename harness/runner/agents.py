@@ -109,7 +109,9 @@ class AgentConnection:
         if greeting.role != am.AGENT_ROLE:
             raise AgentError(f"{self.url} is not an agent (it greets as {greeting.role!r})")
         self.agent_pid = greeting.pid
-        reply = self.request(am.HelloAgent(self.run_id, HEARTBEAT), timeout=timeout)
+        workdir = str(self.host.workdir) if self.host.workdir is not None else None
+        reply = self.request(am.HelloAgent(self.run_id, HEARTBEAT, workdir),
+                             timeout=timeout)
         self.facts = dict(reply.get("facts", {}))
         self.resynced_peers = list(reply.get("peers", []))
         self.clock = self.measure_clock()

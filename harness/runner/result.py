@@ -118,6 +118,9 @@ class ScenarioResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
     #: how `--peers qemu` rewrote the scenario (harness/scenario/qemu_peers.py)
     adapted: list[str] = field(default_factory=list)
+    #: peers on hosts: source, destination (and proxy when one ran) -> host name, and the
+    #: inventory of `--hosts` (harness/hosts/placement.py)
+    placement: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -143,4 +146,5 @@ class ScenarioResult:
             "passes": self.passes,
             **({"scenario": self.scenario} if self.scenario else {}),
             **({"adapted": self.adapted} if self.adapted else {}),
+            **({"placement": self.placement} if self.placement else {}),
         }

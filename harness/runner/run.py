@@ -35,6 +35,8 @@ from typing import Any
 from rich.console import Console
 
 from harness.errors import EnvironmentFailure
+from harness.hosts.inventory import Inventory
+from harness.hosts.placement import across_hosts_skip, place_each, record_placement
 from harness.lifeline import sweep
 from harness.report.formats import (
     headline,
@@ -128,15 +130,21 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
               console: Console | None = None, record: bool = False,
               repeat: int = 1, html_path: str | Path | None = None,
               peers: frozenset[str] = frozenset(),
-              timeout: float | None = None) -> list[ScenarioResult]:
+              timeout: float | None = None, inventory: Inventory | None = None,
+              placement: dict[str, str] | None = None) -> list[ScenarioResult]:
     """Run every scenario of the given files; raises ScenarioError for a bad file and
     RunInterrupted (after writing the reports) when a signal ended the run.  `peers`
     (`--peers`): the sides that run a real QEMU instead (harness/scenario/qemu_peers.py);
-    `timeout` (`--timeout`): every scenario's deadline instead of its own."""
+    `timeout` (`--timeout`): every scenario's deadline instead of its own; `inventory`
+    and `placement` (`--hosts`, `--place`): every scenario placed on those hosts before
+    any runs (harness/hosts/placement.py; a conflict is a ScenarioError)."""
     scenarios = load_scenarios(paths)
     if timeout is not None:  # --timeout: every scenario's deadline
         scenarios = [sc.model_copy(update={"timeout": timeout}) for sc in scenarios]
     adapted = {id(sc): with_qemu_peers(sc, peers) for sc in scenarios} if peers else {}
+    placed = {id(sc): on_hosts for sc, on_hosts in zip(scenarios, place_each(
+        [adapted[id(sc)].scenario or sc if peers else sc for sc in scenarios], inventory,
+        placement))} if inventory is not None else {}
     named = {Path(p).resolve() for p in paths if not Path(p).is_dir()}
     out = console or report_console()
     err = Console(stderr=True)
@@ -151,10 +159,13 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
             for scenario in scenarios:
                 skip = _skip_reason(scenario, named)
                 notes: list[str] = []
+                on_hosts = placed.get(id(scenario))
                 if peers and skip is None:
                     change = adapted[id(scenario)]
                     skip = change.why_not
                     scenario, notes = change.scenario or scenario, change.notes
+                if on_hosts is not None and skip is None:  # --hosts
+                    scenario, skip = on_hosts, across_hosts_skip(on_hosts)
                 if skip is not None:
                     results.append(ScenarioResult(scenario.name, str(scenario.source_file),
                                                   scenario.seed if seed is None else seed,
@@ -170,6 +181,7 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
                                           record, events_path(json_path, scenario, label))
                     result.repeat = label
                     result.adapted = notes
+                    record_placement(result, scenario, inventory)
                     results.append(result)
                     current = None
                     _print_result(result, out)
