@@ -35,6 +35,7 @@ import zmq
 
 from harness import lifeline
 from harness.control.agent_messages import PeerStart, PeerState
+from harness.control.agent_qemu import qemu_command_line
 from harness.control.errors import ProtocolMessageError
 from harness.control.guard import inside
 from harness.control.messages import Execute, Message, encode, from_frames
@@ -252,7 +253,8 @@ class PeerProcess:
 
 
 #: kind -> the command line of the process a `peer-start` of that kind runs
-_COMMAND_LINES: dict[str, Any] = {"harness": PeerProcess._harness_peer}
+_COMMAND_LINES: dict[str, Any] = {"harness": PeerProcess._harness_peer,
+                                  "qemu": qemu_command_line}
 
 
 def _peer_environment() -> dict[str, str]:

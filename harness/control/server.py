@@ -197,13 +197,17 @@ class ControlServer:
             raise ValueError(f"command {command!r} already has a handler")
         self._handlers[command] = handler
 
-    def emit(self, name: str, data: Mapping[str, Any] | None = None) -> None:
+    def emit(self, name: str, data: Mapping[str, Any] | None = None,
+             timestamp: float | None = None) -> None:
         """Queue event `name` for every client; thread-safe, never blocks.
+
+        `timestamp` (seconds since the epoch) is when it happened, if not now: a relayed
+        event keeps its source's (QEMU's, harness/qemu/served.py).
 
         Raises ProtocolMessageError (in the caller's thread) if `data` is not JSON.
         After close() the event is dropped.
         """
-        event = Event(name, dict(data or {}), time.time())
+        event = Event(name, dict(data or {}), time.time() if timestamp is None else timestamp)
         frame = encode(event)
         with self._wake_lock:
             if self.state is ServerState.CLOSED:

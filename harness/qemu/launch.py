@@ -93,8 +93,12 @@ class QemuProcess:
     """
 
     def __init__(self, args: list[str], workdir: Path, name: str = "qemu",
-                 binary: str | None = None, die_with_starter: bool = False) -> None:
+                 binary: str | None = None, die_with_starter: bool = False,
+                 new_session: bool = True) -> None:
         self.args = list(args)
+        #: False: QEMU stays in its starter's session, so a fault on that session
+        #: (harness/qemu/served.py's wrapper, as an agent runs it) reaches QEMU too
+        self.new_session = new_session
         self.die_with_starter = die_with_starter  # exec'd through harness.lifeline
         self.workdir = Path(workdir).resolve()
         self.name = name
@@ -192,7 +196,7 @@ class QemuProcess:
             self.qmp_path.unlink()  # a stale socket would refuse connections
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             command = lifeline_command(self.command) if self.die_with_starter else self.command
-            self._proc = _popen(command, out, err, self.workdir)
+            self._proc = _popen(command, out, err, self.workdir, self.new_session)
         with contextlib.suppress(psutil.Error):
             self._started_at = psutil.Process(self._proc.pid).create_time()
 
@@ -258,10 +262,10 @@ class QemuProcess:
 
 
 def _popen(command: list[str], out: IO[bytes], err: IO[bytes],
-           cwd: Path) -> subprocess.Popen[bytes]:
+           cwd: Path, new_session: bool = True) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                cwd=cwd, start_new_session=True)
+                                cwd=cwd, start_new_session=new_session)
     except OSError as exc:
         raise QemuError(f"cannot run {shlex.join(command)}: {exc}") from exc
 

@@ -102,6 +102,14 @@ class QMPClient:
             if "event" in message:
                 self.events.append(message)
 
+    def fileno(self) -> int:
+        """The socket's descriptor, to wait on with a poller (readable: events or EOF)."""
+        return self._sock.fileno()
+
+    def pending_line(self) -> bool:
+        """Whether a whole message already sits in the buffer (read, not yet parsed)."""
+        return b"\n" in self._buf
+
     def close(self) -> None:
         self._sock.close()
 

@@ -26,6 +26,7 @@ from harness.scenario import steps as model
 from harness.scenario.model import Host, Scenario
 
 from .agents import HEARTBEAT, AgentConnection, client_keys
+from .remote_qemu import placement_problems as qemu_problems
 
 __all__ = ["Agents", "Pacemaker", "placement_problems", "used_hosts"]
 
@@ -143,10 +144,7 @@ def placement_problems(sc: Scenario) -> list[str]:
     """What a scenario asks of its hosts that this runner cannot do (empty: fine)."""
     remote = [r for r in ("source", "destination") if getattr(sc, r).host is not None]
     out = []
-    for role in remote:
-        if getattr(sc, role).kind != "harness":
-            out.append(f"{role}: kind: {getattr(sc, role).kind} with host: agents start "
-                       f"harness peers only (run a QEMU peer locally)")
+    out += qemu_problems(sc, remote)  # issue 14: QEMU peers on hosts (remote_qemu.py)
     if remote and not sc.transport.uri and sc.transport.scheme != "tcp":
         out.append(f"transport: {sc.transport.scheme} with peers on hosts: across hosts the "
                    f"runner puts the stream on tcp between the hosts' addresses (use "

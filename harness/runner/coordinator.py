@@ -41,7 +41,7 @@ from . import real_guest
 from .agent_peer import AgentPeer, RemoteFrozen
 from .agent_pool import Agents, placement_problems
 from .agents import tcp_uri
-from .peers import HarnessPeer, PeerError, PeerHandle, QemuPeer, kill_tree, short_dir
+from .peers import HarnessPeer, PeerError, PeerHandle, kill_tree, short_dir
 from .proxy import ProxyHandle
 from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
 from .samples import Sampler
@@ -216,7 +216,7 @@ class Coordinator:
                                f"{err}") from None
             if peer.pid is not None and host is None:
                 self._pids.append(peer.pid)  # a remote peer's leftovers: its agent checks
-            facts = peer.facts() if isinstance(peer, QemuPeer) else {}
+            facts = peer.facts() if real_guest.is_qemu(peer) else {}  # issue 14
             self.note(peer.role, "started", {"kind": peer.kind, "pid": peer.pid,
                                              "runstate": peer.runstate(), **facts,
                                              **({"host": host} if host else {})}, time.time())
@@ -633,7 +633,7 @@ class Coordinator:
     def _outcome(self, peer: PeerHandle) -> PeerOutcome:
         out = PeerOutcome(kind=peer.kind, statuses=list(self.statuses[peer.role]),
                           stacks=self._stacks.get(peer.role))
-        if isinstance(peer, QemuPeer):
+        if real_guest.is_qemu(peer):  # issue 14: a QEMU here or on a host
             out.facts = peer.facts()
         log_path = getattr(peer, "stderr_path", None)
         out.log = str(log_path) if log_path else getattr(peer, "log_location", None)
@@ -644,7 +644,7 @@ class Coordinator:
         if not peer.alive():
             out.exit_code = peer.exit_code()
             tail = peer.stderr_tail(5)
-            out.status = dead_peer_status(isinstance(peer, QemuPeer), peer.role,
+            out.status = dead_peer_status(real_guest.is_qemu(peer), peer.role,
                                           self.status[peer.role], out.exit_code, tail)
             out.error = f"the {peer.role} exited with status {out.exit_code}: " + \
                 tail.replace("\n", " / ")

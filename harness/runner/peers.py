@@ -284,6 +284,7 @@ class QemuPeer:
     accel_reason: str = ""  # resolve_accel's why, for the report
     program: GuestProgram | None = None  # the real guest (None: no disk, SeaBIOS idles)
     serial_path: Path | None = None  # default workdir/ROLE.serial on a real machine
+    new_session: bool = True  # False: in its starter's session (harness/qemu/served.py)
 
     def __post_init__(self) -> None:
         self._qemu: Any = None
@@ -311,7 +312,8 @@ class QemuPeer:
         if self.machine != "none":
             self._prepare_machine()
         self._qemu = QemuProcess(self.command_args(), self.workdir, name=self.role,
-                                 binary=self.binary, die_with_starter=self.die_with_starter)
+                                 binary=self.binary, die_with_starter=self.die_with_starter,
+                                 new_session=self.new_session)
         self._qemu.start(timeout=START_TIMEOUT)
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None,

@@ -35,6 +35,7 @@ from harness.qemu import QemuError, QMPError
 from harness.scenario.model import Scenario
 
 from .peers import PeerHandle, QemuPeer
+from .remote_qemu import RemoteQemuPeer, learn_remote_layout, qemu_options, read_memory
 
 if TYPE_CHECKING:
     from harness.invariants import Evidence
@@ -66,17 +67,27 @@ def program_of(sc: Scenario) -> Any:
                         pattern=pattern, hotset=w.hotset)
 
 
-def make_qemu_peer(c: Coordinator, role: str) -> QemuPeer:
-    """A QEMU peer of the scenario: `-M none` as before, or a real machine."""
+def is_qemu(peer: Any) -> bool:
+    """A real QEMU peer, beside the runner or on an agent's host."""
+    return isinstance(peer, (QemuPeer, RemoteQemuPeer))
+
+
+def make_qemu_peer(c: Coordinator, role: str) -> QemuPeer | RemoteQemuPeer:
+    """A QEMU peer of the scenario: `-M none` as before, or a real machine; a peer with
+    `host:` is started by that host's agent (runner/remote_qemu.py)."""
     sc = c.sc
     spec = sc.source if role == "source" else sc.destination
+    held = role == "destination" and not sc.postcopy and sc.guest.real_machine
+    if spec.host is not None:
+        return RemoteQemuPeer(role, c.agents[spec.host],
+                              qemu_options(c, role, held, sc.guest.real_machine),
+                              program_of(sc) if sc.guest.real_machine else None)
     binary = str(spec.binary) if spec.binary else None
     if not sc.guest.real_machine:
         return QemuPeer(role, c.workdir, sc.guest.total_memory, args=list(spec.args),
                         loader=_loader_file(c) if role == "source" else None,
                         binary=binary, die_with_starter=True)
-    accel, why = _accel(sc.guest.accel)
-    held = role == "destination" and not sc.postcopy  # precopy: read it as loaded
+    accel, why = _accel(sc.guest.accel)  # held: precopy, read it as loaded
     return QemuPeer(role, c.workdir, sc.guest.total_memory, args=list(spec.args),
                     binary=binary, die_with_starter=True, machine=sc.guest.machine,
                     accel=accel, accel_reason=why, program=program_of(sc), paused=held)
@@ -96,7 +107,10 @@ def machine_layout(c: Coordinator) -> Path:
 
     from .peers import shared_image
 
+    if c.sc.source.host is not None:
+        return _remote_layout(c)
     source = make_qemu_peer(c, "source")
+    assert isinstance(source, QemuPeer)
     source.image = shared_image(source.program, c.workdir / "guest.img")
     try:
         layout = learn_layout(source.binary, source.command_args(), c.workdir)
@@ -110,10 +124,33 @@ def machine_layout(c: Coordinator) -> Path:
     return cache_path(layout.key)
 
 
+def _remote_layout(c: Coordinator) -> Path:
+    """The layout learnt on the source's host, as a file here (its content crossed)."""
+    import json
+
+    from harness.control import ControlError
+    from harness.qemu.layout import MachineLayout
+
+    try:
+        doc = learn_remote_layout(c, held=False)
+        layout = MachineLayout.from_json(doc["layout"])
+    except (ControlError, KeyError, TypeError, ValueError) as err:
+        raise BootError(f"cannot learn the layout of machine {c.sc.guest.machine} on host "
+                        f"{c.sc.source.host}: {err}") from None
+    path = c.workdir / f"layout-{layout.key[:16]}.json"
+    path.write_text(json.dumps(layout.to_json(), separators=(",", ":")))
+    c.note("runner", "machine-layout", {"key": layout.key[:16], "machine": layout.machine,
+                                        "host": c.sc.source.host,
+                                        "devices": len(layout.device_names()),
+                                        "blocks": [name for name, _ in layout.blocks],
+                                        **dict(doc.get("probe") or {})})
+    return path
+
+
 def wait_booted(c: Coordinator, peer: PeerHandle) -> None:
     """A source's real guest must run its loop before the migration starts: a migration of
     SeaBIOS, or of the guest's init pass, is not the test the scenario describes."""
-    if not (isinstance(peer, QemuPeer) and peer.program is not None and not peer.paused
+    if not (is_qemu(peer) and peer.program is not None and not peer.paused  # type: ignore[attr-defined]
             and peer.role == "source"):
         return
     started = time.monotonic()
@@ -171,6 +208,9 @@ def _readable(c: Coordinator, peer: PeerHandle) -> bool:
 
 def _read_memory(c: Coordinator, evidence: Evidence, want: str, src: PeerHandle,
                  dst: PeerHandle) -> None:
+    if isinstance(src, RemoteQemuPeer) or isinstance(dst, RemoteQemuPeer):
+        read_memory(c, evidence, want, src, dst, _readable)  # digests, never the RAM
+        return
     completed = c.status["destination"] == "completed"
     if _readable(c, src):
         evidence.source_memory = _snapshot(c, src)
@@ -240,7 +280,7 @@ def _digests(blocks: dict[str, Any]) -> dict[str, Any]:
 
 def _continue_held(c: Coordinator, dst: PeerHandle) -> None:
     """A destination held with -S after a completed load is let run, as a user would."""
-    if not (isinstance(dst, QemuPeer) and dst.paused and _readable(c, dst)
+    if not (is_qemu(dst) and dst.paused and _readable(c, dst)  # type: ignore[attr-defined]
             and c.status["destination"] == "completed"):
         return
     try:
@@ -254,7 +294,7 @@ def _continue_held(c: Coordinator, dst: PeerHandle) -> None:
 
 def _heartbeats(c: Coordinator, evidence: Evidence) -> None:
     peers = [p for p in (c.peer("source"), c.peer("destination"))
-             if isinstance(p, QemuPeer) and p.program is not None]
+             if is_qemu(p) and p.program is not None]  # type: ignore[attr-defined]
     first = {p.role: _beat(c, p) for p in peers}
     time.sleep(HEARTBEAT_WINDOW)
     for p in peers:
@@ -270,7 +310,7 @@ def _heartbeats(c: Coordinator, evidence: Evidence) -> None:
             outcome.runstate = p.runstate()
 
 
-def _beat(c: Coordinator, peer: QemuPeer) -> Any:
+def _beat(c: Coordinator, peer: Any) -> Any:
     if not _readable(c, peer):
         return None
     try:
