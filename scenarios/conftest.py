@@ -10,7 +10,11 @@ harness's own summary (the reason, the checks, the timeline).  A scenario that n
 real QEMU, or a QEMU postcopy destination (userfaultfd), is skipped with that reason when
 the machine lacks it.  A scenario with `hosts:` runs only when HARNESS_AGENTS=1 says its
 agents are up (README, "Across hosts"): its addresses are real hosts', never probed
-unasked.
+unasked.  `pytest scenarios/ --hosts INVENTORY` (or HARNESS_HOSTS) runs every other
+scenario across the inventory's hosts (`harness run --hosts INVENTORY --place
+source=A,destination=B`), each item holding a pair of hosts (h1+h2, h3+h4, ...) with an
+exclusive lock while it runs, so `-n N` runs one item per pair at a time; a scenario that
+cannot run across hosts (a unix: transport, ...) is skipped with the reason.
 
 Each scenario of scenarios/faults/ is also an item `NAME[qemu]` (marker `qemu_matrix`):
 the same file run with `harness run --peers qemu`, a real QEMU on both sides running the
@@ -26,6 +30,7 @@ HANG_TIMEOUT` to be named at that deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -42,6 +47,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 MARGIN = 120.0  # beyond the scenario's own timeout: start-up, digests, reaping
 HANG_TIMEOUT = "12s"  # the deadline of a QEMU cell the README says hangs
+PAIR_WAIT = float(os.environ.get("HARNESS_HOSTS_WAIT", "900"))  # s for a free pair of hosts
+INVENTORY = pytest.StashKey[Any]()
 README_ROW = re.compile(r"^\| \[([\w-]+)\]\(scenarios/faults/[\w-]+\.yaml\) \|.*\| ([^|]+) \|$")
 
 
@@ -49,11 +56,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--peers", default=os.environ.get("HARNESS_PEERS"),
                      metavar="qemu|source=qemu|destination=qemu",
                      help="run every scenario with real QEMU peers (harness run --peers)")
+    parser.addoption("--hosts", default=os.environ.get("HARNESS_HOSTS"), metavar="INVENTORY",
+                     help="run every scenario across the hosts of this inventory (harness "
+                          "run --hosts --place), one item per pair of hosts at a time")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "qemu_matrix: a fault-matrix scenario run with real "
                             "QEMU peers (harness run --peers qemu)")
+    config.stash[INVENTORY] = None
+    path = config.getoption("--hosts", None)
+    if path:
+        from harness.hosts.inventory import InventoryError, load_inventory
+
+        try:
+            config.stash[INVENTORY] = load_inventory(path)
+        except InventoryError as err:
+            raise pytest.UsageError(f"--hosts: {err}") from None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -150,7 +169,9 @@ class ScenarioItem(pytest.Item):
         self.scenario = scenario
         self.peers = peers
         self.not_applicable = not_applicable
-        self.add_marker(pytest.mark.timeout(scenario.timeout + MARGIN))
+        on_hosts = self.config.stash.get(INVENTORY, None) is not None
+        self.add_marker(pytest.mark.timeout(scenario.timeout + MARGIN
+                                            + (PAIR_WAIT if on_hosts else 0)))
         if "qemu" in (scenario.source.kind, scenario.destination.kind):
             self.add_marker(pytest.mark.qemu)
 
@@ -169,12 +190,13 @@ class ScenarioItem(pytest.Item):
         peers = ["--peers", self.peers] if self.peers else []
         if "hangs" in self.differs:
             peers += ["--timeout", HANG_TIMEOUT]
-        proc = subprocess.run(
-            [sys.executable, "-m", "harness", "run", str(self.path), "--json", str(report),
-             *peers],
-            capture_output=True, text=True, cwd=REPO, check=False,
-            timeout=self.scenario.timeout + MARGIN,
-            env={**os.environ, "HARNESS_WORKDIR": str(work / "runs")})
+        with self._host_pair() as placed:
+            proc = subprocess.run(
+                [sys.executable, "-m", "harness", "run", str(self.path), "--json", str(report),
+                 *peers, *placed],
+                capture_output=True, text=True, cwd=REPO, check=False,
+                timeout=self.scenario.timeout + MARGIN,
+                env={**os.environ, "HARNESS_WORKDIR": str(work / "runs")})
         if proc.returncode != 0 and self.differs != "as expected":
             wrong = differs_as_written(self.differs, json.loads(report.read_text()))
             if wrong:  # not the README's difference: a real failure, not the xfail
@@ -186,6 +208,20 @@ class ScenarioItem(pytest.Item):
             raise ScenarioFailed(0, "passed, but these faults are not in the report's "
                                  f"faults: {', '.join(missing)}\n" + proc.stdout, report)
 
+    @contextlib.contextmanager
+    def _host_pair(self) -> Iterator[list[str]]:
+        """--hosts: a free pair of the inventory's hosts (an exclusive lock shared by the
+        xdist workers, harness/hosts/pairs.py), held while the scenario runs."""
+        inventory = self.config.stash.get(INVENTORY, None)
+        if inventory is None or self.scenario.hosts:
+            yield []  # a scenario with its own hosts runs on them (HARNESS_AGENTS)
+            return
+        from harness.hosts.pairs import host_pair
+
+        with host_pair(inventory, PAIR_WAIT) as (source, destination):
+            yield ["--hosts", str(inventory.file), "--place",
+                   f"source={source},destination={destination}"]
+
     def _skip_without_what_it_needs(self) -> None:
         from harness.qemu import find_qemu, userfaultfd_available
 
@@ -195,6 +231,14 @@ class ScenarioItem(pytest.Item):
             pytest.skip(f"runs on the agents of its hosts ({agents}): start them and set "
                         "HARNESS_AGENTS=1 (README: Across hosts); tests/e2e/test_multihost.py "
                         "runs it in network namespaces")
+        inventory = self.config.stash.get(INVENTORY, None)
+        if inventory is not None and not sc.hosts:  # what the hosts lack: harness hosts check
+            from harness.hosts.placement import across_hosts_skip, place
+
+            why = across_hosts_skip(place(sc, inventory))
+            if why:
+                pytest.skip(why)
+            return
         if "qemu" in (sc.source.kind, sc.destination.kind) and find_qemu() is None:
             pytest.skip("qemu-system-x86_64 not installed (CI installs Debian's "
                         "qemu-system-x86)")

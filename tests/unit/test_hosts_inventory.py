@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,22 @@ def test_scenario_needs_names_what_a_host_must_offer():
     assert scenario_needs(items["multihost-postcopy"]) == {"net-admin", "tbf"}
     assert "precopy-kill-source-pass[qemu]" in items  # the fault matrix's QEMU column
     assert "qemu" in scenario_needs(items["precopy-kill-source-pass[qemu]"])
+
+
+def test_pairs_are_taken_exclusively_and_a_full_house_names_who_holds_them(tmp_path):
+    import time
+
+    from harness.hosts.pairs import NoFreePair, host_pair, lock_dir
+
+    inv = _inventory(tmp_path, "hosts:\n" + "".join(
+        f"  h{i}: {{agent: 'tcp://10.0.0.{i}:1'}}\n" for i in range(1, 5)))
+    with host_pair(inv, 1, root=tmp_path) as first, host_pair(inv, 1, root=tmp_path) as second:
+        assert {first, second} == {("h1", "h2"), ("h3", "h4")}
+        started = time.monotonic()
+        with pytest.raises(NoFreePair) as err, host_pair(inv, 0.3, root=tmp_path):
+            pass
+        assert time.monotonic() - started >= 0.3
+        assert f"h1+h2 (pid {os.getpid()}), h3+h4 (pid {os.getpid()})" in str(err.value)
+    with host_pair(inv, 0, root=tmp_path) as again:  # released at the end of the block
+        assert again == ("h1", "h2")
+    assert (lock_dir(inv, tmp_path).stat().st_mode & 0o777) == 0o700
