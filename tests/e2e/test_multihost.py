@@ -37,12 +37,12 @@ class World:
     agents: list[AgentProcess]
     tmp: Path
 
-    def run(self, scenario: Path, name: str) -> tuple[int, dict[str, Any], str]:
+    def run(self, scenario: Path, name: str, *extra: str) -> tuple[int, dict[str, Any], str]:
         """`harness run` from the runner's namespace; its exit code, scenario report, output."""
         report = self.tmp / f"{name}.json"
         proc = self.lab.run_in(
             self.lab.hosts[0], [sys.executable, "-m", "harness", "run", str(scenario), "--json",
-                                str(report)],
+                                str(report), *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "HARNESS_AGENT_KEYS": str(self.keys),
                  "HARNESS_WORKDIR": str(self.tmp / name)})
@@ -155,3 +155,45 @@ expect: {source: failed, memory: source-intact, guest-runs-on: source}
     assert code == 0, output
     [fault] = sc["faults"]
     assert (fault["kind"], fault["target"]) == ("kill", "destination")
+
+
+def _inventory(world: World) -> Path:
+    """The two agents' hosts as an inventory file (harness/hosts), keys beside it."""
+    path = world.tmp / "inventory.yaml"
+    path.write_text(f"""\
+hosts:
+  a: {{agent: "tcp://198.18.0.2:{PORT}", keys: keys}}
+  b: {{agent: "tcp://198.18.0.3:{PORT}", keys: keys}}
+""")
+    return path
+
+
+def test_hosts_check_finds_both_agents_able_to_run_the_multihost_scenario(world):
+    report = world.tmp / "check.json"
+    proc = world.lab.run_in(
+        world.lab.hosts[0], [sys.executable, "-m", "harness", "hosts", "check",
+                             str(_inventory(world)), "--json", str(report), "--scenarios",
+                             str(SHIPPED)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output
+    hosts = json.loads(report.read_text())["hosts"]
+    assert set(hosts) == {"a", "b"}
+    for host in hosts.values():
+        assert host["reachable"] and host["facts"]["tbf"]["ok"], host
+        assert host["facts"]["net-admin"]["ok"]
+
+
+def test_a_scenario_without_hosts_runs_on_the_inventorys_hosts(world):
+    code, sc, output = world.run(REPO / "scenarios" / "precopy.yaml", "inventory-precopy",
+                                 "--hosts", str(_inventory(world)))
+    assert code == 0, output
+    assert sc["placement"] == {"source": "a", "destination": "b",
+                               "inventory": str(world.tmp / "inventory.yaml")}
+    assert {name: h["roles"] for name, h in sc["hosts"].items()} == {
+        "a": ["source"], "b": ["destination"]}
+    started = {t["peer"]: t["data"].get("host") for t in sc["timeline"]
+               if t["name"] == "started"}
+    assert started == {"source": "a", "destination": "b"}
+    [migrate] = [t for t in sc["timeline"] if t["name"] == "migrate"]
+    assert migrate["data"]["uri"].startswith("tcp:198.18.0.3:")  # straight to host b
