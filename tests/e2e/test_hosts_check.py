@@ -113,3 +113,23 @@ def test_the_hosts_workdir_holds_the_runs_directory_only_when_it_is_safe(agent, 
     finally:
         conn.client.close()
     assert not (shared / "runs").exists()
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", "run", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_place_without_hosts_and_an_unknown_host_are_refused_before_anything_runs(tmp_path):
+    done = _run("--place", "source=a,destination=b", str(PRECOPY))
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("harness run: --place source=a,destination=b: needs "
+                                   "--hosts INVENTORY (the hosts it names are the "
+                                   "inventory's)")
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("hosts:\n  h1: {agent: 'tcp://127.0.0.1:9'}\n")
+    done = _run("--hosts", str(inventory), "--place", "source=h1,destination=zz", str(PRECOPY))
+    assert done.returncode == 2, done.stderr
+    assert f"{inventory}: --place destination=zz: 'zz' is not a host of this inventory " \
+           "(hosts: h1)" in done.stderr
+    assert "Traceback" not in done.stderr
