@@ -35,6 +35,7 @@ import zmq
 
 from harness import lifeline
 from harness.control.agent_messages import PeerStart, PeerState
+from harness.control.agent_proxy import proxy_command_line
 from harness.control.agent_qemu import qemu_command_line
 from harness.control.errors import ProtocolMessageError
 from harness.control.guard import inside
@@ -254,6 +255,7 @@ class PeerProcess:
 
 #: kind -> the command line of the process a `peer-start` of that kind runs
 _COMMAND_LINES: dict[str, Any] = {"harness": PeerProcess._harness_peer,
+                                  "proxy": proxy_command_line,
                                   "qemu": qemu_command_line}
 
 

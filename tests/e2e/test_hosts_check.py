@@ -102,7 +102,7 @@ def test_the_hosts_workdir_holds_the_runs_directory_only_when_it_is_safe(agent, 
         conn.end_run()
     finally:
         conn.client.close()
-    shared = tmp_path / "shared"
+    shared = tmp_path / "open-to-all"
     shared.mkdir()
     shared.chmod(0o777)
     conn = AgentConnection("here", Host(agent=agent.url, workdir=shared), "wd-run-2")
