@@ -42,10 +42,12 @@ import zmq
 from harness import __version__
 from harness.control import agent_messages as am
 from harness.control.address import ipc_path
+from harness.control.agent_files import EventLog, list_files, read_chunk
 from harness.control.agent_links import apply_link
 from harness.control.agent_messages import AgentCommand, PeerState, RunState
 from harness.control.agent_peers import PeerProcess, Pending
 from harness.control.agent_preflight import PreflightJobs
+from harness.control.agent_proxy import relay_refusal as proxy_relay_refusal
 from harness.control.agent_runs import Run, host_facts, run_base, run_directory
 from harness.control.curve import ServerKeys, make_curve_server, start_authenticator
 from harness.control.errors import CommandError, ProtocolMessageError
@@ -110,7 +112,8 @@ class Agent:
             am.PeerStart: self._peer_start, am.PeerExecute: self._peer_execute,
             am.PeerFault: self._peer_fault, am.PeerStop: self._peer_stop,
             am.PeerStacks: self._peer_stacks, am.PeerLog: self._peer_log,
-            am.LinkFaultRequest: self._link_fault, am.LinkUndo: self._link_undo}
+            am.LinkFaultRequest: self._link_fault, am.LinkUndo: self._link_undo,
+            am.RunFiles: self._run_files, am.RunFileRead: self._run_file_read}
 
     def _bind(self, bind: str, keys: ServerKeys | None) -> zmq.Socket[Any]:
         sock = self.context.socket(zmq.ROUTER)
@@ -238,6 +241,8 @@ class Agent:
             return False
 
     def _to_owner(self, run: Run, name: str, data: dict[str, Any]) -> None:
+        if run.event_log is not None:
+            run.event_log.write(name, data)
         frame = [encode(Event(name, data, time.time()))]
         if run.owner_reachable and self._send(run.owner, frame):
             return
@@ -282,6 +287,7 @@ class Agent:
             except (ValueError, OSError) as err:
                 raise CommandError(GENERIC_ERROR, f"agent-hello: {err}") from None
             run = Run(body.run_id, directory, client, body.heartbeat, time.monotonic())
+            run.event_log = EventLog(directory)
             self.runs[body.run_id] = run
         else:
             log.info("run %s resynced by a new client", body.run_id)
@@ -350,7 +356,8 @@ class Agent:
                                + (f" (exit status {peer.exit_code})"
                                   if peer.exit_code is not None else ""))
         arguments = dict(body.arguments)
-        refusal = self._uri_refusal(run, body.command, arguments)
+        refusal = self._uri_refusal(run, body.command, arguments) or \
+            proxy_relay_refusal(peer, body.command, arguments, run.directory)
         if refusal:
             raise CommandError(GENERIC_ERROR, refusal)
         if body.command == "x-record":  # stream recordings stay in the run's directory
@@ -415,6 +422,20 @@ class Agent:
     def _peer_log(self, client: bytes, msg_id: int, body: am.PeerLog) -> Any:
         _, peer = self._peer_of(client, body.peer)
         return {"tail": peer.stderr_tail(body.lines), "log": str(peer.log_path)}
+
+    # ------------------------------------------------------------------ handlers: files
+    def _run_files(self, client: bytes, msg_id: int, body: am.RunFiles) -> Any:
+        run = self._run_of(client)
+        return {"files": list_files(run.directory), "dir": str(run.directory)}
+
+    def _run_file_read(self, client: bytes, msg_id: int, body: am.RunFileRead) -> Any:
+        run = self._run_of(client)
+        try:
+            data = read_chunk(run.directory, body.file, body.offset, body.length)
+        except (ValueError, OSError) as err:
+            raise CommandError(GENERIC_ERROR, f"run-file-read {body.file}: {err}") from None
+        self._reply(client, msg_id, {"offset": body.offset, "length": len(data)}, data)
+        return _DEFERRED
 
     # ------------------------------------------------------------------ handlers: links
     def _link_fault(self, client: bytes, msg_id: int, body: am.LinkFaultRequest) -> Any:
@@ -554,6 +575,8 @@ class Agent:
             for client, msg_id in run.end_waiters:
                 self._reply(client, msg_id, {"leftovers": leftovers})
             del self.runs[run.run_id]
+            if run.event_log is not None:
+                run.event_log.close()
             for client in [c for c, r in self.clients.items() if r == run.run_id]:
                 del self.clients[client]
 

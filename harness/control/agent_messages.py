@@ -21,6 +21,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+from harness.control.agent_files import MAX_CHUNK, check_file_name
 from harness.control.errors import ProtocolMessageError
 from harness.control.guard import check_name
 
@@ -46,6 +47,8 @@ __all__ = [
     "PeerState",
     "PeerStop",
     "Preflight",
+    "RunFileRead",
+    "RunFiles",
     "RunState",
     "TimeSample",
     "decode_event",
@@ -74,6 +77,8 @@ class AgentCommand(enum.Enum):
     PEER_LOG = "peer-log"
     LINK_FAULT = "link-fault"      # harness.faults.link.apply on this host
     LINK_UNDO = "link-undo"
+    RUN_FILES = "run-files"          # the run directory's files (name, size)
+    RUN_FILE_READ = "run-file-read"  # one chunk of one of them, as a blob
 
 
 class AgentEvent(enum.Enum):
@@ -219,8 +224,22 @@ class LinkUndo:
     id: str
 
 
+@dataclass(frozen=True)
+class RunFiles:
+    COMMAND: ClassVar[AgentCommand] = AgentCommand.RUN_FILES
+
+
+@dataclass(frozen=True)
+class RunFileRead:
+    COMMAND: ClassVar[AgentCommand] = AgentCommand.RUN_FILE_READ
+    file: str  # a name `run-files` listed (agent_files.check_file_name)
+    offset: int = 0
+    length: int = MAX_CHUNK
+
+
 Request = (HelloAgent | TimeSample | Preflight | Heartbeat | EndRun | PeerStart | PeerExecute | PeerFault
-           | PeerStop | PeerStacks | PeerLog | LinkFaultRequest | LinkUndo)
+           | PeerStop | PeerStacks | PeerLog | LinkFaultRequest | LinkUndo | RunFiles
+           | RunFileRead)
 _REQUESTS: dict[str, type[Any]] = {cls.COMMAND.value: cls for cls in typing.get_args(Request)}
 
 
@@ -281,6 +300,10 @@ def decode_request(command: str, arguments: dict[str, Any]) -> Any:
         problem = check_name(value, f"member {_wire_name(name)!r}") if value is not None else None
         if problem:
             raise ProtocolMessageError(f"{command}: {problem}")
+    file = getattr(body, "file", None)
+    problem = check_file_name(file, "member 'file'") if file is not None else None
+    if problem:
+        raise ProtocolMessageError(f"{command}: {problem}")
     return body
 
 

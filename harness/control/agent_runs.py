@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 from harness import __version__
+from harness.control.agent_files import EventLog
 from harness.control.agent_links import ActiveLink
 from harness.control.agent_messages import RunState
 from harness.control.agent_peers import PeerProcess
@@ -88,6 +89,7 @@ class Run:
     backlog: deque[list[bytes]] = field(default_factory=lambda: deque(maxlen=BACKLOG))
     owner_reachable: bool = True
     end_waiters: list[tuple[bytes, int]] = field(default_factory=list)
+    event_log: EventLog | None = None  # RUN-DIR/agent-events.jsonl (agent_files)
 
     def link_cut(self, now: float) -> bool:
         """A timed link fault of the run is in force: the runner's silence is expected

@@ -14,6 +14,8 @@ Commands:
     x-proxy-target {"uri": str}
     x-proxy-layout {"file": str|null}   frame new streams with this machine layout (a layout
                                         JSON or a precopy stream with its vmdesc; null: none)
+    x-proxy-layout {"layout": {...}|null}  the same, the layout inline (MachineLayout.to_json;
+                                        what a runner sends a proxy on another host)
     query-proxy
     quit
 Events:
@@ -28,6 +30,7 @@ Events:
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -38,7 +41,7 @@ from typing import Any
 
 from harness.control import CommandError, ControlError, ControlServer
 from harness.protocol import RemoteProtocolError
-from harness.qemu.layout import LayoutError, MachineLayout, read_layout
+from harness.qemu.layout import MAX_DEPTH, MAX_VMDESC_BYTES, LayoutError, MachineLayout, read_layout
 
 from .proxy import Proxy
 
@@ -47,6 +50,7 @@ __all__ = ["ProxyProcess", "main"]
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL = 0.0002  # s: as the peers' (harness.migration.peer)
+MAX_INLINE_LAYOUT = MAX_VMDESC_BYTES + 65536  # as a layout file (qemu/layout.read_layout)
 
 
 class ProxyProcess:
@@ -119,7 +123,12 @@ class ProxyProcess:
         return self.proxy.set_target(uri)
 
     def _layout(self, args: dict[str, Any]) -> Any:
-        _only(args, "x-proxy-layout", {"file"})
+        _only(args, "x-proxy-layout", {"file", "layout"})
+        if "file" in args and "layout" in args:
+            raise ValueError("x-proxy-layout: give file or layout, not both")
+        if "layout" in args:  # inline: a proxy on another host than the runner's
+            doc = args["layout"]
+            return {"layout": self.proxy.set_layout(None if doc is None else inline_layout(doc))}
         path = args.get("file")
         if path is not None and (not isinstance(path, str) or not 0 < len(path) < 4096):
             raise CommandError("GenericError", "x-proxy-layout: file must be a path or null")
@@ -159,6 +168,27 @@ def load_layout(path: str | Path) -> MachineLayout:
         raise ValueError(f"layout {path}: {err}") from None
     except OSError as err:
         raise ValueError(f"layout {path}: {err.strerror or err}") from None
+
+
+def inline_layout(doc: Any) -> MachineLayout:
+    """A machine layout given inline (`x-proxy-layout {"layout": {...}}`, the document
+    of `MachineLayout.to_json`), bounded like a layout file: nesting first (iteratively),
+    then size, then `MachineLayout.from_json`'s checks.  ValueError saying what is off."""
+    todo: list[tuple[Any, int]] = [(doc, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"x-proxy-layout: the layout nests deeper than {MAX_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else \
+            value if isinstance(value, list) else ()
+        todo += [(child, depth + 1) for child in children if isinstance(child, (dict, list))]
+    size = len(json.dumps(doc))
+    if size > MAX_INLINE_LAYOUT:
+        raise ValueError(f"x-proxy-layout: a layout of {size} bytes exceeds {MAX_INLINE_LAYOUT}")
+    try:
+        return MachineLayout.from_json(doc)
+    except LayoutError as err:
+        raise ValueError(f"x-proxy-layout: {err}") from None
 
 
 def main(control: str, listen: str, target: str, seed: int = 0,

@@ -25,6 +25,7 @@ from harness.control.messages import Execute, encode
 from harness.scenario import steps as model
 from harness.scenario.model import Host, Scenario
 
+from .agent_proxy import placement_problems as proxy_problems
 from .agents import HEARTBEAT, AgentConnection, client_keys
 from .remote_qemu import placement_problems as qemu_problems
 
@@ -135,7 +136,7 @@ class Agents:
 
 
 def used_hosts(sc: Scenario) -> list[str]:
-    names = [sc.source.host, sc.destination.host]
+    names = [sc.source.host, sc.destination.host, sc.proxy.host]
     names += [s.fault.host for s in sc.steps if isinstance(s.fault, model.LinkFault)]
     return list(dict.fromkeys(n for n in names if n is not None))
 
@@ -143,7 +144,7 @@ def used_hosts(sc: Scenario) -> list[str]:
 def placement_problems(sc: Scenario) -> list[str]:
     """What a scenario asks of its hosts that this runner cannot do (empty: fine)."""
     remote = [r for r in ("source", "destination") if getattr(sc, r).host is not None]
-    out = []
+    out = proxy_problems(sc)
     out += qemu_problems(sc, remote)  # issue 14: QEMU peers on hosts (remote_qemu.py)
     if remote and not sc.transport.uri and sc.transport.scheme != "tcp":
         out.append(f"transport: {sc.transport.scheme} with peers on hosts: across hosts the "

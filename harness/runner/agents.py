@@ -94,6 +94,7 @@ class AgentConnection:
         self.dead_reason = ""
         self.dead_at: float | None = None  # monotonic: when it went away
         self.leftovers: list[str] | None = None  # None: not known (yet, or agent dead)
+        self.files: dict[str, Any] | None = None  # what runner/fetch.py brought back
         self._events: dict[str, deque[PeerEvent]] = {}
         self.exited: dict[str, tuple[int | None, str]] = {}
         self._notes: list[tuple[str, dict[str, Any]]] = []
@@ -286,4 +287,6 @@ class AgentConnection:
         if self.dead_reason:
             out["dead"] = self.dead_reason
         out["leftovers"] = self.leftovers
+        if self.files is not None:
+            out.update(self.files)  # files, files-left-out (runner/fetch.py)
         return out

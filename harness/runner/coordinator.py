@@ -40,7 +40,9 @@ from harness.scenario.model import Scenario
 from . import real_guest
 from .agent_peer import AgentPeer, RemoteFrozen
 from .agent_pool import Agents, placement_problems
+from .agent_proxy import AgentProxy, layout_arguments, proxy_host, remote_proxy
 from .agents import tcp_uri
+from .fetch import fetch_back
 from .peers import HarnessPeer, PeerError, PeerHandle, kill_tree, short_dir
 from .proxy import ProxyHandle
 from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
@@ -85,7 +87,7 @@ class Coordinator:
         self._dirs: list[Path] = []
         self.src: PeerHandle | None = None
         self.dst: PeerHandle | None = None
-        self.proxy: ProxyHandle | None = None
+        self.proxy: ProxyHandle | AgentProxy | None = None
         self.record = record  # save both directions of the stream in the work directory
         self.frozen: dict[str, process.Frozen | RemoteFrozen] = {}
         self.agents = Agents(scenario)  # the hosts' agents (none for a local run)
@@ -360,19 +362,25 @@ class Coordinator:
         else:
             listen = "tcp:127.0.0.1:0"
         record = self.workdir if self.record and self.sc.destination.kind == "qemu" else None
-        self.proxy = ProxyHandle("proxy", self.workdir, listen, target, self.seed,
-                                 record=record)
-        self.proxy.die_with_starter = True
+        host = proxy_host(self.sc)  # issue 14: on an agent's host (runner/agent_proxy.py)
+        if host is not None:
+            self.proxy = remote_proxy(self, host, target)
+        else:
+            self.proxy = ProxyHandle("proxy", self.workdir, listen, target, self.seed,
+                                     record=record)
+            self.proxy.die_with_starter = True
         try:
             self.proxy.start()
             uri = self.proxy.address_for_source()
         except (PeerError, ControlError, OSError) as err:
-            raise RunError(f"cannot start the proxy: {err}") from None
-        if self.proxy.pid is not None:
+            raise RunError(f"cannot start the proxy{f' on host {host}' if host else ''}: "
+                           f"{err}") from None
+        if self.proxy.pid is not None and host is None:
             self._pids.append(self.proxy.pid)
         if self.layout is not None:  # frame the real machine's device sections exactly
-            self.proxy.execute("x-proxy-layout", {"file": str(self.layout)})
-        self.note("proxy", "started", {"listen": uri, "target": target, "pid": self.proxy.pid})
+            self.proxy.execute("x-proxy-layout", layout_arguments(self.layout, host))
+        self.note("proxy", "started", {"listen": uri, "target": target, "pid": self.proxy.pid,
+                                       **({"host": host} if host else {})})
         return uri
 
     def proxy_execute(self, command: str, arguments: dict[str, Any]) -> Any:
@@ -682,6 +690,7 @@ class Coordinator:
             except Exception as err:  # noqa: BLE001 - keep closing (reaping) the others
                 log.warning("closing the %s: %s", handle.role, err)
         if self.agents:
+            fetch_back(self)  # issue 14: the run's files on each host (runner/fetch.py)
             self._agent_leftovers = self.agents.end()
             for who, name, data in self.agents.pump():
                 self.note(who, name, data)

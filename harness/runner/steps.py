@@ -113,18 +113,8 @@ class StepRunner:
 
     def _check_supported(self, state: StepState) -> None:
         fault = state.step.fault
-        remote = self.c.sc.source.host is not None or self.c.sc.destination.host is not None
-        if isinstance(fault, model.LinkFault):
-            self._check_link(state, fault)
-        elif remote and isinstance(fault, model.NetFault):
-            raise UnsupportedStep(f"{state.label}: {fault.kind} acts in the proxy, which runs "
-                                  "beside local peers only; across hosts use link.* faults "
-                                  "(link.down, link.blackhole, link.bandwidth, ...)")
-        elif remote and state.wire:
-            raise UnsupportedStep(f"{state.label}: the {state.step.on.KEY}: trigger is seen "
-                                  "by the proxy, which runs beside local peers only; across "
-                                  "hosts use time, pass, status, remaining or progress "
-                                  "triggers")
+        if isinstance(fault, model.LinkFault):  # net.* and wire steps: the proxy runs on a
+            self._check_link(state, fault)      # host too (issue 14, runner/agent_proxy.py)
 
     def _check_link(self, state: StepState, fault: model.LinkFault) -> None:
         hosts = (self.c.sc.source.host, self.c.sc.destination.host)

@@ -507,9 +507,9 @@ def test_an_agent_started_with_allow_exec_passes_exec_uris_on():
 def test_steps_a_multi_host_run_cannot_carry_out_are_refused_before_anything_starts(tmp_path):
     hosts = "hosts:\n  a: {agent: 'tcp://127.0.0.1:9'}\n  b: {agent: 'tcp://127.0.0.1:9'}\n"
     cases = {
-        "net-across": (hosts + "source: {host: a}\ndestination: {host: b}\nsteps:\n"
-                       "  - on: {pass: 1}\n    fault: {kind: net.reset}\n",
-                       "net.reset acts in the proxy, which runs beside local peers only"),
+        "proxy-stranded": (hosts + "proxy: {host: a}\nsteps:\n"  # net.* across: fine now
+                           "  - on: {pass: 1}\n    fault: {kind: net.reset}\n",
+                           "proxy: host a with peers beside the runner"),
         "link-local": (hosts + "steps:\n  - on: {pass: 1}\n    fault: {kind: link.down, "
                        "host: a}\n", "a local run has no link to cut"),
         "mixed": (hosts + "source: {host: a}\n", "place both peers on hosts"),
