@@ -119,6 +119,13 @@ def test_a_return_path_reset_on_a_wire_trigger_by_the_proxy_on_the_destinations_
     assert {"proxy.log", "destination.log", "agent-events.jsonl"} <= names["b"]
     assert "proxy.log" not in names["a"] and "source.log" in names["a"]
     assert sc["hosts"]["b"]["leftovers"] == []
+    # b's agent logged every event it relayed for the run, the proxy's WIRE among them
+    [events] = [f["path"] for f in sc["hosts"]["b"]["files"] if f["name"] == "agent-events.jsonl"]
+    relayed = [json.loads(line) for line in Path(events).read_text().splitlines()]
+    assert {"peer": "proxy", "event": "WIRE"}.items() <= next(
+        e["data"] for e in relayed if e["data"].get("event") == "WIRE").items()
+    assert {"event": "PEER_EXITED", "peer": "proxy"} in [  # reaped by b's agent
+        {"event": e["event"], "peer": e["data"].get("peer")} for e in relayed]
 
 
 def test_the_proxy_on_the_sources_host_and_a_recording_that_analyze_decodes(world):

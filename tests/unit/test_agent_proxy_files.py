@@ -25,7 +25,7 @@ from harness.control.agent_proxy import check_options, proxy_command_line, relay
 from harness.faults.proxy_main import MAX_INLINE_LAYOUT, inline_layout
 from harness.qemu.layout import MAX_DEPTH, MachineLayout
 from harness.runner.agent_pool import placement_problems, used_hosts
-from harness.runner.agent_proxy import proxy_host
+from harness.runner.agent_proxy import layout_arguments, proxy_host
 from harness.runner.fetch import DEFAULT_LIMIT, LIMIT_ENV, fetch_limit
 from harness.scenario import parse_scenario
 
@@ -133,6 +133,15 @@ def test_an_inline_layout_is_read_like_a_layout_file_and_bounded():
         inline_layout({**doc, "probe": {"pad": "x" * MAX_INLINE_LAYOUT}})
     with pytest.raises(ValueError, match="x-proxy-layout: layout format"):
         inline_layout({**doc, "format": 99})
+
+
+def test_a_remote_proxy_gets_the_layout_inline_a_local_one_its_file(tmp_path):
+    path = tmp_path / "layout.json"
+    path.write_text(json.dumps(_layout_doc()))
+    assert layout_arguments(path, None) == {"file": str(path)}
+    inline = layout_arguments(path, "b")
+    assert inline == {"layout": _layout_doc()}
+    assert inline_layout(inline["layout"]).key == "ab12"  # what the remote proxy reads
 
 
 def test_a_run_directory_lists_its_plain_regular_files_only(tmp_path):
