@@ -97,8 +97,8 @@ HOSTS = "hosts:\n  a: {agent: 'tcp://10.0.0.1:1'}\n  b: {agent: 'tcp://10.0.0.2:
     ("source: {host: a, kind: qemu}\ndestination: {host: b, kind: qemu}\n", None),
     ("source: {host: a, kind: qemu}\ndestination: {host: b}\nexpect: {memory: identical}\n",
      "compares QEMU digests with QEMU digests only"),
-    ("guest: {machine: pc, memory: 64MiB}\nsource: {host: a, kind: qemu}\n"
-     "destination: {host: b}\n", "does not get the machine's layout yet"),
+    (("guest: {machine: pc, memory: 64MiB}\nsource: {host: a, kind: qemu}\n"
+      "destination: {host: b}\n"), "does not get the machine's layout yet"),
 ])
 def test_what_a_placement_asks_that_the_runner_cannot_do(body, says):
     problems = placement_problems(parse_scenario(f"name: p\n{HOSTS}{body}"))
