@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from harness.hosts.inventory import load_inventory
+from harness.hosts.placement import across_hosts_skip, place
 from harness.qemu import find_qemu, userfaultfd_available
 from harness.scenario import load_scenario, model
 from tests.e2e import test_multihost
@@ -45,6 +47,8 @@ MARGIN = 60.0  # s beyond a scenario's own timeout: start-up, digests, fetching,
 REAP = 10.0
 CELLS = sorted([*(REPO / "scenarios" / "faults").glob("*.yaml"),
                 *(REPO / "scenarios" / "real").glob("*.yaml")])
+#: QEMU 7.2 under TCG sometimes loses the heartbeat page's writes (README's fault matrix)
+STALE_0x6000 = "memory-identical: pc.ram: 1 pages differ (first at 0x6000)"
 WIRE_TRIGGERS = (model.EventTrigger, model.CommandTrigger, model.FrameTrigger,
                  model.BytesTrigger)
 
@@ -120,13 +124,14 @@ def _both(world: World, cell: str, file: Path, inventory: Path) -> Iterator[tupl
             run.close()
 
 
-def _skip_reason(sc: Any) -> str | None:
-    """What this machine lacks for the scenario (scenarios/conftest.py's reasons)."""
+def _skip_reason(sc: Any, inventory: Path) -> str | None:
+    """What this machine lacks for the scenario, or why it cannot run across hosts
+    (scenarios/conftest.py's reasons)."""
     if "qemu" in (sc.source.kind, sc.destination.kind) and find_qemu() is None:
         return NO_QEMU
     if sc.destination.kind == "qemu" and sc.postcopy and not userfaultfd_available():
         return NO_USERFAULTFD
-    return None
+    return across_hosts_skip(place(sc, load_inventory(inventory)))
 
 
 def wants_proxy(sc: Any) -> bool:
@@ -135,12 +140,20 @@ def wants_proxy(sc: Any) -> bool:
                for s in sc.steps)
 
 
+def final_status(peer: dict[str, Any]) -> str | None:
+    """A peer's final status; for one killed by a signal its exit code instead: the last
+    status it sent races with the signal (postcopy-kill-destination-run, run alone three
+    times locally, ended `postcopy-active`, `active`, `postcopy-active`)."""
+    code = peer.get("exit-code")
+    return f"exited {code}" if isinstance(code, int) and code < 0 else peer.get("status")
+
+
 def cells(report: dict[str, Any]) -> dict[str, Any]:
     """What a local and a remote run of one scenario must agree on."""
     return {
         "verdict": report.get("verdict"),
-        "source.status": report.get("source", {}).get("status"),
-        "destination.status": report.get("destination", {}).get("status"),
+        "source.status": final_status(report.get("source", {})),
+        "destination.status": final_status(report.get("destination", {})),
         "invariants": sorted((i["name"], i["ok"]) for i in report.get("invariants", [])),
         "steps-fired": [(s["step"], s["fired"]) for s in report.get("steps", [])],
     }
@@ -181,7 +194,7 @@ def placement_problems(sc: Any, remote: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize("file", CELLS, ids=[f"{p.parent.name}/{p.stem}" for p in CELLS])
 def test_a_cell_across_hosts_equals_the_local_run(world, inventory, file, request):
     sc = load_scenario(file)
-    why = _skip_reason(sc)
+    why = _skip_reason(sc, inventory)
     if why:
         pytest.skip(why)
     cell = f"{file.parent.name}-{file.stem}"
@@ -195,6 +208,12 @@ def test_a_cell_across_hosts_equals_the_local_run(world, inventory, file, reques
         problems += [f"{side}: fault {f} not in the report's faults"
                      for f in faults_missing(sc, report)]
     problems += [f"remote: {p}" for p in placement_problems(sc, remote)]
+    stale = [side for side, report in (("local", local), ("remote", remote))
+             if STALE_0x6000 in report.get("reason", "")]
+    if problems and stale and file.parent.name == "real":
+        pytest.xfail(f"QEMU 7.2 TCG lost a TLB-resident page's writes ({STALE_0x6000}) on "
+                     f"the {' and '.join(stale)} run: README, fault matrix, seen on either "
+                     "side under load\n" + "\n".join(problems))
     assert not problems, "\n".join(problems) + outputs
 
 
@@ -214,7 +233,7 @@ guest: {{memory: 32MiB, fill: 0.5}}
 steps:
   - name: cap
     on: {{pass: 1}}
-    fault: {{kind: link.bandwidth, host: a, rate: 8MiB}}
+    fault: {{kind: link.bandwidth, host: a, rate: 8MiB, duration: 2s}}
   - name: slow
     on: {{event: section, count: 2}}
     fault: {{kind: net.delay, delay: 20ms, duration: 500ms}}
