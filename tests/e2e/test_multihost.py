@@ -197,3 +197,28 @@ def test_a_scenario_without_hosts_runs_on_the_inventorys_hosts(world):
     assert started == {"source": "a", "destination": "b"}
     [migrate] = [t for t in sc["timeline"] if t["name"] == "migrate"]
     assert migrate["data"]["uri"].startswith("tcp:198.18.0.3:")  # straight to host b
+
+
+def test_pytest_runs_shipped_scenarios_across_the_inventorys_hosts(world):
+    """`pytest scenarios/ --hosts INVENTORY`: each item runs on the pair of hosts it locks
+    (the hosts' `workdir:` show where the peers ran)."""
+    places = {name: world.tmp / f"plugin-{name}" for name in ("a", "b")}
+    for place in places.values():
+        place.mkdir(mode=0o700)
+    inventory = world.tmp / "plugin-inventory.yaml"
+    inventory.write_text("hosts:\n" + "".join(
+        f'  {name}: {{agent: "tcp://198.18.0.{2 + i}:{PORT}", keys: keys, '
+        f'workdir: {places[name]}}}\n' for i, name in enumerate(places)))
+    proc = world.lab.run_in(
+        world.lab.hosts[0], [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "scenarios/precopy.yaml", "scenarios/precopy-cancel.yaml",
+                             "--hosts", str(inventory)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "HARNESS_AGENT_KEYS": str(world.keys)})
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and "2 passed" in output, output
+    for name, role in (("a", "source"), ("b", "destination")):
+        runs = sorted(p.name.rsplit("-", 1)[0] for p in (places[name] / "runs").iterdir())
+        assert runs == ["precopy", "precopy-cancel"], (name, runs)
+        assert all((run / f"{role}.log").is_file()
+                   for run in (places[name] / "runs").iterdir()), name
