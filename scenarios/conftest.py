@@ -45,6 +45,10 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `pytest scenarios/` alone: tests/ is not importable yet
+    sys.path.insert(0, str(REPO))
+from tests import shared_runs
+
 MARGIN = 120.0  # beyond the scenario's own timeout: start-up, digests, reaping
 HANG_TIMEOUT = "12s"  # the deadline of a QEMU cell the README says hangs
 PAIR_WAIT = float(os.environ.get("HARNESS_HOSTS_WAIT", "900"))  # s for a free pair of hosts
@@ -62,6 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    shared_runs.begin(config)  # one local run per scenario file and session
     config.addinivalue_line("markers", "qemu_matrix: a fault-matrix scenario run with real "
                             "QEMU peers (harness run --peers qemu)")
     config.stash[INVENTORY] = None
@@ -73,6 +78,10 @@ def pytest_configure(config: pytest.Config) -> None:
             config.stash[INVENTORY] = load_inventory(path)
         except InventoryError as err:
             raise pytest.UsageError(f"--hosts: {err}") from None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    shared_runs.cleanup(session.config)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -187,6 +196,13 @@ class ScenarioItem(pytest.Item):
             shutil.rmtree(work, ignore_errors=True)
 
     def _run(self, work: Path, report: Path) -> None:
+        if not self.peers and self.config.stash.get(INVENTORY, None) is None:
+            # the plain local run: once per session, shared with the other items that
+            # need it (tests/shared_runs.py)
+            run = shared_runs.local_run(self.path, self.scenario.timeout + MARGIN)
+            if run.code != 0:
+                raise ScenarioFailed(run.code, run.output, run.report)
+            return
         peers = ["--peers", self.peers] if self.peers else []
         if "hangs" in self.differs:
             peers += ["--timeout", HANG_TIMEOUT]

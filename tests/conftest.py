@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import shared_runs
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("HARNESS_SHARED_DIR") or REPO.parent / "shared")
 SHARED_VECTORS = SHARED_DIR / "qemu-vectors"
@@ -64,3 +66,11 @@ def pattern_bytes() -> bytes:
         data.extend(((i * 7 + j) & 0xFF) for j in range(4096))
     data += bytes(4095) + b"\x01"
     return bytes(data)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    shared_runs.begin(config)  # one local run per shipped scenario and session
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    shared_runs.cleanup(session.config)

@@ -1,12 +1,13 @@
 """The whole fault matrix and the real-QEMU scenarios across network namespaces, equal to
-local runs cell by cell (issue 14, helper D).
+local runs cell by cell (issue 14).
 
 Strategy: the world of tests/e2e/test_multihost.py (runner on 198.18.0.1, CURVE agents on
 .2 and .3, one per module and xdist worker) plus an inventory of the two agent hosts.  One
-item per file of scenarios/faults/ and scenarios/real/: the file runs twice at the same
-time, as a user runs it -- `harness run FILE` in the root namespace, and `harness run
---hosts INVENTORY FILE` in the runner's namespace (peers on hosts a and b, the proxy on
-the destination's host) -- and the two JSON reports must agree on the verdict, each
+item per file of scenarios/faults/ and scenarios/real/: the file runs across the hosts --
+`harness run --hosts INVENTORY FILE` in the runner's namespace (peers on hosts a and b, the proxy on
+the destination's host) -- while the session's one local run of it (`harness run FILE` in
+the root namespace, shared with `pytest scenarios/` and the other tests that need it:
+tests/shared_runs.py) is made or waited for, and the two JSON reports must agree on the verdict, each
 peer's final status, the set of (invariant, ok), which steps fired, and the scenario's
 fault steps being in both reports' `faults`; a mismatch names the field and both values.
 The remote report must also show the peers ran on the hosts, and the proxy on host b
@@ -35,6 +36,7 @@ from harness.hosts.inventory import load_inventory
 from harness.hosts.placement import across_hosts_skip, place
 from harness.qemu import find_qemu, userfaultfd_available
 from harness.scenario import load_scenario, model
+from tests import shared_runs
 from tests.e2e import test_multihost
 from tests.e2e.test_multihost import PORT, REPO, World
 from tests.qemu_env import NO_QEMU, NO_USERFAULTFD
@@ -111,17 +113,13 @@ def _start(world: World, name: str, argv: list[str], remote: bool) -> Run:
 
 
 @contextlib.contextmanager
-def _both(world: World, cell: str, file: Path, inventory: Path) -> Iterator[tuple[Run, Run]]:
-    """The scenario run locally and across the namespaces, at the same time."""
-    runs: list[Run] = []
+def _remote(world: World, cell: str, file: Path, inventory: Path) -> Iterator[Run]:
+    """The scenario run across the namespaces, in the background."""
+    run = _start(world, f"{cell}-remote", ["--hosts", str(inventory), str(file)], remote=True)
     try:
-        runs.append(_start(world, f"{cell}-local", [str(file)], remote=False))
-        runs.append(_start(world, f"{cell}-remote", ["--hosts", str(inventory), str(file)],
-                           remote=True))
-        yield runs[0], runs[1]
+        yield run
     finally:
-        for run in runs:
-            run.close()
+        run.close()
 
 
 def _skip_reason(sc: Any, inventory: Path) -> str | None:
@@ -199,8 +197,11 @@ def test_a_cell_across_hosts_equals_the_local_run(world, inventory, file, reques
         pytest.skip(why)
     cell = f"{file.parent.name}-{file.stem}"
     deadline = sc.timeout + MARGIN
-    with _both(world, cell, file, inventory) as (local_run, remote_run):
-        code_l, local, out_l = local_run.finish(deadline)
+    with _remote(world, cell, file, inventory) as remote_run:
+        # meanwhile, the session's one local run of the file (tests/shared_runs.py): this
+        # item's, or the one `pytest scenarios/` or another test already made
+        done = shared_runs.local_run(file, deadline)
+        code_l, local, out_l = done.code, done.scenario(), done.output
         code_r, remote, out_r = remote_run.finish(deadline)
     outputs = f"\n--- local (exit {code_l}) ---\n{out_l}\n--- remote (exit {code_r}) ---\n{out_r}"
     problems = differences(local, remote)

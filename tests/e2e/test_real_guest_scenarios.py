@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from harness.qemu import find_qemu, userfaultfd_available
+from tests import shared_runs
 from tests.qemu_env import NO_QEMU, NO_USERFAULTFD
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,6 +21,12 @@ REAL = REPO / "scenarios" / "real"
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300),
               pytest.mark.skipif(find_qemu() is None, reason=NO_QEMU)]
+
+
+def shared(path: Path) -> tuple[int, dict[str, Any], str]:
+    """The session's local run of a shipped scenario (tests/shared_runs.py)."""
+    done = shared_runs.local_run(path, 240)
+    return done.code, done.scenario(), done.output
 
 
 def run(path: Path, tmp: Path) -> tuple[int, dict[str, Any], str]:
@@ -145,7 +152,7 @@ def test_every_real_scenario_has_its_facts():
 def test_real_scenario(name, tmp_path):
     if name in POSTCOPY and not userfaultfd_available():
         pytest.skip(NO_USERFAULTFD)
-    code, sc, output = run(REAL / f"{name}.yaml", tmp_path)
+    code, sc, output = shared(REAL / f"{name}.yaml")
     assert code == 0 and sc["verdict"] == "pass", output
     FACTS[name](sc)
 
