@@ -410,11 +410,16 @@ class Agent:
         return _DEFERRED
 
     def _peer_stacks(self, client: bytes, msg_id: int, body: am.PeerStacks) -> Any:
+        from harness.control.agent_qemu import qemu_stacks
         from harness.runner.stacks import proc_stacks, python_stacks
 
         _, peer = self._peer_of(client, body.peer)
         if peer.pid is None or peer.reaped():
             return {"stacks": f"(the {peer.name} has exited)"}
+        if peer.spec.kind == "qemu":  # QEMU's own threads, not the wrapper's (agent_qemu.py)
+            stacks = qemu_stacks(peer.pid)
+            if stacks is not None:
+                return {"stacks": stacks}
         if peer.frozen is not None:
             return {"stacks": proc_stacks(peer.pid)}
         return {"stacks": python_stacks(peer.pid, peer.log_path)}

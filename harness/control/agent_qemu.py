@@ -7,6 +7,8 @@ the harness control plane on the agent's private ipc address, so the agent relay
 as to any peer.  The options are read strictly here, before anything starts: an unknown
 member, a wrong type or an out-of-range value is an OSError the agent answers
 `peer-start` with.  `QemuSpec` is also what the wrapper reads back (the same check).
+`peer-stacks` of such a peer shows QEMU's own threads (`qemu_stacks`: /proc of the
+wrapper's QEMU children, runner/stacks.proc_stacks), not the wrapper's Python stack.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["MODES", "QemuSpec", "qemu_command_line"]
+__all__ = ["MODES", "QemuSpec", "qemu_command_line", "qemu_stacks"]
 
 MODES = ("run", "probe")  # run: a QEMU peer; probe: no QEMU, only `x-layout`
 ACCELS = ("auto", "kvm", "tcg")
@@ -133,3 +135,25 @@ def qemu_command_line(peer: Any) -> list[str]:
         raise OSError(str(err)) from None
     return [sys.executable, "-m", "harness.qemu.served", "--control", peer.address,
             "--spec-json", spec.to_json()]
+
+
+def qemu_stacks(wrapper_pid: int) -> str | None:
+    """The threads of every QEMU the wrapper `wrapper_pid` runs (its children -- it starts
+    nothing else: the peer, and a reference or probe QEMU while one is read), from /proc;
+    None when it runs none."""
+    import psutil
+
+    from harness.runner.stacks import proc_stacks
+
+    try:
+        children = psutil.Process(wrapper_pid).children()
+    except psutil.Error:
+        return None
+    parts = []
+    for child in children:
+        try:
+            name = child.name()
+        except psutil.Error:
+            continue
+        parts.append(f"QEMU pid {child.pid} ({name}):\n{proc_stacks(child.pid)}")
+    return "\n".join(parts) or None
