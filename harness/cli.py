@@ -297,7 +297,11 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
     if layout is not None:  # a real machine's blocks and devices (harness.guest.machine)
         from .guest.machine import load_layout, spec_from_layout
 
-        guest = spec_from_layout(guest, load_layout(layout))
+        machine_layout = load_layout(layout)
+        guest = spec_from_layout(guest, machine_layout)
+        print(f"harness {role}: layout {layout}: machine {machine_layout.machine}, "
+              f"{len(machine_layout.blocks)} RAM blocks, "
+              f"{len(machine_layout.device_names())} device sections", file=sys.stderr)
     return PeerOptions(role=role, control=control, guest=guest,
                        fds=parse_fd_args(fd), autostart=not paused, incoming=incoming,
                        qmp=parse_qmp_option(qmp) if qmp is not None else None,

@@ -34,6 +34,7 @@ from typing import Any
 import zmq
 
 from harness import lifeline
+from harness.control.agent_harness import layout_arguments
 from harness.control.agent_messages import PeerStart, PeerState
 from harness.control.agent_proxy import proxy_command_line
 from harness.control.agent_qemu import qemu_command_line
@@ -105,6 +106,7 @@ class PeerProcess:
                 "--guest-json", json.dumps(self.spec.guest), "--allow-exec"]
         if self.role == "destination":
             peer += ["--incoming", "defer"] if self.spec.incoming else []
+        peer += layout_arguments(self)  # options: {"layout": {...}} (agent_harness.py)
         if self.spec.paused:
             peer.append("--paused")
         return peer

@@ -12,7 +12,9 @@ control plane (harness/control/server.py) on the agent's private address:
   pull events QEMU sent while a command was answered);
 - `x-` commands give the runner what it reads of a QEMU peer without moving its RAM:
   `x-qemu-facts`, `x-heartbeat`, `x-serial-tail`, `x-memory-evidence` (every RAM block
-  read here and sent as digests, harness/realguest/hashed.py), `x-memory-pages` (the few
+  read here and sent as digests, harness/realguest/hashed.py: BLAKE2b-128 by default,
+  `{"digests": "harness"}` for the harness's own when the other side is a harness
+  peer), `x-memory-pages` (the few
   pages a message quotes) and `x-layout` (the machine's layout learnt with this host's
   binary, harness/qemu/layout.py, sent as content);
 - `quit` ends QEMU and then the wrapper.
@@ -145,9 +147,11 @@ class Served:
 
     def memory_evidence(self, arguments: dict[str, Any]) -> Any:
         """Every RAM block read here (stopped for the reading, continued if it ran) and
-        sent as digests; the blocks stay here for x-memory-pages."""
+        sent as digests (`{"digests": KIND}`, hashed.DIGEST_KINDS); the blocks stay here
+        for x-memory-pages."""
         from harness.realguest.hashed import summarize, summary_message
 
+        kind = _digest_kind(arguments)
         started = time.monotonic()
         try:
             ran = self.peer.runstate() == "running"
@@ -161,7 +165,10 @@ class Served:
         read = round(time.monotonic() - started, 3)
         reference = self._reference(blocks)
         self.blocks = blocks
-        summary = summarize(blocks, _program(self.spec))
+        try:
+            summary = summarize(blocks, _program(self.spec), kind)
+        except ValueError as err:
+            raise CommandError(GENERIC_ERROR, f"memory undigestible: {err}") from None
         snap = self.peer.last_snapshot
         summary.notes = {"seconds": read, "resumed": ran, "reference-blocks": reference,
                          "hash-seconds": round(time.monotonic() - started - read, 3),
@@ -215,6 +222,18 @@ class Served:
         except (LayoutError, QemuError, OSError, RuntimeError) as err:
             raise CommandError(GENERIC_ERROR, f"cannot learn the layout: {err}") from None
         return {"layout": layout.to_json(), "key": layout.key, "probe": layout.probe}
+
+
+def _digest_kind(arguments: dict[str, Any]) -> str:
+    """x-memory-evidence's arguments: nothing, or {"digests": "blake2b"|"harness"}."""
+    from harness.realguest.hashed import DIGEST_KINDS
+
+    extra = sorted(set(arguments) - {"digests"})
+    kind = arguments.get("digests", "blake2b")
+    if extra or not isinstance(kind, str) or kind not in DIGEST_KINDS:
+        raise CommandError(GENERIC_ERROR, "x-memory-evidence takes {\"digests\": one of "
+                                          f"{sorted(DIGEST_KINDS)}}} only")
+    return kind
 
 
 def _program(spec: QemuSpec) -> Any:

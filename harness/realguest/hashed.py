@@ -11,6 +11,11 @@ the local, byte-comparing path (harness/realguest/wave.py, harness/invariants/me
 pages are named from the digests, and the few pages a message quotes words of (at most
 MAX_LISTED) are fetched from both hosts (`PageFetch`), never the rest.
 
+When the other side is a harness peer (whose own digests are `harness.guest.content.
+page_digests`, a uint64 per page) the runner asks for that kind instead (`DIGEST_KINDS`:
+"harness"), so both sides' digests are of one kind and invariants/memory.py compares them
+exactly as a local run does; the masked digests of a real guest stay BLAKE2b.
+
 `summary_message` / `summary_from_message` are the wire form: a JSON value (names, sizes,
 page counts, the wave) and one blob of digests; what is read back is bounded and checked
 (block count, names, sizes against page counts, the blob's exact length).
@@ -30,6 +35,7 @@ from .wave import MAX_LISTED, Wave, capped, difference_text, masked, read_wave
 
 __all__ = [
     "DIGEST",
+    "DIGEST_KINDS",
     "MemorySummary",
     "PageFetch",
     "consistent_problems",
@@ -42,6 +48,8 @@ __all__ = [
 
 DIGEST = 16                  # bytes of BLAKE2b per page
 HASH_DTYPE = np.dtype((np.void, DIGEST))
+#: digest kind -> the dtype of one page's digest (harness: guest.content.page_digests)
+DIGEST_KINDS: dict[str, np.dtype] = {"blake2b": HASH_DTYPE, "harness": np.dtype("<u8")}
 MAX_BLOCKS = 64
 MAX_NAME = 256
 MAX_PAGES = 1 << 28          # 1 TiB of pages per block
@@ -89,18 +97,27 @@ class MemorySummary:
     wave: Wave | None = None              # read_wave of the main block
     wave_error: str | None = None         # read_wave's ValueError, if it raised
     notes: dict[str, Any] = field(default_factory=dict)
+    kind: str = "blake2b"                 # of `hashes` (DIGEST_KINDS)
 
     @property
     def wire_bytes(self) -> int:
         """Bytes of digests this summary carries (what crossed instead of the RAM)."""
         extra = 0 if self.masked is None else self.masked.size * DIGEST
-        return sum(h.size for h in self.hashes.values()) * DIGEST + extra
+        return sum(h.nbytes for h in self.hashes.values()) + extra
 
 
-def summarize(blocks: dict[str, np.ndarray], program: GuestProgram | None) -> MemorySummary:
-    """The summary of `blocks` (uint8 arrays by name); with `program`, of a real guest."""
-    out = MemorySummary({n: page_hashes(b) for n, b in blocks.items()},
-                        {n: int(b.size) for n, b in blocks.items()})
+def summarize(blocks: dict[str, np.ndarray], program: GuestProgram | None,
+              kind: str = "blake2b") -> MemorySummary:
+    """The summary of `blocks` (uint8 arrays by name); with `program`, of a real guest.
+    `kind` "harness": the pages' digests are the harness's own (page_digests: blocks of
+    whole pages only, ValueError otherwise)."""
+    if not isinstance(kind, str) or kind not in DIGEST_KINDS:
+        raise ValueError(f"digest kind {kind!r:.40} is not one of {sorted(DIGEST_KINDS)}")
+    digest = page_hashes
+    if kind == "harness":
+        from harness.guest.content import page_digests as digest  # type: ignore[assignment]
+    out = MemorySummary({n: digest(b) for n, b in blocks.items()},
+                        {n: int(b.size) for n, b in blocks.items()}, kind=kind)
     if program is not None and blocks:
         out.main = max(blocks, key=lambda name: blocks[name].size)  # invariants.main_block
         ram = blocks[out.main]
@@ -180,11 +197,13 @@ def summary_message(summary: MemorySummary) -> tuple[dict[str, Any], bytes]:
         "blocks": [{"name": n, "size": summary.sizes[n], "pages": int(h.size)}
                    for n, h in summary.hashes.items()],
         "main": summary.main, "notes": summary.notes, "wave-error": summary.wave_error,
+        "digests": summary.kind,
         "masked-pages": None if summary.masked is None else int(summary.masked.size),
         "wave": None if summary.wave is None else {
             "gen": summary.wave.gen, "cursor": summary.wave.cursor,
             "problems": list(summary.wave.problems)}}
-    parts = [h.tobytes() for h in summary.hashes.values()]
+    parts = [np.ascontiguousarray(h, dtype=DIGEST_KINDS[summary.kind]).tobytes()
+             for h in summary.hashes.values()]
     if summary.masked is not None:
         parts.append(summary.masked.tobytes())
     return value, b"".join(parts)
@@ -202,17 +221,22 @@ def summary_from_message(value: Any, blob: bytes | None) -> MemorySummary:
     for name, size, pages in counts:
         if pages != -(-size // PAGE_SIZE):
             raise ValueError(f"memory summary: block {name!r} of {size} bytes has {pages} pages")
+    kind = value.get("digests", "blake2b")
+    if not isinstance(kind, str) or kind not in DIGEST_KINDS:
+        raise ValueError(f"memory summary: digests {kind!r:.40} is not one of "
+                         f"{sorted(DIGEST_KINDS)}")
+    dtype = DIGEST_KINDS[kind]
     masked_pages = value.get("masked-pages")
     extra = 0 if masked_pages is None else _count(value, "masked-pages", MAX_PAGES)
-    want = (sum(p for _, _, p in counts) + extra) * DIGEST
+    want = sum(p for _, _, p in counts) * dtype.itemsize + extra * DIGEST
     if blob is None or len(blob) != want:
         raise ValueError(f"memory summary: {0 if blob is None else len(blob)} bytes of "
                          f"digests, expected {want}")
     hashes, offset = {}, 0
     for name, _, pages in counts:
-        hashes[name] = np.frombuffer(blob, dtype=HASH_DTYPE, count=pages, offset=offset)
-        offset += pages * DIGEST
-    out = MemorySummary(hashes, {n: s for n, s, _ in counts})
+        hashes[name] = np.frombuffer(blob, dtype=dtype, count=pages, offset=offset)
+        offset += pages * dtype.itemsize
+    out = MemorySummary(hashes, {n: s for n, s, _ in counts}, kind=kind)
     if masked_pages is not None:
         out.masked = np.frombuffer(blob, dtype=HASH_DTYPE, count=extra, offset=offset)
     main = value.get("main")

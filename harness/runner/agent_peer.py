@@ -6,12 +6,16 @@ check, alive, exit code, log, close), every call going through the host's
 process faults as `peer-fault` applied by the agent to the peer's session, the final stop
 as `peer-stop`, whose reply says what of the session is still alive.  A dead agent makes
 its peers "not alive" with a reason naming the agent (`lost_reason`), so the run settles
-instead of waiting for its deadline.
+instead of waiting for its deadline.  A destination of a real machine gets the machine's
+layout inline in its `peer-start` (`options: {"layout": {...}}`, control/agent_harness.py):
+the runner's layout file means nothing on the agent's host.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,8 +53,9 @@ class AgentPeer:
     kind = "harness"
 
     def __init__(self, role: str, conn: AgentConnection, guest: dict[str, Any],
-                 incoming: bool) -> None:
+                 incoming: bool, layout: Path | None = None) -> None:
         self.role = role
+        self.layout = layout  # a real machine's layout file here (sent as content)
         self.conn = conn
         self.host = conn.name
         self.guest = guest
@@ -72,7 +77,9 @@ class AgentPeer:
     def start(self) -> None:
         reply = self.conn.request(am.PeerStart(self.role, "source" if self.role == "source"
                                                else "destination", self.guest,
-                                               incoming=self.incoming), timeout=START_TIMEOUT)
+                                               incoming=self.incoming,
+                                               options=layout_options(self.layout)),
+                               timeout=START_TIMEOUT)
         self._pid = int(reply["pid"])
         self.log_location = f"{self.host}:{reply['log']}"
 
@@ -160,3 +167,15 @@ class AgentPeer:
             raise ControlError(f"stopping the {self.role} on host {self.host}: {err}") from None
         self._stopped_code = reply.get("exit-code")
         self.leftovers = [f"on host {self.host}: {x}" for x in reply.get("leftovers", [])]
+
+
+def layout_options(layout: Path | None) -> dict[str, Any]:
+    """A harness peer's `peer-start` options: the layout's content, if it has one."""
+    if layout is None:
+        return {}
+    from harness.faults.proxy_main import load_layout
+
+    try:
+        return {"layout": json.loads(json.dumps(load_layout(layout).to_json()))}
+    except ValueError as err:
+        raise OSError(str(err)) from None

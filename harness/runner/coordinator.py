@@ -245,7 +245,8 @@ class Coordinator:
             return real_guest.make_qemu_peer(self, role)
         if spec.host is not None:
             return AgentPeer(role, self.agents[spec.host], self._guest_json(),
-                             incoming=role == "destination")
+                             incoming=role == "destination",
+                             layout=self.layout if role == "destination" else None)
         extra = ["--incoming", "defer"] if role == "destination" else []
         if role == "destination" and self.layout is not None:
             extra += ["--layout", str(self.layout)]  # a real machine's blocks and devices

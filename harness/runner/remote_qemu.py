@@ -10,7 +10,10 @@ QemuPeer: facts, runstate, heartbeat, serial tail, `paused`, `program`.  Its RAM
 crosses: `read_memory` asks each host for a summary of its side (digests per page and,
 for a real guest, its wave; harness/realguest/hashed.py) and gives the invariants a page
 fetch for the few pages a message quotes; the bytes received for the oracle are counted
-and put in each side's facts (`oracle-bytes-received`, beside `memory-bytes`).
+and put in each side's facts (`oracle-bytes-received`, beside `memory-bytes`).  Across
+from a harness peer, the QEMU side's digests are the harness's own kind (`{"digests":
+"harness"}`) and the harness side gives `digests(at_incoming=True)`, as locally
+(real_guest._read_memory), so memory-identical compares them as a local run does.
 """
 
 from __future__ import annotations
@@ -95,18 +98,24 @@ class RemoteQemuPeer(AgentPeer):
         except ControlError:
             return ""
 
-    def memory_summary(self) -> MemorySummary:
-        """Every RAM block, read and digested on its host (harness/realguest/hashed.py)."""
+    def memory_summary(self, digests: str = "blake2b") -> MemorySummary:
+        """Every RAM block, read and digested on its host (harness/realguest/hashed.py);
+        `digests` "harness": pages digested as a harness peer digests its own."""
         from harness.realguest.hashed import summary_from_message
 
         self._check()
-        value, blob = self.conn.request_blob(am.PeerExecute(self.role, "x-memory-evidence", {}),
-                                             timeout=MEMORY_TIMEOUT)
+        arguments = {} if digests == "blake2b" else {"digests": digests}
+        value, blob = self.conn.request_blob(am.PeerExecute(
+            self.role, "x-memory-evidence", arguments), timeout=MEMORY_TIMEOUT)
         self.oracle_bytes += len(blob or b"") + len(json.dumps(value))
         try:
-            return summary_from_message(value, blob)
+            summary = summary_from_message(value, blob)
         except ValueError as err:
             raise ControlError(f"the {self.role} on host {self.host}: {err}") from None
+        if summary.kind != digests:
+            raise ControlError(f"the {self.role} on host {self.host} sent {summary.kind} "
+                               f"digests, not {digests}")
+        return summary
 
     def pages(self, block: str, indexes: list[int]) -> dict[int, bytes]:
         """The bytes of a few pages of `block` as last read (for a message)."""
@@ -122,7 +131,9 @@ class RemoteQemuPeer(AgentPeer):
         return out
 
     def digests(self, at_incoming: bool = False) -> dict[str, np.ndarray] | None:
-        return dict(self.memory_summary().hashes)
+        """As QemuPeer.digests: the harness's page_digests of every block (taken on the
+        host), comparable with a harness peer's own."""
+        return dict(self.memory_summary("harness").hashes)
 
     def check_intact(self) -> dict[str, int] | None:
         return None
@@ -170,12 +181,17 @@ def learn_remote_layout(c: Coordinator, held: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the oracle
 def read_memory(c: Coordinator, evidence: Evidence, want: str, src: Any, dst: Any,
                 readable: Any) -> None:
-    """real_guest._read_memory for QEMUs on hosts: summaries, never RAM."""
+    """real_guest._read_memory for QEMUs on hosts: summaries, never RAM.  A harness peer
+    on the other side gives its own digests, and the QEMU's are asked in its kind."""
     completed = c.status["destination"] == "completed"
+    kind = "blake2b" if all(isinstance(p, RemoteQemuPeer) for p in (src, dst)) else "harness"
     if readable(c, src):
-        evidence.source_summary = _summary(c, src, evidence)
+        evidence.source_summary = _summary(c, src, evidence, kind)
     if want in ("identical", "consistent") and completed and readable(c, dst):
-        evidence.destination_summary = _summary(c, dst, evidence)
+        if isinstance(dst, RemoteQemuPeer):
+            evidence.destination_summary = _summary(c, dst, evidence, kind)
+        else:  # a harness destination: what its load left, block by block (as locally)
+            evidence.destination_digests = _harness_digests(c, dst)
     for side in ("source", "destination"):
         summary = getattr(evidence, f"{side}_summary")
         if summary is not None:
@@ -192,10 +208,21 @@ def read_memory(c: Coordinator, evidence: Evidence, want: str, src: Any, dst: An
     evidence.page_fetch = fetch
 
 
-def _summary(c: Coordinator, peer: RemoteQemuPeer, evidence: Evidence) -> Any:
+def _harness_digests(c: Coordinator, peer: Any) -> dict[str, np.ndarray] | None:
+    try:
+        return peer.digests(at_incoming=True)
+    except ControlError as err:
+        c.note(peer.role, "memory-unreadable", {"error": str(err),
+                                                "host": getattr(peer, "host", None)})
+        return None
+
+
+def _summary(c: Coordinator, peer: Any, evidence: Evidence, kind: str) -> Any:
+    if not isinstance(peer, RemoteQemuPeer):  # a harness source: none of this reads it
+        return None
     started = time.monotonic()
     try:
-        summary = peer.memory_summary()
+        summary = peer.memory_summary(kind)
     except ControlError as err:
         c.note(peer.role, "memory-unreadable", {"error": str(err), "host": peer.host})
         return None
@@ -203,7 +230,7 @@ def _summary(c: Coordinator, peer: RemoteQemuPeer, evidence: Evidence) -> Any:
         "host": peer.host, "blocks": summary.notes.get("blocks"),
         "seconds": round(time.monotonic() - started, 3),
         "resumed": summary.notes.get("resumed"), "oracle-bytes": peer.oracle_bytes,
-        "reference-blocks": summary.notes.get("reference-blocks")})
+        "reference-blocks": summary.notes.get("reference-blocks"), "digests": kind})
     _count(evidence, peer, sum(summary.sizes.values()))
     return summary
 
@@ -219,14 +246,7 @@ def _count(evidence: Evidence, peer: RemoteQemuPeer, memory: int | None = None) 
 
 
 def placement_problems(sc: Any, remote: list[str]) -> list[str]:
-    """What of QEMU peers on hosts this runner cannot do (empty: fine)."""
-    out = []
-    kinds = {getattr(sc, role).kind for role in remote}
-    if "qemu" in kinds and "harness" in kinds and sc.guest.real_machine:
-        out.append("a QEMU and a harness peer of a real machine on hosts: the harness peer "
-                   "on a host does not get the machine's layout yet (place both QEMUs on "
-                   "hosts, or run them here)")
-    if "qemu" in kinds and "harness" in kinds and sc.expect.memory == "identical":
-        out.append("expect.memory: identical with a QEMU and a harness peer on hosts: the "
-                   "oracle across hosts compares QEMU digests with QEMU digests only")
-    return out
+    """What of QEMU peers on hosts this runner cannot do (empty: fine).  Nothing left: a
+    harness destination on a host gets a real machine's layout inline (peer-start
+    options), and a QEMU beside a harness peer sends the harness's digest kind."""
+    return []
