@@ -132,6 +132,38 @@ class ControlClient:
         reply = self._call(command, arguments, timeout)
         return reply.value, reply.blob
 
+    def submit(self, command: str, arguments: dict[str, Any] | None = None) -> int:
+        """Send `command` without waiting; `reply(id)` later says how it ended.  For a loop
+        that must not block on a slow command (an agent applying a link fault)."""
+        self._check_link(f"send {command!r}")
+        msg_id = next(self._ids)
+        self._awaiting.add(msg_id)
+        try:
+            self._sock.send(encode(Execute(command, dict(arguments or {}), msg_id)), zmq.NOBLOCK)
+        except zmq.Again:
+            self._awaiting.discard(msg_id)
+            raise ControlTimeout(f"could not send {command!r} to {self.address}: its send "
+                                 f"queue is full") from None
+        return msg_id
+
+    def reply(self, msg_id: int) -> Return | None:
+        """The reply to a `submit`ted command once it arrived, else None (still waiting);
+        CommandError for an error reply, PeerGone once the link is lost."""
+        self.handle_readable()
+        reply = self._replies.pop(msg_id, None)
+        if reply is None:
+            self._check_link("wait for a reply")
+            return None
+        self._awaiting.discard(msg_id)
+        if isinstance(reply, Error):
+            raise CommandError(reply.error_class, reply.desc)
+        return reply
+
+    def forget(self, msg_id: int) -> None:
+        """Stop waiting for a `submit`ted command (its reply, if it comes, is dropped)."""
+        self._awaiting.discard(msg_id)
+        self._replies.pop(msg_id, None)
+
     def _call(self, command: str, arguments: dict[str, Any] | None,
               timeout: float | None) -> Return:
         self._check_link(f"send {command!r}")
@@ -212,6 +244,10 @@ class ControlClient:
     def socket(self) -> zmq.Socket[Any]:
         """The DEALER, for a coordinator's poller (see also `register`)."""
         return self._sock
+
+    def pollables(self) -> list[zmq.Socket[Any]]:
+        """The sockets news arrives on (data and connection monitor), for a poller."""
+        return [] if self.state is LinkState.CLOSED else [self._sock, self._monitor]
 
     def register(self, poller: zmq.Poller) -> None:
         """Register our sockets (data and connection monitor) with `poller` for POLLIN."""

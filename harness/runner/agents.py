@@ -172,6 +172,21 @@ class AgentConnection:
         command, arguments = am.request_arguments(body)
         return self.client.execute_blob(command, arguments, timeout)
 
+    def submit(self, body: Any) -> int:
+        """Send a request without waiting (`result` takes its reply in later)."""
+        self._check_alive()
+        command, arguments = am.request_arguments(body)
+        return self.client.submit(command, arguments)
+
+    def result(self, msg_id: int) -> Any:
+        """The reply's value once it came (None: not yet); CommandError, PeerGone."""
+        self._check_alive()
+        reply = self.client.reply(msg_id)
+        return None if reply is None else (reply.value if reply.value is not None else {})
+
+    def pollables(self) -> list[Any]:
+        return self.client.pollables()
+
     def _check_alive(self) -> None:
         if self.health is AgentHealth.DEAD:
             raise PeerGone(f"agent {self.name} at {self.url} is dead ({self.dead_reason})")
