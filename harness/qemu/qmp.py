@@ -50,6 +50,7 @@ class QMPClient:
         self._buf = bytearray()
         self._ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []
+        self.eof = False  # QEMU closed the socket (take_available saw it)
         self.greeting: dict[str, Any] = self._read_greeting(greeting_timeout)
 
     @classmethod
@@ -109,6 +110,41 @@ class QMPClient:
     def pending_line(self) -> bool:
         """Whether a whole message already sits in the buffer (read, not yet parsed)."""
         return b"\n" in self._buf
+
+    def take_available(self) -> list[dict[str, Any]]:
+        """Read what QEMU sent without waiting; the events among it (late replies are
+        dropped).  Marks `eof` when QEMU closed the socket."""
+        previous = self._sock.gettimeout()
+        self._sock.settimeout(0.0)  # (a socket with a timeout would wait for data first)
+        try:
+            self._read_what_arrived()
+        finally:
+            self._sock.settimeout(previous)  # `_send` (sendall) must block as before
+        while (end := self._buf.find(b"\n")) >= 0:
+            line = bytes(self._buf[:end])
+            del self._buf[:end + 1]
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(message, dict) and "event" in message:
+                self.events.append(message)
+        events, self.events[:] = list(self.events), []
+        return events
+
+    def _read_what_arrived(self) -> None:
+        while not self.eof:
+            try:
+                chunk = self._sock.recv(_READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.eof = True
+                break
+            if not chunk:
+                self.eof = True
+                break
+            self._buf += chunk
 
     def close(self) -> None:
         self._sock.close()

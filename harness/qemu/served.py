@@ -7,9 +7,10 @@ control plane (harness/control/server.py) on the agent's private address:
 
 - every QMP command QEMU offers (`query-commands`) is relayed to QEMU's QMP; a refusal
   keeps QEMU's error class and description;
-- QEMU's events are forwarded as control events with QEMU's own timestamps (one loop
-  waits on the control socket and on QMP's, and asks `query-status` now and then to
-  pull events QEMU sent while a command was answered);
+- QEMU's events are forwarded as control events with QEMU's own timestamps: one loop
+  waits on the control socket and on QMP's, and takes what QMP has without a round trip
+  (`QMPClient.take_available`); events read while a command was answered are forwarded
+  right after it;
 - `x-` commands give the runner what it reads of a QEMU peer without moving its RAM:
   `x-qemu-facts`, `x-heartbeat`, `x-serial-tail`, `x-memory-evidence` (every RAM block
   read here and sent as digests, harness/realguest/hashed.py: BLAKE2b-128 by default,
@@ -52,7 +53,7 @@ from .qmp import QMPError
 
 log = logging.getLogger(__name__)
 
-EVENT_PULL = 0.05      # s between two `query-status` that pull QEMU's events
+IDLE_WAIT = 0.2        # s: the loop's longest wait (QEMU's exit is checked this often)
 COMMAND_TIMEOUT = 30.0
 MAX_SERIAL = 1 << 16
 MAX_PAGES = 16         # pages one `x-memory-pages` sends back
@@ -70,7 +71,6 @@ class Served:
         self.peer = _qemu_peer(spec, workdir)
         self.blocks: dict[str, np.ndarray] = {}  # the last memory read, for x-memory-pages
         self.stop = False
-        self._pulled = 0.0
 
     # ------------------------------------------------------------------ serving
     def register(self, server: ControlServer) -> None:
@@ -99,23 +99,13 @@ class Served:
         return relay
 
     def forward(self, server: ControlServer) -> None:
-        """QEMU's queued events out as control events, with QEMU's timestamps."""
-        qmp = self.peer._qemu.qmp
-        events, qmp.events[:] = list(qmp.events), []
-        for e in events:
+        """What QMP has (read without waiting; events queued while a command was answered
+        too) out as control events, with QEMU's timestamps.  A closed QMP is left to the
+        exit check."""
+        for e in self.peer._qemu.qmp.take_available():
             ts = e.get("timestamp", {})
             at = float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
             server.emit(str(e.get("event")), dict(e.get("data", {})), at or None)
-
-    def pull(self, server: ControlServer, now: float) -> None:
-        """Read what QEMU sent (events); a closed QMP is left to the exit check."""
-        self._pulled = now
-        with contextlib.suppress(QMPError, OSError):
-            self.peer._qemu.qmp.execute("query-status", timeout=5)
-        self.forward(server)
-
-    def pull_due(self, now: float) -> bool:
-        return now - self._pulled >= EVENT_PULL or self.peer._qemu.qmp.pending_line()
 
     # ------------------------------------------------------------------ x- commands
     def quit(self, arguments: dict[str, Any]) -> Any:
@@ -289,20 +279,24 @@ def serve(control: str, spec: QemuSpec, workdir: Path) -> int:
 
 
 def _loop(served: Served, server: ControlServer) -> None:
+    """Wait on the control socket and QMP's (readable: events, or EOF when QEMU went);
+    after each wake, forward what QMP has.  QMP's descriptor leaves the poller at EOF."""
     poller = zmq.Poller()
     poller.register(server.socket, zmq.POLLIN)
-    running = served.spec.mode == "run"
-    if running:
-        poller.register(served.peer._qemu.qmp.fileno(), zmq.POLLIN)
+    qmp = served.peer._qemu.qmp if served.spec.mode == "run" else None
+    watched = qmp.fileno() if qmp is not None else None
+    if watched is not None:
+        poller.register(watched, zmq.POLLIN)
     while not served.stop:
-        ready = dict(poller.poll(EVENT_PULL * 1000))
+        ready = dict(poller.poll(IDLE_WAIT * 1000))
         if ready.get(server.socket):
             server.serve_once(0)
-        if not running:
+        if qmp is None:
             continue
-        now = time.monotonic()
-        if len(ready) > (1 if ready.get(server.socket) else 0) or served.pull_due(now):
-            served.pull(server, now)
+        served.forward(server)
+        if qmp.eof and watched is not None:  # else EOF would wake the poll at once, forever
+            poller.unregister(watched)
+            watched = None
         if not served.peer.alive():
             served.forward(server)
             server.serve_once(0)
