@@ -14,13 +14,15 @@ the runner's layout file means nothing on the agent's host.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
 
-from harness.control import ControlError, PeerGone
+from harness.control import ControlError, ControlTimeout, PeerGone
 from harness.control import agent_messages as am
 from harness.control.agent_messages import AgentHealth
 
@@ -74,14 +76,40 @@ class AgentPeer:
         peer.log_location = f"{conn.name}:{info.get('log')}"
         return peer
 
-    def start(self) -> None:
-        reply = self.conn.request(am.PeerStart(self.role, "source" if self.role == "source"
-                                               else "destination", self.guest,
-                                               incoming=self.incoming,
-                                               options=layout_options(self.layout)),
-                               timeout=START_TIMEOUT)
+    # ------------------------------------------------------------------ starting
+    # A start is a small state machine: `begin_start` sends `peer-start`, `start_done`
+    # takes the agent's reply in when it came -- so a runner starts the peers of several
+    # hosts at once and keeps taking in events meanwhile; `start` does both, waiting.
+    def start_request(self) -> am.PeerStart:
+        return am.PeerStart(self.role, "source" if self.role == "source" else "destination",
+                            self.guest, incoming=self.incoming,
+                            options=layout_options(self.layout))
+
+    def begin_start(self) -> None:
+        self._start_id = self.conn.submit(self.start_request())
+        self._start_deadline = time.monotonic() + START_TIMEOUT
+
+    def start_done(self) -> bool:
+        """True once the agent said the peer is up (CommandError: it could not start it;
+        ControlTimeout: no answer within START_TIMEOUT)."""
+        reply = self.conn.result(self._start_id)
+        if reply is None:
+            if time.monotonic() > self._start_deadline:
+                self.conn.client.forget(self._start_id)
+                raise ControlTimeout(f"the agent of host {self.host} did not start the "
+                                     f"{self.role} within {START_TIMEOUT:g} s")
+            return False
+        self._started(reply)
+        return True
+
+    def _started(self, reply: dict[str, Any]) -> None:
         self._pid = int(reply["pid"])
         self.log_location = f"{self.host}:{reply['log']}"
+
+    def start(self) -> None:
+        self.begin_start()
+        while not self.start_done():
+            zmq.select(self.conn.pollables(), [], [], 0.05)
 
     @property
     def pid(self) -> int | None:

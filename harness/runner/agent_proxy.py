@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from harness.control import agent_messages as am
 from harness.scenario.model import Scenario
 
-from .agent_peer import START_TIMEOUT, AgentPeer
+from .agent_peer import AgentPeer
 from .agents import AgentConnection, tcp_uri
 from .proxy import ProxyHandle
 
@@ -45,13 +45,10 @@ class AgentProxy(AgentPeer):
         super().__init__("proxy", conn, {}, incoming=False)
         self.listen, self.target, self.seed, self.record = listen, target, seed, record
 
-    def start(self) -> None:
+    def start_request(self) -> am.PeerStart:
         options: dict[str, Any] = {"listen": self.listen, "target": self.target,
                                    "seed": self.seed, "record": self.record}
-        reply = self.conn.request(am.PeerStart("proxy", "proxy", {}, kind="proxy",
-                                               options=options), timeout=START_TIMEOUT)
-        self._pid = int(reply["pid"])
-        self.log_location = f"{self.host}:{reply['log']}"
+        return am.PeerStart("proxy", "proxy", {}, kind="proxy", options=options)
 
     def address_for_source(self, timeout: float = 10.0) -> str:
         """The URI the source migrates to (the proxy's actual address on its host)."""

@@ -14,6 +14,14 @@ Then it collects the final statuses, statistics, runstates and per-page digests,
 (reaps) every process, checks that none is left behind, and runs the invariants.  A
 failure of the harness itself (a peer that cannot start, a deadline) is the verdict
 `error`; an unmet expectation is `fail`.
+
+The loop waits on one `zmq.Poller` (the peers' control sockets, QEMU's QMP sockets, the
+agents', the proxy's) until something arrives or the next thing is due (a timer, a time
+trigger, a sample, the deadline) -- it never sleeps to poll.  What it takes in is typed at
+the boundary (harness.control.peer_messages) and kept in a `RunState`; the steps read that
+state and return effects (runner/steps.py, runner/effects.py), which the `Actuator`
+carries out -- the slow ones (a recovery, a link fault) as state machines the loop
+advances, so events keep flowing while they last.
 """
 
 from __future__ import annotations
@@ -27,38 +35,49 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from harness.control import CommandError, ControlError
+import zmq
+
+from harness.control import CommandError, ControlError, ProtocolMessageError
+from harness.control import peer_messages as pm
 from harness.errors import EnvironmentFailure, HarnessError
 from harness.faults import process
 from harness.guest.leaks import leftover_segments
 from harness.invariants import Evidence, check_all
 from harness.invariants.base import Expectations
-from harness.migration.status import FINAL
+from harness.migration.status import FINAL, MigrationStatus
 from harness.qemu import QemuError, QMPError
 from harness.scenario.model import Scenario
 
 from . import real_guest
-from .agent_peer import AgentPeer, RemoteFrozen
+from .actuator import Actuator, Handles
+from .agent_peer import AgentPeer
 from .agent_pool import Agents, placement_problems
-from .agent_proxy import AgentProxy, layout_arguments, proxy_host, remote_proxy
+from .agent_proxy import layout_arguments, proxy_host, remote_proxy
 from .agents import tcp_uri
 from .fetch import fetch_back
-from .peers import HarnessPeer, PeerError, PeerHandle, kill_tree, short_dir
+from .peers import (
+    HarnessPeer,
+    PeerError,
+    PeerHandle,
+    kill_tree,
+    pollables,
+    short_dir,
+)
 from .proxy import ProxyHandle
 from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
 from .samples import Sampler
 from .stacks import proc_stacks, python_stacks
+from .state import RunState
 from .steps import StepRunner, needs_proxy
 
 log = logging.getLogger(__name__)
 
-POLL = 0.02
+MAX_WAIT = 0.1  # s the loop waits on its poller at most (agents' health is judged by time)
 SETTLED_FOR = 0.5  # how long nothing may move before the run counts as settled
-RECOVER_WAIT = 10.0  # s a source may take to see the break it must resume from
 STATS_PERIOD = 0.05  # how often `remaining`/`progress` triggers poll the source
 FD_NAME = "migfd"
 #: statuses a peer does not leave by itself: it waits for an admin (or nothing at all)
-RESTING = FINAL | {"postcopy-paused"}
+RESTING = FINAL | {MigrationStatus.POSTCOPY_PAUSED}
 INTERRUPTED = "interrupted"  # the reason of a run a signal ended (verdict `error`)
 
 
@@ -77,22 +96,13 @@ class Coordinator:
         self.t0 = time.monotonic()
         self.result = ScenarioResult(scenario.name, str(scenario.source_file or ""), self.seed,
                                      workdir=str(workdir))
-        self.status = {"source": "none", "destination": "none"}
-        self.statuses: dict[str, list[str]] = {"source": [], "destination": []}
-        #: (the peer's timestamp, status) of every status change, per peer
-        self.status_log: dict[str, list[tuple[float, str]]] = {"source": [], "destination": []}
-        self.passes = 0
+        self.state = RunState(self.seed, self.t0)
         self.refused: str | None = None
         self._fds: list[socket.socket] = []
-        self._dirs: list[Path] = []
-        self.src: PeerHandle | None = None
-        self.dst: PeerHandle | None = None
-        self.proxy: ProxyHandle | AgentProxy | None = None
         self.record = record  # save both directions of the stream in the work directory
-        self.frozen: dict[str, process.Frozen | RemoteFrozen] = {}
         self.agents = Agents(scenario)  # the hosts' agents (none for a local run)
-        self._timers: list[tuple[float, Callable[[], None]]] = []
-        self._info: tuple[float, dict[str, Any]] = (0.0, {})  # the source's last query-migrate
+        self.handles = Handles(scenario, agents=self.agents)
+        self.actuator = Actuator(self.handles, self.state, self)
         self.sampler = Sampler()  # its answers over time, for the report's plots
         self._pids: list[int] = []
         self._log_path = events_log or workdir / "events.jsonl"
@@ -110,7 +120,7 @@ class Coordinator:
             self.result.events_log = str(self._log_path)
             self.note("runner", "scenario", {"name": self.sc.name, "seed": self.seed,
                                              "file": self.result.file})
-            self.steps = StepRunner(self.sc.steps, self)
+            self.steps = StepRunner(self.sc, self.seed)
             problems = placement_problems(self.sc)
             if problems:
                 raise RunError("; ".join(problems))
@@ -130,7 +140,7 @@ class Coordinator:
                 if peer is not None:  # what it said last: no question to a peer now
                     setattr(self.result, role, PeerOutcome(
                         kind=peer.kind, status=self.status[role],
-                        statuses=list(self.statuses[role])))
+                        statuses=list(self.state.statuses[role])))
         except Exception as err:  # noqa: BLE001 - a bug of ours: still a verdict, no traceback
             import traceback
 
@@ -176,20 +186,36 @@ class Coordinator:
         self.result.faults.append(FaultRecord(step, kind, target, when, detail))
         self.note("runner", "fault", {"step": step, "kind": kind, "target": target, **detail})
         if self.steps is not None:
-            self.steps.fault_acted(step, detail)
+            self.steps.fault_acted(step, detail, self.state.elapsed())
+
+    # ------------------------------------------------------------------ the run's state
+    @property
+    def status(self) -> dict[str, MigrationStatus]:
+        return self.state.status
+
+    @property
+    def statuses(self) -> dict[str, list[MigrationStatus]]:
+        return self.state.statuses
+
+    @property
+    def frozen(self) -> dict[str, Any]:
+        return self.actuator.frozen
+
+    @property
+    def passes(self) -> int:
+        return self.state.passes
+
+    # the handles live in `handles`, which the actuator shares
+    src = property(lambda self: self.handles.src,
+                   lambda self, peer: setattr(self.handles, "src", peer))
+    dst = property(lambda self: self.handles.dst,
+                   lambda self, peer: setattr(self.handles, "dst", peer))
+    proxy = property(lambda self: self.handles.proxy,
+                     lambda self, proxy: setattr(self.handles, "proxy", proxy))
 
     # ------------------------------------------------------------------ start
     def _guest_json(self) -> dict[str, Any]:
-        g = self.sc.guest
-        workload = g.workload
-        return {
-            "machine": g.machine, "seed": self.seed, "fill": g.fill, "content": g.content,
-            "blocks": [{"name": b.name, "size": b.size} for b in g.ram_blocks],
-            "devices": list(g.devices),
-            "workload": {"dirty_rate": workload.dirty_rate, "pattern": workload.pattern,
-                         "hotset": workload.hotset or 0, "seed": self.seed}
-            if workload.dirty_rate else None,
-        }
+        return pm.GuestDescription.of_scenario(self.sc, self.seed).to_json()
 
     def _start_peers(self) -> None:
         fds: dict[str, dict[str, int]] = {"source": {}, "destination": {}}
@@ -207,10 +233,12 @@ class Coordinator:
                 raise RunError(str(err)) from None
         self.dst = self._make_peer("destination", fds["destination"])
         self.src = self._make_peer("source", fds["source"])
+        self._start_remote_peers()
         for peer in (self.dst, self.src):
             host = getattr(peer, "host", None)
             try:
-                peer.start()
+                if not isinstance(peer, AgentPeer):
+                    peer.start()
                 real_guest.wait_booted(self, peer)
             except (PeerError, QemuError, ControlError, OSError, real_guest.BootError) as err:
                 where = f" on host {host}" if host else ""
@@ -222,6 +250,29 @@ class Coordinator:
             self.note(peer.role, "started", {"kind": peer.kind, "pid": peer.pid,
                                              "runstate": peer.runstate(), **facts,
                                              **({"host": host} if host else {})}, time.time())
+
+    def _start_remote_peers(self) -> None:
+        """Start the peers of every host at once: each agent's `peer-start` is sent, then
+        the loop waits on the agents' sockets (taking in their news) until every one
+        answered, each start bounded by its own deadline."""
+        starting = [p for p in (self.dst, self.src) if isinstance(p, AgentPeer)]
+        peer: AgentPeer | None = None
+        try:
+            for peer in starting:
+                peer.begin_start()
+            while starting:
+                waiting = []
+                for peer in starting:
+                    if not peer.start_done():
+                        waiting.append(peer)
+                starting = waiting
+                if starting:
+                    self._pump()
+                    self._poller().poll(int(MAX_WAIT * 1000))
+        except (ControlError, OSError) as err:
+            assert peer is not None
+            raise RunError(f"cannot start the {peer.role} ({peer.kind}) on host "
+                           f"{peer.host}: {err}") from None
 
     def _connect_agents(self) -> None:
         """Reach every host's agent: run binding, host facts, clock offset."""
@@ -290,7 +341,7 @@ class Coordinator:
             return tcp_uri(self._destination_address(), 0), ""
         if t.scheme == "unix":
             d = short_dir("mhu")
-            self._dirs.append(d)
+            self.handles.dirs.append(d)
             return f"unix:{d}/migration.sock", f"unix:{d}/migration.sock"
         if t.scheme == "fd":
             return f"fd:{FD_NAME}", f"fd:{FD_NAME}"
@@ -314,10 +365,11 @@ class Coordinator:
             if self.wants_proxy:
                 src_uri = self._start_proxy(src_uri)
                 assert self.steps is not None
-                self.steps.arm_due()
+                self.state.has_proxy = True
+                self.actuator.carry_out(self.steps.arm_due())
         self._write_control_file()
         self.note("runner", "migrate", {"uri": src_uri})
-        self.migrate_started = time.monotonic()
+        self.state.migrate_started = time.monotonic()
         try:
             self.src.execute("migrate", {"uri": src_uri})
         except CommandError as err:
@@ -358,7 +410,7 @@ class Coordinator:
         """Put the proxy between the peers: the source migrates to it, it to `target`."""
         if target.startswith("unix:"):
             d = short_dir("mhx")
-            self._dirs.append(d)
+            self.handles.dirs.append(d)
             listen = f"unix:{d}/proxy.sock"
         else:
             listen = "tcp:127.0.0.1:0"
@@ -384,11 +436,6 @@ class Coordinator:
                                        **({"host": host} if host else {})})
         return uri
 
-    def proxy_execute(self, command: str, arguments: dict[str, Any]) -> Any:
-        if self.proxy is None:
-            raise RunError(f"{command}: the scenario has no proxy between the peers")
-        return self.proxy.execute(command, arguments)
-
     # ------------------------------------------------------------------ loop
     def _loop(self, steps: StepRunner, deadline: float) -> None:
         incoming_started = not self.two_phase
@@ -396,8 +443,12 @@ class Coordinator:
         exited: set[str] = set()
         while True:
             moved = self._pump()
-            moved |= steps.tick()
-            moved |= self._run_timers()
+            if steps.wants_source_stats():
+                self.source_info()
+            effects = steps.tick(self.state)
+            moved |= bool(effects)
+            self.actuator.carry_out(effects)
+            moved |= self.actuator.advance()
             now = time.monotonic()
             if self.sampler.due(now - self.t0):
                 self.source_info(0.0)
@@ -414,7 +465,7 @@ class Coordinator:
                     exited.add(p.role)
                     moved = True
                     self.note(p.role, "exited", {"code": p.exit_code()})
-            if moved or self._timers or not self._settled(incoming_started) \
+            if moved or self.actuator.busy or not self._settled(incoming_started) \
                     or steps.may_still_fire():
                 quiet_since = None
             elif quiet_since is None:
@@ -423,7 +474,36 @@ class Coordinator:
                 return  # (a remote peer's news is not late: its agent spoke since)
             if now > deadline:
                 raise RunError(self._stuck(steps))
-            time.sleep(POLL)
+            if not moved:  # (built anew: a socket that closed is no longer waited on)
+                self._poller().poll(self._wait_ms(steps, quiet_since, deadline))
+
+    def _poller(self) -> zmq.Poller:
+        """One poller over every socket news can come from: the peers' and the proxy's
+        control sockets (or QEMU's QMP socket) and the agents'."""
+        poller = zmq.Poller()
+        handles: list[Any] = [*self._peers(), *([self.proxy] if self.proxy else [])]
+        sources = [x for h in handles for x in pollables(h)]
+        sources += [x for conn in self.agents.by_host.values() for x in pollables(conn)]
+        for source in dict.fromkeys(sources):
+            poller.register(source, zmq.POLLIN)
+        return poller
+
+    def _wait_ms(self, steps: StepRunner, quiet_since: float | None, deadline: float) -> int:
+        """How long the loop may wait for news: until the next thing is due."""
+        now = time.monotonic()
+        due = [deadline, now + MAX_WAIT]
+        if quiet_since is not None:
+            due.append(quiet_since + SETTLED_FOR)
+        timer = self.actuator.next_due()
+        if timer is not None:
+            due.append(timer)
+        if steps.wants_source_stats() or self.actuator.busy:
+            due.append(now + STATS_PERIOD)
+        next_time = steps.next_time_due(self.state)
+        if next_time is not None:
+            due.append(now + next_time)
+        due.append(self.t0 + self.sampler.next_due(now - self.t0))
+        return max(0, int((min(due) - now) * 1000) + 1)
 
     def _settled(self, incoming_started: bool) -> bool:
         """Every peer dead, frozen, or resting in a status it does not leave by itself."""
@@ -474,129 +554,70 @@ class Coordinator:
         self._stacks[role] = text
 
     def _pump(self) -> bool:
+        """Take in what every agent, peer and the proxy sent; True when anything came."""
         moved = resample = False
         for who, name, data in self.agents.pump():
             moved = True
             self.note(who, name, data)
         handles: list[Any] = [*self._peers(), *([self.proxy] if self.proxy else [])]
-        for peer in handles:
-            for event in peer.poll_events():
+        for handle in handles:
+            for event in handle.poll_events():
                 moved = True
-                self.note(peer.role, event.name, event.data, event.timestamp)
-                if peer.role == "proxy":
-                    self._proxy_event(event.name, event.data, event.timestamp)
-                elif event.name == "MIGRATION":
-                    status = str(event.data.get("status"))
-                    self.status[peer.role] = status
-                    self.statuses[peer.role].append(status)
-                    self.status_log[peer.role].append((event.timestamp, status))
-                    self.progress("status", {"peer": peer.role, "status": status})
-                elif event.name == "MIGRATION_PASS" and peer.role == "source":
-                    self.passes = int(event.data.get("pass", 0))
-                    self.progress("pass", {"pass": self.passes})
-                if peer.role == "source" and event.name in ("MIGRATION", "MIGRATION_PASS"):
-                    resample = True
+                self.note(handle.role, event.name, event.data, event.timestamp)
+                try:
+                    typed = pm.decode_event(event.name, event.data)
+                except ProtocolMessageError as err:
+                    self.note("runner", "bad-event", {"from": handle.role, "error": str(err)})
+                    continue
+                if handle.role == "proxy":
+                    self._proxy_event(typed, event.timestamp)
+                else:
+                    resample |= self._peer_event(handle.role, typed, event.timestamp)
         if resample:  # a sample where a pass or status begins (runner/samples.py)
             self.source_info(0.0)
         return moved
 
-    def _proxy_event(self, name: str, data: dict[str, Any], at: float) -> None:
+    def _peer_event(self, role: str, event: pm.Event | None, at: float) -> bool:
+        """Keep a peer's status and pass; True when the source's numbers should be taken."""
+        if isinstance(event, pm.MigrationEvent):
+            self.state.set_status(role, event.status, at)
+            self.progress("status", {"peer": role, "status": str(event.status)})
+            return role == "source"
+        if isinstance(event, pm.PassEvent) and role == "source":
+            self.state.passes = event.number
+            self.progress("pass", {"pass": event.number})
+            return True
+        return False
+
+    def _proxy_event(self, event: pm.Event | None, at: float) -> None:
         assert self.steps is not None
-        if name == "WIRE":
-            self.steps.on_wire(str(data.get("id")), data, at)
-        elif name == "FAULT":
-            step = str(data.get("id"))
-            label = self.steps.label_of(step)
-            self.result.faults.append(FaultRecord(label, str(data.get("kind")),
-                                                  f"proxy {data.get('channel', 'main')}",
-                                                  time.monotonic() - self.t0, dict(data)))
-            self.steps.fault_acted(label, {})
+        if isinstance(event, pm.WireSeen):
+            self.actuator.carry_out(self.steps.on_wire(event, at, self.state))
+        elif isinstance(event, pm.FaultActed):
+            label = self.steps.label_of(event.id)
+            self.result.faults.append(FaultRecord(label, event.kind, f"proxy {event.channel}",
+                                                  time.monotonic() - self.t0,
+                                                  dict(event.data)))
+            self.steps.fault_acted(label, {}, self.state.elapsed())
 
-    # ------------------------------------------------------------------ timers, faults
-    def after(self, delay: float, action: Callable[[], None]) -> None:
-        self._timers.append((time.monotonic() + delay, action))
-
-    def _run_timers(self) -> bool:
-        now = time.monotonic()
-        due = [t for t in self._timers if t[0] <= now]
-        self._timers = [t for t in self._timers if t[0] > now]
-        for _, action in due:
-            action()
-        return bool(due)
-
-    def thaw(self, role: str, step: str) -> None:
-        frozen = self.frozen.pop(role, None)
-        if frozen is not None:
-            self.note("runner", "thawed", {"step": step, "peer": role, "pids": frozen.thaw()})
-
+    # ------------------------------------------------------------------ the source's numbers
     def source_info(self, max_age: float = STATS_PERIOD) -> dict[str, Any]:
         """The source's query-migrate, asked again when older than `max_age`; each answer
         is also a sample of the run (harness/runner/samples.py)."""
-        when, info = self._info
+        state = self.state
         now = time.monotonic()
-        if now - when >= max_age and self.src is not None and self.src.alive() \
+        if now - state.info_at >= max_age and self.src is not None and self.src.alive() \
                 and "source" not in self.frozen:
             try:
-                info = dict(self.src.execute("query-migrate", timeout=5) or {})
+                info = pm.MigrationInfo.of(self.src.execute("query-migrate", timeout=5))
             except (ControlError, QMPError, OSError):
                 self.sampler.failed(now - self.t0)
             else:
-                self.progress("sample", self.sampler.add(now - self.t0, info, self.passes))
-            self._info = (now, info)
-        return info
-
-    def source_ram(self) -> dict[str, Any]:
-        """The source's query-migrate `ram` (polled at most every STATS_PERIOD)."""
-        return dict(self.source_info().get("ram", {}))
-
-    def progress_share(self) -> float:
-        """Share of guest RAM sent at least once (pages sent over all pages), for `progress`."""
-        ram = self.source_ram()
-        total = int(ram.get("total", 0))
-        sent = (int(ram.get("normal", 0)) + int(ram.get("duplicate", 0))) * 4096
-        return min(1.0, sent / total) if total else 0.0
-
-    def recover(self, step: str) -> None:
-        """migrate-recover: the destination listens anew, then the source resumes to it."""
-        assert self.src is not None and self.dst is not None
-        uri = self._recovery_uri()
-        data: dict[str, Any] = {"step": step, "peer": "destination", "command": "migrate-recover",
-                                "uri": uri}
-        try:
-            self.dst.execute("migrate-recover", {"uri": uri})
-            target = self._listening_uri() if uri.endswith(":0") else uri
-            source_uri = target
-            if self.proxy is not None:
-                self.proxy.execute("x-proxy-target", {"uri": target})
-                source_uri = self.proxy.address_for_source()
-            data["source-uri"] = source_uri
-            self._await_source_paused(data)
-            self.src.execute("migrate", {"uri": source_uri, "resume": True})
-        except CommandError as err:
-            data["error"] = err.desc
-        except ControlError as err:
-            data["error"] = f"a peer did not answer: {err}"
-        self.note("runner", "step", data)
-
-    def _await_source_paused(self, data: dict[str, Any]) -> None:
-        """A QEMU source resumes only from postcopy-paused ("Cannot resume if there is no
-        paused migration"), which it reaches when its own socket fails -- it may learn of
-        a break later than the destination.  Wait for it, bounded."""
-        deadline = time.monotonic() + RECOVER_WAIT
-        while self.status["source"] != "postcopy-paused" and self.peer("source").alive() \
-                and time.monotonic() < deadline:
-            self._pump()
-            time.sleep(POLL)
-        if self.status["source"] != "postcopy-paused":
-            data["source-status"] = self.status["source"]
-
-    def _recovery_uri(self) -> str:
-        if self.sc.transport.scheme == "unix":
-            d = short_dir("mhr")
-            self._dirs.append(d)
-            return f"unix:{d}/recover.sock"
-        # QEMU 7.2, like our peer, then lists the port it took
-        return tcp_uri(self._destination_address(), 0)
+                state.info = info
+                self.progress("sample", self.sampler.add(now - self.t0, info.raw,
+                                                         state.passes))
+            state.info_at = now
+        return state.info.raw if state.info is not None else {}
 
     # ------------------------------------------------------------------ end
     def _collect(self) -> Evidence:
@@ -640,7 +661,7 @@ class Coordinator:
             evidence.destination_digests = self.dst.digests(at_incoming=True)
 
     def _outcome(self, peer: PeerHandle) -> PeerOutcome:
-        out = PeerOutcome(kind=peer.kind, statuses=list(self.statuses[peer.role]),
+        out = PeerOutcome(kind=peer.kind, statuses=[str(s) for s in self.statuses[peer.role]],
                           stacks=self._stacks.get(peer.role))
         if real_guest.is_qemu(peer):  # issue 14: a QEMU here or on a host
             out.facts = peer.facts()
@@ -682,8 +703,7 @@ class Coordinator:
             setattr(self.result, role, outcome)
 
     def _close(self) -> None:
-        for role in list(self.frozen):  # the run is over: let it go, to be shut down cleanly
-            self.thaw(role, "end of run")
+        self.actuator.thaw_all("end of run")  # the run is over: let it be shut down cleanly
         handles: list[Any] = [*self._peers(), *([self.proxy] if self.proxy else [])]
         for handle in handles:
             try:
@@ -700,7 +720,7 @@ class Coordinator:
             s.close()
         import shutil
 
-        for d in self._dirs:
+        for d in self.handles.dirs:
             shutil.rmtree(d, ignore_errors=True)
 
     def abandon(self) -> None:
@@ -736,40 +756,9 @@ class Coordinator:
         self.result.verdict = "error"
         self.result.reason = blame + (f"; {self.result.reason}" if self.result.reason else "")
 
-    def link_fault(self, label: str, fault: Any, step_id: str, where: dict[str, Any]) -> None:
-        """A link fault on `fault.host`, toward the other peer's host, by that host's agent."""
-        from harness.control.agent_messages import LinkFaultRequest
-
-        src_host, dst_host = self.sc.source.host, self.sc.destination.host
-        other = dst_host if fault.host == src_host else src_host
-        assert other is not None
-        toward = self.sc.hosts[other].peer_address
-        request = LinkFaultRequest(step_id, fault.kind, toward, fault.duration, fault.rate,
-                                   getattr(fault, "delay", None), getattr(fault, "jitter", None))
-        conn = self.agents[fault.host]
-        applied = time.monotonic() - self.t0  # the reply may wait for the link it cut
-        try:
-            reply = conn.request(request, timeout=30)
-        except CommandError as err:
-            raise RunError(f"{label}: {fault.kind} on host {fault.host} toward {toward}: "
-                           f"{err.desc}") from None
-        for host in (fault.host, other):  # both ends may fall silent while it lasts
-            if host in self.agents.by_host:
-                self.agents[host].expect_silence((fault.duration or self.sc.timeout) + 5)
-        self.record_fault(label, fault.kind, f"host {fault.host}", {
-            **where, "toward": toward, **({"duration": fault.duration}
-                                          if fault.duration is not None else {}),
-            **dict(reply.get("detail") or {})}, at=applied)
-
-    # ------------------------------------------------------------------ for steps
+    # ------------------------------------------------------------------ for real_guest
     def peer(self, role: str) -> PeerHandle:
-        peer = self.src if role == "source" else self.dst
-        assert peer is not None
-        return peer
-
-    def elapsed(self) -> float:
-        """Seconds since `migrate` was issued."""
-        return time.monotonic() - getattr(self, "migrate_started", self.t0)
+        return self.handles.peer(role)
 
 
 LOAD_FAILED = "load of migration failed: "

@@ -79,6 +79,13 @@ class PeerHandle(Protocol):
     def pid(self) -> int | None: ...
 
 
+def pollables(handle: Any) -> list[Any]:
+    """What a coordinator's zmq.Poller waits on for news from `handle` (its sockets, or
+    the file descriptor of a QMP socket); none for a handle whose news comes by an agent."""
+    method = getattr(handle, "pollables", None)
+    return list(method()) if method is not None else []
+
+
 def short_dir(prefix: str) -> Path:
     """A directory with a short path: unix and ipc socket paths are limited to 107 bytes.
     It names its owner (this process), so a later run sweeps it if we die (lifeline)."""
@@ -133,6 +140,9 @@ class ControlledProcess:
     def client(self) -> ControlClient:
         assert self._client is not None, f"{self.role} not started"
         return self._client
+
+    def pollables(self) -> list[Any]:
+        return [] if self._client is None else self._client.pollables()
 
     @property
     def pid(self) -> int | None:
@@ -330,13 +340,12 @@ class QemuPeer:
     def poll_events(self) -> list[PeerEvent]:
         if self._qemu is None or not self.alive():
             return []
-        qmp = self._qemu.qmp
-        try:
-            qmp.execute("query-status", timeout=5)  # pulls in pending events
-        except (QMPError, OSError):  # QEMU exited: the coordinator sees it as not alive
-            return []
-        events, qmp.events[:] = list(qmp.events), []
+        events = self._qemu.qmp.take_available()  # without a round trip
         return [PeerEvent(e["event"], e.get("data", {}), _qmp_time(e)) for e in events]
+
+    def pollables(self) -> list[Any]:
+        qmp = getattr(self._qemu, "_qmp", None)  # None: not connected (yet, or any more)
+        return [] if qmp is None or qmp.eof else [qmp.fileno()]
 
     def runstate(self) -> str | None:
         return str(self.execute("query-status", timeout=10)["status"])

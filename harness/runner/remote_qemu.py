@@ -58,13 +58,13 @@ class RemoteQemuPeer(AgentPeer):
         self.oracle_bytes = 0  # bytes of replies received for the memory oracle
         self._facts: dict[str, Any] = {}
 
-    def start(self) -> None:
-        reply = self.conn.request(am.PeerStart(self.role, self.role, {},  # type: ignore[arg-type]
-                                               incoming=self.incoming, paused=self.paused,
-                                               kind="qemu", options=self.spec.options()),
-                                  timeout=START_TIMEOUT)
-        self._pid = int(reply["pid"])
-        self.log_location = f"{self.host}:{reply['log']}"
+    def start_request(self) -> am.PeerStart:
+        return am.PeerStart(self.role, self.role, {},  # type: ignore[arg-type]
+                            incoming=self.incoming, paused=self.paused, kind="qemu",
+                            options=self.spec.options())
+
+    def _started(self, reply: dict[str, Any]) -> None:
+        super()._started(reply)
         self._facts = self._ask_facts()
 
     def _ask_facts(self) -> dict[str, Any]:

@@ -45,6 +45,15 @@ class Sampler:
         last = self.samples[-1]
         return last["status"] not in FINAL and t - last["t"] >= self.period
 
+    def next_due(self, t: float) -> float:
+        """When (seconds since the run started) a sample is next due, as of `t`."""
+        if t < self._not_before:
+            return self._not_before
+        if not self.samples:
+            return t
+        last = self.samples[-1]
+        return float("inf") if last["status"] in FINAL else last["t"] + self.period
+
     def add(self, t: float, info: dict[str, Any], pass_: int) -> dict[str, Any]:
         """Record one query-migrate answer taken at `t` (seconds since the run started)
         during pass `pass_` (the last MIGRATION_PASS the source announced)."""

@@ -20,6 +20,11 @@ out, a process or link fault when it hit its target, a network fault when the pr
 reports (FAULT) that it acted on the stream -- a drop armed after the last PONG went by
 never fires.  `report()` lists every step with whether it fired; the `steps-fired`
 invariant fails a run where a step that must fire did not (harness.invariants).
+
+The steps are pure: they read the run through a `RunView` (runner/state.py) and return
+what should happen as effect objects (runner/effects.py) -- arming, commands, faults --
+which the coordinator's actuator carries out.  Nothing here does I/O or imports the
+coordinator.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from harness.control.peer_messages import ProxyArm, WireSeen
 from harness.errors import ScenarioFailure
 from harness.scenario import steps as model
+from harness.scenario.model import Scenario
 
-if TYPE_CHECKING:
-    from .coordinator import Coordinator
+from . import effects as fx
+from .state import RunView
 
 WIRE_TRIGGERS = (model.EventTrigger, model.CommandTrigger, model.FrameTrigger,
                  model.BytesTrigger)
@@ -103,11 +110,16 @@ class StepState:
         return isinstance(self.step.on, WIRE_TRIGGERS)
 
 
+def step_id(state: StepState) -> str:
+    return f"step-{state.index}"
+
+
 class StepRunner:
-    def __init__(self, steps: tuple[Any, ...], coordinator: Coordinator) -> None:
-        self.c = coordinator
-        self.states = [StepState(i, s) for i, s in enumerate(steps)]
-        self._by_name = {s.name: st for st, s in zip(self.states, steps) if s.name}
+    def __init__(self, scenario: Scenario, seed: int) -> None:
+        self.sc = scenario
+        self.seed = seed
+        self.states = [StepState(i, s) for i, s in enumerate(scenario.steps)]
+        self._by_name = {s.name: st for st, s in zip(self.states, scenario.steps) if s.name}
         for state in self.states:
             self._check_supported(state)
 
@@ -117,7 +129,7 @@ class StepRunner:
             self._check_link(state, fault)      # host too (issue 14, runner/agent_proxy.py)
 
     def _check_link(self, state: StepState, fault: model.LinkFault) -> None:
-        hosts = (self.c.sc.source.host, self.c.sc.destination.host)
+        hosts = (self.sc.source.host, self.sc.destination.host)
         if None in hosts:
             raise UnsupportedStep(f"{state.label}: {fault.kind} acts on the network link "
                                   "between two hosts; it needs source: {host: ...} and "
@@ -132,34 +144,31 @@ class StepRunner:
                                   f"{hosts[1]})")
 
     # ------------------------------------------------------------------ the loop's side
-    def tick(self) -> bool:
-        """Fire the runner-side steps whose trigger holds; arm due wire steps.  True when
-        anything fired."""
-        fired = False
+    def tick(self, view: RunView) -> list[fx.Effect]:
+        """The effects of the runner-side steps whose trigger holds, and the arming of
+        the wire steps that became due."""
+        out: list[fx.Effect] = []
         for state in self.states:
             if state.fired_at is not None or not self._after_done(state):
                 continue
             if state.wire:
                 if not state.armed:
-                    self._arm(state)
-                    fired = True
+                    out.append(self._arm(state))
                 continue
-            if self._occurred(state):
+            if self._occurred(state, view):
                 state.occurrences += 1
-                if draw(self.c.seed, state.index, state.occurrences,
+                if draw(self.seed, state.index, state.occurrences,
                         state.step.on.probability):
-                    self._fire(state, None, time.time())
-                    fired = True
-        return fired
+                    out += self._fire(state, None, time.time(), view)
+        return out
 
     def _after_done(self, state: StepState) -> bool:
         after = state.step.after
         return after is None or self._by_name[after].fired_at is not None
 
-    def _occurred(self, state: StepState) -> bool:
+    def _occurred(self, state: StepState, c: RunView) -> bool:
         """Whether a new occurrence of the trigger is there (the next one to draw for)."""
         trigger, n = state.step.on, state.occurrences
-        c = self.c
         if isinstance(trigger, model.TimeTrigger):
             start = self._after_time(state)
             return n == 0 and c.elapsed() - start >= trigger.time
@@ -176,7 +185,7 @@ class StepRunner:
             return seen > n
         if isinstance(trigger, model.RemainingTrigger):
             remaining = c.source_ram().get("remaining")
-            return n == 0 and remaining is not None and int(remaining) < trigger.remaining.below
+            return n == 0 and remaining is not None and remaining < trigger.remaining.below
         if isinstance(trigger, model.ProgressTrigger):
             return n == 0 and c.progress_share() * 100 >= trigger.progress  # a percentage
         return False
@@ -193,30 +202,33 @@ class StepRunner:
         return fired or 0.0
 
     # ------------------------------------------------------------------ wire steps
-    def _arm(self, state: StepState) -> None:
-        from .effects import arm_in_proxy
-
-        arm_in_proxy(self.c, state)
+    def _arm(self, state: StepState) -> fx.Arm:
+        """Hand a wire-triggered step to the proxy: its network fault, or a hold."""
+        fault = state.step.fault
+        net = fault if isinstance(fault, model.NetFault) else None
         state.armed = True
+        return fx.Arm(state.label, ProxyArm(
+            step_id(state), wire_trigger(state.step.on),
+            fx.net_args(net) if net else None, net is None, state.step.on.probability))
 
-    def on_wire(self, step_id: str, data: dict[str, Any], at: float) -> None:
+    def on_wire(self, wire: WireSeen, at: float, view: RunView) -> list[fx.Effect]:
         """The proxy saw an armed step's trigger (and holds the stream if it was asked to);
-        `at` is when, by the proxy's clock."""
-        state = self._state_of(step_id)
+        `at` is when, by the proxy's clock.  The step's effects."""
+        state = self._state_of(wire.id)
         if state is None or state.fired_at is not None:
-            return
-        self._fire(state, data, at)
+            return []
+        return self._fire(state, wire, at, view)
 
     def label_of(self, step_id: str) -> str:
         state = self._state_of(step_id)
         return state.label if state is not None else step_id
 
-    def arm_due(self) -> None:
-        """Arm the wire steps that are due before the first byte flows."""
-        for state in self.states:
-            if state.wire and not state.armed and state.fired_at is None \
-                    and self._after_done(state):
-                self._arm(state)
+    def arm_due(self) -> list[fx.Effect]:
+        """Arm the wire steps that are due (before the first byte flows, and whenever a
+        step they come `after` fired)."""
+        return [self._arm(state) for state in self.states
+                if state.wire and not state.armed and state.fired_at is None
+                and self._after_done(state)]
 
     def _state_of(self, step_id: str) -> StepState | None:
         try:
@@ -225,20 +237,21 @@ class StepRunner:
             return None
 
     # ------------------------------------------------------------------ effects
-    def _fire(self, state: StepState, wire: dict[str, Any] | None, at: float) -> None:
-        from .effects import carry_out
-
-        state.fired_at = self.c.elapsed()
+    def _fire(self, state: StepState, wire: WireSeen | None, at: float,
+              view: RunView) -> list[fx.Effect]:
+        state.fired_at = view.elapsed()
         state.fired_epoch = at
-        if self.c.proxy is not None:
+        out: list[fx.Effect] = []
+        if view.has_proxy:
             # the wire steps that come `after` this one watch from now on, before its
             # effect: a recovery's RECV_BITMAP goes by while `migrate-recover` runs
-            self.arm_due()
-        carry_out(self.c, state, wire)
+            out += self.arm_due()
+        out += effects_of(state, wire, view)
         if state.step.do is not None:  # an action fires when it is carried out
             state.acted_at = state.fired_at
+        return out
 
-    def fault_acted(self, label: str, detail: dict[str, Any]) -> None:
+    def fault_acted(self, label: str, detail: dict[str, Any], elapsed: float) -> None:
         """A fault record of the step `label`: it fired, unless the record says it was
         skipped or could not be applied."""
         state = next((st for st in self.states if st.label == label), None)
@@ -248,7 +261,21 @@ class StepRunner:
         if why:
             state.missed = str(why)
         else:
-            state.acted_at = self.c.elapsed()
+            state.acted_at = elapsed
+
+    def next_time_due(self, view: RunView) -> float | None:
+        """Seconds until the next time trigger holds (None: none is waiting)."""
+        waits = [state.step.on.time - (view.elapsed() - self._after_time(state))
+                 for state in self.states
+                 if state.fired_at is None and self._after_done(state)
+                 and isinstance(state.step.on, model.TimeTrigger)]
+        return max(0.0, min(waits)) if waits else None
+
+    def wants_source_stats(self) -> bool:
+        """Whether a step waits on the source's numbers (remaining, progress)."""
+        return any(state.fired_at is None and self._after_done(state) and isinstance(
+            state.step.on, (model.RemainingTrigger, model.ProgressTrigger))
+            for state in self.states)
 
     # ------------------------------------------------------------------ the end
     def waiting(self) -> list[str]:
@@ -275,6 +302,39 @@ class StepRunner:
         return any(state.fired_at is None and self._after_done(state)
                    and isinstance(state.step.on, model.TimeTrigger)
                    for state in self.states)
+
+
+def effects_of(state: StepState, wire: WireSeen | None, view: RunView) -> list[fx.Effect]:
+    """What a fired step does, as effects; `wire` is the proxy's report when the wire
+    triggered it (a held stream is released once the effect is done)."""
+    step = state.step
+    where: dict[str, Any] = {"wire": wire.data} if wire else {}
+    release: tuple[fx.Effect, ...] = (fx.Release(step_id(state)),) \
+        if wire is not None and wire.held else ()
+    label = state.label
+    if step.do is not None:
+        action = step.do
+        if isinstance(action, model.SetParametersAction):
+            return [fx.Command(label, "source", "migrate-set-parameters",
+                               action.migrate_set_parameters.qmp_arguments(), where),
+                    *release]
+        if action.command == "migrate-recover":
+            return [fx.Recover(label, then=release)]
+        peer, command = fx.COMMANDS[action.command]
+        if peer == "guest":
+            peer = view.guest_side()
+        return [fx.Command(label, peer, command, dict(fx.ARGUMENTS.get(action.command, {})),
+                           where), *release]
+    fault = step.fault
+    if isinstance(fault, model.ProcessFault):
+        return [fx.ProcessFault(label, fault, where), *release]
+    if isinstance(fault, model.LinkFault):
+        return [fx.LinkFault(label, step_id(state), fault, where, then=release)]
+    if isinstance(fault, model.NetFault) and wire is None:
+        # a runner-side trigger: the proxy applies it from now on, and reports (FAULT)
+        # where it acted, as it does for the wire-triggered ones it applied itself
+        return [fx.Arm(label, ProxyArm(step_id(state), None, fx.net_args(fault), False))]
+    return list(release)
 
 
 def describe_effect(step: Any) -> str:
