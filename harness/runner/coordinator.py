@@ -64,7 +64,7 @@ from .peers import (
     short_dir,
 )
 from .proxy import ProxyHandle
-from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
+from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry, as_status
 from .samples import Sampler
 from .stacks import proc_stacks, python_stacks
 from .state import RunState
@@ -661,7 +661,12 @@ class Coordinator:
             evidence.destination_digests = self.dst.digests(at_incoming=True)
 
     def _outcome(self, peer: PeerHandle) -> PeerOutcome:
-        out = PeerOutcome(kind=peer.kind, statuses=[str(s) for s in self.statuses[peer.role]],
+        out = self._outcome_of(peer)
+        out.status = as_status(out.status)  # a MigrationStatus, from whichever source
+        return out
+
+    def _outcome_of(self, peer: PeerHandle) -> PeerOutcome:
+        out = PeerOutcome(kind=peer.kind, statuses=list(self.statuses[peer.role]),
                           stacks=self._stacks.get(peer.role))
         if real_guest.is_qemu(peer):  # issue 14: a QEMU here or on a host
             out.facts = peer.facts()

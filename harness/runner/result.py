@@ -9,25 +9,40 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.migration.status import MigrationStatus
+
+
+def as_status(value: Any) -> Any:
+    """A status as a `MigrationStatus` member (what is none of QEMU's stays as it came)."""
+    try:
+        return MigrationStatus(value)
+    except ValueError:
+        return value
+
 
 @dataclass
 class PeerOutcome:
-    """How one peer ended."""
+    """How one peer ended; its statuses are `MigrationStatus` members."""
 
     kind: str = "harness"  # harness | qemu
-    status: str = "none"  # final MigrationStatus
+    status: MigrationStatus | str | None = MigrationStatus.NONE  # final MigrationStatus
     runstate: str | None = None  # QEMU RunState at the end
     stats: dict[str, Any] = field(default_factory=dict)  # its last query-migrate
     error: str | None = None  # error-desc, or why the process ended
     exit_code: int | None = None  # None while it was still running at the end
     log: str | None = None  # its stderr file
-    statuses: list[str] = field(default_factory=list)  # every status it reported, in order
+    #: every status it reported, in order
+    statuses: list[MigrationStatus | str] = field(default_factory=list)
     stacks: str | None = None  # its threads' stacks, when the run missed its deadline
     frozen: bool = False  # stopped (SIGSTOP) by the scenario at the end
     #: a real QEMU peer: its machine and accelerator (and why), version, command line
     facts: dict[str, Any] = field(default_factory=dict)
     #: a real guest's heartbeat over the check window: before, after, advanced
     heartbeat: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.status = as_status(self.status)
+        self.statuses = [as_status(s) for s in self.statuses]
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "kind": self.kind,

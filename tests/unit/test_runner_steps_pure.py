@@ -119,3 +119,14 @@ def test_events_are_typed_at_the_boundary():
                                                                     "resume": True})
     assert pm.SetParameters({"max-bandwidth": 5}).wire() == ("migrate-set-parameters",
                                                              {"max-bandwidth": 5})
+
+
+def test_outcomes_carry_migration_statuses_and_report_them_as_qemu_names():
+    import json
+
+    from harness.runner.result import PeerOutcome
+
+    out = PeerOutcome(status="postcopy-paused", statuses=["setup", "active"])
+    assert out.status is S.POSTCOPY_PAUSED and out.statuses == [S.SETUP, S.ACTIVE]
+    assert json.loads(json.dumps(out.to_json()))["status"] == "postcopy-paused"
+    assert PeerOutcome(status="flying").status == "flying"  # not QEMU's: kept as it came
