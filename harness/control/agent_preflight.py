@@ -17,7 +17,6 @@ them, so `PreflightJobs` runs each request in a thread and the loop collects the
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import shutil
 import socket
@@ -34,7 +33,6 @@ from harness import __version__
 __all__ = ["PreflightJobs", "preflight_facts"]
 
 PROBE_TIMEOUT = 5.0  # s per probe that runs a command
-KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00), linux/kvm.h
 CAP_NET_ADMIN = 12
 QDISC_PROBES = {"tbf": ("tbf", "rate", "1mbit", "burst", "32k", "latency", "50ms"),
                 "netem": ("netem", "delay", "1ms")}
@@ -66,18 +64,9 @@ def _fact(probe: Callable[[], tuple[bool, str]]) -> dict[str, Any]:
 
 
 def _kvm() -> tuple[bool, str]:
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as err:
-        return False, f"/dev/kvm: {err.strerror}"
-    try:
-        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
-    except OSError as err:
-        return False, f"/dev/kvm: KVM_GET_API_VERSION: {err.strerror}"
-    finally:
-        os.close(fd)
-    return version == 12, f"KVM API version {version}" + ("" if version == 12 else
-                                                          " (QEMU needs 12)")
+    from harness.qemu.machine import kvm_usable  # what the runner itself checks
+
+    return kvm_usable()
 
 
 def _userfaultfd() -> tuple[bool, str]:

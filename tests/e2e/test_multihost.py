@@ -157,7 +157,7 @@ expect: {source: failed, memory: source-intact, guest-runs-on: source}
     assert (fault["kind"], fault["target"]) == ("kill", "destination")
 
 
-def _inventory(world: World) -> Path:
+def inventory_file(world: World) -> Path:
     """The two agents' hosts as an inventory file (harness/hosts), keys beside it."""
     path = world.tmp / "inventory.yaml"
     path.write_text(f"""\
@@ -172,7 +172,7 @@ def test_hosts_check_finds_both_agents_able_to_run_the_multihost_scenario(world)
     report = world.tmp / "check.json"
     proc = world.lab.run_in(
         world.lab.hosts[0], [sys.executable, "-m", "harness", "hosts", "check",
-                             str(_inventory(world)), "--json", str(report), "--scenarios",
+                             str(inventory_file(world)), "--json", str(report), "--scenarios",
                              str(SHIPPED)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.communicate(timeout=120)[0]
@@ -186,7 +186,7 @@ def test_hosts_check_finds_both_agents_able_to_run_the_multihost_scenario(world)
 
 def test_a_scenario_without_hosts_runs_on_the_inventorys_hosts(world):
     code, sc, output = world.run(REPO / "scenarios" / "precopy.yaml", "inventory-precopy",
-                                 "--hosts", str(_inventory(world)))
+                                 "--hosts", str(inventory_file(world)))
     assert code == 0, output
     assert sc["placement"] == {"source": "a", "destination": "b",
                                "inventory": str(world.tmp / "inventory.yaml")}

@@ -58,13 +58,7 @@ WIRE_TRIGGERS = (model.EventTrigger, model.CommandTrigger, model.FrameTrigger,
 @pytest.fixture(scope="module")
 def inventory(world: World) -> Path:
     """The two agent hosts as an inventory (keys relative to the file)."""
-    path = world.tmp / "matrix-inventory.yaml"
-    path.write_text(f"""\
-hosts:
-  a: {{agent: "tcp://198.18.0.2:{PORT}", keys: keys}}
-  b: {{agent: "tcp://198.18.0.3:{PORT}", keys: keys}}
-""")
-    return path
+    return test_multihost.inventory_file(world)
 
 
 @dataclass
