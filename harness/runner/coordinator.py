@@ -305,11 +305,6 @@ class Coordinator:
         peer.die_with_starter = True  # even a SIGKILLed runner leaves no peer (lifeline)
         return peer
 
-    def _destination_address(self) -> str:
-        """Where the destination listens: its host's address, or loopback."""
-        host = self.sc.destination.host
-        return self.sc.hosts[host].peer_address if host is not None else "127.0.0.1"
-
     def _configure(self) -> None:
         caps = [{"capability": "events", "state": True}]
         caps += [c for c in self.sc.qmp_capabilities() if c["capability"] != "events"]
@@ -325,9 +320,9 @@ class Coordinator:
                     src.execute("x-record", {"dir": str(self.workdir)})
         for peer in self._peers():
             try:
-                peer.execute("migrate-set-capabilities", {"capabilities": caps})
+                pm.send(peer, pm.SetCapabilities(caps))
                 if params:
-                    peer.execute("migrate-set-parameters", params)
+                    pm.send(peer, pm.SetParameters(params))
             except CommandError as err:
                 raise RunError(f"{peer.role} refused the configuration: {err}") from None
 
@@ -338,7 +333,7 @@ class Coordinator:
         if t.uri:
             return t.uri, t.uri
         if t.scheme == "tcp":
-            return tcp_uri(self._destination_address(), 0), ""
+            return tcp_uri(self.handles.destination_address(), 0), ""
         if t.scheme == "unix":
             d = short_dir("mhu")
             self.handles.dirs.append(d)
@@ -359,7 +354,7 @@ class Coordinator:
         assert self.src is not None and self.dst is not None
         self.dst_uri, src_uri = self.uris()
         if not self.two_phase:
-            self.dst.execute("migrate-incoming", {"uri": self.dst_uri})
+            pm.send(self.dst, pm.MigrateIncoming(self.dst_uri))
             if not src_uri:
                 src_uri = self._listening_uri()
             if self.wants_proxy:
@@ -371,7 +366,7 @@ class Coordinator:
         self.note("runner", "migrate", {"uri": src_uri})
         self.state.migrate_started = time.monotonic()
         try:
-            self.src.execute("migrate", {"uri": src_uri})
+            pm.send(self.src, pm.Migrate(src_uri))
         except CommandError as err:
             self.refused = err.desc
             self.note("source", "migrate-refused", {"desc": err.desc})
@@ -399,11 +394,10 @@ class Coordinator:
         assert self.dst is not None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            info = self.dst.execute("query-migrate")
-            for addr in info.get("socket-address", []):
-                if addr.get("type") in ("inet", "tcp") or "port" in addr:
-                    return tcp_uri(str(addr["host"]), addr["port"])
-            time.sleep(0.01)
+            port = pm.MigrationInfo.of(pm.send(self.dst, pm.QueryMigrate())).listening_port()
+            if port is not None:
+                return tcp_uri(*port)
+            time.sleep(0.01)  # (before `migrate`: nothing else to wait on yet)
         raise RunError("the destination did not report its listening port")
 
     def _start_proxy(self, target: str) -> str:
@@ -459,7 +453,7 @@ class Coordinator:
                 moved = True
                 if self.status["source"] == "completed":
                     assert self.dst is not None
-                    self.dst.execute("migrate-incoming", {"uri": self.dst_uri})
+                    pm.send(self.dst, pm.MigrateIncoming(self.dst_uri))
             for p in self._peers():
                 if not p.alive() and p.role not in exited:
                     exited.add(p.role)
