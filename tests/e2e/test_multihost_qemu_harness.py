@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import test_multihost
-from tests.e2e.test_multihost import REPO, World, _inventory
+from tests.e2e.test_multihost import REPO, World, inventory_file
 from tests.qemu_env import QEMU_MARKS, USERFAULTFD_MARK
 
 world = test_multihost.world  # its three namespaces and two CURVE agents, for this module
@@ -69,7 +69,7 @@ def _source_digests_were_the_harness_kind(sc: dict[str, Any]) -> None:
 
 def test_a_qemu_source_migrates_to_a_harness_destination_on_another_host(world: World):
     code, sc, output = world.run(SHIPPED, "qemu-to-harness-hosts", "--hosts",
-                                 str(_inventory(world)))
+                                 str(inventory_file(world)))
     assert code == 0 and sc["verdict"] == "pass", output
     _placed_on_the_hosts(sc)
     [identical] = [i for i in sc["invariants"] if i["name"] == "memory-identical"]
@@ -86,7 +86,7 @@ def test_a_page_the_proxy_corrupts_is_named_by_the_oracle_across_hosts(world: Wo
     path = world.tmp / "qemu-harness-hosts-corrupt-page.yaml"
     path.write_text(CORRUPT)
     code, sc, output = world.run(path, "qemu-to-harness-hosts-corrupt", "--hosts",
-                                 str(_inventory(world)))
+                                 str(inventory_file(world)))
     assert code == 1 and sc["verdict"] == "fail", output
     _placed_on_the_hosts(sc)
     assert sc["source"]["status"] == sc["destination"]["status"] == "completed"
