@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.control import agent_messages as am
 from harness.scenario.model import Scenario
@@ -27,9 +27,7 @@ from harness.scenario.model import Scenario
 from .agent_peer import AgentPeer
 from .agents import AgentConnection, tcp_uri
 from .proxy import ProxyHandle
-
-if TYPE_CHECKING:
-    from .coordinator import Coordinator
+from .state import RunContext
 
 __all__ = ["AgentProxy", "layout_arguments", "placement_problems", "proxy_host",
            "remote_proxy"]
@@ -62,7 +60,7 @@ def proxy_host(sc: Scenario) -> str | None:
     return sc.destination.host
 
 
-def remote_proxy(c: Coordinator, host: str, target: str) -> AgentProxy:
+def remote_proxy(c: RunContext, host: str, target: str) -> AgentProxy:
     """The proxy on `host`, listening on that host's address, forwarding to `target`."""
     record = c.record and c.sc.destination.kind == "qemu"  # as a local proxy's
     listen = tcp_uri(c.sc.hosts[host].peer_address, 0)

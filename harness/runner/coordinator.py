@@ -55,6 +55,7 @@ from .agent_pool import Agents, placement_problems
 from .agent_proxy import layout_arguments, proxy_host, remote_proxy
 from .agents import tcp_uri
 from .fetch import fetch_back
+from .outcome import outcome_of, stacks_of
 from .peers import (
     HarnessPeer,
     PeerError,
@@ -64,9 +65,8 @@ from .peers import (
     short_dir,
 )
 from .proxy import ProxyHandle
-from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry, as_status
+from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
 from .samples import Sampler
-from .stacks import proc_stacks, python_stacks
 from .state import RunState
 from .steps import StepRunner, needs_proxy
 
@@ -535,17 +535,9 @@ class Coordinator:
         return text + "; the stacks of each peer are in the report"
 
     def _dump_stacks(self, role: str, peer: PeerHandle) -> None:
-        if not peer.alive() or peer.pid is None:
-            return
-        if isinstance(peer, AgentPeer):  # its agent signals it and reads its log
-            self._stacks[role] = peer.stacks()
-            return
-        log_path = getattr(peer, "stderr_path", None)
-        if peer.kind == "harness" and log_path is not None and role not in self.frozen:
-            text = python_stacks(peer.pid, log_path)
-        else:
-            text = proc_stacks(peer.pid)
-        self._stacks[role] = text
+        stacks = stacks_of(peer, role in self.frozen)
+        if stacks is not None:
+            self._stacks[role] = stacks
 
     def _pump(self) -> bool:
         """Take in what every agent, peer and the proxy sent; True when anything came."""
@@ -655,39 +647,9 @@ class Coordinator:
             evidence.destination_digests = self.dst.digests(at_incoming=True)
 
     def _outcome(self, peer: PeerHandle) -> PeerOutcome:
-        out = self._outcome_of(peer)
-        out.status = as_status(out.status)  # a MigrationStatus, from whichever source
-        return out
-
-    def _outcome_of(self, peer: PeerHandle) -> PeerOutcome:
-        out = PeerOutcome(kind=peer.kind, statuses=list(self.statuses[peer.role]),
-                          stacks=self._stacks.get(peer.role))
-        if real_guest.is_qemu(peer):  # issue 14: a QEMU here or on a host
-            out.facts = peer.facts()
-        log_path = getattr(peer, "stderr_path", None)
-        out.log = str(log_path) if log_path else getattr(peer, "log_location", None)
-        lost = peer.lost_reason() if isinstance(peer, AgentPeer) else None
-        if lost:  # its agent died: what it said last is all there is
-            out.status, out.error = self.status[peer.role], f"the {peer.role} is lost: {lost}"
-            return out
-        if not peer.alive():
-            out.exit_code = peer.exit_code()
-            tail = peer.stderr_tail(5)
-            out.status = dead_peer_status(real_guest.is_qemu(peer), peer.role,
-                                          self.status[peer.role], out.exit_code, tail)
-            out.error = f"the {peer.role} exited with status {out.exit_code}: " + \
-                tail.replace("\n", " / ")
-            return out
-        if peer.role in self.frozen:  # it cannot answer; what it said last is what it is
-            out.status, out.frozen = self.status[peer.role], True
-            out.error = f"the {peer.role} is frozen (SIGSTOP) by the scenario"
-            return out
-        info = peer.execute("query-migrate") or {}
-        out.stats = info
-        out.status = str(info.get("status", self.status[peer.role] or "none"))
-        out.error = info.get("error-desc")
-        out.runstate = peer.runstate()
-        return out
+        role = peer.role
+        return outcome_of(peer, self.status[role], self.statuses[role], role in self.frozen,
+                          self._stacks.get(role))
 
     def _collect_quietly(self) -> None:
         for role, peer in (("source", self.src), ("destination", self.dst)):
@@ -758,23 +720,6 @@ class Coordinator:
     # ------------------------------------------------------------------ for real_guest
     def peer(self, role: str) -> PeerHandle:
         return self.handles.peer(role)
-
-
-LOAD_FAILED = "load of migration failed: "
-
-
-def dead_peer_status(qemu: bool, role: str, last: str | None, code: int | None,
-                     stderr_tail: str) -> str | None:
-    """The final status of a peer that exited: what it said last, except for a QEMU 7.2
-    destination whose load failed.  That one sets `failed` and exits(1) at once
-    (migration/migration.c, process_incoming_migration_co), so the MIGRATION event is
-    never flushed to QMP and `query-migrate` cannot be asked: its stderr's last
-    "load of migration failed: ..." line is the `failed` it reached."""
-    if qemu and role == "destination" and code == 1 and last in ("setup", "active") \
-            and any(line.split(": ", 1)[-1].startswith(LOAD_FAILED)
-                    for line in stderr_tail.splitlines()):
-        return "failed"
-    return last
 
 
 def _expectations(sc: Scenario) -> Expectations:

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.control import ControlError
 from harness.control import agent_messages as am
@@ -34,9 +34,7 @@ from harness.scenario.units import parse_size
 
 from .agent_peer import AgentPeer
 from .agents import AgentConnection
-
-if TYPE_CHECKING:
-    from .coordinator import Coordinator
+from .state import RunContext
 
 __all__ = ["DEFAULT_LIMIT", "LIMIT_ENV", "Fetched", "fetch_back", "fetch_limit",
            "fetch_run_files"]
@@ -152,7 +150,7 @@ def _fetch_one(conn: AgentConnection, directory: Path, name: str, size: int,
     return reason
 
 
-def fetch_back(c: Coordinator) -> None:
+def fetch_back(c: RunContext) -> None:
     """Fetch every live agent's run files into WORKDIR/hosts/HOST; point the report at
     them (hosts' `files`, remote peers' `log`, the recording in the work directory)."""
     if not c.agents:
@@ -180,7 +178,7 @@ def fetch_back(c: Coordinator) -> None:
     _point_report_at(c, fetched)
 
 
-def _point_report_at(c: Coordinator, fetched: dict[str, Fetched]) -> None:
+def _point_report_at(c: RunContext, fetched: dict[str, Fetched]) -> None:
     for role in ("source", "destination"):
         peer = c.src if role == "source" else c.dst
         outcome = getattr(c.result, role, None)

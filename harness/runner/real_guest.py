@@ -36,11 +36,11 @@ from harness.scenario.model import Scenario
 
 from .peers import PeerHandle, QemuPeer
 from .remote_qemu import RemoteQemuPeer, learn_remote_layout, qemu_options, read_memory
+from .state import RunContext
 
 if TYPE_CHECKING:
     from harness.invariants import Evidence
 
-    from .coordinator import Coordinator
 
 HEARTBEAT_WINDOW = 0.4  # s: the guest's timer ticks at ~1 kHz, so hundreds of ticks
 BOOT_TIMEOUT = 30.0  # s: SeaBIOS + init pass; TCG 0.1-0.7 s, software KVM 3-4 s (F16)
@@ -72,7 +72,7 @@ def is_qemu(peer: Any) -> bool:
     return isinstance(peer, (QemuPeer, RemoteQemuPeer))
 
 
-def make_qemu_peer(c: Coordinator, role: str) -> QemuPeer | RemoteQemuPeer:
+def make_qemu_peer(c: RunContext, role: str) -> QemuPeer | RemoteQemuPeer:
     """A QEMU peer of the scenario: `-M none` as before, or a real machine; a peer with
     `host:` is started by that host's agent (runner/remote_qemu.py)."""
     sc = c.sc
@@ -100,7 +100,7 @@ def needs_layout(sc: Scenario, proxy: bool) -> bool:
         proxy or sc.destination.kind == "harness")
 
 
-def machine_layout(c: Coordinator) -> Path:
+def machine_layout(c: RunContext) -> Path:
     """The source machine's layout (harness/qemu/layout.py: from the cache, or learnt by a
     probe of the same command line), as the file the proxy and a harness destination read."""
     from harness.qemu.layout import LayoutError, cache_path, learn_layout
@@ -124,7 +124,7 @@ def machine_layout(c: Coordinator) -> Path:
     return cache_path(layout.key)
 
 
-def _remote_layout(c: Coordinator) -> Path:
+def _remote_layout(c: RunContext) -> Path:
     """The layout learnt on the source's host, as a file here (its content crossed)."""
     import json
 
@@ -147,7 +147,7 @@ def _remote_layout(c: Coordinator) -> Path:
     return path
 
 
-def wait_booted(c: Coordinator, peer: PeerHandle) -> None:
+def wait_booted(c: RunContext, peer: PeerHandle) -> None:
     """A source's real guest must run its loop before the migration starts: a migration of
     SeaBIOS, or of the guest's init pass, is not the test the scenario describes."""
     if not (is_qemu(peer) and peer.program is not None and not peer.paused  # type: ignore[attr-defined]
@@ -180,7 +180,7 @@ def _accel(requested: str) -> tuple[str, str]:
         raise BootError(f"guest.accel {requested}: {err}") from None
 
 
-def _loader_file(c: Coordinator) -> Path:
+def _loader_file(c: RunContext) -> Path:
     """RAM content for a `-M none` QEMU source: the version-0 pages a harness guest has."""
     from harness.guest.content import initial_content_array
 
@@ -191,7 +191,7 @@ def _loader_file(c: Coordinator) -> Path:
     return path
 
 
-def collect(c: Coordinator, evidence: Evidence) -> None:
+def collect(c: RunContext, evidence: Evidence) -> None:
     """Read memory and heartbeats of the real guests into `evidence` (see the strategy)."""
     src, dst = c.peer("source"), c.peer("destination")
     want = c.sc.expect.memory
@@ -202,11 +202,11 @@ def collect(c: Coordinator, evidence: Evidence) -> None:
     _heartbeats(c, evidence)  # where the guest runs at the end: for every run
 
 
-def _readable(c: Coordinator, peer: PeerHandle) -> bool:
+def _readable(c: RunContext, peer: PeerHandle) -> bool:
     return peer.alive() and peer.role not in c.frozen
 
 
-def _read_memory(c: Coordinator, evidence: Evidence, want: str, src: PeerHandle,
+def _read_memory(c: RunContext, evidence: Evidence, want: str, src: PeerHandle,
                  dst: PeerHandle) -> None:
     if isinstance(src, RemoteQemuPeer) or isinstance(dst, RemoteQemuPeer):
         read_memory(c, evidence, want, src, dst, _readable)  # digests, never the RAM
@@ -226,7 +226,7 @@ def _read_memory(c: Coordinator, evidence: Evidence, want: str, src: PeerHandle,
         evidence.source_digests = _digests(evidence.source_memory)
 
 
-def _reference_roms(c: Coordinator, evidence: Evidence, src: QemuPeer,
+def _reference_roms(c: RunContext, evidence: Evidence, src: QemuPeer,
                     blocks: dict[str, Any]) -> None:
     """A source that completed a migration is in `postmigrate`, which QEMU 7.2 will not
     migrate again ("Can't migrate the vm that was paused due to previous migration"), so
@@ -252,7 +252,7 @@ def _reference_roms(c: Coordinator, evidence: Evidence, src: QemuPeer,
                                         "seconds": round(time.monotonic() - started, 3)})
 
 
-def _snapshot(c: Coordinator, peer: PeerHandle) -> dict[str, Any] | None:
+def _snapshot(c: RunContext, peer: PeerHandle) -> dict[str, Any] | None:
     """Every RAM block of a QEMU, the VM stopped for the reading and resumed if it ran."""
     assert isinstance(peer, QemuPeer)
     started = time.monotonic()
@@ -278,7 +278,7 @@ def _digests(blocks: dict[str, Any]) -> dict[str, Any]:
     return {name: page_digests(data) for name, data in blocks.items()}
 
 
-def _continue_held(c: Coordinator, dst: PeerHandle) -> None:
+def _continue_held(c: RunContext, dst: PeerHandle) -> None:
     """A destination held with -S after a completed load is let run, as a user would."""
     if not (is_qemu(dst) and dst.paused and _readable(c, dst)  # type: ignore[attr-defined]
             and c.status["destination"] == "completed"):
@@ -292,7 +292,7 @@ def _continue_held(c: Coordinator, dst: PeerHandle) -> None:
         c.note("destination", "cont-refused", {"error": str(err)})
 
 
-def _heartbeats(c: Coordinator, evidence: Evidence) -> None:
+def _heartbeats(c: RunContext, evidence: Evidence) -> None:
     peers = [p for p in (c.peer("source"), c.peer("destination"))
              if is_qemu(p) and p.program is not None]  # type: ignore[attr-defined]
     first = {p.role: _beat(c, p) for p in peers}
@@ -310,7 +310,7 @@ def _heartbeats(c: Coordinator, evidence: Evidence) -> None:
             outcome.runstate = p.runstate()
 
 
-def _beat(c: Coordinator, peer: Any) -> Any:
+def _beat(c: RunContext, peer: Any) -> Any:
     if not _readable(c, peer):
         return None
     try:

@@ -29,13 +29,13 @@ from harness.control import agent_messages as am
 from harness.control.agent_qemu import QemuSpec
 
 from .agent_peer import START_TIMEOUT, AgentPeer
+from .state import RunContext
 
 if TYPE_CHECKING:
     from harness.invariants import Evidence
     from harness.realguest.hashed import MemorySummary
     from harness.realguest.heartbeat import Heartbeat
 
-    from .coordinator import Coordinator
 
 __all__ = ["RemoteQemuPeer", "learn_remote_layout", "qemu_options", "read_memory"]
 
@@ -139,7 +139,7 @@ class RemoteQemuPeer(AgentPeer):
         return None
 
 
-def qemu_options(c: Coordinator, role: str, held: bool, real: bool) -> QemuSpec:
+def qemu_options(c: RunContext, role: str, held: bool, real: bool) -> QemuSpec:
     """The spec of the scenario's QEMU `role` for its host's agent."""
     from harness.scenario.model import Scenario
 
@@ -162,7 +162,7 @@ def qemu_options(c: Coordinator, role: str, held: bool, real: bool) -> QemuSpec:
     return QemuSpec.from_options(role, options)
 
 
-def learn_remote_layout(c: Coordinator, held: bool) -> dict[str, Any]:
+def learn_remote_layout(c: RunContext, held: bool) -> dict[str, Any]:
     """The source machine's layout ({layout, key, probe}), learnt on the source's host
     with its binary by a short-lived wrapper in probe mode (the agent's loop never waits
     on it; the probe runs in that wrapper, and the layout is cached on that host)."""
@@ -179,7 +179,7 @@ def learn_remote_layout(c: Coordinator, held: bool) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- the oracle
-def read_memory(c: Coordinator, evidence: Evidence, want: str, src: Any, dst: Any,
+def read_memory(c: RunContext, evidence: Evidence, want: str, src: Any, dst: Any,
                 readable: Any) -> None:
     """real_guest._read_memory for QEMUs on hosts: summaries, never RAM.  A harness peer
     on the other side gives its own digests, and the QEMU's are asked in its kind."""
@@ -208,7 +208,7 @@ def read_memory(c: Coordinator, evidence: Evidence, want: str, src: Any, dst: An
     evidence.page_fetch = fetch
 
 
-def _harness_digests(c: Coordinator, peer: Any) -> dict[str, np.ndarray] | None:
+def _harness_digests(c: RunContext, peer: Any) -> dict[str, np.ndarray] | None:
     try:
         return peer.digests(at_incoming=True)
     except ControlError as err:
@@ -217,7 +217,7 @@ def _harness_digests(c: Coordinator, peer: Any) -> dict[str, np.ndarray] | None:
         return None
 
 
-def _summary(c: Coordinator, peer: Any, evidence: Evidence, kind: str) -> Any:
+def _summary(c: RunContext, peer: Any, evidence: Evidence, kind: str) -> Any:
     if not isinstance(peer, RemoteQemuPeer):  # a harness source: none of this reads it
         return None
     started = time.monotonic()

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from harness.control.peer_messages import MigrationInfo
 from harness.migration.status import MigrationStatus
 
-__all__ = ["ROLES", "RunState", "RunView"]
+__all__ = ["ROLES", "RunContext", "RunState", "RunView"]
 
 ROLES = ("source", "destination")
 #: where the guest is, once the destination holds it
@@ -38,6 +39,30 @@ class RunView(Protocol):
     def source_ram(self) -> dict[str, int]: ...
     def progress_share(self) -> float: ...
     def guest_side(self) -> str: ...
+
+
+class RunContext(Protocol):
+    """What the helpers of a run's start and end (real_guest, remote_qemu, agent_proxy,
+    fetch) use of the coordinator -- a narrow view, so none of them imports it."""
+
+    sc: Any
+    seed: int
+    workdir: Path
+    record: bool
+    agents: Any
+    result: Any
+
+    @property
+    def status(self) -> dict[str, MigrationStatus]: ...
+    @property
+    def frozen(self) -> dict[str, Any]: ...
+    @property
+    def src(self) -> Any: ...
+    @property
+    def dst(self) -> Any: ...
+    def peer(self, role: str) -> Any: ...
+    def note(self, peer: str, name: str, data: dict[str, Any] | None = None,
+             at: float | None = None) -> None: ...
 
 
 def _per_role() -> dict[str, list]:  # type: ignore[type-arg]

@@ -4,7 +4,7 @@ One loopback agent starts a real `-M none` QEMU destination through its wrapper:
 commands are relayed with QEMU's own error classes, QEMU's events arrive on the runner's
 clock with QEMU's timestamps, and when a garbage stream makes QEMU's load fail, the
 wrapper exits with QEMU's status and its log holds QEMU's stderr, so the coordinator's
-`dead_peer_status` reads `failed` exactly as for a local QEMU.  Bad options are refused
+`outcome.dead_peer_status` reads `failed` exactly as for a local QEMU.  Bad options are refused
 before anything starts.
 """
 
@@ -19,7 +19,7 @@ import pytest
 from harness.control import CommandError
 from harness.control.agent_qemu import QemuSpec
 from harness.runner.agents import AgentConnection
-from harness.runner.coordinator import dead_peer_status
+from harness.runner.outcome import dead_peer_status
 from harness.runner.remote_qemu import RemoteQemuPeer
 from harness.scenario.model import Host
 from tests.e2e.test_agent import AgentProcess, gone

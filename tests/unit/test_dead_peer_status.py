@@ -1,6 +1,6 @@
 """A QEMU 7.2 destination whose load failed exits(1) before QMP can say `failed`."""
 
-from harness.runner.coordinator import dead_peer_status
+from harness.runner.outcome import dead_peer_status
 
 FAILED_LOAD = ("qemu-system-x86_64: check_section_footer: Read section footer failed: -5\n"
                "qemu-system-x86_64: load of migration failed: Invalid argument")
