@@ -59,12 +59,12 @@ class Holds:
         timer = threading.Timer(self.deadline, self.release, (hold_id, "deadline"))
         timer.name = f"proxy hold {hold_id}"
         timer.daemon = True
-        with self._lock:
+        with self._lock:  # started under the lock: a release never joins an unstarted timer
             if hold_id in self._active:
                 return
             self._active[hold_id] = (timer, time.monotonic())
             self._open.clear()
-        timer.start()
+            timer.start()
 
     def release(self, hold_id: str, by: str = "x-proxy-release") -> bool:
         """End a hold; False if it was not on."""

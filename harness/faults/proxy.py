@@ -429,12 +429,12 @@ class Proxy:
         count = trigger.after if trigger.kind == "bytes" else trigger.seen
         armed.fired = {"session": pump.session.n, "channel": pump.flow, "offset": position,
                        "frame": frame.name if frame else None, "count": count}
+        if armed.hold:  # in place before anyone hears of it: a release may come at once
+            self.holds.hold(armed.id)
         self.emit("WIRE", {"id": armed.id, "trigger": trigger.spec, **armed.fired,
                            "held": armed.hold})
         if armed.fault is not None:
             self._act(armed, pump.session, pump, position)
-        if armed.hold:
-            self.holds.hold(armed.id)
 
     def _act(self, armed: Armed, session: Session | None, origin: Pump | None,
              position: int) -> None:

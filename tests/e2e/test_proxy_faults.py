@@ -627,3 +627,23 @@ def test_arm_refuses_what_it_cannot_do(make_link):
         link.proxy.arm("f", {"event": "pong"}, None)
     with pytest.raises(ValueError, match="no hold 'f' is on"):
         link.proxy.release("f")
+
+
+def test_a_release_sent_as_soon_as_the_wire_event_arrives_ends_the_hold(make_link):
+    """A runner may release a hold the moment WIRE reaches it (across hosts it did, within a
+    millisecond): the hold is in place before WIRE is emitted, so that release ends it --
+    the stream is not left held until the deadline."""
+    link = make_link(hold_deadline=30)
+    released: list[dict[str, Any]] = []
+
+    def fast_runner(name: str, data: dict[str, Any]) -> None:
+        link.events.append((name, data))
+        if name == "WIRE":
+            released.append(link.proxy.release(data["id"]))  # ValueError if not held yet
+    link.proxy._emit_to = fast_runner
+    link.proxy.arm("n", {"bytes": {"channel": "main", "after": 100}}, None, hold=True)
+    source, destination = link.connect()
+    source.sendall(COMPOSITE)
+    assert read_exactly(destination, len(COMPOSITE)) == COMPOSITE  # not held for 30 s
+    assert released == [{}] and link.proxy.holds.active == []
+    assert link.event("HOLD_RELEASED")["by"] == "x-proxy-release"
