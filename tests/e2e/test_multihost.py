@@ -26,6 +26,8 @@ from tests.netns import Lab, netns_lab
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "scenarios" / "multihost-postcopy.yaml"
 PORT = 7340  # the agents' default port, as the shipped scenario names them
+#: the two agent hosts, as a scenario written by a test names them
+HOSTS = f"hosts:\n  a: {{agent: tcp://198.18.0.2:{PORT}}}\n  b: {{agent: tcp://198.18.0.3:{PORT}}}\n"
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(400)]
 

@@ -38,7 +38,7 @@ from harness.qemu import find_qemu, userfaultfd_available
 from harness.scenario import load_scenario, model
 from tests import shared_runs
 from tests.e2e import test_multihost
-from tests.e2e.test_multihost import PORT, REPO, World
+from tests.e2e.test_multihost import HOSTS, REPO, World
 from tests.qemu_env import NO_QEMU, NO_USERFAULTFD
 
 world = test_multihost.world  # the three namespaces and two CURVE agents, for this module
@@ -222,10 +222,7 @@ def test_a_tbf_link_fault_and_a_proxy_fault_both_fire_in_one_run(world):
 name: link-and-net
 seed: 31
 timeout: 60s
-hosts:
-  a: {{agent: tcp://198.18.0.2:{PORT}}}
-  b: {{agent: tcp://198.18.0.3:{PORT}}}
-source: {{host: a}}
+{HOSTS}source: {{host: a}}
 destination: {{host: b}}
 guest: {{memory: 32MiB, fill: 0.5}}
 steps:

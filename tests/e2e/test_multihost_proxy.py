@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import test_multihost
-from tests.e2e.test_multihost import PORT, REPO, World
+from tests.e2e.test_multihost import HOSTS, REPO, World
 
 world = test_multihost.world  # the same three namespaces and CURVE agents (a fixture)
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
@@ -58,10 +58,7 @@ def _scenario(world: World, name: str, body: str, proxy: str = "") -> Path:
 name: {name}
 seed: 41
 timeout: 60s
-hosts:
-  a: {{agent: tcp://198.18.0.2:{PORT}}}
-  b: {{agent: tcp://198.18.0.3:{PORT}}}
-source: {{host: a}}
+{HOSTS}source: {{host: a}}
 destination: {{host: b}}
 {proxy}{body}""")
     return path

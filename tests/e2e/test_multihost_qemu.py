@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import test_multihost
-from tests.e2e.test_multihost import PORT, World
+from tests.e2e.test_multihost import HOSTS, World
 from tests.qemu_env import QEMU_MARKS, USERFAULTFD_MARK
 
 world = test_multihost.world  # its three namespaces and two CURVE agents, for this module
@@ -33,10 +33,7 @@ def _scenario(world: World, name: str, body: str) -> Path:
 name: {name}
 seed: 41
 timeout: 60s
-hosts:
-  a: {{agent: tcp://198.18.0.2:{PORT}}}
-  b: {{agent: tcp://198.18.0.3:{PORT}}}
-source: {{kind: qemu, host: a}}
+{HOSTS}source: {{kind: qemu, host: a}}
 destination: {{kind: qemu, host: b}}
 {body}""")
     return path
