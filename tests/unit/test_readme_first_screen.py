@@ -22,7 +22,7 @@ def test_quick_start_is_two_lines() -> None:
     block = re.search(r"## Quick start\n\n```sh\n(.*?)```", README, re.DOTALL)
     assert block is not None
     assert block[1].splitlines() == ["pip install . && harness run scenarios/postcopy.yaml",
-                                     "pip install '.[test]' && pytest -n auto"]
+                                     "pip install -e '.[test]' && pytest -n auto"]
 
 
 def test_nothing_stale_and_the_diary_moved() -> None:
