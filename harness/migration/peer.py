@@ -179,6 +179,7 @@ class Peer:
         r("x-guest-info", self._guest_info)
         r("x-guest-digests", self._digests)
         r("x-guest-check", self._check)
+        r("x-native", _native_path)  # which page path this process runs (harness bench)
 
     def _set_capabilities(self, args: dict[str, Any]) -> dict[str, Any]:
         self.config.set_capabilities(args.get("capabilities", []), self.migration_running())
@@ -285,3 +286,10 @@ def record_dir(args: dict[str, Any]) -> Path:
     if not directory.is_dir():
         raise CommandError("GenericError", f"x-record: {directory} is not a directory")
     return directory
+
+
+def _native_path(_: dict[str, Any]) -> dict[str, Any]:
+    """`x-native`: this peer's page path, C or Python (harness.native), and why."""
+    from harness import native
+
+    return {"path": native.path(), "parts": native.describe()}
