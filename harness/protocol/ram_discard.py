@@ -2,14 +2,15 @@
 
 Strategy: whoever only needs to know where the records of a stream lie (the network
 proxy between two peers, which must stay as fast as the link) runs `RamLoader` in
-discard mode.  `load_discarding` walks the records like `RamLoader.load` does, with
-QEMU's checks (`migration/ram.c: ram_load_precopy`: a known block, CONTINUE only after a
-block was named, the offset inside the block, known flags, XBZRLE and compressed
-lengths), but never reads a page: every page record's place goes into the batch's
-`spans` (record start, payload start, record end; absolute offsets).  A run of
-same-flag CONTINUE records (a bulk pass: PAGE or ZERO records back to back) is checked
-and located with one numpy operation over its strided headers, so a GiB of pages costs a
-few hundred numpy calls and no Python object per page.
+discard mode: the one walk (`ram_walk.walk`, with QEMU's checks of `migration/ram.c:
+ram_load_precopy`: a known block, CONTINUE only after a block was named, the offset inside
+the block, known flags, XBZRLE and compressed lengths) with `DiscardSink`, which never
+reads a page: every page record's place goes into the batch's `spans` (record start,
+payload start, record end; absolute offsets).  CONTINUE page and zero records are located
+in bulk by the compiled `harness._recv` when built, else by the twin here: a run of
+same-flag records (a bulk pass) is checked and located with one numpy operation over its
+strided headers, so a GiB of pages costs a few hundred numpy calls and no Python object
+per page.
 """
 
 from __future__ import annotations
@@ -19,119 +20,84 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .constants import (
-    COMPRESS_BOUND_PAGE,
-    ENCODING_FLAG_XBZRLE,
-    RAM_PAGE_CONT,
-    RAM_PAGE_FLAGS,
-    RAM_ZERO_CONT,
-    TARGET_PAGE_SIZE,
-    RamFlag,
+from .events import RamPages
+from .ram_records import (
+    CONTINUE,
+    FLAG_MASK,
+    FULL_PAGE,
+    KIND_MASK,
+    PAGE_CONT,
+    PAGE_RECORD,
+    ZERO_CONT,
+    ZERO_RECORD,
+    skip_checked,
 )
-from .errors import RemoteProtocolError
-from .events import RamMemSize, RamPages
-from .wire import NeedData, Reader, Truncated, unpack_be64
+from .ram_walk import MODE_DISCARD, Sink
+from .wire import Reader, unpack_be64
 
 if TYPE_CHECKING:
-    from .ram import RamLoader
+    from .events import RamMemSize
+    from .ram import _Block
 
-__all__ = ["load_discarding"]
+__all__ = ["DiscardSink"]
 
-PAGE = TARGET_PAGE_SIZE
-_FLAG_MASK = PAGE - 1
-_ADDR_MASK = np.uint64(~_FLAG_MASK & 0xFFFF_FFFF_FFFF_FFFF)
-_KIND_MASK = _FLAG_MASK & ~int(RamFlag.CONTINUE)
-_PAGE_FLAGS = int(RAM_PAGE_FLAGS)  # plain ints: IntFlag operators are slow on the hot path
-_MEM_SIZE = int(RamFlag.MEM_SIZE)
-_EOS = int(RamFlag.EOS)
-_PAGE_CONT = RAM_PAGE_CONT
-_ZERO_CONT = RAM_ZERO_CONT
-_PAGE_KIND = int(RamFlag.PAGE)
-_ZERO_KIND = int(RamFlag.ZERO)
-_PAGE_KINDS = (_ZERO_KIND, _PAGE_KIND, int(RamFlag.XBZRLE), int(RamFlag.COMPRESS_PAGE))
-_PAGE_RECORD = 8 + PAGE
-_ZERO_RECORD = 9
+_ADDR_MASK = np.uint64(~FLAG_MASK & 0xFFFF_FFFF_FFFF_FFFF)
 _RUN_PROBE = 16  # a run is tried when the record this far ahead has the same flags
 _RUN_MAX = 8192  # records checked per numpy call
 
 
-def load_discarding(loader: RamLoader, r: Reader, section_id: int
-                    ) -> tuple[list[RamMemSize | RamPages], bool]:
-    """Check and skip records until EOS (returns True) or the end of the buffer (False).
+class DiscardSink(Sink):
+    """Page records checked and located, never stored (a loader in discard mode)."""
 
-    Like `RamLoader.load`: `r.pos` ends after the last complete record, and a record cut
-    by the end of the buffer is left whole for the next call (`loader.need` says how
-    far the buffer must reach).  The loop keeps the block's length in a local and
-    appends three numbers per CONTINUE page or zero record: this is the hot path."""
-    events: list[RamMemSize | RamPages] = []
-    buf, end, base = r.buf, r.end, r.base
-    pos = r.pos
-    block = loader.last_block
-    batch = _SpanBatch(section_id, block)
-    oapp, kapp, sapp = batch.appenders()
-    used = block.used_length if block is not None else -1
-    unpack = unpack_be64
-    eos = False
-    try:
-        while True:
-            if pos + 8 > end:
-                raise _short(r, pos, 8)
+    def start(self, section_id: int, base: int, pos: int, block: _Block | None) -> None:
+        self.base = base
+        self.batch = _SpanBatch(section_id, block)
+
+    def fast(self, buf: Any, bmv: memoryview, pos: int, end: int, block: _Block) -> int:
+        if self.native is None:
+            return self._fast_twin(buf, pos, end, block.used_length)
+        npos, offs, kinds, starts, _ = self.native.walk(
+            MODE_DISCARD, buf, pos, end, None, block.used_length, None)
+        if npos != pos:
+            self.batch.add_chunk(np.frombuffer(offs, dtype=np.uint64),
+                                 np.frombuffer(kinds, dtype=np.uint16),
+                                 np.frombuffer(starts, dtype=np.int64) + self.base)
+        return npos
+
+    def _fast_twin(self, buf: Any, pos: int, end: int, used: int) -> int:
+        base, batch = self.base, self.batch
+        oapp, kapp, sapp = batch.appenders()
+        unpack = unpack_be64
+        while pos + 8 <= end:
             (word,) = unpack(buf, pos)
-            flags = word & _FLAG_MASK
-            if flags == _PAGE_CONT or flags == _ZERO_CONT:
-                addr = word ^ flags
-                if addr < used:
-                    stride = _PAGE_RECORD if flags == _PAGE_CONT else _ZERO_RECORD
-                    probe = pos + _RUN_PROBE * stride
-                    if probe + 8 <= end and unpack(buf, probe)[0] & _FLAG_MASK == flags:
-                        n = _skip_run(buf, pos, end, base, flags, stride, used, batch)
-                        if n:
-                            pos += n * stride
-                            oapp, kapp, sapp = batch.appenders()
-                            continue
-                    npos = pos + stride
-                    if npos > end:
-                        raise _short(r, pos, stride)
-                    oapp(addr)
-                    kapp(flags ^ int(RamFlag.CONTINUE))
-                    sapp(base + pos)
-                    pos = npos
-                    continue
-            addr = word ^ flags
-            r.pos = pos + 8
-            kind = flags & _KIND_MASK
-            if flags & _PAGE_FLAGS:
-                found = loader._block_from_stream(r, flags, addr)
-                if found is not block:
-                    block = loader.last_block = found
-                    used = found.used_length
-                    batch.switch(found, events)
-                    oapp, kapp, sapp = batch.appenders()
-            if kind == _MEM_SIZE:
-                batch.flush(events)
-                oapp, kapp, sapp = batch.appenders()
-                events.append(loader.load_mem_size(r, section_id, addr, base + pos))
-            elif kind == _EOS:
-                pos = r.pos
-                eos = True
+            flags = word & FLAG_MASK
+            if flags != PAGE_CONT and flags != ZERO_CONT:
                 break
-            elif kind in _PAGE_KINDS:
-                payload = r.pos
-                _skip_payload(r, kind, addr, loader.allow_compressed)
-                batch.add_odd(addr, kind, base + pos, base + payload, base + r.pos)
-            else:
-                raise loader._bad_flags(flags, pos, base)
-            pos = r.pos
-    except NeedData as need:
-        loader.need = need.needed  # pos is still the start of the partial record
-    except RemoteProtocolError as err:
-        r.pos = pos
-        raise err.at(base + pos)
-    finally:
-        loader.last_block = block
-    batch.flush(events)
-    r.pos = pos
-    return events, eos
+            addr = word ^ flags
+            if addr >= used:
+                break
+            stride = PAGE_RECORD if flags == PAGE_CONT else ZERO_RECORD
+            probe = pos + _RUN_PROBE * stride
+            if probe + 8 <= end and unpack(buf, probe)[0] & FLAG_MASK == flags:
+                n = _skip_run(buf, pos, end, base, flags, stride, used, batch)
+                if n:
+                    pos += n * stride
+                    oapp, kapp, sapp = batch.appenders()
+                    continue
+            npos = pos + stride
+            if npos > end:
+                break
+            oapp(addr)
+            kapp(flags ^ CONTINUE)
+            sapp(base + pos)
+            pos = npos
+        return pos
+
+    def page(self, r: Reader, bmv: memoryview, pos: int, kind: int, flags: int, addr: int,
+             block: _Block) -> None:
+        payload = r.pos
+        skip_checked(r, kind, addr, self.loader.allow_compressed)
+        self.batch.add_odd(addr, kind, self.base + pos, self.base + payload, self.base + r.pos)
 
 
 def _skip_run(buf: Any, pos: int, end: int, base: int, flags: int, stride: int, used: int,
@@ -149,40 +115,8 @@ def _skip_run(buf: Any, pos: int, end: int, base: int, flags: int, stride: int, 
     if n < _RUN_PROBE:
         return 0
     starts = np.arange(n, dtype=np.int64) * stride + (base + pos)
-    batch.add_run(addrs[:n], flags & _KIND_MASK, starts)
+    batch.add_run(addrs[:n], flags & KIND_MASK, starts)
     return n
-
-
-def _skip_payload(r: Reader, kind: int, addr: int, allow_compressed: bool) -> None:
-    """A page record's payload, checked as `ram_load_precopy` checks it, and skipped."""
-    if kind == RamFlag.ZERO:
-        r.u8()  # QEMU 7.2 honours any fill byte
-    elif kind == RamFlag.PAGE:
-        r.skip(PAGE)
-    elif kind == RamFlag.XBZRLE:
-        encoding = r.u8()
-        length = r.be16()
-        where = f"Failed to decompress XBZRLE page at {addr:x}"
-        if encoding != ENCODING_FLAG_XBZRLE:
-            raise RemoteProtocolError("Failed to load XBZRLE page - wrong compression!"
-                                      ).with_context(where)
-        if length > PAGE:
-            raise RemoteProtocolError("Failed to load XBZRLE page - len overflow!"
-                                      ).with_context(where)
-        r.skip(length)
-    else:
-        if not allow_compressed:
-            raise RemoteProtocolError("Received an unexpected compressed page")
-        length = r.be32()
-        if length > COMPRESS_BOUND_PAGE:
-            raise RemoteProtocolError(f"Invalid compressed data length: {length}")
-        r.skip(length)
-
-
-def _short(r: Reader, pos: int, n: int) -> Exception:
-    if r.closed:
-        return Truncated(r.base + r.end)
-    return NeedData(r.base + pos + n)
 
 
 class _SpanBatch:
@@ -233,12 +167,17 @@ class _SpanBatch:
         self.chunks.append((np.frombuffer(self.offsets, dtype=np.uint64).copy(), kinds, spans))
         self._new_arrays()
 
-    def switch(self, block: Any, events: list[RamMemSize | RamPages]) -> None:
+    def add_chunk(self, addrs: np.ndarray, kinds: np.ndarray, starts: np.ndarray) -> None:
+        """CONTINUE page and zero records of any kinds (what harness._recv located)."""
+        self._close_arrays()
+        self.chunks.append((addrs, kinds, _spans(starts, kinds)))
+
+    def switch(self, block: Any, events: list[RamMemSize | RamPages], pos: int = 0) -> None:
         if block is not self.block:
             self.flush(events)
             self.block = block
 
-    def flush(self, events: list[RamMemSize | RamPages]) -> None:
+    def flush(self, events: list[RamMemSize | RamPages], pos: int = 0) -> None:
         self._close_arrays()
         if self.chunks and self.block is not None:
             if len(self.chunks) == 1:
@@ -257,5 +196,5 @@ def _spans(starts: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     spans = np.empty((starts.size, 3), dtype=np.int64)
     spans[:, 0] = starts
     spans[:, 1] = starts + 8
-    spans[:, 2] = starts + np.where(kinds == _PAGE_KIND, _PAGE_RECORD, _ZERO_RECORD)
+    spans[:, 2] = starts + np.where(kinds == FULL_PAGE, PAGE_RECORD, ZERO_RECORD)
     return spans
