@@ -437,6 +437,10 @@ def proxy(
     record: Annotated[Path | None, typer.Option(
         "--record", metavar="DIR", help="Keep what it delivers in DIR/stream.fwd.bin and "
         "DIR/stream.rp.bin (new files, for harness analyze).")] = None,
+    preempt: Annotated[bool, typer.Option(
+        "--preempt", help="postcopy-preempt is on: the connection after each main one is its "
+        "preempt channel (requested pages), forwarded as a second connection (recorded "
+        "in DIR/stream.preempt.bin).")] = False,
 ) -> None:
     """Run the fault-injecting proxy between the peers (what `harness run` starts)."""
     from .control.curve import bind_needs_keys
@@ -449,7 +453,7 @@ def proxy(
     if bind_needs_keys(control):
         typer.echo(f"harness proxy: warning: --insecure: the control plane on {control} has "
                    f"no authentication", err=True)
-    raise typer.Exit(run_proxy(control, listen, target, seed, layout, record))
+    raise typer.Exit(run_proxy(control, listen, target, seed, layout, record, preempt))
 
 
 @app.command()

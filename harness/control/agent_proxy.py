@@ -7,7 +7,8 @@ command line -- `python -m harness proxy --control ADDR --listen URI --target UR
 [--record RUN-DIR]`, built from the `peer-start` options -- and what the agent lets a
 client make it do on this host.  Both are decided here, strictly: the options are exactly
 `listen`, `target` (tcp: or unix: URIs; a unix: path only inside the run's directory),
-`seed` (an integer) and `record` (a boolean: keep the stream in the run's directory);
+`seed` (an integer), `record` (a boolean: keep the stream in the run's directory) and
+`preempt` (a boolean: postcopy-preempt, a second connection follows each main one);
 relayed commands may not point it at a unix: socket elsewhere (`x-proxy-target`) nor make
 it read a file of this host (`x-proxy-layout` takes the layout inline here, never a file).
 """
@@ -28,7 +29,8 @@ __all__ = ["OPTIONS", "check_options", "proxy_command_line", "relay_refusal"]
 
 #: option -> (type, required)
 OPTIONS: dict[str, tuple[type, bool]] = {"listen": (str, True), "target": (str, True),
-                                         "seed": (int, False), "record": (bool, False)}
+                                         "seed": (int, False), "record": (bool, False),
+                                         "preempt": (bool, False)}
 MAX_URI = 4096
 
 
@@ -87,6 +89,8 @@ def proxy_command_line(peer: PeerProcess) -> list[str]:
             "--seed", str(options.get("seed", 0))]
     if options.get("record"):
         argv += ["--record", str(peer.run_dir)]
+    if options.get("preempt"):
+        argv.append("--preempt")
     return argv
 
 

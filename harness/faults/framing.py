@@ -63,11 +63,12 @@ from harness.protocol.commands import Packaged
 from harness.protocol.events import Event
 from harness.qemu.layout import LayoutError, MachineLayout, find_trailer, load_vmdesc
 
-__all__ = ["Frame", "Framer", "Framing", "ReturnPathFramer", "StreamFramer", "StreamMemory",
-           "frame_flows", "lost_message"]
+__all__ = ["MAIN", "PREEMPT", "RETURN_PATH", "Frame", "Framer", "Framing", "Recv",
+           "ReturnPathFramer", "StreamFramer", "StreamMemory", "frame_flows", "lost_message"]
 
 MAIN = "main"  # the source -> destination flow
 RETURN_PATH = "return-path"  # the destination -> source flow
+PREEMPT = "preempt"  # postcopy-preempt: the second source -> destination connection
 _QEVM_FIRST_BYTE = 0x51  # "Q" of QEMU_VM_FILE_MAGIC
 _SECTION_NAMES = {SectionType.SECTION_START: "SECTION_START",
                   SectionType.SECTION_PART: "SECTION_PART",

@@ -4,7 +4,9 @@ Channels and directions.  The proxy forwards two flows of one connection: `main`
 migration stream (source -> destination), and `return-path` (destination -> source).  A
 fault's `direction` is relative to its channel's own flow: (main, forward) and
 (return-path, backward) are source -> destination bytes; (main, backward) and
-(return-path, forward) are destination -> source bytes; `both` is both flows.  A fault
+(return-path, forward) are destination -> source bytes; `both` is both flows.  The
+`preempt` channel (postcopy-preempt's second connection) carries source -> destination
+bytes only: forward and both name that flow, backward names nothing.  A fault
 acts at the position where its trigger matched (the matching frame is forwarded first)
 or, armed without a trigger, right away.  Connection-wide faults act on the session
 where the trigger matched (without a trigger: the newest session, or the next one to be
@@ -63,7 +65,7 @@ from harness.scenario.base import FieldError, dotted
 from harness.scenario.names import MIG_CMD_NAMES, RP_MESSAGE_NAMES
 from harness.scenario.steps import NetFault
 
-from .framing import MAIN, RETURN_PATH, Frame, Framing, frame_flows
+from .framing import MAIN, PREEMPT, RETURN_PATH, Frame, Framing, frame_flows
 from .triggers import WireTrigger
 
 __all__ = ["FRAME_FAULTS", "SHAPING_FAULTS", "Armed", "Cut", "Edit", "FaultError",
@@ -79,7 +81,13 @@ class FaultError(ScenarioFailure, ValueError):
 
 
 def flows_of(channel: str, direction: str) -> tuple[str, ...]:
-    """The physical flows (main: source -> destination, return-path: back) a fault names."""
+    """The physical flows (main: source -> destination, return-path: back, preempt: source
+    -> destination on the second connection) a fault names."""
+    if channel == PREEMPT:
+        if direction == "backward":
+            raise FaultError("the preempt channel carries source -> destination bytes only: "
+                             "direction backward names nothing on it")
+        return (PREEMPT,)
     other = RETURN_PATH if channel == MAIN else MAIN
     if direction == "forward":
         return (channel,)
@@ -121,13 +129,17 @@ def fault_flows(fault: NetFault) -> tuple[str, ...]:
     where = tuple(f for f in flows if f in _message_flows(name, fault.kind))
     if not where:
         travels = " and ".join(_message_flows(name, fault.kind))
+        travels = travels or "no"
         raise FaultError(f"{name} travels on the {travels} flow, which ({fault.channel}, "
                          f"{fault.direction}) does not name (main forward = source -> "
-                         f"destination, return-path forward = destination -> source)")
+                         f"destination, return-path forward = destination -> source, "
+                         f"preempt: source -> destination requested pages)")
     return where
 
 
 def _message_flows(name: str, kind: str) -> tuple[str, ...]:
+    if name == "RAM_PAGE" and kind in ("net.corrupt", "net.truncate"):
+        return (MAIN, PREEMPT)  # page records: in the main stream's sections, bare on preempt
     if kind in ("net.drop", "net.duplicate"):
         flows = []
         if name in MIG_CMD_NAMES:

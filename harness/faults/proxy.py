@@ -14,6 +14,14 @@ reports the error (`query-proxy` and a PROXY_ERROR event) and aborts its session
 A real machine's stream is framed exactly with the `MachineLayout` the proxy is given
 (`set_layout`); what a precopy stream's own vmdesc adds to it is merged, stored back in
 the layout cache and used from the next connection on (a LAYOUT_LEARNED event).
+With postcopy-preempt on (`preempt`), the connection that follows a main connection is
+that session's preempt channel (QEMU's destination tells them apart by that order too,
+migration.c: postcopy_preempt_new_channel): a `Session` of its own, one flow (`preempt`,
+bare RAM page records framed by `PreemptFramer`), connected to the target right after
+its main one (the accept thread connects in the order it accepts), linked both ways
+(`main`, `preempt`).  A connection-wide fault goes to the session of the channel it names,
+whichever channel's trigger fired it; a recovery's pair of connections is again main, then
+preempt.
 """
 
 from __future__ import annotations
@@ -35,9 +43,20 @@ from harness.transport import TransportError
 from harness.transport.waiting import Waker
 
 from .endpoint import Endpoint, ProxyListener, Stopped, connect_target, proxy_uri
-from .framing import MAIN, RETURN_PATH, Frame, Framing, ReturnPathFramer, StreamFramer, StreamMemory
+from .framing import (
+    MAIN,
+    PREEMPT,
+    RETURN_PATH,
+    Frame,
+    Framer,
+    Framing,
+    ReturnPathFramer,
+    StreamFramer,
+    StreamMemory,
+)
 from .netfaults import FRAME_FAULTS, SHAPING_FAULTS, Armed, FrameFault, fault_flows, parse_fault
 from .outlet import HOLD_DEADLINE, Holds, Outlet
+from .preempt import PreemptFramer
 from .pump import Pump
 from .recording import Recording
 from .stats import FLOWS, Stats
@@ -55,28 +74,42 @@ _ACCEPT_SLICE = 0.2  # s between two looks at the sessions (deadlines, reaping)
 
 
 class Session:
-    """One connection through the proxy: two flows, each with its pump and outlet."""
+    """One connection through the proxy: two flows, each with its pump and outlet; or,
+    given `main` (the session it follows), that session's preempt channel: one flow."""
 
     def __init__(self, proxy: Proxy, n: int, source: socket.socket,
-                 destination: socket.socket) -> None:
+                 destination: socket.socket, main: Session | None = None) -> None:
         self.proxy = proxy
         self.n = n
+        self.channel = MAIN if main is None else PREEMPT
+        self.main = main
+        self.preempt: Session | None = None
         self.waker = Waker()
         self.stopped = threading.Event()
-        self.source = Endpoint(source, f"session {n} source", self.waker)
-        self.destination = Endpoint(destination, f"session {n} destination", self.waker)
+        label = f"session {n}" + (" (preempt)" if main is not None else "")
+        self.source = Endpoint(source, f"{label} source", self.waker)
+        self.destination = Endpoint(destination, f"{label} destination", self.waker)
         self.state = "open"  # open | closing | closed
         self.reason = ""
         self.close_deadline: float | None = None
         self._reset = False
         self._lock = threading.Lock()
         self._done = 0
-        self.pumps = {
-            MAIN: Pump(self, MAIN, self.source, self._outlet(MAIN, self.destination),
-                       StreamFramer(proxy.memory)),
-            RETURN_PATH: Pump(self, RETURN_PATH, self.destination,
-                              self._outlet(RETURN_PATH, self.source), ReturnPathFramer()),
-        }
+        if main is not None:
+            self.pumps = {PREEMPT: self._pump(PREEMPT, PreemptFramer(main.main_decoder))}
+            return
+        self.pumps = {MAIN: self._pump(MAIN, StreamFramer(proxy.memory)),
+                      RETURN_PATH: self._pump(RETURN_PATH, ReturnPathFramer())}
+
+    def _pump(self, flow: str, framer: Framer) -> Pump:
+        inlet, sink = ((self.destination, self.source) if flow == RETURN_PATH
+                       else (self.source, self.destination))
+        return Pump(self, flow, inlet, self._outlet(flow, sink), framer)
+
+    def main_decoder(self) -> Any:
+        """The decoder of this (main) session's stream, None before its first bytes."""
+        framer = self.pumps[MAIN].framer
+        return framer.decoder if isinstance(framer, StreamFramer) else None
 
     def _outlet(self, flow: str, sink: Endpoint) -> Outlet:
         return Outlet(flow, sink, stopped=self.stopped, holds=self.proxy.holds,
@@ -91,18 +124,26 @@ class Session:
     @property
     def guessed(self) -> int:
         """Device sections of this connection skipped to a footer found by searching."""
-        framer = self.pumps[MAIN].framer
-        return framer.guessed if isinstance(framer, StreamFramer) else 0
+        pump = self.pumps.get(MAIN)
+        return pump.framer.guessed if pump and isinstance(pump.framer, StreamFramer) else 0
 
     @property
     def continued(self) -> bool:
-        framer = self.pumps[MAIN].framer
-        return isinstance(framer, StreamFramer) and framer.continued
+        pump = self.pumps.get(MAIN)
+        return pump is not None and isinstance(pump.framer, StreamFramer) \
+            and pump.framer.continued
 
     def summary(self) -> dict[str, Any]:
-        return {"n": self.n, "state": self.state, "reason": self.reason,
-                "continued": self.continued,
-                "forwarded": {flow: pump.forwarded for flow, pump in self.pumps.items()}}
+        out = {"n": self.n, "state": self.state, "reason": self.reason,
+               "continued": self.continued,
+               "forwarded": {flow: pump.forwarded for flow, pump in self.pumps.items()}}
+        if self.proxy.preempt:
+            out["channel"] = self.channel
+            if self.main is not None:
+                out["main"] = self.main.n
+            elif self.preempt is not None:
+                out["preempt"] = self.preempt.n
+        return out
 
     # ------------------------------------------------------------------ ending
     def _set_reason(self, reason: str) -> None:
@@ -133,12 +174,12 @@ class Session:
             self.abort(self.reason, reset=False)
 
     def input_ended(self, flow: str) -> None:
-        who = "source" if flow == MAIN else "destination"
+        who = "destination" if flow == RETURN_PATH else "source"
         if self.state == "open":
             self._set_reason(f"the {who} closed the connection")
 
     def broken(self, flow: str, exc: OSError) -> None:
-        who = "source" if flow == MAIN else "destination"
+        who = "destination" if flow == RETURN_PATH else "source"
         self.abort(f"{flow} flow: the connection to the {who} or back failed: "
                    f"{exc.strerror or exc}", reset=True)
 
@@ -202,17 +243,19 @@ class Proxy:
 
     def __init__(self, listen: str, target: str, *, seed: int = 0, emit: Emit | None = None,
                  hold_deadline: float = HOLD_DEADLINE, layout: MachineLayout | None = None,
-                 layout_cache: Path | None = None, record: Path | None = None) -> None:
+                 layout_cache: Path | None = None, record: Path | None = None,
+                 preempt: bool = False) -> None:
         self.target = str(proxy_uri(target, "source"))
         self.seed = seed
+        self.preempt = preempt  # postcopy-preempt: each main connection brings a second
         self._emit_to = emit
-        self.stats = Stats()
+        self.stats = Stats(preempt)
         self.holds = Holds(self.emit, hold_deadline)
         self.memory = StreamMemory(layout, self._learn)
         self.layout_cache = layout_cache  # None: the default cache (harness.qemu.layout)
         self.learned: list[dict[str, Any]] = []
         #: what it delivered, kept (harness run --record with no harness peer recording)
-        self.recording = Recording(record) if record is not None else None
+        self.recording = Recording(record, preempt) if record is not None else None
         self.state = ProxyState.RUNNING
         self._lock = threading.RLock()
         self._armed: dict[str, Armed] = {}
@@ -220,6 +263,9 @@ class Proxy:
         self._frame_faults: dict[str, list[FrameFault]] = {flow: [] for flow in FLOWS}
         self._next_session: list[Armed] = []
         self.sessions: list[Session] = []
+        #: preempt: the next connection is this main session's preempt channel (False:
+        #: the next one is a main connection; None: it follows a main that failed)
+        self._awaiting: Session | None | bool = False
         self._numbers = itertools.count(1)
         self.faults: list[dict[str, Any]] = []
         self.framing_errors: list[dict[str, Any]] = []
@@ -319,6 +365,7 @@ class Proxy:
             faults, lost, errors = list(self.faults), list(self.framing_errors), list(self.errors)
         return {
             "listen": self.address, "target": self.target, "seed": self.seed,
+            **({"preempt": True} if self.preempt else {}),
             "state": self.state.value,
             "sessions": {"accepted": len(sessions),
                          "active": sum(s["state"] != "closed" for s in sessions),
@@ -445,6 +492,7 @@ class Proxy:
         if fault.kind in FRAME_FAULTS:
             self._pend_frame_fault(armed, session, origin, position)
             return
+        session, origin = _channel_session(armed, session, origin)
         if session is None:
             with self._lock:
                 self._next_session.append(armed)
@@ -452,7 +500,7 @@ class Proxy:
         offsets = {flow: position if origin is not None and origin.flow == flow
                    else session.pumps[flow].forwarded for flow in armed.flows}
         if fault.kind == "net.reset":
-            flow = origin.flow if origin is not None else MAIN
+            flow = origin.flow if origin is not None else next(iter(session.pumps))
             self.fault_acted(armed, session, flow, offsets.get(flow, position), None, {})
             session.abort(f"net.reset ({armed.id})", reset=True)
             return
@@ -515,19 +563,46 @@ class Proxy:
     def _open_session(self, conn: socket.socket) -> None:
         n = next(self._numbers)
         target = self.target
+        main = self._awaiting  # False: this is a main connection
+        # until it is known to work, a main connection's preempt channel follows a failed one
+        self._awaiting = None if main is False and self.preempt else False
+        channel = {} if not self.preempt else {"channel": MAIN if main is False else PREEMPT}
         try:
+            if main is None:
+                raise OSError("it would be the preempt channel of a main connection that "
+                              "could not reach the target")
             upstream = connect_target(target, CONNECT_TIMEOUT)
         except (TransportError, OSError) as exc:
             conn.close()
-            self.emit("SESSION", {"n": n, "event": "accepted", "reason": ""})
-            self.emit("SESSION", {"n": n, "event": "closed",
+            self.emit("SESSION", {"n": n, "event": "accepted", "reason": "", **channel})
+            self.emit("SESSION", {"n": n, "event": "closed", **channel,
                                   "reason": f"cannot connect to the target {target}: {exc}"})
             return
-        session = Session(self, n, conn, upstream)
+        session = Session(self, n, conn, upstream, main if isinstance(main, Session) else None)
         with self._lock:
             self.sessions.append(session)
-            waiting, self._next_session = self._next_session, []
-        self.emit("SESSION", {"n": n, "event": "accepted", "reason": ""})
+            if session.main is not None:
+                session.main.preempt = session
+            elif self.preempt:
+                self._awaiting = session
+            waiting = [a for a in self._next_session if _wants(a, session)]
+            self._next_session = [a for a in self._next_session if a not in waiting]
+        self.emit("SESSION", {"n": n, "event": "accepted", "reason": "", **channel})
         for armed in waiting:
             self._act(armed, session, None, 0)
         session.start()
+
+
+def _wants(armed: Armed, session: Session) -> bool:
+    """Whether a fault waiting for the next session acts on this one (its channel's)."""
+    return (armed.flows == (PREEMPT,)) == (session.channel == PREEMPT)
+
+
+def _channel_session(armed: Armed, session: Session | None, origin: Pump | None
+                     ) -> tuple[Session | None, Pump | None]:
+    """The session of the channel a connection-wide fault names: a preempt fault fired on
+    the main connection acts on its preempt channel, and the other way round (from where
+    that connection is: `origin` is None then)."""
+    if session is None or _wants(armed, session):
+        return session, origin
+    return (session.preempt if session.main is None else session.main), None

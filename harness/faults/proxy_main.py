@@ -21,7 +21,7 @@ Commands:
 Events:
     WIRE {id, trigger, session, channel, offset, frame, count, held}   a trigger matched
     FAULT {id, kind, channel, direction, flow, session, offset, frame, detail}  it acted
-    SESSION {n, event: accepted|closed, reason}
+    SESSION {n, event: accepted|closed, reason[, channel: main|preempt with --preempt]}
     HOLD_RELEASED {id, by: x-proxy-release|deadline, held}
     FRAMING_LOST {session, channel, message}
     LAYOUT_LEARNED {key, devices}   a stream's vmdesc added to the layout (and its cache)
@@ -57,12 +57,13 @@ class ProxyProcess:
     """The proxy and its control server; `run()` serves until quit or SIGTERM."""
 
     def __init__(self, control: str, listen: str, target: str, seed: int = 0,
-                 layout: MachineLayout | None = None, record: Path | None = None) -> None:
+                 layout: MachineLayout | None = None, record: Path | None = None,
+                 preempt: bool = False) -> None:
         self.server = ControlServer(control, role="proxy")
         self.stop = threading.Event()
         try:
             self.proxy = Proxy(listen, target, seed=seed, emit=self.server.emit, layout=layout,
-                               record=record)
+                               record=record, preempt=preempt)
         except BaseException:
             self.server.close()
             raise
@@ -192,12 +193,14 @@ def inline_layout(doc: Any) -> MachineLayout:
 
 
 def main(control: str, listen: str, target: str, seed: int = 0,
-         layout: str | Path | None = None, record: Path | None = None) -> int:
-    """Run the proxy process; 0 after quit/SIGTERM, 2 when it cannot start."""
+         layout: str | Path | None = None, record: Path | None = None,
+         preempt: bool = False) -> int:
+    """Run the proxy process; 0 after quit/SIGTERM, 2 when it cannot start.  `preempt`:
+    postcopy-preempt is on, each main connection is followed by its preempt channel."""
     logging.basicConfig(level=logging.WARNING, format="harness proxy: %(message)s")
     try:
         machine = None if layout is None else load_layout(layout)
-        process = ProxyProcess(control, listen, target, seed, machine, record)
+        process = ProxyProcess(control, listen, target, seed, machine, record, preempt)
     except (ValueError, OSError, ControlError) as err:
         log.error("cannot start: %s", err)
         return 2

@@ -4,10 +4,12 @@ Strategy: a recording is two files in a directory the caller names (the run's wo
 directory): `stream.fwd.bin`, every byte the proxy delivered to the destination (after its
 faults: what the destination received, as a harness destination's own recording is), and
 `stream.rp.bin`, the return path as the source received it.  Connections after the first
-(postcopy recovery) continue the same files, as the stream itself continues.  The files are
+(postcopy recovery) continue the same files, as the stream itself continues.  With
+postcopy-preempt on, a third file, `stream.preempt.bin`, holds what the preempt channel
+delivered (every preempt connection in turn, as the destination read them).  The files are
 created new (mode 0600, never an existing file truncated); writes from the two pump
 threads are serialised per file.  `harness analyze stream.fwd.bin --return-path
-stream.rp.bin` reads them.
+stream.rp.bin --preempt stream.preempt.bin` reads them.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from .framing import MAIN, RETURN_PATH
+from .framing import MAIN, PREEMPT, RETURN_PATH
 
 FILES = {MAIN: "stream.fwd.bin", RETURN_PATH: "stream.rp.bin"}
+PREEMPT_FILE = "stream.preempt.bin"
 
 
 class Recording:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, preempt: bool = False) -> None:
         if not directory.is_dir():
             raise ValueError(f"--record {directory}: not a directory")
-        self._locks = {flow: threading.Lock() for flow in FILES}
+        names = {**FILES, PREEMPT: PREEMPT_FILE} if preempt else FILES
+        self._locks = {flow: threading.Lock() for flow in names}
         self._files: dict[str, BinaryIO] = {}
-        self.paths = {flow: directory / name for flow, name in FILES.items()}
+        self.paths = {flow: directory / name for flow, name in names.items()}
         try:
             for flow, path in self.paths.items():
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -48,7 +52,7 @@ class Recording:
                 out.write(data)
 
     def close(self) -> None:
-        """Flush and close both files; idempotent."""
+        """Flush and close every file; idempotent."""
         for flow, lock in self._locks.items():
             with lock:
                 out = self._files.pop(flow, None)

@@ -5,7 +5,8 @@ records counts with one addition), so `query-proxy` reads a consistent snapshot 
 both flows of every session keep adding.  Bytes are counted where they are decided:
 `received` when read from a peer, `forwarded` when handed to the receiver's socket,
 `discarded` when a fault removed them (a drop, or input after a half-close or a cut);
-with no fault, forwarded equals received on both flows once the sessions ended.
+with no fault, forwarded equals received on every flow once the sessions ended.  The
+postcopy-preempt channel is a third flow, listed only by a proxy told it is on.
 """
 
 from __future__ import annotations
@@ -14,19 +15,20 @@ import threading
 from collections import Counter
 from typing import Any
 
-from .framing import MAIN, RETURN_PATH, Framing
+from .framing import MAIN, PREEMPT, RETURN_PATH, Framing
 
 __all__ = ["FLOWS", "Stats"]
 
-FLOWS = (MAIN, RETURN_PATH)
+FLOWS = (MAIN, RETURN_PATH, PREEMPT)
 _PAGE_REQUESTS = ("REQ_PAGES", "REQ_PAGES_ID")
 
 
 class Stats:
     """Counters of one proxy, across its sessions."""
 
-    def __init__(self) -> None:
+    def __init__(self, preempt: bool = False) -> None:
         self._lock = threading.Lock()
+        self._shown = FLOWS if preempt else (MAIN, RETURN_PATH)  # what query-proxy lists
         self._bytes = {flow: {"received": 0, "forwarded": 0, "discarded": 0} for flow in FLOWS}
         self._frames: dict[str, Counter[str]] = {flow: Counter() for flow in FLOWS}
         self._seen = {"page-requests": 0, "pongs": 0, "sections": 0, "commands": 0}
@@ -69,7 +71,7 @@ class Stats:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"bytes": {flow: dict(counts) for flow, counts in self._bytes.items()},
-                    "frames": {flow: dict(sorted(names.items()))
-                               for flow, names in self._frames.items()},
+            return {"bytes": {flow: dict(self._bytes[flow]) for flow in self._shown},
+                    "frames": {flow: dict(sorted(self._frames[flow].items()))
+                               for flow in self._shown},
                     **self._seen}

@@ -3,7 +3,8 @@
 Strategy: a trigger arrives as the scenario writes it (`{"event": "page-request",
 "count": 3}`, `{"command": "POSTCOPY_RUN"}`, `{"frame": "SECTION_END", "count": 1}`
 (`"section": IDSTR` narrows a section frame to one device section),
-`{"bytes": {"channel": "main", "after": N}}`) and is checked with the scenario's own models, so the proxy accepts exactly what a
+`{"bytes": {"channel": "main", "after": N}}`, `{"frame": "RAM_PAGE", "channel": "preempt"}`)
+and is checked with the scenario's own models, so the proxy accepts exactly what a
 scenario file may say.  A `WireTrigger` watches one flow and counts, from the moment it is
 armed, the frames it matches as the framer reports them; it matches when the count-th
 one has been completely received, and its position is where that frame ends (for a
@@ -11,7 +12,8 @@ section: where its header ends; for bytes: right after the N-th byte).  Matching
 in the forwarding thread of that flow, on whole frames, so the position is exact
 whatever the chunking.  A `probability` below 1 is drawn from the seed at each
 occurrence (the count-th matching frame, then each later one; a bytes trigger has one),
-as the runner draws its own triggers.
+as the runner draws its own triggers.  RAM_PAGE records (the preempt channel's) are
+counted from the framer's page batches, with numpy, never one Python object per page.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from harness.scenario.steps import (
     Trigger,
 )
 
-from .framing import MAIN, RETURN_PATH, Frame, Framing
+from .framing import MAIN, PREEMPT, RETURN_PATH, Frame, Framing
 
 __all__ = ["TriggerError", "WireTrigger", "parse_trigger"]
 
@@ -109,11 +111,32 @@ class WireTrigger:
             if self.declined or not (last > first and target <= total_before + last - first):
                 return None
             return (first + max(0, target - total_before), None) if self._drawn() else None
+        if self.what == "RAM_PAGE":
+            return self._scan_pages(framing)
         for frame in framing.frames:
             if self.matches(frame):
                 self.seen += 1
                 if self.seen >= self.count and self._drawn():
                     return self.position(frame, self._where()), frame
+        return None
+
+
+    def _scan_pages(self, framing: Framing) -> tuple[int, Frame | None] | None:
+        """The count-th page record of this feed's batches (then each later one, drawn)."""
+        for batch in framing.pages:
+            spans = batch.spans
+            if spans is None:
+                continue
+            n = len(batch)
+            index = max(0, self.count - self.seen - 1)
+            self.seen += n
+            while index < n:
+                if self._drawn():
+                    start, payload, end = (int(x) for x in spans[index])
+                    page = f"{batch.block}@0x{int(batch.offsets[index]):x}"
+                    self.seen -= n - index - 1
+                    return end, Frame("RAM_PAGE", start, payload, end, "page", detail=page)
+                index += 1
         return None
 
 
@@ -137,7 +160,8 @@ def parse_trigger(value: Mapping[str, Any], *, probability: float | None = None,
     elif isinstance(model, CommandTrigger):
         trigger = WireTrigger(spec, "command", MAIN, model.command)
     elif isinstance(model, FrameTrigger):
-        flow = RETURN_PATH if model.frame in RETURN_PATH_ONLY else MAIN
+        flow = PREEMPT if model.channel == "preempt" else \
+            RETURN_PATH if model.frame in RETURN_PATH_ONLY else MAIN
         trigger = WireTrigger(spec, "frame", flow, model.frame, model.count,
                               section=model.section)
     elif isinstance(model, BytesTrigger):

@@ -29,7 +29,7 @@ from .agents import AgentConnection, tcp_uri
 from .proxy import ProxyHandle
 from .state import RunContext
 
-__all__ = ["AgentProxy", "layout_arguments", "placement_problems", "proxy_host",
+__all__ = ["AgentProxy", "layout_arguments", "placement_problems", "preempt_on", "proxy_host",
            "remote_proxy"]
 
 
@@ -39,13 +39,16 @@ class AgentProxy(AgentPeer):
     kind = "proxy"
 
     def __init__(self, conn: AgentConnection, listen: str, target: str, seed: int = 0,
-                 record: bool = False) -> None:
+                 record: bool = False, preempt: bool = False) -> None:
         super().__init__("proxy", conn, {}, incoming=False)
         self.listen, self.target, self.seed, self.record = listen, target, seed, record
+        self.preempt = preempt
 
     def start_request(self) -> am.PeerStart:
         options: dict[str, Any] = {"listen": self.listen, "target": self.target,
                                    "seed": self.seed, "record": self.record}
+        if self.preempt:  # only then: an agent of before issue 15 knows no such option
+            options["preempt"] = True
         return am.PeerStart("proxy", "proxy", {}, kind="proxy", options=options)
 
     def address_for_source(self, timeout: float = 10.0) -> str:
@@ -64,7 +67,13 @@ def remote_proxy(c: RunContext, host: str, target: str) -> AgentProxy:
     """The proxy on `host`, listening on that host's address, forwarding to `target`."""
     record = c.record and c.sc.destination.kind == "qemu"  # as a local proxy's
     listen = tcp_uri(c.sc.hosts[host].peer_address, 0)
-    return AgentProxy(c.agents[host], listen, target, c.seed, record=record)
+    return AgentProxy(c.agents[host], listen, target, c.seed, record=record,
+                      preempt=preempt_on(c.sc))
+
+
+def preempt_on(sc: Scenario) -> bool:
+    """Whether the proxy must expect a preempt connection after each main one."""
+    return bool(sc.capabilities.get("postcopy-preempt"))
 
 
 def layout_arguments(layout: Path, host: str | None) -> dict[str, Any]:

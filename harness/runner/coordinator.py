@@ -52,7 +52,7 @@ from . import real_guest
 from .actuator import Actuator, Handles
 from .agent_peer import AgentPeer
 from .agent_pool import Agents, placement_problems
-from .agent_proxy import layout_arguments, proxy_host, remote_proxy
+from .agent_proxy import layout_arguments, preempt_on, proxy_host, remote_proxy
 from .agents import tcp_uri
 from .fetch import fetch_back
 from .outcome import outcome_of, stacks_of
@@ -414,7 +414,7 @@ class Coordinator:
             self.proxy = remote_proxy(self, host, target)
         else:
             self.proxy = ProxyHandle("proxy", self.workdir, listen, target, self.seed,
-                                     record=record)
+                                     record=record, preempt=preempt_on(self.sc))
             self.proxy.die_with_starter = True
         try:
             self.proxy.start()

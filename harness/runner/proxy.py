@@ -27,6 +27,7 @@ class ProxyHandle(ControlledProcess):
     seed: int = 0
     kind: str = "proxy"
     record: Path | None = None  # keep what it delivers there (harness run --record)
+    preempt: bool = False  # postcopy-preempt: a second connection follows each main one
 
     def __post_init__(self) -> None:
         self._init_process()
@@ -35,7 +36,7 @@ class ProxyHandle(ControlledProcess):
         record = ["--record", str(self.record)] if self.record is not None else []
         return [sys.executable, "-m", "harness", "proxy", "--control", self.address,
                 "--listen", self.listen, "--target", self.target, "--seed", str(self.seed),
-                *record]
+                *record, *(["--preempt"] if self.preempt else [])]
 
     def address_for_source(self, timeout: float = 10.0) -> str:
         """The URI the source should migrate to (the proxy's actual listening address)."""

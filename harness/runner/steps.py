@@ -85,7 +85,8 @@ def wire_trigger(trigger: Any) -> dict[str, Any]:
         return {"command": trigger.command}
     if isinstance(trigger, model.FrameTrigger):
         return {"frame": trigger.frame, "count": trigger.count,
-                **({"section": trigger.section} if trigger.section is not None else {})}
+                **({"section": trigger.section} if trigger.section is not None else {}),
+                **({"channel": trigger.channel} if trigger.channel is not None else {})}
     assert isinstance(trigger, model.BytesTrigger)
     return {"bytes": {"channel": trigger.bytes.channel, "after": trigger.bytes.after}}
 

@@ -457,7 +457,7 @@ class Scenario(ScenarioModel):
         raise_issues(self._step_order_issues() + self._host_issues() + self._qemu_issues()
                      + self._postcopy_issues() + self._throttle_issues()
                      + self._proxy_issues() + self._harness_peer_issues()
-                     + self._pause_issues())
+                     + self._pause_issues() + self._preempt_issues())
         source_file = (info.context or {}).get("source_file")
         if source_file is not None:
             self._source_file = Path(source_file)
@@ -638,6 +638,26 @@ class Scenario(ScenarioModel):
                     f"the {step.on.KEY}: trigger is seen by the proxy between the peers, which "
                     f"needs transport: tcp or unix (this scenario uses "
                     f"{self.transport.scheme})")))
+        return issues
+
+    def _preempt_issues(self) -> list[Issue]:
+        """channel: preempt names postcopy-preempt's second connection, which the source
+        opens only when the capability is on (on both peers: the scenario's capabilities
+        are set on each)."""
+        if self.capabilities.get("postcopy-preempt"):
+            return []
+        need = ("channel: preempt needs capabilities: {postcopy-ram: true, postcopy-preempt: "
+                "true} (without it there is no preempt connection)")
+        issues = []
+        for index, step in enumerate(self.steps):
+            if isinstance(step.fault, NetFault) and step.fault.channel == "preempt":
+                issues.append(Issue(("steps", index, "fault", "channel"), need))
+            channel = step.on.bytes.channel if isinstance(step.on, BytesTrigger) else \
+                step.on.channel if isinstance(step.on, FrameTrigger) else None
+            if channel == "preempt":
+                issues.append(Issue(("steps", index, "on", step.on.KEY, "channel")
+                                    if isinstance(step.on, BytesTrigger)
+                                    else ("steps", index, "on", "channel"), need))
         return issues
 
     def _throttle_issues(self) -> list[Issue]:

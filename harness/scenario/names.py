@@ -72,8 +72,12 @@ PeerName = Literal["source", "destination"]
 PEER_NAMES: tuple[str, ...] = get_args(PeerName)
 PeerKind = Literal["harness", "qemu"]
 PEER_KINDS: tuple[str, ...] = get_args(PeerKind)
-ChannelName = Literal["main", "return-path"]
+#: `preempt`: postcopy-preempt's second connection (QEMU 7.2: requested pages only)
+ChannelName = Literal["main", "return-path", "preempt"]
 CHANNEL_NAMES: tuple[str, ...] = get_args(ChannelName)
+PREEMPT_CHANNEL = "preempt"
+#: what travels on the preempt channel (migration/ram.c: bare page records, one EOS)
+PREEMPT_FRAME_NAMES = (RAM_PAGE,)
 Direction = Literal["forward", "backward", "both"]
 DIRECTIONS: tuple[str, ...] = get_args(Direction)
 FramePart = Literal["header", "payload"]

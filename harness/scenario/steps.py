@@ -49,8 +49,12 @@ from .names import (
     NET_FAULT_KINDS,
     PEER_NAMES,
     PLAIN_ACTIONS,
+    PREEMPT_CHANNEL,
+    PREEMPT_FRAME_NAMES,
     PROCESS_FAULT_KINDS,
+    RAM_PAGE,
     RETURN_PATH_ONLY,
+    RP_MESSAGE_NAMES,
     ChannelName,
     Direction,
     EventName,
@@ -155,19 +159,46 @@ def _section_issue(frame: str | None, section: str | None) -> list[Issue]:
 
 class FrameTrigger(TriggerBase):
     """`{frame: SECTION_END, count: 1}`: the count-th frame of that name seen on the wire
-    (a section's header, a command, a return-path message...; not a single RAM page).
-    `section: IDSTR` counts only the frames of that device section (`{frame: SECTION_FULL,
-    section: serial}`)."""
+    (a section's header, a command, a return-path message...; not a single RAM page of the
+    main stream).  `section: IDSTR` counts only the frames of that device section
+    (`{frame: SECTION_FULL, section: serial}`).  `{frame: RAM_PAGE, channel: preempt,
+    count: 3}` counts the requested pages the postcopy-preempt channel carried."""
 
     KEY = "frame"
-    frame: Annotated[str, choice("a frame", FRAME_TRIGGER_NAMES)]
+    frame: Annotated[str, choice("a frame", (*FRAME_TRIGGER_NAMES, RAM_PAGE))]
     count: PositiveCount = 1
     section: SectionIdstr | None = None
+    channel: Channel | None = None
+    """Where the frame travels (default: where that frame can: main or return-path)."""
 
     @model_validator(mode="after")
     def _section_of_a_section(self) -> FrameTrigger:
-        raise_issues(_section_issue(self.frame, self.section))
+        raise_issues(_section_issue(self.frame, self.section) + self._channel_issues())
         return self
+
+    def _channel_issues(self) -> list[Issue]:
+        if self.channel == PREEMPT_CHANNEL or self.frame in PREEMPT_FRAME_NAMES:
+            return _preempt_frame_issues(self.channel, self.frame, "frame")
+        if self.channel == "main" and self.frame in RETURN_PATH_ONLY:
+            return [Issue(("channel",), f"{self.frame} travels on the return-path channel, "
+                          "not on main")]
+        if self.channel == "return-path" and self.frame not in RP_MESSAGE_NAMES:
+            return [Issue(("channel",), f"{self.frame} does not travel on the return-path "
+                          f"channel (its messages: {', '.join(RP_MESSAGE_NAMES)})")]
+        return []
+
+
+def _preempt_frame_issues(channel: str | None, frame: str | None, key: str) -> list[Issue]:
+    """A frame on the preempt channel: only its page records; RAM_PAGE counted by a frame
+    trigger only there (on main a page is a record inside a section)."""
+    if channel == PREEMPT_CHANNEL and frame is not None and frame not in PREEMPT_FRAME_NAMES:
+        return [Issue((key,), f"{frame} does not travel on the preempt channel (it carries "
+                      f"only {', '.join(PREEMPT_FRAME_NAMES)} records: requested pages)")]
+    if key == "frame" and channel != PREEMPT_CHANNEL and frame == RAM_PAGE:
+        return [Issue(("frame",), "a frame: trigger counts RAM_PAGE records on channel: "
+                      "preempt only (on main a page is a record inside a section: use "
+                      "bytes: or progress:)")]
+    return []
 
 
 class BytesCondition(ScenarioModel):
@@ -348,6 +379,7 @@ class NetFault(ScenarioModel):
     `direction` is relative to the channel's own data flow (forward: main carries source to
     destination, the return path destination to source). Without `channel`, a return-path
     message (REQ_PAGES, PONG, ...) implies the return path; otherwise it is `main`.
+    `preempt` is postcopy-preempt's second connection: requested pages, source to destination.
     """
 
     kind: NetFaultKind
@@ -383,6 +415,8 @@ class NetFault(ScenarioModel):
         return self
 
     def _channel_issues(self) -> list[Issue]:
+        if self.channel == PREEMPT_CHANNEL:
+            return self._preempt_issues()
         issues = []
         if self.message in RETURN_PATH_ONLY and self.channel != "return-path":
             issues.append(Issue(("channel",), f"{self.message} travels on the return-path "
@@ -393,6 +427,17 @@ class NetFault(ScenarioModel):
         if self.section is not None:
             issues += _section_issue(self.frame, self.section)
         return issues
+
+    def _preempt_issues(self) -> list[Issue]:
+        """The preempt channel carries requested pages, source -> destination, nothing else."""
+        issues = _preempt_frame_issues(self.channel, self.frame, "frame")
+        if self.message is not None:
+            issues.append(Issue(("message",), f"{self.message} does not travel on the preempt "
+                                "channel (it carries only RAM_PAGE records: requested pages)"))
+        if self.direction == "backward":
+            issues.append(Issue(("direction",), "the preempt channel carries source -> "
+                                "destination bytes only: direction backward names nothing"))
+        return issues + _section_issue(self.frame, self.section)
 
 
 #: link fault kind -> (fields it requires, fields it may take) besides host/duration
