@@ -35,6 +35,7 @@ CAPABILITIES = (
 SUPPORTED_CAPABILITIES = frozenset({
     "xbzrle", "auto-converge", "compress", "events", "postcopy-ram", "return-path",
     "x-ignore-shared", "validate-uuid", "postcopy-blocktime", "pause-before-switchover",
+    "postcopy-preempt",
 })
 
 #: MigrationParameters of QEMU 7.2 with their defaults
@@ -92,10 +93,33 @@ LIVE_PARAMETERS = frozenset({"max-bandwidth", "downtime-limit", "max-postcopy-ba
 
 MIGRATION_ACTIVE = "There's a migration process in progress"
 
+#: postcopy-ram.c: postcopy_preempt_setup, when the URI is not a socket
+PREEMPT_NEEDS_MULTI_CHANNELS = ("Postcopy preempt is not supported as current migration "
+                                "stream does not support multi-channels.")
+#: the URI schemes QEMU 7.2 allows more than one channel on (migration.c: qmp_migrate and
+#: qemu_start_incoming_migration call migrate_protocol_allow_multi_channels(true) only
+#: for these; exec: and fd:, even an fd that is a socket, stay single-channel)
+MULTI_CHANNEL_SCHEMES = ("tcp:", "unix:", "vsock:")
+
 
 def not_implemented(what: str) -> str:
     """The one-line refusal of a setting the harness peer does not implement."""
     return f"{what} is not implemented by the harness peer"
+
+
+def preempt_uri_refusal(capabilities: dict[str, bool], uri: str) -> str | None:
+    """Why postcopy-preempt cannot run over `uri` (None when it can, or is off).
+
+    QEMU 7.2 applies it on the source in migrate_fd_connect -> postcopy_preempt_setup:
+    `migrate` itself is accepted, then the migration fails with this text.  A 7.2
+    destination has no such check: with exec:/fd: it waits for a second channel that
+    cannot come (migration_has_all_channels); the harness destination refuses
+    `migrate-incoming` with the same words instead of waiting forever."""
+    if not capabilities.get("postcopy-preempt"):
+        return None
+    if uri.startswith(MULTI_CHANNEL_SCHEMES):
+        return None
+    return PREEMPT_NEEDS_MULTI_CHANNELS
 
 
 def tls_refusal(parameters: dict[str, Any]) -> str | None:
@@ -204,3 +228,5 @@ def _check_caps(caps: dict[str, bool]) -> None:
         raise ConfigError("Postcopy is not compatible with ignore-shared")
     if caps["postcopy-preempt"] and not caps["postcopy-ram"]:
         raise ConfigError("Postcopy preempt requires postcopy-ram")
+    if caps["postcopy-preempt"] and caps["compress"]:
+        raise ConfigError("Postcopy preempt not compatible with compress")

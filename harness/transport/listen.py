@@ -1,11 +1,12 @@
 """`listen()`: the destination side of `migrate-incoming` -- a URI in, a `Listener` out.
 
 Strategy: a `Listener` hands out exactly one `Channel`, as QEMU 7.2 accepts one main
-channel and then stops listening (`migration/socket.c`).  Sockets (tcp, unix, an
-inherited listening socket) get a `SocketListener`: `accept()` waits in `poll()` on the
-listening socket plus a self-pipe, so it honours a timeout and `close()` from any other
-thread interrupts it; after the one connection the listening socket is closed (the
-port and the unix path are free again).  exec:, file: and an inherited connected fd are
+channel and then stops listening (`migration/socket.c`) -- or `channels` of them (two with
+postcopy-preempt: main, then the preempt channel; 7.2's backlog is that many).  Sockets
+(tcp, unix, an inherited listening socket) get a `SocketListener`: `accept()` waits in
+`poll()` on the listening socket plus a self-pipe, so it honours a timeout and `close()`
+from any other thread interrupts it; after the last connection the listening socket is
+closed (the port and the unix path are free again).  exec:, file: and an inherited connected fd are
 connected from the start, so a `ReadyListener` just holds that channel until `accept()`.
 Bind failures use QEMU's words ("Failed to bind socket to PATH: ...").  A unix socket
 file left by a dead peer is removed first (QEMU unlinks too), but never a live one
@@ -52,15 +53,18 @@ class ListenerState(enum.Enum):
 
 
 def listen(uri: MigrationUri | str, *, fds: Mapping[str, int] = NO_FDS,
-           return_path: bool = False, exit_timeout: float = 10.0) -> Listener:
+           return_path: bool = False, exit_timeout: float = 10.0,
+           channels: int = 1) -> Listener:
     """Start waiting for the incoming migration named by `uri` (a string is parsed for the
     destination role).  For exec:, `return_path=True` connects the command's stdin as
-    the return path (otherwise /dev/null); `exit_timeout` bounds reaping it on close."""
+    the return path (otherwise /dev/null); `exit_timeout` bounds reaping it on close.
+    `channels`: how many connections a tcp:/unix: listener accepts before it stops."""
     parsed = parse_uri(uri, "destination") if isinstance(uri, str) else uri
-    if parsed.kind == "tcp":
-        return _listen_tcp(parsed)
-    if parsed.kind == "unix":
-        return _listen_unix(parsed.path or "")
+    if parsed.kind in ("tcp", "unix"):
+        listener = (_listen_tcp(parsed) if parsed.kind == "tcp"
+                    else _listen_unix(parsed.path or ""))
+        listener.expect_channels(channels)
+        return listener
     if parsed.kind == "exec":
         return ReadyListener(parsed, _spawn_exec(parsed.command or "", return_path,
                                                  exit_timeout))
@@ -93,6 +97,11 @@ class Listener:
 
     def accept(self, timeout: float | None = None) -> Channel:
         raise NotImplementedError
+
+    def expect_channels(self, channels: int) -> None:
+        """Accept `channels` connections: only a socket listener can take more than one."""
+        if channels != 1:
+            raise ValueError(f"{self.address} carries one channel, not {channels}")
 
     def close(self) -> None:
         raise NotImplementedError
@@ -129,6 +138,16 @@ class SocketListener(Listener):
         self._unix_inode = os.stat(unix_path).st_ino if unix_path is not None else None
         self._waker = Waker()
         self._accept_lock = threading.Lock()
+        self._channels = 1  # connections to accept before listening stops
+        self._accepted = 0
+
+    def expect_channels(self, channels: int) -> None:
+        """Accept `channels` connections (before the first accept), backlog as many."""
+        if channels < 1 or self._accepted:
+            raise ValueError(f"cannot expect {channels} channels here")
+        self._channels = channels
+        if channels > 1:
+            self._sock.listen(channels)
 
     @property
     def socket_address(self) -> dict[str, Any] | None:
@@ -148,8 +167,12 @@ class SocketListener(Listener):
                 if self._state is ListenerState.CLOSED:
                     conn.close()
                     raise ChannelClosed(f"listener on {self.address} was closed")
-                self._state = ListenerState.ACCEPTED
-            self._stop_listening()
+                self._accepted += 1
+                last = self._accepted >= self._channels
+                if last:
+                    self._state = ListenerState.ACCEPTED
+            if last:
+                self._stop_listening()
         finally:
             self._accept_lock.release()
         return SocketChannel(conn, self._peer_of(conn))

@@ -46,10 +46,12 @@ IMPLEMENTED_CAPABILITIES = {
                        "everything",
     "validate-uuid": f"{E2E}::test_validate_uuid_refuses_a_guest_with_another_uuid",
     "postcopy-blocktime": f"{E2E}::test_postcopy_blocktime_is_reported_only_with_its_capability",
+    "postcopy-preempt": "tests/pair/test_preempt_destination.py::test_requested_pages_come_on_"
+                        "preempt_and_wake_the_guest",
 }
 REFUSED_CAPABILITIES = {
     "rdma-pin-all", "zero-blocks", "x-colo", "release-ram", "block", "multifd", "dirty-bitmaps",
-    "late-block-activate", "background-snapshot", "zero-copy-send", "postcopy-preempt",
+    "late-block-activate", "background-snapshot", "zero-copy-send",
 }
 
 IMPLEMENTED_PARAMETERS = {
@@ -117,7 +119,9 @@ def test_refused_capability_is_refused_in_one_line_and_not_listed(name):
 @pytest.mark.parametrize("name", sorted(IMPLEMENTED_CAPABILITIES))
 def test_implemented_capability_is_settable_and_listed(name):
     config = MigrationConfig.default()
-    config.set_capabilities([{"capability": name, "state": True}], running=False)
+    needs = {"postcopy-preempt": ("postcopy-ram",)}.get(name, ())  # migrate_caps_check
+    config.set_capabilities([{"capability": n, "state": True} for n in (*needs, name)],
+                            running=False)
     assert config.cap(name) is True
     assert {"capability": name, "state": True} in config.query_capabilities()
 
