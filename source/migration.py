@@ -55,7 +55,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.migration.config import MIGRATION_ACTIVE, MigrationConfig, tls_refusal
+from harness.migration.config import (
+    MIGRATION_ACTIVE,
+    MigrationConfig,
+    preempt_uri_refusal,
+    tls_refusal,
+)
 from harness.migration.status import (
     MIGRATE_PAUSE_REFUSED,
     MIGRATE_RESUME_REFUSED,
@@ -65,18 +70,17 @@ from harness.migration.status import (
     continue_refusal,
     source_machine,
 )
-from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise, SectionType, StreamEncoder
-from harness.protocol.ram_saver import EOS, PAGE, FrameBuffer
+from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise
+from harness.protocol.ram_saver import PAGE
 from harness.protocol.return_path import ResumeAck, RpMessage
 
 from .convergence import Convergence
 from .interfaces import Channel, Connector, GuestLike
 from .postcopy import PostcopySource
-from .postcopy_push import PostcopyPush
 from .ram_save import BATCH_PAGES, RamSave
-from .rate_limit import MAX_WAIT, RateLimit
 from .recovery import RecoveryInbox, resume_handshake, resume_prepare
 from .return_path import ReturnPathError, ReturnPathReader
+from .stream import OutgoingStream
 
 log = logging.getLogger(__name__)
 S = MigrationStatus
@@ -101,23 +105,9 @@ class Timing:
     end: float = 0.0
     total_time: float = 0.0
     downtime: float = 0.0
-    expected_downtime: float = 0.0
 
 
-class _Writer:
-    """The outgoing stream: counts bytes, for statistics and the rate limit."""
-
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-        self.total = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if data:
-            self.channel.sendall(data)
-            self.total += len(data)
-
-
-class OutgoingMigration(RateLimit, PostcopyPush):
+class OutgoingMigration:
     """The source side of one peer: status, statistics and the migration thread."""
 
     def __init__(self, guest: GuestLike, config: MigrationConfig, connect: Connector,
@@ -131,8 +121,6 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()  # set by cancel: every wait ends
         self._urgent = threading.Event()  # ends the rate-limit wait early: cancel, RP end
-        self._serving = threading.Event()  # a requested page wants the stream: push yields
-        self._channel: Channel | None = None
         self.record_dir: Path | None = None  # save the return path (stream.rp.bin)
         self._resume = threading.Condition()  # postcopy_pause_sem: `migrate resume`, cancel
         self._resume_uri: str | None = None
@@ -145,19 +133,11 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         self.ram: RamSave | None = None
         self.convergence: Convergence | None = None  # xbzrle, compress, auto-converge
         self.error_desc: str | None = None
-        self._writer: _Writer | None = None
-        self._frame = FrameBuffer()
-        self._request_frame = FrameBuffer(64 << 10)
-        self._wlock = threading.Lock()  # postcopy: the stream, last block, bitmap
-        self._in_part = False  # a PART of the push is open (requests may go inside it)
-        self._stream_ended = False
+        self.stream: OutgoingStream | None = None  # every byte sent goes through it
         self._rp: ReturnPathReader | None = None
         self.vm_was_running = False
         self.entered_postcopy = False
-        self.threshold = 0.0
-        self.mbps = 0.0
-        self._window_start = 0.0
-        self._window_bytes = 0
+        self._final_mbps: float | None = None  # over the whole migration, once completed
         self._wake.clear()
         self._urgent.clear()
         self.postcopy: PostcopySource | None = None
@@ -214,9 +194,9 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         sees the failure and pauses (7.2 accepts it in postcopy-active only)."""
         if self.state.status is not S.POSTCOPY_ACTIVE:
             raise MigrationError(MIGRATE_PAUSE_REFUSED)
-        channel = self._channel
-        if channel is not None:
-            channel.shutdown()
+        stream = self.stream
+        if stream is not None:
+            stream.channel.shutdown()  # qmp_migrate_pause: the main channel
 
     def cancel(self) -> None:
         """migrate_fd_cancel: running states -> cancelling, then wake everything up.
@@ -245,8 +225,8 @@ class OutgoingMigration(RateLimit, PostcopyPush):
             self._inbox.close()
             if self._rp is not None:
                 self._rp.shutdown()
-            if self._channel is not None:
-                self._channel.shutdown()
+            if self.stream is not None:
+                self.stream.shutdown()
 
     def query(self) -> dict[str, Any]:
         """query-migrate, as QEMU 7.2 fills MigrationInfo for the source."""
@@ -265,7 +245,8 @@ class OutgoingMigration(RateLimit, PostcopyPush):
             info["total-time"] = int((now - self.timing.start) * 1000)
             info["setup-time"] = int(self.timing.setup_time * 1000)
             if status is S.ACTIVE:
-                info["expected-downtime"] = int(self.timing.expected_downtime * 1000)
+                expected = self.stream.rate.expected_downtime if self.stream else 0.0
+                info["expected-downtime"] = int(expected * 1000)
         if status is S.COMPLETED:
             info["total-time"] = int(self.timing.total_time * 1000)
             info["downtime"] = int(self.timing.downtime * 1000)
@@ -287,7 +268,7 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         st = ram.stats
         done = status is S.COMPLETED
         return {
-            "transferred": self._writer.total if self._writer else 0,
+            "transferred": self.stream.total if self.stream else 0,
             "remaining": 0 if done else ram.remaining(),
             "total": ram.total,
             "duplicate": st.duplicate,
@@ -295,17 +276,24 @@ class OutgoingMigration(RateLimit, PostcopyPush):
             "normal": st.normal,
             "normal-bytes": st.normal * PAGE,
             "dirty-pages-rate": 0 if done else st.dirty_pages_rate,
-            "mbps": round(self.mbps, 6),
+            "mbps": round(self.mbps(), 6),
             "dirty-sync-count": st.dirty_sync_count,
             "postcopy-requests": self.postcopy.requests if self.postcopy else 0,
             "page-size": PAGE,
             "precopy-bytes": st.precopy_bytes,
             "downtime-bytes": st.downtime_bytes,
-            "postcopy-bytes": self.postcopy.bytes if self.postcopy else 0,
+            "postcopy-bytes": (self.stream.pushed + self.stream.urgent_bytes
+                               if self.postcopy and self.stream else 0),
             "multifd-bytes": 0,
             "pages-per-second": 0,
             "dirty-sync-missed-zero-copy": 0,
         }
+
+    def mbps(self) -> float:
+        """The last window's rate, or the whole migration's once completed."""
+        if self._final_mbps is not None:
+            return self._final_mbps
+        return self.stream.rate.mbps if self.stream else 0.0
 
     def join(self, timeout: float) -> bool:
         if self._thread is None:
@@ -335,19 +323,23 @@ class OutgoingMigration(RateLimit, PostcopyPush):
 
     def _run(self, uri: str) -> None:
         channel = self._connect(uri, CONNECT_TIMEOUT)
-        self._channel = channel
+        stream = self.stream = OutgoingStream(channel, self.config, self.ram_section_id,
+                                              self._wake)
         if self.state.status is S.CANCELLING:  # cancelled while connecting
             return
-        refusal = tls_refusal(self.config.parameters)
-        if refusal:  # migration_channel_connect: the TLS handshake needs the creds object
+        # migration_channel_connect: the TLS handshake needs the creds object;
+        # migrate_fd_connect -> postcopy_preempt_setup: a second channel needs a socket
+        refusal = (tls_refusal(self.config.parameters)
+                   or preempt_uri_refusal(self.config.capabilities, uri))
+        if refusal:
             self.error_desc = refusal
             raise ConnectionRefusedError(refusal)
-        self._writer = _Writer(channel)
+        stream.attach(channel, self._connect_preempt(uri))
         ram = RamSave(self.guest_ram(), self.guest.harvest_dirty,
                       holes=getattr(self.guest, "ram_holes", None))
         self.ram = ram
         self.convergence = Convergence.attach(ram, self.config, self.guest,
-                                              lambda: self._writer.total if self._writer else 0,
+                                              lambda: stream.total,
                                               lambda: self.entered_postcopy)
         self._setup(ram, channel)
         while self.state.status in (S.ACTIVE, S.POSTCOPY_ACTIVE):
@@ -363,11 +355,21 @@ class OutgoingMigration(RateLimit, PostcopyPush):
     def _step(self, ram: RamSave) -> bool:
         """One turn of migration_thread's loop; True once the migration is over."""
         self._check_return_path(broken_only=True)
-        if not self._rate_limited() and self._iteration(ram):
+        stream = self.stream
+        assert stream is not None
+        if not stream.rate_limited() and self._iteration(ram):
             return True
-        self._update_counters()
-        self._rate_limit_wait()
+        stream.update_counters(ram)
+        if self.state.status in (S.ACTIVE, S.POSTCOPY_ACTIVE):
+            stream.wait_window(self._urgent)  # migration_rate_limit
         return False
+
+    def _connect_preempt(self, uri: str) -> Channel | None:
+        """postcopy_preempt_setup: the preempt channel, right after the main one (7.2
+        opens it at the start of the migration, not at the switch)."""
+        if not self.config.cap("postcopy-preempt"):
+            return None
+        return self._connect(uri, CONNECT_TIMEOUT)
 
     def _check_return_path(self, broken_only: bool = False) -> None:
         """An I/O failure of the return path is a file error now (postcopy pauses); any
@@ -402,7 +404,8 @@ class OutgoingMigration(RateLimit, PostcopyPush):
 
     def _setup(self, ram: RamSave, channel: Channel) -> None:
         """qemu_savevm_state_header + qemu_savevm_state_setup, then setup -> active."""
-        enc = self._encoder = StreamEncoder()
+        assert self.stream is not None
+        enc = self.stream.encoder
         out = bytearray(enc.header())
         out += enc.configuration(self.guest.machine, self._validated_caps(), self._uuid())
         postcopy = self.config.cap("postcopy-ram")
@@ -416,11 +419,9 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         ram.bitmap_sync()  # ram_init_bitmaps: the first sync (pass 1)
         self._pass_event(ram)
         out += enc.ram_start(self.ram_section_id, self._block_list(ram))
-        assert self._writer is not None
-        self._writer.write(out)
+        self.stream.write(out)
         self.timing.setup_time = time.monotonic() - self.timing.start
-        self._window_start = time.monotonic()
-        self._window_bytes = self._writer.total
+        self.stream.restart_window()
         self.state.set(S.SETUP, S.ACTIVE)
 
     ram_section_id = 2  # as QEMU's -M none registers it
@@ -467,14 +468,17 @@ class OutgoingMigration(RateLimit, PostcopyPush):
             if ram.remaining() == 0:
                 self._completion_postcopy(ram)
                 return True
-            self._postcopy_iterate(ram)
+            assert self.stream is not None
+            self.stream.push(ram)
             return False
+        assert self.stream is not None
+        threshold = self.stream.rate.threshold
         pending = ram.remaining()
-        if pending < self.threshold:
+        if pending < threshold:
             ram.bitmap_sync()  # ram_save_pending: exact figure below the threshold
             self._pass_event(ram)
             pending = ram.remaining()
-        if pending and pending >= self.threshold:
+        if pending and pending >= threshold:
             if self.postcopy_requested and self.postcopy is not None:
                 self._postcopy_start(ram)
             else:
@@ -485,21 +489,8 @@ class OutgoingMigration(RateLimit, PostcopyPush):
 
     def _iterate(self, ram: RamSave) -> None:
         """One PART of `ram`: dirty pages until rate limited, none left or MAX_WAIT."""
-        enc = self._encoder
-        assert self._writer is not None
-        self._writer.write(enc.section_header(SectionType.SECTION_PART, self.ram_section_id))
-        started = time.monotonic()
-        sent = 0
-        while not self._rate_limited():
-            batch = ram.next_batch(self._budget_pages(BATCH_PAGES), more_zeros=True)
-            if batch is None:
-                break
-            sent += self._send_batch(ram, batch)
-            if time.monotonic() - started > MAX_WAIT:
-                break
-        tail = EOS + enc.footer(self.ram_section_id)
-        self._writer.write(tail)
-        ram.stats.precopy_bytes += sent + len(tail)
+        assert self.stream is not None
+        ram.stats.precopy_bytes += self.stream.iterate(ram, BATCH_PAGES)
 
     # ------------------------------------------------------------------ postcopy
     def _postcopy_start(self, ram: RamSave) -> None:
@@ -507,7 +498,7 @@ class OutgoingMigration(RateLimit, PostcopyPush):
 
         A stream error on the way fails the migration, as 7.2's postcopy_start does
         ("Migration stream errored"); only later ones pause it."""
-        assert self.postcopy is not None and self._writer is not None
+        assert self.postcopy is not None
         if (not self.config.cap("pause-before-switchover")
                 and not self.state.set(S.ACTIVE, S.POSTCOPY_ACTIVE)):
             return
@@ -517,7 +508,8 @@ class OutgoingMigration(RateLimit, PostcopyPush):
             raise _PostcopyStartFailed(_describe(err)) from err
 
     def _switch_to_postcopy(self, ram: RamSave) -> None:
-        assert self.postcopy is not None and self._writer is not None
+        assert self.postcopy is not None and self.stream is not None
+        stream = self.stream
         self.timing.downtime_start = time.monotonic()
         self.vm_was_running = self.guest.runstate == "running"
         self.guest.global_state_store()
@@ -526,7 +518,7 @@ class OutgoingMigration(RateLimit, PostcopyPush):
             raise ConnectionAbortedError("migration cancelled before the switchover")
         ram.bitmap_sync()  # the last one: the guest is stopped
         self._pass_event(ram)
-        enc = self._encoder
+        enc = stream.encoder
         out = bytearray()
         for command in self.postcopy.discards():
             out += enc.command(command)
@@ -538,42 +530,37 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         # 7.2 sets vm_was_running only for a precopy completion: from the package on, no
         # failure or cancel may restart the source's copy of the guest
         self.vm_was_running = False
-        if self._channel is not None:  # a requested page waits behind little
-            self._channel.prefer_latency()
-        self._writer.write(out)
+        stream.prefer_latency()  # a requested page waits behind little
+        stream.rate.postcopy = True  # max-postcopy-bandwidth from now on
+        stream.write(out)
         self.timing.downtime = time.monotonic() - self.timing.downtime_start
-        self._writer.write(enc.command(Ping(4)))
+        stream.write(enc.command(Ping(4)))
         self.postcopy.serve_with(self._serve_request)  # requests go out from now on
-        self._window_start = time.monotonic()
-        self._window_bytes = self._writer.total
+        stream.restart_window()
 
     def _completion_postcopy(self, ram: RamSave) -> None:
-        """migration_completion in postcopy: END (nothing left), EOF, then wait for SHUT."""
-        assert self._writer is not None
-        enc = self._encoder
-        with self._wlock:
-            self._stream_ended = True
-            self._writer.write(enc.section_header(SectionType.SECTION_END,
-                                                  self.ram_section_id)
-                               + EOS + enc.footer(self.ram_section_id) + enc.eof())
+        """migration_completion in postcopy: END (nothing left), EOF (and EOS on the
+        preempt channel), then wait for SHUT."""
+        assert self.stream is not None
+        self.stream.end_postcopy()
         self._await_return_path()
         if not self.state.set(S.POSTCOPY_ACTIVE, S.COMPLETED):
             return
+        self._finished()
+
+    def _finished(self) -> None:
+        """Completed: the timings and the rate over the whole migration."""
+        assert self.stream is not None
         now = time.monotonic()
         self.timing.end = now
         self.timing.total_time = now - self.timing.start
-        self.mbps = self._writer.total * 8 / max(self.timing.total_time, 1e-9) / 1e6
+        self._final_mbps = self.stream.total * 8 / max(self.timing.total_time, 1e-9) / 1e6
         self.guest.runstate = "postmigrate"
 
-    def _send_batch(self, ram: RamSave, batch: tuple[Any, Any]) -> int:
-        """Frame a batch of pages into a reused buffer and send it; bytes sent."""
-        frame = self._frame
-        frame.clear()
-        ram.encode(frame, *batch)
-        assert self._writer is not None
-        with frame.view() as data:
-            self._writer.write(data)
-        return len(frame)
+    def _serve_request(self, block: str, start: int, length: int) -> bool:
+        """From the return-path thread: a requested page goes out now."""
+        assert self.stream is not None and self.ram is not None
+        return self.stream.send_urgent(self.ram, block, start, length)
 
     def _completion(self, ram: RamSave) -> None:
         """migration_completion (precopy): stop, last sync, END, devices, EOF, trailer."""
@@ -585,33 +572,25 @@ class OutgoingMigration(RateLimit, PostcopyPush):
             raise ConnectionAbortedError("migration cancelled before the switchover")
         ram.bitmap_sync()
         self._pass_event(ram)
-        enc = self._encoder
-        assert self._writer is not None
-        start = self._writer.total
-        self._writer.write(enc.section_header(SectionType.SECTION_END, self.ram_section_id))
+        stream = self.stream
+        assert stream is not None
+        enc, start = stream.encoder, stream.total
         if self.convergence is not None:
             self.convergence.last_stage = True
-        while (batch := ram.next_batch(more_zeros=True)) is not None:
-            self._send_batch(ram, batch)
-        self._writer.write(EOS + enc.footer(self.ram_section_id))
+        stream.send_remaining(ram)
         out = bytearray()
         for section_id, idstr, instance_id, vmsd, values in self.guest.save_devices():
             out += enc.device(section_id, idstr, instance_id, vmsd, values)
         out += enc.eof() + enc.vmdesc()
-        self._writer.write(out)
-        ram.stats.downtime_bytes += self._writer.total - start
+        stream.write(out)
+        ram.stats.downtime_bytes += stream.total - start
         if self._rp is not None:
             self._await_return_path()
         if not self.state.set(self.state.status if self.state.status is S.DEVICE else S.ACTIVE,
                               S.COMPLETED):
             return
-        now = time.monotonic()
-        self.timing.end = now
-        self.timing.total_time = now - self.timing.start
-        self.timing.downtime = now - self.timing.downtime_start
-        total = self._writer.total
-        self.mbps = total * 8 / max(self.timing.total_time, 1e-9) / 1e6
-        self.guest.runstate = "postmigrate"
+        self._finished()
+        self.timing.downtime = self.timing.end - self.timing.downtime_start
 
     def _await_return_path(self) -> None:
         """await_return_path_close_on_source: wait for SHUT (or the channel closing).
@@ -648,16 +627,15 @@ class OutgoingMigration(RateLimit, PostcopyPush):
         log.warning("Detected IO failure for postcopy. Migration paused. (%s)", err)
         if self.postcopy is not None:
             self.postcopy.hold()  # requests wait for the new channel
-        rp, channel = self._rp, self._channel
+        rp, stream = self._rp, self.stream
         if rp is not None:
             rp.shutdown()
-        if channel is not None:
-            channel.shutdown()
+        if stream is not None:
+            stream.shutdown()
         if rp is not None:
             rp.join(5.0)
-        if channel is not None:
-            channel.close()
-        self._channel = None
+        if stream is not None:
+            stream.close()  # both channels: a recovery opens two new ones
         old = self.state.status
         if old in (S.POSTCOPY_ACTIVE, S.POSTCOPY_RECOVER):
             self.state.set(old, S.POSTCOPY_PAUSED)
@@ -673,33 +651,31 @@ class OutgoingMigration(RateLimit, PostcopyPush):
 
     def _postcopy_recover(self, uri: str) -> None:
         """migrate_fd_connect (resume) + postcopy_do_resume, on a new channel."""
-        assert self._writer is not None and self.ram is not None and self.postcopy is not None
+        stream = self.stream
+        assert stream is not None and self.ram is not None and self.postcopy is not None
         channel = self._connect(uri, CONNECT_TIMEOUT)  # refused: we stay paused
-        self._channel = channel
+        try:
+            preempt = self._connect_preempt(uri)  # 7.2: main, then preempt, in that order
+        except BaseException:
+            channel.close()
+            raise
+        stream.attach(channel, preempt)  # `transferred` carries on
         if not self.state.set(S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER):
             raise ConnectionAbortedError("cancelled while connecting")
         self._inbox = RecoveryInbox(RETURN_PATH_TIMEOUT)
-        self._writer.channel = channel  # `transferred` carries on
         rp = self._start_return_path(channel, record=False)
 
         def why_closed() -> str:
             return rp.error or "postcopy recovery: the return path ended"
 
-        resume_prepare(self._write_locked, self._encoder, self.ram, self._inbox, why_closed)
-        resume_handshake(self._write_locked, self._encoder, self._inbox, why_closed)
+        resume_prepare(stream.write, stream.encoder, self.ram, self._inbox, why_closed)
+        resume_handshake(stream.write, stream.encoder, self._inbox, why_closed)
         if not self.state.set(S.POSTCOPY_RECOVER, S.POSTCOPY_ACTIVE):
             raise ConnectionAbortedError("cancelled during the recovery handshake")
         self.error_desc = None
-        self._stream_ended = False
-        channel.prefer_latency()
-        self._window_start = time.monotonic()
-        self._window_bytes = self._writer.total
+        stream.prefer_latency()
+        stream.restart_window()
         self.postcopy.serve_with(self._serve_request)
-
-    def _write_locked(self, data: bytes) -> None:
-        assert self._writer is not None
-        with self._wlock:
-            self._writer.write(data)
 
     def _on_recovery(self, message: RpMessage) -> None:
         """From the return-path thread: RECV_BITMAP / RESUME_ACK for the handshake.
@@ -717,9 +693,9 @@ class OutgoingMigration(RateLimit, PostcopyPush):
             return
         self._inbox.close()
         self._urgent.set()
-        channel = self._channel
-        if reader.broken and self.state.status is S.POSTCOPY_ACTIVE and channel is not None:
-            channel.shutdown()  # a send blocked on a dead peer fails now: pause
+        stream = self.stream
+        if reader.broken and self.state.status is S.POSTCOPY_ACTIVE and stream is not None:
+            stream.shutdown()  # a send blocked on a dead peer fails now: pause
 
     # ------------------------------------------------------------------ endings
     def _fail_or_cancel(self) -> None:
@@ -743,8 +719,8 @@ class OutgoingMigration(RateLimit, PostcopyPush):
                 self.guest.runstate = "postmigrate"
         if self._rp is not None:
             self._rp.shutdown()
-        if self._channel is not None:
-            self._channel.close()
+        if self.stream is not None:
+            self.stream.close()
         if self._rp is not None:
             self._rp.join(5.0)
         if self.state.status is S.CANCELLING:

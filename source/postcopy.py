@@ -7,13 +7,11 @@ every page still to be sent (one POSTCOPY_RAM_DISCARD per block at least: QEMU 7
 destinations need one), forgets the last block sent, sends PING 2, the PACKAGED blob
 (LISTEN, the devices, PING 3, RUN) and PING 4.  Page requests arrive on the return-path
 thread; they are checked as `migrate_handle_rp_req_pages` / `ram_save_queue_pages` check
-them, and the page is sent right there, from that thread, between two batches of the
-background push (a lock keeps records whole and the CONTINUE state consistent) -- the
-latency a handover to the migration thread would add is what QEMU's postcopy-preempt
-removes too.  The push then continues from just after the requested page; it alone obeys
-`max-postcopy-bandwidth`, in small batches so that a request never waits behind much: it
-steps aside while a request waits for the lock, and waits for the socket to take more
-outside the lock, never blocked in a send inside it (postcopy_push.py).
+them, and the page is sent right there, from that thread, by the outgoing stream
+(stream.py): on the preempt channel when postcopy-preempt is on, else on the main channel
+between two batches of the background push, which hands the channel over without a sleep.
+The push then continues from just after the requested page; it alone obeys
+`max-postcopy-bandwidth`.
 Requests that arrive before pages can go out are queued (QEMU's `src_page_requests`) and
 answered at the switch.  For every request the time from its arrival to the send of its
 page is kept.  While postcopy is paused (and until the recovery handshake is over)
@@ -47,8 +45,6 @@ from harness.protocol.return_path import RpMessage
 from .ram_save import RamSave
 from .return_path import ReturnPathError
 
-POSTCOPY_BATCH = 32  # background pages per send: a request waits behind at most these
-
 
 class RequestError(ReturnPathError):
     """A page request QEMU's source would refuse (the migration fails)."""
@@ -74,7 +70,6 @@ class PostcopySource:
         self.requests = 0
         self.already_sent = 0  # requested pages that had gone out before the request
         self.latencies: list[float] = []  # seconds from arrival to send
-        self.bytes = 0
 
     # ------------------------------------------------------------------ switch
     def discards(self) -> list[Any]:
