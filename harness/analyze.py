@@ -17,6 +17,13 @@ The file is input from anyone: what is no stream at all (a directory, a device, 
 file, a file without QEMU's magic) is `NotAStream`, bad input, before any decoding; the VM
 description trailer is used only when it nests at most `MAX_VMDESC_DEPTH` levels (QEMU's
 own nest about ten); `--extract-ram` writes sparse files, every all-zero page a hole.
+
+A postcopy-preempt capture (`--preempt FILE`, the proxy's `stream.preempt.bin`) holds bare
+RAM page records and one EOS (QEMU 7.2, migration/ram.c: postcopy_preempt_choose_channel,
+postcopy_preempt_shutdown_file): it is read after the main stream, with a fork of the main
+decoder's RAM loader (the blocks come from the main stream's MEM_SIZE), so its pages land
+in the same RAM (`--extract-ram` includes the requested pages, which only it carried) and
+the report lists its records per block and where EOS came.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ from .protocol.constants import QEMU_VM_FILE_MAGIC
 from .protocol.devices import standard_devices
 from .protocol.return_path import Pong, RecvBitmap, ReqPages, ReqPagesId, ResumeAck, Shut
 from .protocol.vmstate import field_rows
-from .protocol.wire import unpack_be32
+from .protocol.wire import Reader, unpack_be32
 from .qemu.layout import (
     MAX_DEPTH,
     LayoutError,
@@ -142,8 +149,10 @@ class Analysis:
     eof: bool = False
     warnings: list[str] = field(default_factory=list)
     return_path: list[dict[str, Any]] | None = None
+    preempt: dict[str, Any] | None = None
     ram: dict[str, np.ndarray] = field(default_factory=dict)
     descriptions: str = "built-in"  # "vmdesc", "layout FILE", "cache KEY", or "guessed"
+    decoder: StreamDecoder | None = field(default=None, repr=False)  # while analysing
     guessed: int = 0  # device sections skipped to a footer found by searching
 
     def to_json(self) -> dict[str, Any]:
@@ -171,6 +180,8 @@ class Analysis:
         }
         if self.return_path is not None:
             doc["return_path"] = self.return_path
+        if self.preempt is not None:
+            doc["preempt"] = self.preempt
         return doc
 
 
@@ -201,8 +212,8 @@ def find_vmdesc(data: bytes | mmap.mmap) -> bytes | None:
 
 def analyze_file(path: str | Path, return_path: str | Path | None = None,
                  layout: MachineLayout | str | Path | None = None,
-                 use_cache: bool = True) -> Analysis:
-    """Decode a stream file (and optionally its return-path capture).
+                 use_cache: bool = True, preempt: str | Path | None = None) -> Analysis:
+    """Decode a stream file (and optionally its return-path and preempt captures).
 
     `layout`: a MachineLayout (or a file holding one, or a precopy stream with its vmdesc)
     whose descriptions frame the device sections; `use_cache`: without trailer and
@@ -213,11 +224,16 @@ def analyze_file(path: str | Path, return_path: str | Path | None = None,
     if isinstance(layout, (str, Path)):
         layout = read_layout(Path(layout))
     with p.open("rb") as fh:
-        size = p.stat().st_size
-        if size == 0:
-            return _analyze(p, b"", return_path, layout, use_cache)
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _analyze(p, data, return_path, layout, use_cache)
+        if p.stat().st_size == 0:
+            result = _analyze(p, b"", return_path, layout, use_cache)
+        else:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                result = _analyze(p, data, return_path, layout, use_cache)
+    if preempt is not None:
+        assert result.decoder is not None
+        result.preempt = analyze_preempt(preempt, result.decoder)
+    result.decoder = None
+    return result
 
 
 def _analyze(p: Path, data: bytes | mmap.mmap, return_path: str | Path | None,
@@ -293,6 +309,7 @@ def _decode(p: Path, data: bytes | mmap.mmap, devices: dict[Any, Any], how: str,
     _collect(decoder, result, depth, devices)
     result.footers = decoder.footers
     result.ram = decoder.ram
+    result.decoder = decoder
     if return_path is not None:
         result.return_path = analyze_return_path(return_path)
     return result
@@ -379,6 +396,63 @@ def analyze_return_path(path: str | Path) -> list[dict[str, Any]]:
             decoder.receive_data(chunk)
     decoder.receive_data(b"")
     return [rp_json(m) for m in decoder.events()]
+
+
+#: the proxy's recording (harness/faults/recording.py): main stream and preempt channel
+MAIN_RECORDING, PREEMPT_RECORDING = "stream.fwd.bin", "stream.preempt.bin"
+
+
+def preempt_pair(stream: Path, preempt: Path | None) -> tuple[Path, Path | None]:
+    """(main stream, preempt capture) from what `harness analyze` was given: a recording's
+    stream.preempt.bin stands for itself and its stream.fwd.bin; beside a stream.fwd.bin,
+    its stream.preempt.bin is read too (an explicit --preempt wins)."""
+    if preempt is None and stream.name == PREEMPT_RECORDING:
+        return stream.with_name(MAIN_RECORDING), stream
+    sibling = stream.with_name(PREEMPT_RECORDING)
+    if preempt is None and stream.name == MAIN_RECORDING and sibling.is_file():
+        return stream, sibling
+    return stream, preempt
+
+
+def analyze_preempt(path: str | Path, decoder: StreamDecoder) -> dict[str, Any]:
+    """The records of a postcopy-preempt capture, placed in the main stream's RAM.
+
+    ProtocolError (its offset in the capture) when a record is malformed; a record cut
+    by the end of the capture is reported as `trailing` bytes."""
+    loader = decoder.loader.fork()
+    loader.last_block, loader.postcopy_mode, loader.present = None, False, None
+    p = Path(path)
+    data = p.read_bytes()
+    reader = Reader(data, 0, len(data), 0)
+    blocks: dict[str, dict[str, Any]] = {}
+    eos: list[int] = []
+    try:
+        while True:
+            events, ended = loader.load(reader, 0)
+            for ev in events:
+                if isinstance(ev, RamPages):
+                    _preempt_pages(blocks.setdefault(ev.block, {
+                        "normal": 0, "zero": 0, "other": 0, "offsets": []}), ev)
+            if not ended:
+                break
+            eos.append(reader.offset - 8)
+            loader.last_block = None  # every record on the channel names its block
+            if reader.pos >= reader.end:
+                break
+    except ProtocolError as err:
+        raise err.with_context(f"in the preempt channel capture {p}") from None
+    return {"file": str(p), "size": len(data),
+            "records": sum(b["normal"] + b["zero"] + b["other"] for b in blocks.values()),
+            "blocks": blocks, "eos": eos, "trailing": reader.end - reader.pos}
+
+
+def _preempt_pages(stats: dict[str, Any], ev: RamPages) -> None:
+    normal = int(np.count_nonzero(ev.kinds == RamFlag.PAGE))
+    zero = int(np.count_nonzero(ev.kinds == RamFlag.ZERO))
+    stats["normal"] += normal
+    stats["zero"] += zero
+    stats["other"] += len(ev) - normal - zero
+    stats["offsets"] += [int(x) for x in ev.offsets]
 
 
 def _jsonable(value: Any) -> Any:
@@ -497,7 +571,27 @@ def summary_lines(a: Analysis) -> list[str]:
             detail = {k: v for k, v in m.items() if k not in ("name", "offset")}
             text = " ".join(f"{k}={v}" for k, v in detail.items())
             lines.append(f"  @{m['offset']}: {m['name']} {text}".rstrip())
+    if a.preempt is not None:
+        lines.extend(preempt_lines(a.preempt))
     lines.extend(f"warning: {w}" for w in a.warnings)
+    return lines
+
+
+def preempt_lines(pre: dict[str, Any]) -> list[str]:
+    """The preempt capture in a few lines: records per block (their offsets), EOS."""
+    ends = ", ".join(f"@{o}" for o in pre["eos"]) or "none"
+    head = (f"preempt channel: {pre['file']}: {pre['size']} bytes, {pre['records']} page "
+            f"records, EOS {ends}")
+    lines = [head]
+    for name, b in pre["blocks"].items():
+        offsets = " ".join(f"0x{o:x}" for o in b["offsets"][:8])
+        more = f" ... ({len(b['offsets'])} pages)" if len(b["offsets"]) > 8 else ""
+        other = f", {b['other']} other" if b["other"] else ""
+        lines.append(f"  {name}: {b['normal']} normal, {b['zero']} zero{other} pages: "
+                     f"{offsets}{more}")
+    if pre["trailing"]:
+        lines.append(f"  {pre['trailing']} bytes after the last whole record (a record cut "
+                     "by the end of the capture)")
     return lines
 
 

@@ -54,6 +54,11 @@ def analyze(
     return_path: Annotated[Path | None, typer.Option(
         "--return-path", metavar="FILE",
         help="Also decode a capture of the return path (destination -> source bytes).")] = None,
+    preempt: Annotated[Path | None, typer.Option(
+        "--preempt", metavar="FILE",
+        help="Also decode a capture of the postcopy-preempt channel (requested pages); "
+             "default: stream.preempt.bin beside a STREAM named stream.fwd.bin. A "
+             "stream.preempt.bin given as STREAM is read with its stream.fwd.bin.")] = None,
     layout: Annotated[Path | None, typer.Option(
         "--layout", metavar="FILE",
         help="Describe a real machine's device sections with this layout (a cached layout "
@@ -69,14 +74,17 @@ def analyze(
         analyze_file,
         check_regular_file,
         check_stream_file,
+        preempt_pair,
         summary_lines,
     )
     from .analyze import extract_ram as write_ram
     from .protocol import ProtocolError
     from .qemu.layout import LayoutError
 
+    stream, preempt = preempt_pair(stream, preempt)
     for path, check, what in ((stream, check_stream_file, "not a migration stream: "),
                               (return_path, check_regular_file, "--return-path: "),
+                              (preempt, check_regular_file, "--preempt: "),
                               (layout, check_regular_file, "--layout: ")):
         try:
             if path is not None:
@@ -88,7 +96,7 @@ def analyze(
         except OSError as err:
             raise _fail(2, f"harness analyze: {path}: {err.strerror or err}")
     try:
-        result = analyze_file(stream, return_path, layout, use_cache)
+        result = analyze_file(stream, return_path, layout, use_cache, preempt)
     except LayoutError as err:
         raise _fail(2, f"harness analyze: --layout {layout}: {err}")
     except ProtocolError as err:
@@ -623,6 +631,23 @@ def bench_default(ctx: typer.Context) -> None:
         bench_all()
 
 
+NoExtensionsOption = Annotated[bool, typer.Option(
+    "--no-extensions", help="Set HARNESS_NO_EXTENSIONS=1 for this run (this process and "
+    "every peer it starts): the pure-Python page path, to compare with the C one.")]
+RepeatOption = Annotated[int, typer.Option(
+    min=1, help="Interleaved rounds of each baseline and figure (medians compared).")]
+
+
+def _bench_no_extensions(command: str, wanted: bool) -> None:
+    if wanted:
+        from .bench.suite import no_extensions
+
+        try:
+            no_extensions()
+        except RuntimeError as err:
+            raise _fail(3, f"harness bench {command}: {err}")
+
+
 @bench_app.command("all")
 def bench_all(
     precopy_size: Annotated[str, typer.Option(help="Guest RAM of the precopy benchmark.")
@@ -630,23 +655,31 @@ def bench_all(
     zero_size: Annotated[str, typer.Option(help="Guest RAM of the all-zero guest.")] = "8GiB",
     postcopy_size: Annotated[str, typer.Option(help="Guest RAM of the postcopy benchmark.")
                              ] = "256MiB",
-    repeat: Annotated[int, typer.Option(min=1, help="Precopy rounds (medians compared).")
-                      ] = 3,
+    codec_size: Annotated[str, typer.Option(help="RAM decoded by the codec benchmark.")
+                          ] = "256MiB",
+    qemu_guest_size: Annotated[str, typer.Option(
+        help="RAM of the QEMU -> QEMU postcopy guest (pc).")] = "64MiB",
+    repeat: RepeatOption = 5,
     push: Annotated[list[str], typer.Option(
         help="Postcopy background push rates (0: unlimited); repeatable.")
                     ] = ["0", "64MiB/s"],  # noqa: B006
+    no_extensions: NoExtensionsOption = False,
     json_path: JsonOption = None,
 ) -> None:
     """Every benchmark: precopy vs raw stream and QEMU, the zero guest and its memory,
-    postcopy latency vs a raw round trip; one table."""
+    decode vs memcpy, postcopy latency vs a raw round trip (with postcopy-preempt too),
+    QEMU -> QEMU postcopy latency; one table."""
     from .bench import suite
     from .scenario.units import parse_rate, parse_size
 
     _bench_json_dir("all", json_path)
+    _bench_no_extensions("all", no_extensions)
     try:
         sizes = suite.Sizes(parse_size(precopy_size), parse_size(zero_size),
                             parse_size(postcopy_size), repeat,
-                            pushes=tuple(parse_rate(p) for p in push))
+                            pushes=tuple(parse_rate(p) for p in push),
+                            codec=parse_size(codec_size),
+                            qemu_guest=parse_size(qemu_guest_size))
     except ValueError as err:
         raise _fail(2, f"harness bench all: {err}")
     try:
@@ -660,8 +693,8 @@ def bench_all(
 @bench_app.command("precopy")
 def bench_precopy(
     size: Annotated[str, typer.Option(help="Guest RAM size.")] = "1GiB",
-    repeat: Annotated[int, typer.Option(min=1, help="Rounds of harness and raw stream; "
-                                                    "the medians are compared.")] = 3,
+    repeat: RepeatOption = 5,
+    no_extensions: NoExtensionsOption = False,
     json_path: JsonOption = None,
 ) -> None:
     """Precopy of an idle random-content guest over TCP vs a raw socket stream (and QEMU)."""
@@ -669,6 +702,7 @@ def bench_precopy(
     from .scenario.units import parse_size
 
     _bench_json_dir("precopy", json_path)
+    _bench_no_extensions("precopy", no_extensions)
     nbytes = _bench_parse("precopy", parse_size, size)
     try:
         figures = precopy.run(nbytes, repeat=repeat)
@@ -702,6 +736,8 @@ def bench_postcopy(
     push: Annotated[list[str], typer.Option(
         help="max-postcopy-bandwidth of the background push (0: unlimited); repeatable.")
                     ] = ["0", "64MiB/s"],  # noqa: B006
+    repeat: RepeatOption = 5,
+    no_extensions: NoExtensionsOption = False,
     json_path: JsonOption = None,
 ) -> None:
     """Postcopy page-request latency (p50, p99) vs a raw request/response round trip."""
@@ -709,11 +745,12 @@ def bench_postcopy(
     from .scenario.units import parse_rate, parse_size
 
     _bench_json_dir("postcopy", json_path)
+    _bench_no_extensions("postcopy", no_extensions)
     nbytes = _bench_parse("postcopy", parse_size, size)
     dirty = _bench_parse("postcopy", parse_rate, rate)
     pushes = tuple(_bench_parse("postcopy", parse_rate, p) for p in push)
     try:
-        figures = postcopy.run(nbytes, dirty, pushes)
+        figures = postcopy.run(nbytes, dirty, pushes, repeat)
     except (RuntimeError, TimeoutError, OSError) as err:
         raise _fail(1, f"harness bench postcopy: {err}")
     _bench_out(figures, json_path)
