@@ -29,6 +29,14 @@ it postcopy-active again, answered with RESUME_ACK(1) (postcopy.py re-sends the 
 the guest waits for).  A break while recovering pauses again.  Before RUN (LISTENING) a
 break fails, as in QEMU.  Statistics carry on across a recovery.
 
+postcopy-preempt (preempt.py): the listener takes two connections, main then preempt,
+before the main stream is read; the fault-fast thread places the pages of the preempt
+channel from LISTEN (from POSTCOPY_RESUME after a recovery, which again takes two
+connections) until its EOS, which completion waits for (at most VMDESC_TIMEOUT).  A
+failure on it breaks the main channel, so that the load pauses or fails as for a failure
+of main, with the preempt channel's words.  Main's parsing and the fault-fast thread's
+hold one lock, so a page is checked, placed and marked present by one of them at a time.
+
 A non-empty `tls-creds` fails the load once the source connects, in QEMU 7.2's words for
 a missing credentials object (the harness has no TLS; QEMU itself stays in setup after
 reporting it).  The configuration's UUID is checked against the peer's `--uuid` whenever
@@ -47,7 +55,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from harness.migration.config import MigrationConfig, tls_refusal
+from harness.migration.config import MigrationConfig, preempt_uri_refusal, tls_refusal
 from harness.migration.status import (
     MIGRATE_PAUSE_REFUSED,
     MIGRATE_RECOVER_REFUSED,
@@ -86,6 +94,7 @@ from harness.protocol.devices import runstate_of
 
 from . import decompress
 from .postcopy import PostcopyIncoming, PostcopyState
+from .preempt import FastLoad, accept_channels
 
 log = logging.getLogger(__name__)
 S = MigrationStatus
@@ -107,6 +116,7 @@ class IncomingError(Exception):
 class Listener(Protocol):
     def accept(self, timeout: float | None = None) -> Any: ...
     def close(self) -> None: ...
+    def expect_channels(self, channels: int) -> None: ...
 
 
 class IncomingMigration:
@@ -148,6 +158,10 @@ class IncomingMigration:
         self._record: tuple[BinaryIO, BinaryIO | None] | None = None
         self.started_at = 0.0
         self.finished_at = 0.0
+        self._place_lock = threading.Lock()  # main's parsing and the fault-fast thread's
+        self._preempt_channel: Any = None
+        self.fast_load: FastLoad | None = None  # postcopy-preempt's fault-fast thread
+        self._fast_error: Exception | None = None
 
     # ------------------------------------------------------------------ QMP
     def migrate_incoming(self, uri: str) -> None:
@@ -159,7 +173,7 @@ class IncomingMigration:
             parse_uri(uri, "destination")
         except UriError as err:
             raise IncomingError(str(err)) from None
-        listener = self._listen(uri)
+        listener = self._listener_for(uri)
         self._listener = listener
         self._note_address(listener)
         self.guest.runstate = "inmigrate"
@@ -180,7 +194,7 @@ class IncomingMigration:
         self._emit("MIGRATION", {"status": str(S.SETUP)})
         try:
             parse_uri(uri, "destination")
-            listener = self._listen(uri)
+            listener = self._listener_for(uri)
         except (UriError, TransportError, OSError) as err:
             raise IncomingError(str(err)) from None
         with self._recover:
@@ -191,6 +205,25 @@ class IncomingMigration:
         if old is not None:
             old.close()
         self._note_address(listener)
+
+    @property
+    def _preempt(self) -> bool:
+        return self.config.cap("postcopy-preempt")
+
+    def _listener_for(self, uri: str) -> Listener:
+        """Listen on `uri`: for two channels with postcopy-preempt (a socket URI only:
+        harness.migration.config.preempt_uri_refusal)."""
+        refusal = preempt_uri_refusal(self.config.capabilities, uri)
+        if refusal:
+            raise IncomingError(refusal)
+        listener = self._listen(uri)
+        if self._preempt:
+            try:
+                listener.expect_channels(2)
+            except ValueError as err:
+                listener.close()
+                raise IncomingError(str(err)) from None
+        return listener
 
     def pause(self) -> None:
         """qmp_migrate_pause on the destination: shut the channel down; the loader sees
@@ -226,6 +259,8 @@ class IncomingMigration:
                 if self.config.cap("postcopy-blocktime"):  # as 7.2's blocktime_ctx
                     info["postcopy-blocktime"] = blocked
                 info["x-postcopy"] = {**self.postcopy.stats(), "blocked-ms": blocked}
+                if self.fast_load is not None:
+                    info["x-postcopy"]["preempt"] = self.fast_load.stats()
         if self.error_desc:
             info["error-desc"] = self.error_desc
         return info
@@ -244,6 +279,7 @@ class IncomingMigration:
             self._listener.close()
         if self._channel is not None:
             self._channel.shutdown()
+        self._stop_fast_load()
         if self._thread is not None:
             self._thread.join(5.0)
 
@@ -261,6 +297,7 @@ class IncomingMigration:
             if self._decompress is not None:
                 self._decompress.close()
             self._stop_recording()
+            self._stop_fast_load()
             if self._channel is not None:
                 self._channel.close()
             if self._listener is not None:
@@ -268,7 +305,9 @@ class IncomingMigration:
 
     def _run(self) -> None:
         assert self._listener is not None
-        channel = self._listener.accept(timeout=self.accept_timeout)
+        # migration_has_all_channels: with preempt, nothing is read before both are here
+        channel, self._preempt_channel = accept_channels(self._listener, self._preempt,
+                                                         self.accept_timeout)
         self._listener.close()
         self._listener = None
         refusal = tls_refusal(self.config.parameters)
@@ -279,6 +318,8 @@ class IncomingMigration:
         self.state.set(S.SETUP, S.ACTIVE)
         self._attach(channel)
         decoder = self._decoder()
+        if self._preempt_channel is not None:
+            self.fast_load = FastLoad(decoder.loader, self._place_lock, self._fast_load_failed)
         self._decompress = decompress.attach(decoder.loader, self.config)
         self.postcopy = PostcopyIncoming(self.guest, self.config.cap("postcopy-ram"),
                                          self._send_rp, decoder.loader,
@@ -294,9 +335,12 @@ class IncomingMigration:
                 self._load(channel, decoder)
                 break
             except Exception as err:
+                cause, self._fast_error = self._fast_error or err, None
                 if not self._pausable():
-                    raise
-                recovered = self._postcopy_pause(err)
+                    if cause is err:
+                        raise
+                    raise cause from err
+                recovered = self._postcopy_pause(cause)
                 if recovered is None:
                     return  # quitting while paused
                 channel = recovered
@@ -339,7 +383,7 @@ class IncomingMigration:
                 decoder.receive_data(b"")
             # one event at a time: a command takes effect before the records after it are
             # parsed (ADVISE before the pages it governs, LISTEN before placement)
-            while isinstance(event := decoder.next_event(), Event):
+            while isinstance(event := self._next_event(decoder), Event):
                 if isinstance(event, EndOfStream) and not event.packaged:
                     if self.postcopy.listening:  # no trailer after a postcopy stream
                         done = True
@@ -352,6 +396,12 @@ class IncomingMigration:
                 if not done and self._pausable():  # cut between two records
                     raise ConnectionResetError("the migration stream ended before its EOF")
                 break
+
+    def _next_event(self, decoder: StreamDecoder) -> Any:
+        """The decoder's next event; pages it places are placed under the lock the
+        fault-fast thread also holds (each page checked, placed, marked by one)."""
+        with self._place_lock:
+            return decoder.next_event()
 
     def _reader(self, channel: Any) -> Callable[[memoryview], int]:
         """The channel's recv_into, saving what it reads when recording."""
@@ -417,6 +467,7 @@ class IncomingMigration:
         print("harness destination: Detected IO failure for postcopy. Migration paused. "
               f"({self.error_desc})", file=sys.stderr, flush=True)
         self.postcopy.pause()
+        self._stop_fast_load()  # 7.2 shuts the preempt file down and closes it too
         self._stop_recording()  # a recording holds one stream: the first channel's
         with self._rp_lock:
             channel, self._channel = self._channel, None
@@ -445,8 +496,8 @@ class IncomingMigration:
                 listener = self._recover_listener
                 if self._stopping or listener is None:
                     return None
-            try:
-                channel = listener.accept(timeout=None)
+            try:  # two new connections with preempt: main, then preempt
+                channel, self._preempt_channel = accept_channels(listener, self._preempt, None)
             except (TransportError, OSError) as err:
                 log.info("migrate-recover listener: %s", err)
                 channel = None
@@ -478,6 +529,29 @@ class IncomingMigration:
         self.error_desc = None
         self._send_rp(encode_rp(ResumeAck(1)))
         self.postcopy.resume(self._request_fd(self._channel))
+        self._start_fast_load()  # postcopy_pause_sem_fast_load
+
+    # ------------------------------------------------------------------ preempt
+    def _start_fast_load(self) -> None:
+        if self.fast_load is not None and self._preempt_channel is not None:
+            self.fast_load.start(self._preempt_channel)
+
+    def _stop_fast_load(self) -> None:
+        """Stop the fault-fast thread and close the preempt channel (pause, end, quit)."""
+        if self.fast_load is not None:
+            self.fast_load.stop()  # joined: no failure is reported after this
+        self._fast_error = None  # one the load did not see yet belongs to this channel
+        channel, self._preempt_channel = self._preempt_channel, None
+        if channel is not None:
+            channel.shutdown()
+            channel.close()
+
+    def _fast_load_failed(self, err: Exception) -> None:
+        """The fault-fast thread failed: break main, so the load pauses (or fails)."""
+        self._fast_error = err
+        channel = self._channel
+        if channel is not None:
+            channel.shutdown()
 
     # ------------------------------------------------------------------ loading
     def _decoder(self) -> StreamDecoder:
@@ -544,6 +618,7 @@ class IncomingMigration:
             pc.discard(command)
         elif isinstance(command, PostcopyListen):
             pc.listen(command)
+            self._start_fast_load()  # postcopy_ram_incoming_setup: the fault-fast thread
             if self._channel is not None:  # a requested page should not queue behind much
                 self._channel.prefer_latency()
             if pc.state is PostcopyState.LISTENING:
@@ -569,6 +644,11 @@ class IncomingMigration:
         before the guest runs and changes it: they are what the runner compares with the
         source.  (It delays the guest's start by the time digesting takes.)"""
         pc = self.postcopy
+        fast = self.fast_load
+        if fast is not None and not fast.wait_eos(VMDESC_TIMEOUT):
+            raise RemoteProtocolError(f"postcopy preempt channel: no EOS within "
+                                      f"{VMDESC_TIMEOUT:.0f} s of the main stream's end "
+                                      f"({fast.error or 'still reading'})", qemu=False)
         if pc is not None and pc.listening:
             def snapshot() -> None:  # what the guest found on each page at its first access
                 self.loaded_digests = self.guest.arrival_digests()
