@@ -1,0 +1,163 @@
+"""postcopy-preempt against a real QEMU 7.2, both directions.
+
+QEMU source -> harness destination: a running `-M none` QEMU whose RAM holds the pages of
+a harness guest of the same seed migrates with postcopy-ram + postcopy-preempt to an
+in-process harness destination (destination/incoming.py); it switches to postcopy at
+once with a 64 KiB/s push, so the destination guest's workload faults on pages still
+missing, the harness asks for them on the return path, and QEMU sends them on its
+second connection (production-features.md P2-P4).  The fault-fast thread counts what it
+placed: at least one requested page must have come that way; every page the guest found
+must be the source's.
+
+Harness source -> QEMU destination: the same with the roles swapped (a `-M none` QEMU
+destination faults when HMP `xp` reads a missing page).  It needs the harness source's
+preempt channel (the lead's source side): it is skipped, saying so, until the source
+applies the shared check `preempt_uri_refusal`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from destination.incoming import IncomingMigration
+from harness.guest import BlockSpec, Guest, GuestSpec, WorkloadSpec
+from harness.migration.config import MigrationConfig
+from harness.qemu import QemuProcess, read_phys
+from harness.transport import listen, parse_uri
+from tests.qemu_env import COMMON, QEMU_MARKS, USERFAULTFD_MARK
+
+pytestmark = [*QEMU_MARKS]
+MiB = 1 << 20
+SIZE = 16 * MiB
+WAIT = 30.0
+SOURCE = Path(__file__).resolve().parents[2] / "source"
+CAPS = [{"capability": name, "state": True}
+        for name in ("postcopy-ram", "postcopy-preempt", "events")]
+
+
+def _until(predicate, what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _spec(seed: int, workload: WorkloadSpec | None = None) -> GuestSpec:
+    return GuestSpec(machine="none", blocks=[BlockSpec("ram", SIZE)], fill=0.5, seed=seed,
+                     workload=workload, devices=["timer", "globalstate"])
+
+
+def _source_has_preempt() -> bool:
+    """The lead's source side uses the shared check once it opens a preempt channel."""
+    return any("preempt_uri_refusal" in p.read_text() for p in SOURCE.glob("*.py"))
+
+
+@contextmanager
+def qemu_to_harness(tmp_path: Path, seed: int) -> Iterator[tuple[QemuProcess, IncomingMigration,
+                                                                 Guest, Guest]]:
+    """(QEMU source, harness incoming, source content guest, destination guest), in
+    postcopy with preempt; everything closed and reaped at the end."""
+    content = Guest.create(_spec(seed), initial_content=True, prefault=False)
+    dst = Guest.create(_spec(seed, WorkloadSpec(4 * MiB, "uniform", 0, seed)),
+                       initial_content=False, prefault=True)
+    image = tmp_path / "ram.bin"
+    image.write_bytes(content.memory.ram["ram"].tobytes())
+    qemu = QemuProcess([*COMMON, "-device", f"loader,file={image},addr=0x0"], tmp_path,
+                       name="src")
+    config = MigrationConfig.default()
+    config.set_capabilities(CAPS, running=False)
+    incoming = IncomingMigration(
+        dst, config, lambda uri: listen(parse_uri(uri, "destination"), return_path=True),
+        lambda name, data: None, accept_timeout=WAIT)
+    dst.runstate = "inmigrate"
+    incoming.snapshot = True
+    try:
+        qemu.start()
+        qemu.qmp.execute("migrate-set-capabilities", {"capabilities": CAPS})
+        qemu.qmp.execute("migrate-set-parameters", {"max-bandwidth": MiB,
+                                                    "max-postcopy-bandwidth": 64 * 1024})
+        incoming.migrate_incoming("tcp:127.0.0.1:0")
+        assert incoming.socket_address is not None
+        port = incoming.socket_address[0]["port"]
+        qemu.qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "active", "active")
+        qemu.qmp.execute("migrate-start-postcopy")
+        _until(lambda: dst.runstate == "running", "the guest runs on the destination")
+        yield qemu, incoming, content, dst
+    finally:
+        incoming.close()
+        qemu.close()
+        content.close()
+        dst.close()
+
+
+def test_qemu_source_sends_requested_pages_on_the_preempt_channel(tmp_path):
+    with qemu_to_harness(tmp_path, seed=53) as (qemu, incoming, content, _):
+        fast = incoming.fast_load
+        assert fast is not None
+        _until(lambda: fast.pages >= 3, "three requested pages on the preempt channel")
+        qemu.qmp.execute("migrate-set-parameters", {"max-postcopy-bandwidth": 1 << 30})
+        _until(lambda: str(incoming.state.status) in ("completed", "failed"), "the end")
+        assert str(incoming.state.status) == "completed", incoming.error_desc
+        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "completed",
+               "QEMU completed")
+        info = qemu.qmp.execute("query-migrate")
+        requests = info["ram"]["postcopy-requests"]
+        preempt = incoming.query()["x-postcopy"]["preempt"]
+        print(f"QEMU postcopy-requests={requests}, harness preempt channel: {preempt}")
+        assert preempt["eos"] is True and 3 <= preempt["pages"] <= requests
+        assert np.array_equal(incoming.loaded_digests["ram"], content.digests()["ram"])
+        assert not fast.running
+
+
+@USERFAULTFD_MARK
+@pytest.mark.skipif(not _source_has_preempt(), reason="the harness source has no "
+                    "postcopy-preempt channel yet (the lead's source side)")
+def test_harness_source_serves_a_qemu_destination_on_the_preempt_channel(tmp_path):
+    from harness.transport import connect
+    from source.migration import OutgoingMigration
+
+    guest = Guest.create(_spec(59), initial_content=True, prefault=True)
+    qemu = QemuProcess([*COMMON, "-incoming", "defer"], tmp_path, name="dst")
+    outgoing = None
+    try:
+        guest.start()
+        qemu.start()
+        qemu.qmp.execute("migrate-set-capabilities", {"capabilities": CAPS})
+        qemu.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        port = qemu.qmp.execute("query-migrate")["socket-address"][0]["port"]
+        config = MigrationConfig.default()
+        config.set_capabilities(CAPS, running=False)
+        config.set_parameters({"max-bandwidth": MiB, "max-postcopy-bandwidth": 64 * 1024})
+        outgoing = OutgoingMigration(
+            guest, config, lambda uri, t: connect(parse_uri(uri, "source"), timeout=t,
+                                                 return_path=True), lambda n, d: None)
+        outgoing.migrate(f"tcp:127.0.0.1:{port}")
+        _until(lambda: str(outgoing.state.status) == "active", "active")
+        outgoing.start_postcopy()
+        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "postcopy-active",
+               "QEMU postcopy-active")
+        ram = guest.ram["ram"]
+        for addr in (0xF00000, 0xA00123, 0x800000):  # not pushed yet at 64 KiB/s
+            out = qemu.qmp.hmp(f"xp /8xb {addr:#x}")
+            got = bytes(int(tok, 16) for tok in out.split(":", 1)[1].split())
+            assert got == ram[addr:addr + 8].tobytes(), hex(addr)
+        config.set_parameters({"max-postcopy-bandwidth": 1 << 30}, running=True)
+        _until(lambda: str(outgoing.state.status) in ("completed", "failed"), "the end")
+        assert str(outgoing.state.status) == "completed", outgoing.error_desc
+        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "completed",
+               "QEMU completed")
+        dump = np.frombuffer(read_phys(qemu.qmp, 0, SIZE, tmp_path), dtype=np.uint8)
+        assert np.array_equal(dump, ram), "QEMU's memory differs from the source's"
+    finally:
+        if outgoing is not None:
+            outgoing.cancel()
+            outgoing.join(10)
+        qemu.close()
+        guest.close()
