@@ -7,7 +7,8 @@ once with a 64 KiB/s push, so the destination guest's workload faults on pages s
 missing, the harness asks for them on the return path, and QEMU sends them on its
 second connection (production-features.md P2-P4).  The fault-fast thread counts what it
 placed: at least one requested page must have come that way; every page the guest found
-must be the source's.
+must be the source's.  Then the same after a pause: recovery opens two new connections
+(main, then preempt) and requested pages come on the new preempt channel (P6).
 
 Harness source -> QEMU destination: the same with the roles swapped (a `-M none` QEMU
 destination faults when HMP `xp` reads a missing page).  It needs the harness source's
@@ -161,3 +162,33 @@ def test_harness_source_serves_a_qemu_destination_on_the_preempt_channel(tmp_pat
             outgoing.join(10)
         qemu.close()
         guest.close()
+
+
+def test_qemu_source_recovers_onto_two_new_connections_after_a_pause(tmp_path):
+    """migrate-pause on the harness destination breaks main; the destination closes the
+    preempt channel too, so QEMU pauses; migrate-recover + `migrate resume=true` bring two
+    new connections (main, then preempt) and requested pages keep coming on the new
+    preempt channel (P6)."""
+    with qemu_to_harness(tmp_path, seed=61) as (qemu, incoming, content, _):
+        fast = incoming.fast_load
+        assert fast is not None
+        _until(lambda: fast.pages >= 1, "a requested page on the first preempt channel")
+        incoming.pause()
+        _until(lambda: str(incoming.state.status) == "postcopy-paused", "harness paused")
+        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "postcopy-paused",
+               "QEMU paused")
+        before = fast.pages
+        incoming.migrate_recover("tcp:127.0.0.1:0")
+        assert incoming.socket_address is not None
+        port = incoming.socket_address[0]["port"]
+        qemu.qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}", "resume": True})
+        _until(lambda: str(incoming.state.status) == "postcopy-active", "harness resumed")
+        _until(lambda: fast.pages > before, "a requested page on the new preempt channel")
+        qemu.qmp.execute("migrate-set-parameters", {"max-postcopy-bandwidth": 1 << 30})
+        _until(lambda: str(incoming.state.status) in ("completed", "failed"), "the end")
+        assert str(incoming.state.status) == "completed", incoming.error_desc
+        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "completed",
+               "QEMU completed")
+        print(f"preempt pages before the pause {before}, in all {fast.pages}")
+        assert fast.eos is True
+        assert np.array_equal(incoming.loaded_digests["ram"], content.digests()["ram"])
