@@ -189,7 +189,7 @@ class PlaceSink(Sink):
     def fast(self, buf: Any, bmv: memoryview, pos: int, end: int, block: _Block) -> int:
         if block.mem is None:
             return pos
-        if self.native is not None:
+        if self.native is not None and block.pages is not None:
             npos, offs, kinds, _, _ = self._native_walk(MODE_PLACE, buf, pos, end, block, None)
             if npos != pos:
                 self.batch.add_chunk(offs, kinds)
@@ -323,7 +323,7 @@ class PlaceOnceSink(Sink):
         present = loader.present[block.idstr]
         if block.mem is None:
             return pos
-        if self.native is None:
+        if self.native is None or block.pages is None or present.itemsize != 1:
             return self._fast_twin(buf, bmv, pos, end, block, present)
         npos, offs, kinds, _, dups = self._native_walk(MODE_ONCE, buf, pos, end, block, present)
         loader.duplicates += dups

@@ -22,6 +22,8 @@ from harness.protocol.savevm import PausedStream
 from harness.protocol.wire import Reader
 from source.ram_save import BATCH_PAGES, ZERO_BATCH_FACTOR, RamSave
 
+pytestmark = pytest.mark.codec  # run again on the Python page path (.ci/run)
+
 PAGE = PAGE_SIZE
 
 

@@ -27,6 +27,8 @@ from harness.protocol import (
 )
 from harness.protocol.commands import Packaged
 
+pytestmark = pytest.mark.codec  # run again on the Python page path (.ci/run)
+
 
 def _skeleton(events):
     """Commands, package brackets, full devices, EOF; RAM sections left out."""

@@ -21,6 +21,8 @@ from harness.protocol.replay import replay
 from harness.protocol.savevm import PausedStream
 from tests.conftest import pattern_bytes
 
+pytestmark = pytest.mark.codec  # run again on the Python page path (.ci/run)
+
 PRECOPY = ["none-nom", "none-m1", "none-m16", "none-m16-loader", "none-m16-novmdesc",
            "none-nom-nocfg", "none-nom-nofooter", "none-nom-uuid", "none-nom-ignshared",
            "pc-m16", "q35-m16", "microvm-m16"]

@@ -30,6 +30,8 @@ from harness.protocol import (
 )
 from tests.unit.test_roundtrip import COMPOSITE
 
+pytestmark = pytest.mark.codec  # run again on the Python page path (.ci/run)
+
 PAGE = 4096
 
 

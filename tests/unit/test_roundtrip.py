@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -61,6 +62,8 @@ from harness.protocol.vmstate import (
     TIMER as TIMER_T,
 )
 from harness.protocol.wire import Reader
+
+pytestmark = pytest.mark.codec  # run again on the Python page path (.ci/run)
 
 PAGE = 4096
 u8 = st.integers(0, 0xFF)

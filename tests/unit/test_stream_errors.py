@@ -18,6 +18,8 @@ from harness.protocol import (
 from harness.protocol.savevm import PausedStream
 from tests.conftest import pattern_bytes
 
+pytestmark = pytest.mark.codec  # run again on the Python page path (.ci/run)
+
 
 def _stream(**kw) -> bytes:
     ram = np.zeros(16 << 20, dtype=np.uint8)
