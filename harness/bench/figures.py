@@ -6,18 +6,25 @@ value itself when `goal_of` says "value" (the zero guest's GB/s: its baseline, a
 scan, is context, not the target), at most (`lower_is_better`: latencies, memory) or at
 least.  The rich table and `--json` are rendered from the same list; the JSON shape is
 issue 7's contract, {"figures": [{"name", "value", "unit", "baseline", "ratio", "goal",
-...}]}, plus "met", "goal_of", "baseline_name", "lower_is_better" and "note".
+...}]}, plus "met", "goal_of", "baseline_name", "lower_is_better" and "note"; issue 15
+adds "page_path" (which page path this process ran: harness.native.path()) and
+"peer_page_path" (what the peer processes of the figure ran, each asked with `x-native`;
+"" when the figure has no harness peer), both as `path_text` gives them, and at the top level "page_path" (this
+process's `native.describe()` and whether HARNESS_NO_EXTENSIONS was set).  A figure
+that could not be measured has value None and says why in its note.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from harness import native
 
 
 def _digits(x: float) -> float:
@@ -29,7 +36,7 @@ def _digits(x: float) -> float:
 @dataclass
 class Figure:
     name: str
-    value: float
+    value: float | None  # None: not measured (the note says why)
     unit: str
     baseline: float | None  # measured in the same run; None when it could not be
     ratio: float | None  # value / baseline
@@ -38,15 +45,20 @@ class Figure:
     lower_is_better: bool = False  # latencies, memory: the goal is a maximum
     baseline_name: str = ""  # what the baseline is
     goal_of: str = "ratio"  # "ratio" or "value"
+    page_path: str = field(default_factory=lambda: path_text(native.path(),
+                                                             native.describe()))
+    peer_page_path: str = ""  # the peers' (native.path() in each, asked); "" if none
 
     @classmethod
-    def of(cls, name: str, value: float, unit: str, baseline: float | None,
+    def of(cls, name: str, value: float | None, unit: str, baseline: float | None,
            goal: float | None = None, note: str = "", lower_is_better: bool = False,
-           baseline_name: str = "", goal_of: str = "ratio") -> Figure:
-        ratio = value / baseline if baseline else None
-        return cls(name, _digits(value), unit, None if baseline is None else _digits(baseline),
+           baseline_name: str = "", goal_of: str = "ratio",
+           peer_page_path: str = "") -> Figure:
+        ratio = value / baseline if baseline and value is not None else None
+        return cls(name, None if value is None else _digits(value), unit,
+                   None if baseline is None else _digits(baseline),
                    None if ratio is None else _digits(ratio), goal, note, lower_is_better,
-                   baseline_name, goal_of)
+                   baseline_name, goal_of, peer_page_path=peer_page_path)
 
     @property
     def met(self) -> bool | None:
@@ -70,16 +82,37 @@ def _number(value: float | None, unit: str) -> str:
     return "-" if value is None else f"{value:.3f} {unit}"
 
 
+def path_text(path: str, parts: dict[str, str]) -> str:
+    """"c", or the path with why, e.g. "python [python (HARNESS_NO_EXTENSIONS=1)]"."""
+    return path if path == "c" else f"{path} [{', '.join(sorted(set(parts.values())))}]"
+
+
+def _path_text(f: Figure) -> str:
+    """This process's page path, and the peers' after a slash when they differ."""
+    if f.peer_page_path and f.peer_page_path != f.page_path:
+        return f"{f.page_path}/peers {f.peer_page_path}"
+    return f.page_path
+
+
+def page_path_summary() -> dict[str, object]:
+    """The JSON's top-level "page_path": what this process runs, and why."""
+    return {"path": native.path(), "parts": native.describe(),
+            native.DISABLE_ENV: native.disabled()}
+
+
 def render(figures: list[Figure]) -> Table:
-    table = Table(title="harness bench (ratio = value / baseline, both from this run)")
-    for column in ("figure", "value", "baseline", "ratio", "goal", "", "baseline is / note"):
+    summary = page_path_summary()
+    table = Table(title="harness bench (ratio = value / baseline, both from this run; page "
+                        f"path {summary['path']}: {summary['parts']})")
+    for column in ("figure", "value", "baseline", "ratio", "goal", "", "path",
+                   "baseline is / note"):
         table.add_column(column, no_wrap=column in ("figure", "value", "baseline"))
     for f in figures:
         verdict = {True: "[green]met[/]", False: "[red]MISSED[/]", None: ""}[f.met]
         about = "; ".join(p for p in (f.baseline_name, f.note) if p)
         table.add_row(f.name, _number(f.value, f.unit), _number(f.baseline, f.unit),
                       "-" if f.ratio is None else f"{f.ratio:.2f}", f.goal_text(), verdict,
-                      about)
+                      _path_text(f), about)
     return table
 
 
@@ -103,4 +136,5 @@ def _width() -> int:
 
 
 def write_json(figures: list[Figure], path: str | Path) -> None:
-    Path(path).write_text(json.dumps({"figures": [f.as_json() for f in figures]}, indent=1))
+    Path(path).write_text(json.dumps({"figures": [f.as_json() for f in figures],
+                                      "page_path": page_path_summary()}, indent=1))

@@ -6,8 +6,12 @@ destination guest faults on most pages it touches while the rest is pushed in th
 background (at `max-postcopy-bandwidth`, unlimited by default).  The destination records,
 for every request, the time from sending it to placing the page; p50 and p99 are printed
 beside the p50 and p99 of a raw 24-byte -> 4 KiB request/response between two processes
-over the same kind of socket, measured in the same invocation.  Each figure's note also
-gives the source's share of it: the p50 from a request's arrival to the send of its page.
+over the same kind of socket, measured in the same invocation: the two alternate, round
+trips first, for `repeat` rounds (rounds.py); each figure is the median of the rounds'
+p50s (p99s) against the median of the raw ones.  Each figure's note also gives the
+source's share of it: the p50 from a request's arrival to the send of its page.  Then
+the same with postcopy-preempt on both peers under an unlimited push (tcp); while the
+peers refuse the capability, that figure is None, with their answer in its note.
 """
 
 from __future__ import annotations
@@ -19,17 +23,23 @@ from typing import Any
 
 import numpy as np
 
+from harness.control.errors import ControlError
 from harness.runner.peers import HarnessPeer, short_dir
 
 from .figures import Figure
-from .precopy import wait_status
+from .precopy import peer_page_path, wait_status
+from .rounds import DEFAULT_ROUNDS, Rounds, interleave
 from .rtt import round_trips
 
 MiB = 1 << 20
 
 
+class PreemptRefused(RuntimeError):
+    """The harness peers do not take the postcopy-preempt capability (yet)."""
+
+
 def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
-                      timeout: float = 120.0) -> dict[str, Any]:
+                      timeout: float = 120.0, preempt: bool = False) -> dict[str, Any]:
     guest = {"machine": "none", "seed": 3, "fill": 0.5,
              "blocks": [{"name": "ram", "size": size}], "devices": ["timer", "globalstate"],
              "workload": {"dirty_rate": rate, "pattern": "uniform", "hotset": 0, "seed": 3}}
@@ -39,9 +49,16 @@ def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
     try:
         dst.start()
         src.start()
-        caps = {"capabilities": [{"capability": "postcopy-ram", "state": True}]}
+        caps = [{"capability": "postcopy-ram", "state": True}]
+        if preempt:
+            caps.append({"capability": "postcopy-preempt", "state": True})
         for peer in (src, dst):
-            peer.execute("migrate-set-capabilities", caps)
+            try:
+                peer.execute("migrate-set-capabilities", {"capabilities": caps})
+            except ControlError as err:
+                if preempt:
+                    raise PreemptRefused(f"{peer.role}: {err}") from None
+                raise
         src.execute("migrate-set-parameters", {"max-bandwidth": 8 * MiB,
                                                "max-postcopy-bandwidth": push})
         if kind == "tcp":
@@ -58,8 +75,12 @@ def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
         if done["status"] != "completed":
             raise RuntimeError(f"postcopy failed: {done.get('error-desc')}")
         stats = dict(done["x-postcopy"])
+        if preempt and not stats.get("preempt"):  # accepted, but no channel of its own
+            raise PreemptRefused("the destination's query-migrate shows no preempt channel "
+                                 "(x-postcopy.preempt)")
         source = src.execute("query-migrate").get("x-postcopy") or {}
         stats["source"] = source.get("request-to-send-us") or {}
+        stats["page_path"] = peer_page_path(src, dst)
         return stats
     finally:
         src.close()
@@ -67,37 +88,101 @@ def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-GOAL_P50 = 1.5  # issue 7: p50 within 1.5x of the raw round trip
-GOAL_P99 = 3.0  # and p99 within 3x
+GOAL_P50 = 3.0  # issue 15: p50 within 3x of the raw round trip, at a 64 MiB/s push
+GOAL_P99 = 10.0  # and p99 within 10x
+GOAL_PREEMPT_P50 = 5.0  # unlimited push with postcopy-preempt: p50 within 5x
+GOAL_PUSH = 64 * MiB  # the push the first two goals are for
+WHAT = "raw 24 B -> 4 KiB round trip over {kind}, two processes"
+
+
+def push_label(push: int) -> str:
+    return "unlimited" if not push else f"{push // MiB}MiBps"
+
+
+def raw_percentiles(kind: str) -> tuple[float, float]:
+    raw = round_trips(kind)
+    return float(np.percentile(raw, 50)), float(np.percentile(raw, 99))
+
+
+def latency_figures(name: str, rounds: Rounds[Any], goals: tuple[float | None, float | None],
+                    note: str, kind: str = "tcp", peer_path: str = "") -> list[Figure]:
+    """p50 and p99 figures: medians over the rounds of each round's p50 (p99), against
+    the medians of the raw round trip's."""
+    out = []
+    for pct, goal in zip(("p50", "p99"), goals, strict=True):
+        at = 0 if pct == "p50" else 1
+        out.append(Figure.of(
+            f"{name}.{pct}", rounds.median("value", key=lambda v, p=pct: v[p]), "us",
+            rounds.median("baseline", key=lambda b, at=at: b[at]), goal=goal,
+            note=f"{note}; {rounds.note()}", lower_is_better=True,
+            baseline_name=f"{pct} of a {WHAT.format(kind=kind)}", peer_page_path=peer_path))
+    return out
+
+
+def _harness_round(kind: str, size: int, rate: int, push: int, workdir: Path,
+                   preempt: bool, seen: dict[str, Any]) -> dict[str, float]:
+    stats = harness_latencies(kind, size, rate, push, workdir, preempt=preempt)
+    lat = stats.get("latency-us")
+    if not lat:
+        raise RuntimeError(f"{kind}: the destination guest made no page requests")
+    seen["count"] = seen.get("count", 0) + int(lat["count"])
+    held = stats["source"]
+    if held:  # the source's share: from the request's arrival to its page's send
+        seen.setdefault("held", []).append(float(held["p50"]))
+    seen.setdefault("paths", set()).add(stats["page_path"])
+    return {"p50": float(lat["p50"]), "p99": float(lat["p99"])}
+
+
+def harness_figures(kind: str, size: int, rate: int, push: int, workdir: Path,
+                    repeat: int, preempt: bool = False) -> list[Figure]:
+    label = push_label(push)
+    name = f"postcopy.request-latency.{kind}.push-{label}" + (".preempt" if preempt else "")
+    goals: tuple[float | None, float | None] = (
+        (GOAL_PREEMPT_P50, None) if preempt else
+        (GOAL_P50, GOAL_P99) if push == GOAL_PUSH else (None, None))
+    seen: dict[str, Any] = {}
+    rounds = interleave(lambda i: raw_percentiles(kind),
+                        lambda i: _harness_round(kind, size, rate, push, workdir, preempt,
+                                                 seen), repeat)
+    note = (f"{seen['count']} requests in {repeat} rounds, push {label}"
+            + (", postcopy-preempt on" if preempt else "")
+            + "; destination-measured: request sent -> page placed")
+    if seen.get("held"):
+        note += f"; source arrival->send p50 {float(np.median(seen['held'])):.0f} us"
+    if goals == (None, None):
+        note += "; context: the issue's goals are at a 64 MiB/s push"
+    return latency_figures(name, rounds, goals, note, kind, " + ".join(sorted(seen["paths"])))
+
+
+def preempt_figures(size: int, rate: int, workdir: Path, repeat: int) -> list[Figure]:
+    """Unlimited push with postcopy-preempt, over TCP; value None when the harness peers
+    refuse the capability, show no preempt channel, or the migration fails (the note
+    says which and what they answered)."""
+    try:
+        return harness_figures("tcp", size, rate, 0, workdir, repeat, preempt=True)
+    except (PreemptRefused, RuntimeError, TimeoutError) as err:
+        name = "postcopy.request-latency.tcp.push-unlimited.preempt"
+        base50, base99 = raw_percentiles("tcp")
+        why = "did not run in" if isinstance(err, PreemptRefused) else "failed between"
+        note = f"not measured: postcopy-preempt {why} the harness peers ({err})"
+        return [Figure.of(f"{name}.p50", None, "us", base50, goal=GOAL_PREEMPT_P50, note=note,
+                          lower_is_better=True,
+                          baseline_name=f"p50 of a {WHAT.format(kind='tcp')}"),
+                Figure.of(f"{name}.p99", None, "us", base99, note=note, lower_is_better=True,
+                          baseline_name=f"p99 of a {WHAT.format(kind='tcp')}")]
 
 
 def run(size: int = 256 * MiB, rate: int = 64 * MiB,
-        pushes: tuple[int, ...] = (0, 64 * MiB)) -> list[Figure]:
-    """For each socket kind and background push (0 = unlimited): p50 and p99."""
+        pushes: tuple[int, ...] = (0, 64 * MiB), repeat: int = DEFAULT_ROUNDS,
+        preempt: bool = True) -> list[Figure]:
+    """For each socket kind and background push (0 = unlimited): p50 and p99; then the
+    unlimited push with postcopy-preempt (tcp)."""
     workdir = Path(tempfile.mkdtemp(prefix="harness-bench-"))
-    figures = []
     try:
-        for kind in ("tcp", "unix"):
-            raw = round_trips(kind)
-            base50, base99 = float(np.percentile(raw, 50)), float(np.percentile(raw, 99))
-            for push in pushes:
-                stats = harness_latencies(kind, size, rate, push, workdir)
-                lat = stats.get("latency-us")
-                if not lat:
-                    raise RuntimeError(f"{kind}: the destination guest made no page requests")
-                label = "unlimited" if not push else f"{push // MiB}MiBps"
-                note = f"{lat['count']} requests, push {label}"
-                held = stats["source"]
-                if held:  # the source's share: from the request's arrival to its page's send
-                    note += f"; source arrival->send p50 {held['p50']:.0f} us"
-                name = f"postcopy.request-latency.{kind}.push-{label}"
-                what = f"raw 24 B -> 4 KiB round trip over {kind}, two processes"
-                figures.append(Figure.of(f"{name}.p50", lat["p50"], "us", base50,
-                                         goal=GOAL_P50, note=note, lower_is_better=True,
-                                         baseline_name=f"p50 of a {what}"))
-                figures.append(Figure.of(f"{name}.p99", lat["p99"], "us", base99,
-                                         goal=GOAL_P99, note=note, lower_is_better=True,
-                                         baseline_name=f"p99 of a {what}"))
+        figures = [f for kind in ("tcp", "unix") for push in pushes
+                   for f in harness_figures(kind, size, rate, push, workdir, repeat)]
+        if preempt:
+            figures += preempt_figures(size, rate, workdir, repeat)
         return figures
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -24,7 +24,7 @@ from harness.runner.peers import HarnessPeer
 
 from .figures import Figure
 from .memory import PeakSampler
-from .precopy import migrate
+from .precopy import migrate, peer_page_path
 
 GiB = 1 << 30
 SCAN_BUFFER = 256 << 20
@@ -64,6 +64,7 @@ def run(size: int = 8 * GiB, timeout: float = 300.0) -> list[Figure]:
         sampler = PeakSampler([src.pid, dst.pid]).start()
         try:
             seconds, stream = migrate(src, dst, timeout)
+            paths = peer_page_path(src, dst)
         finally:
             peak = sampler.stop()
     finally:
@@ -78,13 +79,13 @@ def run(size: int = 8 * GiB, timeout: float = 300.0) -> list[Figure]:
         Figure.of(f"precopy.harness.tcp.idle-zero-{label}", size / seconds / 1e9, "GB/s",
                   baseline, goal=GOAL_GBPS, goal_of="value",
                   baseline_name="numpy zero-page scan of as much memory, one process",
-                  note=f"{stream / 1e6:.1f} MB on the wire"),
+                  note=f"{stream / 1e6:.1f} MB on the wire", peer_page_path=paths),
         Figure.of(f"memory.peak-rss.idle-zero-{label}", peak.rss / GiB, "GiB", gib,
                   goal=GOAL_MEMORY, lower_is_better=True, baseline_name="guest RAM size",
                   note="RSS (a shared page counts in every process that touched it); "
-                       + memory_note),
+                       + memory_note, peer_page_path=paths),
         Figure.of(f"memory.peak-pss.idle-zero-{label}", peak.pss / GiB, "GiB", gib,
                   goal=GOAL_MEMORY, lower_is_better=True, baseline_name="guest RAM size",
                   note="PSS (shared pages divided among the processes mapping them); "
-                       + memory_note),
+                       + memory_note, peer_page_path=paths),
     ]
