@@ -12,10 +12,13 @@ p50s (p99s) against the median of the raw ones.  Each figure's note also gives t
 source's share of it: the p50 from a request's arrival to the send of its page.  Then
 the same with postcopy-preempt on both peers under an unlimited push (tcp); while the
 peers refuse the capability, that figure is None, with their answer in its note.
+`relayed` adds the pair measured where the QEMU -> QEMU figures are (qemu_postcopy.py):
+through the timing relay, request at the relay -> page record at the relay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +31,7 @@ from harness.runner.peers import HarnessPeer, short_dir
 
 from .figures import Figure
 from .precopy import peer_page_path, wait_status
+from .relay import Relay, Tap
 from .rounds import DEFAULT_ROUNDS, Rounds, interleave
 from .rtt import round_trips
 
@@ -39,7 +43,11 @@ class PreemptRefused(RuntimeError):
 
 
 def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
-                      timeout: float = 120.0, preempt: bool = False) -> dict[str, Any]:
+                      timeout: float = 120.0, preempt: bool = False,
+                      tap: Tap | None = None) -> dict[str, Any]:
+    """One postcopy migration between two harness peers; the destination's statistics.
+    With `tap` (tcp only) the source connects through a timing relay (relay.py) that
+    notes what it sees in `tap`, as for QEMU -> QEMU (qemu_postcopy.py)."""
     guest = {"machine": "none", "seed": 3, "fill": 0.5,
              "blocks": [{"name": "ram", "size": size}], "devices": ["timer", "globalstate"],
              "workload": {"dirty_rate": rate, "pattern": "uniform", "hotset": 0, "seed": 3}}
@@ -68,10 +76,14 @@ def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
         else:
             uri = f"unix:{sockdir}/m.sock"
             dst.execute("migrate-incoming", {"uri": uri})
-        src.execute("migrate", {"uri": uri})
-        wait_status(src, {"active", "failed"}, timeout)
-        src.execute("migrate-start-postcopy")
-        done = wait_status(dst, {"completed", "failed"}, timeout)
+        with contextlib.ExitStack() as relayed:
+            if tap is not None:
+                relay = relayed.enter_context(Relay((addr["host"], int(addr["port"])), tap))
+                uri = f"tcp:127.0.0.1:{relay.port}"
+            src.execute("migrate", {"uri": uri})
+            wait_status(src, {"active", "failed"}, timeout)
+            src.execute("migrate-start-postcopy")
+            done = wait_status(dst, {"completed", "failed"}, timeout)
         if done["status"] != "completed":
             raise RuntimeError(f"postcopy failed: {done.get('error-desc')}")
         stats = dict(done["x-postcopy"])
@@ -172,17 +184,50 @@ def preempt_figures(size: int, rate: int, workdir: Path, repeat: int) -> list[Fi
                           baseline_name=f"p99 of a {WHAT.format(kind='tcp')}")]
 
 
+RELAY_NOTE = ("relay-observed, as the QEMU -> QEMU figures: a request's bytes reaching a "
+              "relay between the peers -> the page's record reaching it")
+
+
+def relayed_figures(size: int, rate: int, push: int, workdir: Path, repeat: int,
+                    preempt: bool) -> list[Figure]:
+    """The harness pair through the timing relay: the QEMU figures' measurement point."""
+    taps: list[Tap] = []
+    paths: set[str] = set()
+
+    def one(_: int) -> dict[str, float]:
+        tap = Tap()
+        stats = harness_latencies("tcp", size, rate, push, workdir, preempt=preempt, tap=tap)
+        taps.append(tap)
+        paths.add(stats["page_path"])
+        us = tap.microseconds() if tap.latencies else np.array([np.nan])
+        return {"p50": float(np.percentile(us, 50)), "p99": float(np.percentile(us, 99))}
+
+    rounds = interleave(lambda i: raw_percentiles("tcp"), one, repeat)
+    label = push_label(push)
+    note = (f"{RELAY_NOTE}; {sum(len(t.latencies) for t in taps)} timed of "
+            f"{sum(t.requests for t in taps)} requests ({sum(t.early for t in taps)} for a "
+            f"page already past the relay), push {label}, postcopy-preempt "
+            f"{'on' if preempt else 'off'}")
+    name = f"postcopy.harness-relayed.request-latency.tcp.push-{label}" + \
+        (".preempt" if preempt else "")
+    return latency_figures(name, rounds, (None, None), note, "tcp", " + ".join(sorted(paths)))
+
+
 def run(size: int = 256 * MiB, rate: int = 64 * MiB,
         pushes: tuple[int, ...] = (0, 64 * MiB), repeat: int = DEFAULT_ROUNDS,
-        preempt: bool = True) -> list[Figure]:
+        preempt: bool = True, relayed: bool = False) -> list[Figure]:
     """For each socket kind and background push (0 = unlimited): p50 and p99; then the
-    unlimited push with postcopy-preempt (tcp)."""
+    unlimited push with postcopy-preempt (tcp); with `relayed`, for each push without
+    and with preempt, the pair measured through the timing relay (no goal)."""
     workdir = Path(tempfile.mkdtemp(prefix="harness-bench-"))
     try:
         figures = [f for kind in ("tcp", "unix") for push in pushes
                    for f in harness_figures(kind, size, rate, push, workdir, repeat)]
         if preempt:
             figures += preempt_figures(size, rate, workdir, repeat)
+        if relayed:
+            figures += [f for push in pushes for on in (False, True)
+                        for f in relayed_figures(size, rate, push, workdir, repeat, on)]
         return figures
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -72,6 +72,7 @@ def run(sizes: Sizes) -> tuple[list[Figure], float]:
     figures = precopy.run(sizes.precopy, repeat=sizes.repeat)
     figures += zero.run(sizes.zero)
     figures += codec.run(sizes.codec, sizes.repeat)
-    figures += postcopy.run(sizes.postcopy, sizes.rate, sizes.pushes, sizes.repeat)
+    figures += postcopy.run(sizes.postcopy, sizes.rate, sizes.pushes, sizes.repeat,
+                            relayed=True)
     figures += qemu_postcopy.run(sizes.pushes, sizes.repeat, sizes.qemu_guest)
     return figures, time.perf_counter() - start
