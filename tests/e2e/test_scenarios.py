@@ -49,7 +49,7 @@ def test_every_top_level_scenario_has_its_facts_checked():
      "precopy-pause-before-switchover",
      "precopy-qemu-destination", "precopy-qemu-source", "postcopy", "postcopy-unix",
      "postcopy-immediate", "postcopy-return-path-only", "postcopy-qemu-destination",
-     "postcopy-qemu-source"]))
+     "postcopy-qemu-source", "postcopy-preempt"]))
 def test_shipped_scenario_facts(name, tmp_path):
     if name in NEEDS_QEMU and find_qemu() is None:
         pytest.skip(NO_QEMU)
@@ -68,6 +68,13 @@ def test_shipped_scenario_facts(name, tmp_path):
     check = FACTS.get(name)
     if check:
         check(sc)
+
+
+def postcopy_preempt_facts(sc):
+    """tests/e2e/test_preempt_scenarios.py says what postcopy-preempt must show."""
+    from tests.e2e.test_preempt_scenarios import postcopy_preempt_facts as facts
+
+    facts(sc)
 
 
 def _precopy(sc):
@@ -175,7 +182,8 @@ FACTS = {"precopy": _precopy, "precopy-unix": _unix, "precopy-cancel": _cancel,
          "postcopy-unix": _switched, "postcopy-immediate": _immediate,
          "postcopy-return-path-only": _return_path_only,
          "postcopy-qemu-destination": _qemu_postcopy("destination"),
-         "postcopy-qemu-source": _qemu_postcopy("source")}
+         "postcopy-qemu-source": _qemu_postcopy("source"),
+         "postcopy-preempt": postcopy_preempt_facts}
 
 
 def test_fd_transport_migrates_over_an_inherited_socketpair(tmp_path):
