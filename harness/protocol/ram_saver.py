@@ -6,13 +6,25 @@ operation, each run of consecutive normal pages one strided copy (a bulk pass: t
 batch), zero pages found with numpy (or told by the caller) -- into a reusable
 `FrameBuffer`, and keeps QEMU's `last_sent_block` so CONTINUE is set exactly where QEMU
 sets it.  A handful of pages (a postcopy request) is framed record by record.
+
+The compiled twin (`harness._send`, harness/csrc/send.c, picked by harness/native.py;
+`RamSaver(native=False)` forces the Python path) frames the same records with no Python
+object per page: it finds the zero pages (`classify`) and either copies the records into
+the buffer (`frame`) or -- in a `FrameBuffer` whose owner sends with `send_to` and set
+`gather` -- keeps the batch as it is and sends it with iovecs straight from guest RAM
+(`send`: headers from a scratch area, pages from RAM, as QEMU's `qemu_put_buffer_async`
+does), so no page is copied in user space.
 """
 
 from __future__ import annotations
 
 import zlib
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+
+from harness import native as _native
 
 from .constants import (
     COMPRESS_BOUND_PAGE,
@@ -32,6 +44,7 @@ SMALL_BATCH = 4  # up to this many pages are framed one by one (save_pages)
 _PAGE_CONT = RAM_PAGE_CONT
 _ZERO_CONT = RAM_ZERO_CONT
 _CONTINUE = int(RamFlag.CONTINUE)
+_DEFAULT: object = object()  # RamSaver(native=...) not given: harness/native.py decides
 
 
 def encode_mem_size(blocks: list[RamBlockInfo] | tuple[RamBlockInfo, ...]) -> bytes:
@@ -78,17 +91,23 @@ class FrameBuffer:
 
     It grows when needed and never shrinks, so a sender that frames a batch, sends
     `view()` and `clear()`s it touches the same memory every time (no allocation and no
-    page fault per batch).
+    page fault per batch).  With `gather` set (by an owner that sends with `send_to`),
+    a batch framed by the compiled path is not copied in: it is kept as `Records` at its
+    place among the flat bytes and `send_to` sends it with iovecs straight from RAM;
+    `len()` counts it, and `view()` copies it in first for whoever wants flat bytes.
     """
 
-    __slots__ = ("buf", "size")
+    __slots__ = ("_gathered", "_gathered_bytes", "buf", "gather", "size")
 
-    def __init__(self, capacity: int = 2 << 20) -> None:
+    def __init__(self, capacity: int = 2 << 20, *, gather: bool = False) -> None:
         self.buf = bytearray(capacity)
         self.size = 0
+        self.gather = gather
+        self._gathered: list[tuple[int, Records]] = []  # (flat bytes before it, records)
+        self._gathered_bytes = 0
 
     def __len__(self) -> int:
-        return self.size
+        return self.size + self._gathered_bytes
 
     def reserve(self, n: int) -> int:
         """Room for n more bytes; returns where they start (and counts them as written)."""
@@ -102,12 +121,80 @@ class FrameBuffer:
         start = self.reserve(len(data))
         self.buf[start:start + len(data)] = data
 
+    def add_records(self, records: Records) -> None:
+        """Keep `records` here, after the flat bytes so far (gather mode)."""
+        self._gathered.append((self.size, records))
+        self._gathered_bytes += records.size
+
     def view(self) -> memoryview:
         """The framed bytes (release the view before framing more)."""
+        if self._gathered:
+            self._flatten()
         return memoryview(self.buf)[:self.size]
 
     def clear(self) -> None:
         self.size = 0
+        self._gathered.clear()
+        self._gathered_bytes = 0
+
+    def send_to(self, channel: Any) -> None:
+        """Send everything framed on `channel` (a harness Channel): flat bytes with
+        `sendall`, gathered records with `channel.send_gathered` (iovecs from RAM) when the
+        channel has it, else copied in first."""
+        if not self._gathered:
+            if self.size:
+                with memoryview(self.buf)[:self.size] as data:
+                    channel.sendall(data)
+            return
+        gathered = getattr(channel, "send_gathered", None)
+        if gathered is None:
+            with self.view() as data:
+                channel.sendall(data)
+            return
+        done = 0
+        with memoryview(self.buf) as flat:
+            for at, records in self._gathered:
+                if at > done:
+                    channel.sendall(flat[done:at])
+                done = at
+                gathered(records.size, records.write)
+            if self.size > done:
+                channel.sendall(flat[done:self.size])
+
+    def _flatten(self) -> None:
+        """Copy the gathered records in among the flat bytes (for `view()`)."""
+        flat = bytearray(max(len(self), len(self.buf)))
+        done = pos = 0
+        for at, records in self._gathered:
+            flat[pos:pos + at - done] = self.buf[done:at]
+            pos = records.copy_into(flat, pos + at - done)
+            done = at
+        flat[pos:pos + self.size - done] = self.buf[done:self.size]
+        self.buf, self.size = flat, len(self)
+        self._gathered.clear()
+        self._gathered_bytes = 0
+
+
+class Records:
+    """Page records of one batch as the compiled path frames them, not yet copied: the
+    RAM, the page indexes (int64), their final zero flags (uint8) and the block's name
+    when the first record names it."""
+
+    __slots__ = ("c", "mem", "name", "pages", "size", "zero")
+
+    def __init__(self, c: ModuleType, mem: np.ndarray, pages: np.ndarray, zero: np.ndarray,
+                 name: bytes | None, zeros: int) -> None:
+        self.c, self.mem, self.pages, self.zero, self.name = c, mem, pages, zero, name
+        normal = pages.size - zeros
+        self.size = zeros * 9 + normal * (PAGE + 8) + (0 if name is None else 1 + len(name))
+
+    def write(self, fd: int, flags: int, done: int) -> int:
+        """One sendmsg (flags >= 0) or writev (flags < 0) from byte `done` on."""
+        return int(self.c.send(fd, flags, self.mem, self.pages, self.zero, self.name, done))
+
+    def copy_into(self, buf: bytearray, offset: int) -> int:
+        """Copy the records into `buf` at `offset`; returns where they end."""
+        return int(self.c.frame(buf, offset, self.mem, self.pages, self.zero, self.name))
 
 
 Out = bytearray | FrameBuffer
@@ -134,8 +221,12 @@ class RamSaver:
 
     Records are appended to a bytearray or to a reusable `FrameBuffer`."""
 
-    def __init__(self) -> None:
+    def __init__(self, native: ModuleType | None | object = _DEFAULT) -> None:
         self.last_block: str | None = None
+        #: the compiled `harness._send`, or None for the Python twin (the default: what
+        #: harness/native.py picks; tests pass None to force the twin)
+        self.native: ModuleType | None = (_native.module("_send") if native is _DEFAULT
+                                          else native)  # type: ignore[assignment]
 
     def reset(self) -> None:
         """Forget the last block (QEMU does at setup, and at postcopy start)."""
@@ -162,6 +253,8 @@ class RamSaver:
         """
         if zero is None and len(pages) == 1:  # a requested page: no numpy at all
             return self._save_single(out, block, mem, int(pages[0]))
+        if self.native is not None:
+            return self._save_native(out, block, mem, pages, zero)
         idx = np.asarray(pages, dtype=np.intp) if not isinstance(pages, range) else \
             np.arange(pages.start, pages.stop, pages.step, dtype=np.intp)
         n = idx.size
@@ -193,6 +286,34 @@ class RamSaver:
         elif i < n:
             _frame_batch(out, view, idx[i:], zero[i:])
         return zeros, n - zeros
+
+    def _save_native(self, out: Out, block: str, mem: np.ndarray, pages: np.ndarray | range,
+                     zero: np.ndarray | None) -> tuple[int, int]:
+        """save_pages by the compiled path: zero pages found there (unless told), the
+        records copied into `out`, or kept as `Records` when `out` gathers."""
+        c = self.native
+        assert c is not None
+        if isinstance(pages, range):
+            idx = np.arange(pages.start, pages.stop, pages.step, dtype=np.int64)
+        else:
+            idx = np.ascontiguousarray(pages, dtype=np.int64)
+        if idx.size == 0:
+            return 0, 0
+        if zero is None:
+            flags = np.zeros(idx.size, dtype=np.uint8)
+            zeros = int(c.classify(mem, idx, flags))
+        else:
+            flags = np.array(zero, dtype=np.uint8)
+            zeros = int(np.count_nonzero(flags))
+        name = None if block == self.last_block else str8(block)[1:]
+        records = Records(c, mem, idx, flags, name, zeros)
+        self.last_block = block
+        if isinstance(out, FrameBuffer) and out.gather:
+            out.add_records(records)
+        else:
+            buf, start = _reserve(out, records.size)
+            records.copy_into(buf, start)
+        return zeros, idx.size - zeros
 
     def _save_single(self, out: Out, block: str, mem: np.ndarray, page: int
                      ) -> tuple[int, int]:
@@ -298,7 +419,7 @@ def _frame_normal_run(out: Out, mpages: np.ndarray, first: int, count: int
                       ) -> np.ndarray | None:
     """Frame `count` consecutive pages as normal pages, then check the copies: None when
     none is a zero page, else the records are taken back and the zero flags returned."""
-    start = len(out)
+    start = out.size if isinstance(out, FrameBuffer) else len(out)
     _frame_run(out, mpages, first, count, False)
     buf = out.buf if isinstance(out, FrameBuffer) else out
     bodies = np.ndarray((count, PAGE // 8), dtype=np.uint64, buffer=buf, offset=start + 8,

@@ -30,7 +30,7 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Self
 
 from .errors import ChannelClosed, ChannelTimeout, ExecFailed, TransportError
@@ -171,6 +171,31 @@ class Channel:
                 sent = self._write_op(batch, deadline)
                 self.bytes_sent += sent
                 index, offset = _advance(views, index, offset, sent)
+
+    def send_gathered(self, total: int, write: Callable[[int, int, int], int]) -> None:
+        """Send `total` bytes that `write(fd, flags, done)` puts straight into the fd, one
+        syscall's worth per call from byte `done` on (flags >= 0: sendmsg flags; < 0: a
+        writev) -- compiled page records with iovecs from guest RAM (ram_saver.Records)
+        -- under the lock, deadline, shutdown and counters of `send_buffers`."""
+        with self._using(self._write_lock, "send"):
+            deadline = Deadline.after(self._timeout)
+            fd, flags = self._gather_target(deadline)
+            done = 0
+            while done < total:
+                try:
+                    sent = write(fd, flags, done)
+                except BlockingIOError:
+                    self._wait(fd, select.POLLOUT, deadline, "send")
+                    continue
+                except OSError as exc:
+                    self._raise_if_stopped()
+                    raise self._broken(exc, "send") from exc
+                done += sent
+                self.bytes_sent += sent
+
+    def _gather_target(self, deadline: Deadline | None) -> tuple[int, int]:
+        """(fd, flags) for `send_gathered`'s writes."""
+        raise NotImplementedError
 
     def recv_into(self, view: Buffer) -> int:
         """Receive up to len(view) bytes into `view`; 0 means EOF."""
@@ -356,6 +381,9 @@ class SocketChannel(Channel):
             except BlockingIOError:
                 self._wait(self._sock.fileno(), select.POLLIN, deadline, "receive")
 
+    def _gather_target(self, deadline: Deadline | None) -> tuple[int, int]:
+        return self._sock.fileno(), _NOSIGNAL if deadline is None else _NOSIGNAL | _DONTWAIT
+
     def _write_once(self, views: list[memoryview], deadline: Deadline | None) -> int:
         flags = _NOSIGNAL if deadline is None else _NOSIGNAL | _DONTWAIT
         while True:
@@ -411,6 +439,10 @@ class FdChannel(Channel):
                 return os.readv(self._read_fd, [view])
             except BlockingIOError:
                 self._wait(self._read_fd, select.POLLIN, deadline, "receive")
+
+    def _gather_target(self, deadline: Deadline | None) -> tuple[int, int]:
+        assert self._write_fd is not None
+        return self._write_fd, -1  # non-blocking fd: writev
 
     def _write_once(self, views: list[memoryview], deadline: Deadline | None) -> int:
         assert self._write_fd is not None

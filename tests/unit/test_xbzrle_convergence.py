@@ -23,6 +23,8 @@ from source.compress import CompressBatch, CompressionStats, CompressThreads
 from source.throttle import AutoConverge
 from source.xbzrle_cache import PageCache, XbzrleBatch, XbzrleStats, distinct_slot_runs
 
+pytestmark = pytest.mark.codec  # the saver's tests: run again on the Python page path (.ci/run)
+
 PAGE = 4096
 
 
