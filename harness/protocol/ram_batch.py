@@ -31,13 +31,14 @@ class PageBatch:
     data and record offset in `compressed`) and inflated together when applied.
     """
 
-    __slots__ = ("base", "block", "chunks", "compressed", "first", "inflate", "kinds",
+    __slots__ = ("base", "block", "chunks", "compressed", "deferred", "first", "inflate", "kinds",
                  "offsets", "section_id")
 
     def __init__(self, section_id: int, base: int, pos: int,
                  inflate: Callable[[list[bytes]], list[bytes]] | None = None) -> None:
         self.inflate = inflate
         self.compressed: list[tuple[bytes, int]] = []  # deferred: (zlib data, offset)
+        self.deferred = False  # zero pages may be deferred (set by whoever defers them)
         self.section_id = section_id
         self.base = base  # absolute offset of buffer position 0
         self.first = base + pos  # absolute offset of the batch's first record
@@ -87,8 +88,9 @@ class PageBatch:
     def apply_zeros(self) -> None:
         """Write the deferred pages now: zero pages, and compressed pages inflated
         together; each only if no later record wrote the same page."""
-        if not self.chunks and not self.offsets:
+        if not (self.deferred or self.compressed) or (not self.chunks and not self.offsets):
             return
+        self.deferred = False
         offsets, kinds = self._merged()
         deferred = kinds == DEFERRED_ZERO
         if self.compressed:
@@ -137,6 +139,7 @@ class PageBatch:
     def flush(self, events: list, pos: int) -> None:
         """Apply and emit what was placed; the next batch starts at buffer position `pos`."""
         self.apply_zeros()
+        self._close_chunk()
         if self.chunks and self.block is not None:
             offsets, kinds = self._merged()
             events.append(RamPages(self.section_id, self.block.idstr, offsets, kinds,

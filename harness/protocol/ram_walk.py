@@ -200,6 +200,7 @@ class PlaceSink(Sink):
         view, used, pages = block.view, block.used_length, block.pages
         assert view is not None
         batch = self.batch
+        batch.deferred = True  # zero pages are written when the batch is applied
         oapp, kapp = batch.appenders()
         unpack = unpack_be64
         prev, run = -1, 0
