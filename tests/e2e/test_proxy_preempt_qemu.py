@@ -11,6 +11,8 @@ block: 8 + 1 + 3 + 4096 = 4108 bytes).  What is checked is what QEMU does:
   of that record (offset 3 x 4108), on that connection alone; QEMU pauses both sides;
   migrate-recover then `migrate resume=true` open a new main and a new preempt connection
   through the proxy, in that order, and the migration completes with the source's memory;
+- a net.corrupt armed on the preempt channel changes one byte of the next page's payload
+  there, and QEMU places that page with exactly that byte changed (no checksum);
 - a recording (`record=`) keeps the preempt channel in stream.preempt.bin, and
   `harness analyze` reads it with the main stream: the requested pages, at the addresses
   read, EOS last, and the RAM of both files together is the source's, byte for byte.
@@ -185,3 +187,23 @@ def test_a_recorded_preempt_channel_is_analysed_with_its_main_stream(tmp_path):
     requested = [m["start"] for m in analysis.return_path or []
                  if m["name"] in ("REQ_PAGES", "REQ_PAGES_ID")]
     assert requested == TOUCHED
+
+
+def test_a_corrupted_preempt_page_loads_with_that_one_byte_changed(tmp_path):
+    """QEMU's format has no checksum: the page is placed with the byte the proxy changed."""
+    with qemu_pair(tmp_path) as pair:
+        pair.proxy.arm("flip", None, {"kind": "net.corrupt", "channel": "preempt"})
+        addr = TOUCHED[0]
+        _xp(pair.dst, addr)
+        [fault] = pair.named("FAULT")
+        detail = fault["detail"]
+        assert (fault["flow"], fault["frame"], detail["page"]) == ("preempt", "RAM_PAGE",
+                                                                   f"ram@0x{addr:x}")
+        assert detail["frame-start"] == 0 and detail["where"] == "payload"
+        at = addr + detail["offset"] - (RECORD - 4096)  # the payload follows the header
+        assert pair.image[at] == detail["old"] != detail["new"]
+        pair.src.qmp.execute("migrate-set-parameters", {"max-postcopy-bandwidth": 1 << 30})
+        _until(lambda: _status(pair.dst) == "completed", "the destination completed")
+        dump = np.frombuffer(read_phys(pair.dst.qmp, 0, SIZE, tmp_path), dtype=np.uint8)
+        assert np.flatnonzero(dump != pair.image).tolist() == [at]
+        assert dump[at] == detail["new"]
