@@ -135,7 +135,9 @@ def run(
                     ] = None,
     record: Annotated[bool, typer.Option(
         "--record", help="Save both directions of each migration stream (stream.fwd.bin, "
-                         "stream.rp.bin) in the scenario's work directory, which is kept.")
+                         "stream.rp.bin; with postcopy-preempt through the proxy, "
+                         "stream.preempt.bin) in the scenario's work directory, which is "
+                         "kept.")
                       ] = False,
     repeat: Annotated[int, typer.Option(
         "--repeat", min=1, help="Run each scenario this many times with the same seed and "

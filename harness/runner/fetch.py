@@ -12,8 +12,8 @@ A name from the agent becomes a local path only after `check_file_name` (plain n
 joined by dots: no separator, no `..`, no hidden file), and a local file is created new
 (O_EXCL, O_NOFOLLOW): nothing the harness did not create is ever written over.  Then the
 report points at the local copies: each host's `files` (and `files-left-out`), a remote
-peer's `log`, and a recording (`stream.fwd.bin`, `stream.rp.bin`) is linked into the
-work directory itself, where a local run leaves it, for `harness analyze`.
+peer's `log`, and a recording (`stream.fwd.bin`, `stream.rp.bin`, `stream.preempt.bin`) is
+linked into the work directory itself, where a local run leaves it, for `harness analyze`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from harness.control.agent_files import MAX_CHUNK, check_file_name
 from harness.control.agent_messages import AgentHealth
 from harness.control.guard import check_name, inside
 from harness.faults.recording import FILES as RECORDING_FILES
+from harness.faults.recording import PREEMPT_FILE
 from harness.scenario.units import parse_size
 
 from .agent_peer import AgentPeer
@@ -186,7 +187,7 @@ def _point_report_at(c: RunContext, fetched: dict[str, Fetched]) -> None:
             local = fetched[peer.host].path_of(f"{peer.role}.log")
             if local is not None:
                 outcome.log = local
-    for name in RECORDING_FILES.values():
+    for name in (*RECORDING_FILES.values(), PREEMPT_FILE):
         copies = [f.path_of(name) for f in fetched.values() if f.path_of(name)]
         target = c.workdir / name
         if copies and not (target.exists() or target.is_symlink()):
