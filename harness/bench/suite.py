@@ -6,7 +6,7 @@ latency vs a raw round trip, with and without postcopy-preempt) and QEMU -> QEMU
 (the same latencies of QEMU 7.2 itself, through a timing relay) benchmarks one after the
 other -- never two at once, so that they do not take CPU from each other -- each
 measuring its own baselines in interleaved rounds (rounds.py); report how long the whole
-took.  `no_extensions` sets HARNESS_NO_EXTENSIONS=1 in this process's environment before
+took; each stage's start is a line on stderr.  `no_extensions` sets HARNESS_NO_EXTENSIONS=1 in this process's environment before
 anything runs, so this process and every peer it starts (they inherit it) run the
 pure-Python page path; each figure says which path ran.
 """
@@ -14,7 +14,9 @@ pure-Python page path; each figure says which path ran.
 from __future__ import annotations
 
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness import native
@@ -69,10 +71,17 @@ def no_extensions() -> None:
 def run(sizes: Sizes) -> tuple[list[Figure], float]:
     """The figures, and the seconds the whole took."""
     start = time.perf_counter()
-    figures = precopy.run(sizes.precopy, repeat=sizes.repeat)
-    figures += zero.run(sizes.zero)
-    figures += codec.run(sizes.codec, sizes.repeat)
-    figures += postcopy.run(sizes.postcopy, sizes.rate, sizes.pushes, sizes.repeat,
-                            relayed=True)
-    figures += qemu_postcopy.run(sizes.pushes, sizes.repeat, sizes.qemu_guest)
+    stages: list[tuple[str, Callable[[], list[Figure]]]] = [
+        ("precopy", lambda: precopy.run(sizes.precopy, repeat=sizes.repeat)),
+        ("zero", lambda: zero.run(sizes.zero)),
+        ("codec", lambda: codec.run(sizes.codec, sizes.repeat)),
+        ("postcopy", lambda: postcopy.run(sizes.postcopy, sizes.rate, sizes.pushes,
+                                          sizes.repeat, relayed=True)),
+        ("postcopy.qemu", lambda: qemu_postcopy.run(sizes.pushes, sizes.repeat,
+                                                    sizes.qemu_guest))]
+    figures: list[Figure] = []
+    for name, stage in stages:
+        print(f"harness bench: {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
+              flush=True)
+        figures += stage()  # a failure names its stage: the line above was the last
     return figures, time.perf_counter() - start
