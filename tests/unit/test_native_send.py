@@ -222,3 +222,40 @@ def test_a_hole_is_trusted_and_not_read() -> None:
     flags = np.array([1, 0, 0], dtype=np.uint8)
     assert SEND.classify(mem, np.array([0, 1, 2], dtype=np.int64), flags) == 2
     assert flags.tolist() == [1, 1, 0]
+
+
+@needs_build
+@pytest.mark.parametrize("deadline", [None, 30.0])
+def test_a_gathered_send_blocked_on_a_full_socket_ends_at_shutdown(deadline) -> None:
+    """migrate_cancel: a gathered send the peer does not read ends with ChannelClosed when
+    another thread shuts the channel down (blocked in the kernel or in poll)."""
+    from harness.transport.errors import ChannelClosed
+
+    pages = 8192  # 32 MiB: more than the socket pair holds (the channel asks for 4 MiB)
+    mem = np.random.default_rng(5).integers(1, 256, pages * PAGE, dtype=np.uint8)
+    a, b = socket.socketpair()
+    channel = SocketChannel(a, "test")
+    channel.set_timeout(deadline)
+    frame = FrameBuffer(64, gather=True)
+    RamSaver(native=SEND).save_pages(frame, "pc.ram", mem, np.arange(pages))
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            frame.send_to(channel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        sender.join(timeout=0.5)
+        assert sender.is_alive()  # blocked: nobody reads
+        assert 0 < channel.bytes_sent < len(frame)
+        channel.shutdown()
+        sender.join(timeout=10)
+        assert not sender.is_alive()
+    finally:
+        channel.close()
+        b.close()
+    assert len(errors) == 1 and isinstance(errors[0], ChannelClosed)
