@@ -17,6 +17,7 @@ that could not be measured has value None and says why in its note.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +55,8 @@ class Figure:
            goal: float | None = None, note: str = "", lower_is_better: bool = False,
            baseline_name: str = "", goal_of: str = "ratio",
            peer_page_path: str = "") -> Figure:
+        if value is not None and not math.isfinite(value):
+            value = None  # not measured: the caller's note says why
         ratio = value / baseline if baseline and value is not None else None
         return cls(name, None if value is None else _digits(value), unit,
                    None if baseline is None else _digits(baseline),

@@ -121,6 +121,11 @@ def latency_figures(name: str, rounds: Rounds[Any], goals: tuple[float | None, f
     """p50 and p99 figures: medians over the rounds of each round's p50 (p99), against
     the medians of the raw round trip's."""
     out = []
+    measured = rounds.measured("value", key=lambda v: v["p50"])
+    if measured == 0:
+        note = f"not measured: no round timed a page request; {note}"
+    elif measured < len(rounds.values):
+        note += f"; {len(rounds.values) - measured} round(s) timed no request, left out"
     for pct, goal in zip(("p50", "p99"), goals, strict=True):
         at = 0 if pct == "p50" else 1
         out.append(Figure.of(

@@ -3,12 +3,15 @@
 Strategy: a ratio's two sides are measured in the same invocation, one after the other,
 baseline first -- baseline, value, baseline, value, ... for `rounds` rounds -- so that a
 busy moment of the shared machine hits both sides alike; each side's median is reported
-and the ratio is the ratio of the medians (`Rounds.ratio`).  `schedule` is the order
+and the ratio is the ratio of the medians; a round that could not measure its side
+(NaN: e.g. no page request timed) is left out of that side's median, and
+`Rounds.measured` says how many did.  `schedule` is the order
 alone, so a test can check it without measuring anything.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -34,11 +37,20 @@ class Rounds(Generic[T]):
     order: list[tuple[int, str]] = field(default_factory=list)  # as it ran
 
     def median(self, side: str, key: Callable[[T], float] = float) -> float:  # type: ignore[assignment]
+        """The median of one side over the rounds that measured it (NaN: a round that
+        could not, left out); NaN when none did."""
+        got = [key(x) for x in (self.baselines if side == "baseline" else self.values)]
+        kept = [x for x in got if not math.isnan(x)]
+        return float(np.median(kept)) if kept else math.nan
+
+    def measured(self, side: str, key: Callable[[T], float] = float) -> int:  # type: ignore[assignment]
+        """How many rounds measured that side (not NaN)."""
         got = self.baselines if side == "baseline" else self.values
-        return float(np.median([key(x) for x in got]))
+        return sum(not math.isnan(key(x)) for x in got)
 
     def spread(self, side: str, key: Callable[[T], float] = float) -> tuple[float, float]:  # type: ignore[assignment]
-        got = [key(x) for x in (self.baselines if side == "baseline" else self.values)]
+        got = [key(x) for x in (self.baselines if side == "baseline" else self.values)
+               if not math.isnan(key(x))]
         return min(got), max(got)
 
     def note(self) -> str:

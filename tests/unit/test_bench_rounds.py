@@ -68,3 +68,11 @@ def test_relay_times_a_request_to_its_page_record(flags):
     pages.feed(struct.pack(">Q", 0x5000 | 0x08), 3.0)  # not asked: only noted as passed
     rp.feed(_rp(4, struct.pack(">QI", 0x5000, 4096)), 3.5)  # asked after it passed
     assert tap.early == 1 and 0x5000 not in tap.pending and tap.microseconds().size == 1
+
+
+def test_a_round_that_measured_nothing_is_left_out_and_none_gives_no_value():
+    rounds = interleave(lambda i: 1.0, lambda i: [float("nan"), 4.0, 2.0][i], 3)
+    assert rounds.median("value") == 3.0 and rounds.measured("value") == 2
+    empty = interleave(lambda i: 1.0, lambda i: float("nan"), 2)
+    f = Figure.of("x", empty.median("value"), "us", empty.median("baseline"))
+    assert f.value is None and f.ratio is None
