@@ -145,8 +145,12 @@ class OutgoingStream:
                 channel.close()
 
     def prefer_latency(self) -> None:
-        """At the switch: the channel requested pages travel on keeps little queued."""
-        (self.preempt or self.channel).prefer_latency()
+        """At the switch: little queued on either channel.  A requested page travels on
+        the preempt channel, but one the push had already sent still waits behind what
+        main has queued ahead of it."""
+        for channel in (self.channel, self.preempt):
+            if channel is not None:
+                channel.prefer_latency()
 
     # ------------------------------------------------------------------ main channel
     def _send(self, data: bytes | bytearray | memoryview) -> None:
