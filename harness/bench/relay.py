@@ -68,7 +68,9 @@ class Tap:
         with self.lock:
             self.passed.add(offset)
             asked = self.pending.pop(offset, None)
-            if asked is not None:
+            if asked is not None and when < asked:  # read before the request was: early
+                self.early += 1
+            elif asked is not None:
                 self.latencies.append((when - asked) * 1e6)
 
     def microseconds(self) -> np.ndarray:

@@ -15,7 +15,8 @@ MiB = 1 << 20
 
 @pytest.mark.parametrize("preempt", [False, True], ids=["no-preempt", "preempt"])
 def test_relay_times_qemu_page_requests(tmp_path, preempt):
-    got = qemu_latencies(tmp_path, memory=16 * MiB, push=64 * MiB, preempt=preempt,
+    # a slow push: the source serves most requests itself, so some are timed in every run
+    got = qemu_latencies(tmp_path, memory=16 * MiB, push=2 * MiB, preempt=preempt,
                          timeout=30)
     # one connection, or the main one and then the preempt channel (fact P2)
     assert got.connections == (2 if preempt else 1)

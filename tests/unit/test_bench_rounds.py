@@ -76,3 +76,10 @@ def test_a_round_that_measured_nothing_is_left_out_and_none_gives_no_value():
     empty = interleave(lambda i: 1.0, lambda i: float("nan"), 2)
     f = Figure.of("x", empty.median("value"), "us", empty.median("baseline"))
     assert f.value is None and f.ratio is None
+
+
+def test_a_page_read_before_its_request_is_early_not_a_negative_latency():
+    tap = Tap()
+    tap.asked(0x3000, 2.0)
+    tap.arrived(0x3000, 1.5)  # stamped by the other thread before the request was
+    assert tap.early == 1 and tap.microseconds().size == 0 and not tap.pending
