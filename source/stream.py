@@ -121,7 +121,7 @@ class OutgoingStream:
         self._tickets_lock = threading.Lock()
         self._preempt_lock = threading.Lock()  # the preempt channel
         self._bitmap = threading.Lock()  # the dirty bitmap and scan, shared by the senders
-        self._frame = FrameBuffer()
+        self._frame = FrameBuffer(gather=True)  # pages go out of guest RAM by iovec
         self._urgent_frame = FrameBuffer(64 << 10)
         self._in_part = False  # a PART is open on main (a requested page may go inside)
 
@@ -168,8 +168,8 @@ class OutgoingStream:
         frame = self._frame
         frame.clear()
         ram.encode(frame, *batch)
-        with frame.view() as data:
-            self._send(data)
+        frame.send_to(self.channel)  # headers from the buffer, pages straight from RAM
+        self.total += len(frame)
         return len(frame)
 
     def rate_limited(self) -> bool:

@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from harness import native as _native
-
 from .constants import (
     COMPRESS_BOUND_PAGE,
     ENCODING_FLAG_XBZRLE,
@@ -225,7 +223,7 @@ class RamSaver:
         self.last_block: str | None = None
         #: the compiled `harness._send`, or None for the Python twin (the default: what
         #: harness/native.py picks; tests pass None to force the twin)
-        self.native: ModuleType | None = (_native.module("_send") if native is _DEFAULT
+        self.native: ModuleType | None = (_default_send() if native is _DEFAULT
                                           else native)  # type: ignore[assignment]
 
     def reset(self) -> None:
@@ -461,3 +459,11 @@ def _frame_run(out: Out, mpages: np.ndarray, first: int, count: int, zero: bool)
         body = np.ndarray((count, PAGE), dtype=np.uint8, buffer=buf, offset=start + 8,
                           strides=(stride, 1))
         body[:] = mpages[first:first + count]
+
+
+def _default_send() -> ModuleType | None:
+    """The compiled `_send`, or None (the Python twin): harness/native.py decides (env,
+    build, staleness).  Imported late, as ram_walk does: the codec stays free of I/O."""
+    from .. import native
+
+    return native.module("_send")
