@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from harness import __version__
+from harness import __version__, native
 
 SCHEMA_VERSION = 1  # of the JSON report; raised when a key changes meaning
 _DEADLINE = 5.0  # seconds for git and qemu to answer
@@ -29,7 +29,8 @@ def provenance(peer_kinds: Iterable[str]) -> dict[str, Any]:
     return {"harness-version": __version__, "commit": git_commit(),
             "hostname": socket.gethostname(), "kernel": platform.release(),
             "python": platform.python_version(),
-            "qemu-version": qemu_version() if "qemu" in set(peer_kinds) else None}
+            "qemu-version": qemu_version() if "qemu" in set(peer_kinds) else None,
+            "page-path": native.describe()}  # the runner's; each harness peer's: facts
 
 
 def _first_line(argv: list[str], cwd: Path | None = None) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.control import peer_messages as pm
+from harness.errors import HarnessError
 
 from .agent_peer import AgentPeer
 from .peers import PeerHandle
@@ -53,8 +54,20 @@ def outcome_of(peer: PeerHandle, last: Any, statuses: list[Any], frozen: bool,
         out.status = info.status or last
         out.error = info.error_desc
         out.runstate = peer.runstate()
+        if not qemu:
+            out.facts = {"page-path": page_path(peer)}
     out.status = as_status(out.status)
     return out
+
+
+def page_path(peer: PeerHandle) -> dict[str, Any] | None:
+    """Which page path a live harness peer ran (`x-native`: "c" or "python", per part and
+    why); None from a peer too old to say."""
+    try:
+        reply = peer.execute("x-native", {})
+    except HarnessError:
+        return None
+    return reply if isinstance(reply, dict) else None
 
 
 def dead_peer_status(qemu: bool, role: str, last: str | None, code: int | None,
