@@ -49,7 +49,7 @@ __all__ = ["ProxyProcess", "main"]
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL = 0.0002  # s: as the peers' (harness.migration.peer)
+SWITCH_INTERVAL = 0.0002  # s: how long a pump waits for the GIL at most
 MAX_INLINE_LAYOUT = MAX_VMDESC_BYTES + 65536  # as a layout file (qemu/layout.read_layout)
 
 
@@ -80,7 +80,7 @@ class ProxyProcess:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         # a page request must not wait 5 ms (Python's default) for the GIL behind the
-        # thread forwarding the bulk of the stream (the peers do the same)
+        # thread forwarding the bulk of the stream
         sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             self.proxy.start()

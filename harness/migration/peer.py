@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import signal
-import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -48,7 +47,6 @@ from .status import RUNNING
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Any]
-SWITCH_INTERVAL = 0.0002
 
 
 class PeerStartError(EnvironmentFailure):
@@ -120,9 +118,6 @@ class Peer:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.quit_requested.set())
-        # threads that wait for the GIL get it within this: a page request must not wait
-        # 5 ms (Python's default) behind a thread busy loading or sending pages
-        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             if self.qmp is not None:
                 self.qmp.start()
