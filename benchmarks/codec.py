@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from harness.protocol import RamBlockInfo, SectionType, StreamDecoder, StreamEncoder
+from harness.bench.codec import copy_seconds, decode_seconds
+from harness.protocol import RamBlockInfo, SectionType, StreamEncoder
 
 PAGE = 4096
 
@@ -53,24 +54,6 @@ def encode(ram: np.ndarray) -> tuple[bytes, float]:
     return bytes(stream), elapsed
 
 
-def decode(stream: bytes, dst: np.ndarray, chunk: int = 1 << 20) -> float:
-    decoder = StreamDecoder(ram={"ram": dst})
-    view = memoryview(stream)
-    t = time.perf_counter()
-    for at in range(0, len(stream), chunk):
-        decoder.receive_data(view[at:at + chunk])
-        decoder.events()
-    decoder.receive_data(b"")
-    decoder.events()
-    return time.perf_counter() - t
-
-
-def memcpy(src: np.ndarray, dst: np.ndarray) -> float:
-    t = time.perf_counter()
-    np.copyto(dst, src)
-    return time.perf_counter() - t
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -84,13 +67,13 @@ def main() -> None:
     figures = []
     for layout in ("interleaved", "clustered"):
         ram = make_ram(size, layout)
-        copy = min(memcpy(ram, dst) for _ in range(args.repeat))
+        copy = min(copy_seconds(ram, dst) for _ in range(args.repeat))
         enc_times, dec_times = [], []
         for _ in range(args.repeat):
             stream, t_enc = encode(ram)
             enc_times.append(t_enc)
             dst.fill(0xAA)
-            dec_times.append(decode(stream, dst))
+            dec_times.append(decode_seconds(stream, dst))
             assert np.array_equal(dst, ram), "decoded RAM differs from the source"
             del stream
         base = gb / copy
