@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from harness.control.errors import ControlError
+from harness.errors import ControlFailure
 from harness.runner.peers import HarnessPeer, short_dir
 
 from .figures import Figure
@@ -38,8 +39,8 @@ from .rtt import round_trips
 MiB = 1 << 20
 
 
-class PreemptRefused(RuntimeError):
-    """The harness peers do not take the postcopy-preempt capability (yet)."""
+class PreemptRefused(ControlFailure):
+    """The harness peers refused the postcopy-preempt capability, or ran without it."""
 
 
 def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
