@@ -171,7 +171,11 @@ def test_a_recorded_preempt_channel_is_analysed_with_its_main_stream(tmp_path):
         pair.proxy.close()  # the recording's files are complete
     assert stats["frames"]["preempt"] == {"RAM_EOS": 1, "RAM_PAGE": len(TOUCHED)}
     preempt_bytes = stats["bytes"]["preempt"]
-    assert preempt_bytes["received"] == preempt_bytes["forwarded"] == len(TOUCHED) * RECORD + 8
+    assert preempt_bytes["received"] == preempt_bytes["forwarded"]
+    # each record names its block, or continues the one before it (QEMU 7.2 sends that too
+    # when two requested pages follow each other on the channel): 4 bytes ("\x03ram") less
+    short = len(TOUCHED) * RECORD + 8 - preempt_bytes["received"]
+    assert short % 4 == 0 and 0 <= short // 4 < len(TOUCHED), preempt_bytes
     capture = record / "stream.preempt.bin"
     assert capture.stat().st_size == preempt_bytes["forwarded"]
 
