@@ -243,6 +243,6 @@ expect: {{source: completed, destination: completed, memory: identical}}
     [cap] = [f for f in sc["faults"] if f["step"] == "cap"]
     assert any(" tbf " in c for c in cap["detail"]["commands"]), cap  # the agent ran tc tbf
     assert sc["placement"]["proxy"] == "b", sc["placement"]
-    # 16 MiB of pages, all but the first through an 8 MiB/s bucket (the proxy holds the
-    # stream at the trigger until tc has run): well over a second (bare veth: ~0.1 s)
-    assert sc["stats"]["total-time"] >= 1000, sc["stats"]
+    # 16 MiB of pages, all but the first through an 8 MiB/s bucket: about a second (over
+    # 1 s idle, 0.98 s with two busy loops beside the suite); bare veth: ~0.1 s
+    assert sc["stats"]["total-time"] >= 600, sc["stats"]
