@@ -20,7 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.analyze import analyze_file, preempt_pair
-from harness.faults.framing import Framing
 from harness.faults.netfaults import FaultError, fault_flows, parse_fault
 from harness.faults.preempt import PreemptFramer
 from harness.faults.recording import Recording
@@ -28,6 +27,7 @@ from harness.faults.stats import Stats
 from harness.faults.triggers import parse_trigger
 from harness.protocol import RamBlockInfo, SectionType, StreamDecoder, StreamEncoder
 from harness.scenario import ScenarioError, load_scenario
+from tests.unit.test_proxy_framing import frame_all
 
 PAGE = 4096
 RECORD = 8 + 1 + len("ram") + PAGE
@@ -133,26 +133,6 @@ def _main_decoder(main: bytes) -> StreamDecoder:
     return decoder
 
 
-def _frame_all(framer: PreemptFramer, data: bytes, cuts: list[int]) -> Framing:
-    out = Framing()
-    pos = 0
-    for end in [*sorted(c for c in set(cuts) if 0 < c < len(data)), len(data)]:
-        chunk = data[pos:end]
-        pos = end
-
-        def recv(view: memoryview, chunk: bytes = chunk) -> int:
-            view[:len(chunk)] = chunk
-            return len(chunk)
-
-        framer.receive_into(recv, len(chunk))
-        got = framer.take()
-        framer.release(got.boundary)
-        out.frames += got.frames
-        out.pages += got.pages
-        out.boundary, out.lost = got.boundary, out.lost or got.lost
-    return out
-
-
 PAGES = [20, 3, 31, 7, 8]
 
 
@@ -161,7 +141,7 @@ PAGES = [20, 3, 31, 7, 8]
 def test_the_preempt_framer_finds_every_record_and_eos_whatever_the_cuts(cuts):
     main, preempt, _ = _streams(PAGES)
     decoder = _main_decoder(main)
-    framing = _frame_all(PreemptFramer(lambda: decoder), preempt, cuts)
+    framing = frame_all(PreemptFramer(lambda: decoder), preempt, cuts, end=False, release=True)
     assert framing.lost is None and framing.boundary == len(preempt)
     offsets = [int(o) for batch in framing.pages for o in batch.offsets]
     assert offsets == [p * PAGE for p in PAGES]
@@ -177,9 +157,9 @@ def test_a_ram_page_trigger_matches_at_the_end_of_the_count_th_record():
     decoder = _main_decoder(main)
     trigger = parse_trigger({"frame": "RAM_PAGE", "channel": "preempt", "count": 4})
     framer = PreemptFramer(lambda: decoder)
-    first = _frame_all(framer, preempt[:2 * RECORD + 5], [])
+    first = frame_all(framer, preempt[:2 * RECORD + 5], [], end=False, release=True)
     assert trigger.scan(first, 0, 0, 2 * RECORD + 5) is None and trigger.seen == 2
-    rest = _frame_all(framer, preempt[2 * RECORD + 5:], [])
+    rest = frame_all(framer, preempt[2 * RECORD + 5:], [], end=False, release=True)
     position, frame = trigger.scan(rest, 0, 0, len(preempt))
     assert position == 4 * RECORD and frame is not None
     assert (frame.name, frame.start, frame.detail) == ("RAM_PAGE", 3 * RECORD,
@@ -188,7 +168,7 @@ def test_a_ram_page_trigger_matches_at_the_end_of_the_count_th_record():
 
 def test_without_the_main_streams_blocks_the_channel_loses_framing_and_passes():
     _, preempt, _ = _streams(PAGES)
-    framing = _frame_all(PreemptFramer(lambda: None), preempt, [])
+    framing = frame_all(PreemptFramer(lambda: None), preempt, [], end=False, release=True)
     assert framing.lost is not None and "no RAM block list" in framing.lost
     assert framing.boundary == len(preempt) and not framing.pages
 
@@ -197,7 +177,7 @@ def test_garbage_on_the_channel_loses_framing_at_its_offset():
     main, preempt, _ = _streams(PAGES)
     decoder = _main_decoder(main)
     bad = preempt[:RECORD] + b"\x00" * 7 + b"\x03" + preempt[RECORD + 8:]  # flags 0x03
-    framing = _frame_all(PreemptFramer(lambda: decoder), bad, [])
+    framing = frame_all(PreemptFramer(lambda: decoder), bad, [], end=False, release=True)
     assert framing.lost is not None and f"offset {RECORD}" in framing.lost
 
 

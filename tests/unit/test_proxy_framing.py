@@ -52,23 +52,29 @@ from tests.unit.test_roundtrip import COMPOSITE
 PAGE = 4096
 
 
-def frame_all(framer: Framer, data: bytes, cuts: list[int] | tuple[int, ...] = ()) -> Framing:
-    """Feed `data` cut at `cuts`, then the end of input; everything framed, in order."""
+def frame_all(framer: Framer, data: bytes, cuts: list[int] | tuple[int, ...] = (), *,
+              end: bool = True, release: bool = False) -> Framing:
+    """Feed `data` cut at `cuts`, then (with `end`) the end of input; everything framed, in
+    order.  With `release`, what each take framed is released, as a pump does."""
     out = Framing()
     bounds = [*sorted(c for c in set(cuts) if 0 < c < len(data)), len(data)]
     pos = 0
-    for end in bounds:
-        chunk = data[pos:end]
-        pos = end
+    for stop in bounds:
+        chunk = data[pos:stop]
+        pos = stop
 
         def recv(view: memoryview, chunk: bytes = chunk) -> int:
             view[:len(chunk)] = chunk
             return len(chunk)
 
         framer.receive_into(recv, len(chunk))
+        got = framer.take()
+        if release:
+            framer.release(got.boundary)
+        _collect(out, got)
+    if end:
+        framer.end_of_input()
         _collect(out, framer.take())
-    framer.end_of_input()
-    _collect(out, framer.take())
     return out
 
 
