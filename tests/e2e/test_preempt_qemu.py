@@ -24,20 +24,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from destination.incoming import IncomingMigration
 from harness.guest import BlockSpec, Guest, GuestSpec, WorkloadSpec
 from harness.migration.config import MigrationConfig
-from harness.qemu import QemuProcess, read_phys
+from harness.qemu import QemuProcess
 from harness.transport import listen, parse_uri
+from tests.e2e.test_qemu_postcopy import _xp, source_to_qemu_in_postcopy
 from tests.qemu_env import COMMON, QEMU_MARKS, USERFAULTFD_MARK
 
 pytestmark = [*QEMU_MARKS]
 MiB = 1 << 20
 SIZE = 16 * MiB
 WAIT = 30.0
-SOURCE = Path(__file__).resolve().parents[2] / "source"
 CAPS = [{"capability": name, "state": True}
         for name in ("postcopy-ram", "postcopy-preempt", "events")]
 
@@ -52,11 +51,6 @@ def _until(predicate, what: str, timeout: float = WAIT) -> None:
 def _spec(seed: int, workload: WorkloadSpec | None = None) -> GuestSpec:
     return GuestSpec(machine="none", blocks=[BlockSpec("ram", SIZE)], fill=0.5, seed=seed,
                      workload=workload, devices=["timer", "globalstate"])
-
-
-def _source_has_preempt() -> bool:
-    """The lead's source side uses the shared check once it opens a preempt channel."""
-    return any("preempt_uri_refusal" in p.read_text() for p in SOURCE.glob("*.py"))
 
 
 @contextmanager
@@ -118,50 +112,11 @@ def test_qemu_source_sends_requested_pages_on_the_preempt_channel(tmp_path):
 
 
 @USERFAULTFD_MARK
-@pytest.mark.skipif(not _source_has_preempt(), reason="the harness source has no "
-                    "postcopy-preempt channel yet (the lead's source side)")
 def test_harness_source_serves_a_qemu_destination_on_the_preempt_channel(tmp_path):
-    from harness.transport import connect
-    from source.migration import OutgoingMigration
-
-    guest = Guest.create(_spec(59), initial_content=True, prefault=True)
-    qemu = QemuProcess([*COMMON, "-incoming", "defer"], tmp_path, name="dst")
-    outgoing = None
-    try:
-        guest.start()
-        qemu.start()
-        qemu.qmp.execute("migrate-set-capabilities", {"capabilities": CAPS})
-        qemu.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
-        port = qemu.qmp.execute("query-migrate")["socket-address"][0]["port"]
-        config = MigrationConfig.default()
-        config.set_capabilities(CAPS, running=False)
-        config.set_parameters({"max-bandwidth": MiB, "max-postcopy-bandwidth": 64 * 1024})
-        outgoing = OutgoingMigration(
-            guest, config, lambda uri, t: connect(parse_uri(uri, "source"), timeout=t,
-                                                 return_path=True), lambda n, d: None)
-        outgoing.migrate(f"tcp:127.0.0.1:{port}")
-        _until(lambda: str(outgoing.state.status) == "active", "active")
-        outgoing.start_postcopy()
-        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "postcopy-active",
-               "QEMU postcopy-active")
-        ram = guest.ram["ram"]
+    with source_to_qemu_in_postcopy(tmp_path, seed=59, capabilities=CAPS) as pair:
         for addr in (0xF00000, 0xA00123, 0x800000):  # not pushed yet at 64 KiB/s
-            out = qemu.qmp.hmp(f"xp /8xb {addr:#x}")
-            got = bytes(int(tok, 16) for tok in out.split(":", 1)[1].split())
-            assert got == ram[addr:addr + 8].tobytes(), hex(addr)
-        config.set_parameters({"max-postcopy-bandwidth": 1 << 30}, running=True)
-        _until(lambda: str(outgoing.state.status) in ("completed", "failed"), "the end")
-        assert str(outgoing.state.status) == "completed", outgoing.error_desc
-        _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "completed",
-               "QEMU completed")
-        dump = np.frombuffer(read_phys(qemu.qmp, 0, SIZE, tmp_path), dtype=np.uint8)
-        assert np.array_equal(dump, ram), "QEMU's memory differs from the source's"
-    finally:
-        if outgoing is not None:
-            outgoing.cancel()
-            outgoing.join(10)
-        qemu.close()
-        guest.close()
+            assert _xp(pair.qemu, addr) == pair.ram[addr:addr + 8].tobytes(), hex(addr)
+        pair.complete(tmp_path)
 
 
 def test_qemu_source_recovers_onto_two_new_connections_after_a_pause(tmp_path):

@@ -66,9 +66,11 @@ class SourceToQemu:
 
 
 @contextmanager
-def source_to_qemu_in_postcopy(tmp_path, seed: int) -> Iterator[SourceToQemu]:
+def source_to_qemu_in_postcopy(tmp_path, seed: int, capabilities: list[dict] | None = None
+                               ) -> Iterator[SourceToQemu]:
     """A harness source (16 MiB, 64 KiB/s push) and a `-M none` QEMU destination, switched to
-    postcopy with most pages still missing; everything closed at the end."""
+    postcopy with most pages still missing; everything closed at the end.  `capabilities`
+    (both sides) default to postcopy-ram and events."""
     spec = GuestSpec(machine="none", blocks=[BlockSpec("ram", 16 * MiB)], fill=0.5, seed=seed,
                      devices=["timer", "globalstate"])
     guest = Guest.create(spec, initial_content=True, prefault=True)
@@ -77,8 +79,8 @@ def source_to_qemu_in_postcopy(tmp_path, seed: int) -> Iterator[SourceToQemu]:
     try:
         guest.start()
         qemu.start()
-        caps = [{"capability": "postcopy-ram", "state": True},
-                {"capability": "events", "state": True}]
+        caps = capabilities or [{"capability": "postcopy-ram", "state": True},
+                                {"capability": "events", "state": True}]
         qemu.qmp.execute("migrate-set-capabilities", {"capabilities": caps})
         qemu.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
         port = qemu.qmp.execute("query-migrate")["socket-address"][0]["port"]
