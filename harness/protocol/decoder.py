@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import devices as std
+from .block import BLOCK_IDSTR, BLOCK_VERSION_ID, BlockEos, BlockLoader
 from .commands import Packaged, check_command_header, decode_command
 from .constants import (
     QEMU_VM_FILE_MAGIC,
@@ -78,6 +79,7 @@ class DecoderState(enum.Enum):
     CONFIGURATION = "configuration"
     TOP = "top"
     RAM = "ram"
+    BLOCK = "block"
     FOOTER = "footer"
     PACKAGED = "packaged"
     AFTER_EOF = "after-eof"
@@ -87,6 +89,7 @@ class DecoderState(enum.Enum):
 
 
 _RAM = "ram"
+_BLOCK = "block"
 
 
 @dataclass
@@ -95,7 +98,7 @@ class _Section:
     idstr: str
     instance_id: int
     version_id: int
-    handler: DeviceDescription | str | None  # "ram", a device, or None (skipped unread)
+    handler: DeviceDescription | str | None  # "ram", "block", a device, or None (skipped)
 
 
 class StreamDecoder:
@@ -112,7 +115,9 @@ class StreamDecoder:
     `skip_unknown_devices` (analysis: skip a device body nobody described by finding
     its footer, instead of failing as QEMU does), `vmdesc` (whether a trailer is expected
     after EOF, as it is by a precopy destination without suppress-vmdesc: its absence is
-    then a warning, as QEMU logs it).
+    then a warning, as QEMU logs it), `disks` (block migration: device name -> writable
+    uint8 array the `block` section's chunks are written into; None = check and locate
+    them only, any device name accepted).
     """
 
     def __init__(self, *, ram: dict[str, np.ndarray] | str | None = None,
@@ -123,7 +128,8 @@ class StreamDecoder:
                  postcopy_ram: bool = False, ignore_shared: bool | None = None,
                  page_sizes: dict[str, int] | None = None,
                  skip_unknown_devices: bool = False, vmdesc: bool = False,
-                 max_packaged: int = 1 << 30) -> None:
+                 max_packaged: int = 1 << 30,
+                 disks: dict[str, np.ndarray] | None = None) -> None:
         if isinstance(ram, str) and ram != "discard":
             raise ValueError(f"ram={ram!r}: expected a dict of blocks, None or 'discard'")
         self._options: dict[str, Any] = {
@@ -131,7 +137,7 @@ class StreamDecoder:
             "footers": footers, "machine": machine, "capabilities": capabilities, "uuid": uuid,
             "postcopy_ram": postcopy_ram, "ignore_shared": ignore_shared,
             "page_sizes": page_sizes, "skip_unknown_devices": skip_unknown_devices,
-            "vmdesc": vmdesc, "max_packaged": max_packaged}
+            "vmdesc": vmdesc, "max_packaged": max_packaged, "disks": disks}
         self._buf = bytearray(_INITIAL_BUFFER)  # bytes live in [_pos, _end)
         self._end = 0
         self._pos = 0
@@ -163,6 +169,7 @@ class StreamDecoder:
         self.loader = RamLoader(None if discard else ram,  # type: ignore[arg-type]
                                 postcopy_ram=postcopy_ram, ignore_shared=bool(ignore_shared),
                                 page_sizes=page_sizes, discard=discard)
+        self.block_loader = BlockLoader(disks)
 
     # ------------------------------------------------------------------ public
     @property
@@ -195,6 +202,7 @@ class StreamDecoder:
         new._footers = self._footers
         new.configuration = self.configuration
         new.loader = self.loader.fork()
+        new.block_loader = self.block_loader
         return new
 
     def retain(self, offset: int) -> None:
@@ -319,6 +327,8 @@ class StreamDecoder:
             self._top()
         elif state is DecoderState.RAM:
             self._ram()
+        elif state is DecoderState.BLOCK:
+            self._block()
         elif state is DecoderState.FOOTER:
             self._footer()
         elif state is DecoderState.HEADER:
@@ -449,7 +459,13 @@ class StreamDecoder:
         instance_id = r.be32()
         version_id = r.be32()
         handler: DeviceDescription | str | None
-        if idstr == "ram" and instance_id == 0:
+        if idstr == BLOCK_IDSTR and instance_id == 0:
+            handler = _BLOCK  # block.c: blk_mig_init registers it on every QEMU
+            if version_id > BLOCK_VERSION_ID:
+                raise RemoteProtocolError(
+                    f"savevm: unsupported version {version_id} for '{idstr}' "
+                    f"v{BLOCK_VERSION_ID}", offset=start)
+        elif idstr == "ram" and instance_id == 0:
             handler = _RAM
             if version_id > RAM_VERSION_ID:
                 raise RemoteProtocolError(
@@ -476,7 +492,7 @@ class StreamDecoder:
                     f"v{handler.version_id}", offset=start)
         section = _Section(section_id, idstr, instance_id, version_id, handler)
         header = SectionHeader(kind, section_id, idstr, instance_id, version_id, offset=start)
-        if handler == _RAM:
+        if handler in (_RAM, _BLOCK):
             self._commit(r)
             self._open_section(section, header)
             return
@@ -490,12 +506,12 @@ class StreamDecoder:
             raise RemoteProtocolError(f"Unknown savevm section {section_id}", offset=start)
         header = SectionHeader(kind, section_id, known.idstr, known.instance_id,
                                known.version_id, offset=start)
-        if known.handler == _RAM:
+        if known.handler in (_RAM, _BLOCK):
             self._commit(r)
             self._current = known
             self._current_kind = kind
             self._emit(header)
-            self.state = DecoderState.RAM
+            self.state = DecoderState.RAM if known.handler == _RAM else DecoderState.BLOCK
             return
         context = f"error while loading state section id {section_id}({known.idstr})"
         self._device_body(r, known, header, context)
@@ -508,7 +524,7 @@ class StreamDecoder:
         self._current = section
         self._current_kind = header.type
         self._emit(header)
-        self.state = DecoderState.RAM
+        self.state = DecoderState.RAM if section.handler == _RAM else DecoderState.BLOCK
 
     def _device_body(self, r: Reader, section: _Section, header: SectionHeader,
                      context: str) -> None:
@@ -591,6 +607,28 @@ class StreamDecoder:
             self.state = DecoderState.FOOTER
         elif r.pos == before and not events:
             raise NeedData(self.loader.need)
+
+    def _block(self) -> None:
+        """A block section body (block.c: block_load), record by record."""
+        section = self._current
+        assert section is not None
+        r = self._reader()
+        before = r.pos
+        try:
+            events, eos = self.block_loader.load(r, section.section_id)
+        except RemoteProtocolError as err:
+            if self._current_kind in (SectionType.SECTION_START, SectionType.SECTION_FULL):
+                raise err.with_context(f"error while loading state for instance "
+                                       f"0x{section.instance_id:x} of device '{section.idstr}'")
+            raise err.with_context(
+                f"error while loading state section id {section.section_id}({section.idstr})")
+        self._commit(r)
+        self._emit(*events)
+        if eos:
+            self._emit(BlockEos(section.section_id, offset=r.offset - 8))
+            self.state = DecoderState.FOOTER
+        elif r.pos == before and not events:
+            raise NeedData(self.block_loader.need)
 
     def _footer(self) -> None:
         section = self._current
