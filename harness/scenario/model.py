@@ -68,6 +68,7 @@ from .names import (
     PeerKind,
     TransportScheme,
     WorkloadPattern,
+    multifd_channel_id,
 )
 from .parameters import (
     Capabilities,
@@ -457,7 +458,8 @@ class Scenario(ScenarioModel):
         raise_issues(self._step_order_issues() + self._host_issues() + self._qemu_issues()
                      + self._postcopy_issues() + self._throttle_issues()
                      + self._proxy_issues() + self._harness_peer_issues()
-                     + self._pause_issues() + self._preempt_issues())
+                     + self._pause_issues() + self._preempt_issues()
+                     + self._multifd_issues())
         source_file = (info.context or {}).get("source_file")
         if source_file is not None:
             self._source_file = Path(source_file)
@@ -658,6 +660,31 @@ class Scenario(ScenarioModel):
                 issues.append(Issue(("steps", index, "on", step.on.KEY, "channel")
                                     if isinstance(step.on, BytesTrigger)
                                     else ("steps", index, "on", "channel"), need))
+        return issues
+
+    def _multifd_issues(self) -> list[Issue]:
+        """channel: multifd-N names the multifd connection whose init packet says id N:
+        there is one only with capabilities: {multifd: true}, and N < multifd-channels."""
+        count = (self.parameters.multifd_channels or 2) if self.capabilities.get("multifd") \
+            else 0
+        issues = []
+        for index, step in enumerate(self.steps):
+            places: list[tuple[tuple[PathItem, ...], str]] = []
+            if isinstance(step.fault, NetFault):
+                places.append((("steps", index, "fault", "channel"), step.fault.channel))
+            if isinstance(step.on, BytesTrigger):
+                places.append((("steps", index, "on", "bytes", "channel"), step.on.bytes.channel))
+            elif isinstance(step.on, FrameTrigger) and step.on.channel is not None:
+                places.append((("steps", index, "on", "channel"), step.on.channel))
+            for path, channel in places:
+                n = multifd_channel_id(channel)
+                if n is None or n < count:
+                    continue
+                issues.append(Issue(path, (
+                    f"{channel} needs capabilities: {{multifd: true}} (without it there is no "
+                    "multifd connection)") if not count else (
+                    f"{channel} names no channel: multifd-channels is {count}, so the ids are "
+                    f"0 to {count - 1}")))
         return issues
 
     def _throttle_issues(self) -> list[Issue]:

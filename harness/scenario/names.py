@@ -62,7 +62,11 @@ SECTION_RECORD_NAMES = ("EOF", "SECTION_START", "SECTION_PART", "SECTION_END", "
                         "SUBSECTION", "VMDESCRIPTION", "CONFIGURATION", "COMMAND")
 #: a page record of the `ram` section (header: be64 offset|flags [+ block name]; payload)
 RAM_PAGE = "RAM_PAGE"
-FRAME_NAMES: tuple[str, ...] = MESSAGE_NAMES + SECTION_RECORD_NAMES + (RAM_PAGE,)
+#: the frames of a multifd channel (migration/multifd.h): the 64-byte MultiFDInit_t (all
+#: header), then packets: the 1344-byte MultiFDPacket_t header | its pages
+MULTIFD_FRAME_NAMES = ("MULTIFD_INIT", "MULTIFD_PACKET")
+FRAME_NAMES: tuple[str, ...] = (MESSAGE_NAMES + SECTION_RECORD_NAMES + (RAM_PAGE,)
+                                + MULTIFD_FRAME_NAMES)
 #: what a `frame:` trigger may count: whole frames (a page is a record inside a section,
 #: a subsection a part of a device's payload)
 FRAME_TRIGGER_NAMES: tuple[str, ...] = tuple(
@@ -76,6 +80,16 @@ PEER_KINDS: tuple[str, ...] = get_args(PeerKind)
 ChannelName = Literal["main", "return-path", "preempt"]
 CHANNEL_NAMES: tuple[str, ...] = get_args(ChannelName)
 PREEMPT_CHANNEL = "preempt"
+#: `multifd-N`: the multifd connection whose MultiFDInit_t says id N (the id QEMU's own
+#: messages print, migration/multifd.c), whatever order the source opened it in
+MULTIFD_CHANNEL = re.compile(r"multifd-(0|[1-9][0-9]{0,2})")
+MULTIFD_CHANNEL_FORM = "multifd-N (N: a multifd channel id, 0 to multifd-channels - 1)"
+
+
+def multifd_channel_id(channel: str | None) -> int | None:
+    """N of a `multifd-N` channel name, None for any other name."""
+    found = MULTIFD_CHANNEL.fullmatch(channel) if isinstance(channel, str) else None
+    return int(found.group(1)) if found else None
 #: what travels on the preempt channel (migration/ram.c: bare page records, one EOS)
 PREEMPT_FRAME_NAMES = (RAM_PAGE,)
 Direction = Literal["forward", "backward", "both"]

@@ -14,7 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BeforeValidator, Discriminator, Tag, model_serializer, model_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Tag,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
 
 from .base import (
     Duration,
@@ -46,6 +53,8 @@ from .names import (
     MESSAGE_NAMES,
     MIG_CMD_NAMES,
     MIGRATION_STATUSES,
+    MULTIFD_CHANNEL_FORM,
+    MULTIFD_FRAME_NAMES,
     NET_FAULT_KINDS,
     PEER_NAMES,
     PLAIN_ACTIONS,
@@ -55,7 +64,6 @@ from .names import (
     RAM_PAGE,
     RETURN_PATH_ONLY,
     RP_MESSAGE_NAMES,
-    ChannelName,
     Direction,
     EventName,
     FramePart,
@@ -66,13 +74,27 @@ from .names import (
     PeerName,
     PlainActionName,
     ProcessFaultKind,
+    multifd_channel_id,
 )
 from .parameters import MigrationParameters
 
 Peer = Annotated[PeerName, choice("a peer", PEER_NAMES)]
 Status = Annotated[MigrationStatus, choice("a migration status", MIGRATION_STATUSES,
                                            LATER_STATUSES)]
-Channel = Annotated[ChannelName, choice("a channel", CHANNEL_NAMES)]
+
+
+def _channel(value: object) -> object:
+    """main, return-path, preempt, or multifd-N (a multifd connection by its init id)."""
+    if isinstance(value, str) and (value in CHANNEL_NAMES
+                                   or multifd_channel_id(value) is not None):
+        return value
+    raise ValueError(unknown_name(value, "a channel", (*CHANNEL_NAMES, MULTIFD_CHANNEL_FORM)))
+
+
+Channel = Annotated[str, BeforeValidator(_channel), WithJsonSchema({"anyOf": [
+    {"type": "string", "enum": list(CHANNEL_NAMES)},
+    {"type": "string", "pattern": "^multifd-(0|[1-9][0-9]{0,2})$",
+     "description": MULTIFD_CHANNEL_FORM}]})]
 
 # --- triggers ---------------------------------------------------------------------------
 
@@ -177,6 +199,8 @@ class FrameTrigger(TriggerBase):
         return self
 
     def _channel_issues(self) -> list[Issue]:
+        if multifd_channel_id(self.channel) is not None or self.frame in MULTIFD_FRAME_NAMES:
+            return _multifd_frame_issues(self.channel, self.frame, "frame")
         if self.channel == PREEMPT_CHANNEL or self.frame in PREEMPT_FRAME_NAMES:
             return _preempt_frame_issues(self.channel, self.frame, "frame")
         if self.channel == "main" and self.frame in RETURN_PATH_ONLY:
@@ -198,6 +222,19 @@ def _preempt_frame_issues(channel: str | None, frame: str | None, key: str) -> l
         return [Issue(("frame",), "a frame: trigger counts RAM_PAGE records on channel: "
                       "preempt only (on main a page is a record inside a section: use "
                       "bytes: or progress:)")]
+    return []
+
+
+def _multifd_frame_issues(channel: str | None, frame: str | None, key: str) -> list[Issue]:
+    """A multifd channel carries its MULTIFD_INIT, then MULTIFD_PACKETs, nothing else."""
+    on_multifd = multifd_channel_id(channel) is not None
+    if on_multifd and frame is not None and frame not in MULTIFD_FRAME_NAMES:
+        return [Issue((key,), f"{frame} does not travel on a multifd channel (it carries "
+                      f"{' then '.join(MULTIFD_FRAME_NAMES)} frames)")]
+    if not on_multifd and frame in MULTIFD_FRAME_NAMES:
+        return [Issue(("channel",) if channel is not None else (key,),
+                      f"{frame} travels on a multifd channel only: name it (channel: "
+                      f"multifd-N)")]
     return []
 
 
@@ -415,6 +452,8 @@ class NetFault(ScenarioModel):
         return self
 
     def _channel_issues(self) -> list[Issue]:
+        if multifd_channel_id(self.channel) is not None or self.frame in MULTIFD_FRAME_NAMES:
+            return self._multifd_issues()
         if self.channel == PREEMPT_CHANNEL:
             return self._preempt_issues()
         issues = []
@@ -438,6 +477,22 @@ class NetFault(ScenarioModel):
             issues.append(Issue(("direction",), "the preempt channel carries source -> "
                                 "destination bytes only: direction backward names nothing"))
         return issues + _section_issue(self.frame, self.section)
+
+
+    def _multifd_issues(self) -> list[Issue]:
+        """A multifd channel: source -> destination bytes, MULTIFD_INIT then MULTIFD_PACKET
+        frames (net.corrupt and net.truncate aim at MULTIFD_PACKET by default)."""
+        issues = _multifd_frame_issues(self.channel, self.frame, "frame")
+        if self.message is not None:
+            issues.append(Issue(("message",), f"{self.message} does not travel on a multifd "
+                                "channel (it carries MULTIFD_INIT then MULTIFD_PACKET frames)"))
+        if self.direction == "backward":
+            issues.append(Issue(("direction",), "a multifd channel carries source -> "
+                                "destination bytes only: direction backward names nothing"))
+        if self.section is not None:
+            issues.append(Issue(("section",), "section: names a device section of the main "
+                                "stream, not a multifd frame", at_key=True))
+        return issues
 
 
 #: link fault kind -> (fields it requires, fields it may take) besides host/duration
