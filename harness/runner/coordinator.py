@@ -306,9 +306,6 @@ class Coordinator:
         return peer
 
     def _configure(self) -> None:
-        caps = [{"capability": "events", "state": True}]
-        caps += [c for c in self.sc.qmp_capabilities() if c["capability"] != "events"]
-        params = self.sc.parameters.qmp_arguments()
         if self.dst is not None and self.dst.kind == "harness":
             if self.sc.expect.memory == "identical":
                 self.dst.execute("x-incoming-snapshot", {"enable": True})
@@ -318,7 +315,11 @@ class Coordinator:
                                               "return-path": src is None})
                 if src is not None:
                     src.execute("x-record", {"dir": str(self.workdir)})
-        for peer in self._peers():
+        for peer in self._peers():  # each with its own settings over the scenario's
+            caps = [{"capability": "events", "state": True}]
+            caps += [c for c in self.sc.qmp_capabilities(peer.role)
+                     if c["capability"] != "events"]
+            params = self.sc.parameters_of(peer.role)
             try:
                 pm.send(peer, pm.SetCapabilities(caps))
                 if params:

@@ -73,6 +73,8 @@ from .names import (
 from .parameters import (
     Capabilities,
     MigrationParameters,
+    PeerCapabilities,
+    capability_issues,
     harness_peer_issues,
     throttle_issue,
 )
@@ -104,6 +106,9 @@ from .steps import (
 from .units import format_size
 
 DEFAULT_MEMORY = 64 * 1024 * 1024
+#: capabilities a peer may not set on its own: the steps (postcopy actions) and the proxy
+#: (the preempt channel) read them from the scenario
+SCENARIO_WIDE_CAPABILITIES = ("postcopy-ram", "postcopy-preempt", "events")
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -260,6 +265,12 @@ class Peer(ScenarioModel):
     """The host (a key of hosts) whose agent runs this peer."""
     binary: Path | None = None
     """kind: qemu only: the QEMU binary to run."""
+    capabilities: PeerCapabilities | None = None
+    """This peer's migrate-set-capabilities over the scenario's (a name set here wins);
+    for settings the two sides of a real migration can disagree on (multifd)."""
+    parameters: MigrationParameters | None = None
+    """This peer's migrate-set-parameters over the scenario's (a name set here wins),
+    e.g. multifd-channels 3 on the source and 2 on the destination."""
 
     @model_validator(mode="after")
     def _qemu_only_keys(self) -> Peer:
@@ -435,9 +446,20 @@ class Scenario(ScenarioModel):
     def postcopy(self) -> bool:
         return bool(self.capabilities.get("postcopy-ram"))
 
-    def qmp_capabilities(self) -> list[dict[str, Any]]:
-        """The `migrate-set-capabilities` argument."""
-        return [{"capability": name, "state": state} for name, state in self.capabilities.items()]
+    def qmp_capabilities(self, role: str | None = None) -> list[dict[str, Any]]:
+        """The `migrate-set-capabilities` argument (of `role`: with its own over them)."""
+        caps = self.capabilities if role is None else self.capabilities_of(role)
+        return [{"capability": name, "state": state} for name, state in caps.items()]
+
+    def capabilities_of(self, role: str) -> dict[str, bool]:
+        """The capabilities `role` gets: the scenario's, then the peer's own over them."""
+        return {**self.capabilities, **(getattr(self, role).capabilities or {})}
+
+    def parameters_of(self, role: str) -> dict[str, Any]:
+        """The `migrate-set-parameters` arguments `role` gets: the scenario's, then the
+        peer's own over them."""
+        own = getattr(self, role).parameters
+        return {**self.parameters.qmp_arguments(), **(own.qmp_arguments() if own else {})}
 
     def step_named(self, name: str) -> Step:
         for step in self.steps:
@@ -458,6 +480,7 @@ class Scenario(ScenarioModel):
         raise_issues(self._step_order_issues() + self._host_issues() + self._qemu_issues()
                      + self._postcopy_issues() + self._throttle_issues()
                      + self._proxy_issues() + self._harness_peer_issues()
+                     + self._peer_settings_issues()
                      + self._pause_issues() + self._preempt_issues()
                      + self._multifd_issues())
         source_file = (info.context or {}).get("source_file")
@@ -623,7 +646,28 @@ class Scenario(ScenarioModel):
         places += [(("steps", index, "do", "migrate-set-parameters"),
                     step.do.migrate_set_parameters) for index, step in enumerate(self.steps)
                    if isinstance(step.do, SetParametersAction)]
-        return harness_peer_issues(harness[0], self.capabilities, places)
+        issues = harness_peer_issues(harness[0], self.capabilities, places)
+        for role in harness:  # what a harness peer was given of its own
+            own = getattr(self, role)
+            found = harness_peer_issues(role, own.capabilities or {}, [
+                ((role, "parameters"), own.parameters)] if own.parameters else [])
+            issues += [Issue((role, *i.path) if i.path[0] == "capabilities" else i.path,
+                             i.message) for i in found]
+        return issues
+
+    def _peer_settings_issues(self) -> list[Issue]:
+        """A peer's own capabilities: QEMU's combinations checked on what that peer gets;
+        the postcopy ones stay scenario-wide (the steps and the proxy read them there)."""
+        issues = []
+        for role in ("source", "destination"):
+            own = getattr(self, role).capabilities or {}
+            issues += [Issue((role, "capabilities", name), f"{name} applies to both peers: "
+                             "set it in the scenario's capabilities:", at_key=True)
+                       for name in own if name in SCENARIO_WIDE_CAPABILITIES]
+            issues += [Issue((role, "capabilities", *i.path), i.message)
+                       for i in capability_issues(self.capabilities_of(role))
+                       if own and i.path[0] in own]
+        return issues
 
     def _proxy_issues(self) -> list[Issue]:
         """Network faults and wire triggers need the proxy, which sits on a socket."""

@@ -146,15 +146,22 @@ _CAPABILITY_RULES = (
 
 
 def _capability_combinations(caps: Mapping[str, bool]) -> Mapping[str, bool]:
-    issues = [Issue((name,), f"{message} (QEMU 7.2: migrate_caps_check)")
-              for name, other, wanted, message in _CAPABILITY_RULES
-              if caps.get(name) and bool(caps.get(other)) != wanted]
-    raise_issues(issues)
+    raise_issues(capability_issues(caps))
     return caps
 
 
 Capabilities = Annotated[dict[str, bool], BeforeValidator(_capability_names),
                          AfterValidator(_capability_combinations)]
+#: a peer's own `capabilities:` (over the scenario's): names checked here, combinations
+#: on the merged set (`capability_issues`), since one may need the other's key
+PeerCapabilities = Annotated[dict[str, bool], BeforeValidator(_capability_names)]
+
+
+def capability_issues(caps: Mapping[str, bool]) -> list[Issue]:
+    """QEMU 7.2's refused combinations in `caps` (a peer's merged set), one issue each."""
+    return [Issue((name,), f"{message} (QEMU 7.2: migrate_caps_check)")
+            for name, other, wanted, message in _CAPABILITY_RULES
+            if caps.get(name) and bool(caps.get(other)) != wanted]
 
 
 def harness_peer_issues(peer: str, capabilities: Mapping[str, bool],
