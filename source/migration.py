@@ -36,8 +36,7 @@ deadline, as QEMU's semaphore, but woken by `migrate_cancel` -- for `migrate-con
 device (precopy) or postcopy-active.  A cancel during the pause fails the compare-and-swap
 and the migration ends cancelled with the guest restarted.
 
-Settings the harness has no machinery for are not ignored: a non-empty `tls-creds` fails
-the migration after connecting, with QEMU 7.2's words for a missing credentials object;
+TLS is the connector's (source/main.py: harness.transport.tls, every channel);
 `x-ignore-shared` sends each block's guest-physical address in the block list
 (`ram_save_setup`) and skips no block, as none of the harness's RAM is shared (QEMU skips
 only `qemu_ram_is_shared` blocks: `ramblock_is_ignored`); `validate-uuid` sends the
@@ -70,10 +69,16 @@ from harness.migration.status import (
     continue_refusal,
     source_machine,
 )
-from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise
+from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise, SectionType
 from harness.protocol.ram_saver import PAGE
 from harness.protocol.return_path import ResumeAck, RpMessage
 
+from .block_save import (
+    BlockSave,
+    apply_migrate_options,
+    block_save_of,
+    remove_migrate_options,
+)
 from .convergence import Convergence
 from .interfaces import Channel, Connector, GuestLike
 from .postcopy import PostcopySource
@@ -126,11 +131,13 @@ class OutgoingMigration:
         self._resume_uri: str | None = None
         self._inbox = RecoveryInbox(RETURN_PATH_TIMEOUT)
         self._continue = threading.Event()  # pause_sem: migrate-continue, cancel
+        self._block_options = False  # `migrate` blk/inc set `block` for this migration
         self._reset()
 
     def _reset(self) -> None:
         self.timing = Timing()
         self.ram: RamSave | None = None
+        self.block: BlockSave | None = None  # block migration (block_save.py)
         self.convergence: Convergence | None = None  # xbzrle, compress, auto-converge
         self.error_desc: str | None = None
         self.stream: OutgoingStream | None = None  # every byte sent goes through it
@@ -145,7 +152,7 @@ class OutgoingMigration:
         self._resume_uri = None
 
     # ------------------------------------------------------------------ QMP
-    def migrate(self, uri: str) -> None:
+    def migrate(self, uri: str, blk: bool = False, inc: bool = False) -> None:
         """qmp_migrate: checks, then none/completed/failed/cancelled -> setup, thread."""
         if self.state.status in RUNNING:
             raise MigrationError(MIGRATION_ACTIVE)
@@ -153,6 +160,10 @@ class OutgoingMigration:
         if blockers:
             raise MigrationError(f"State blocked by non-migratable device '{blockers[0]}'")
         self._check_uri(uri)
+        try:
+            self._block_options = apply_migrate_options(self.config, blk, inc)
+        except ValueError as err:
+            raise MigrationError(str(err)) from None
         self._reset()
         self.timing.start = time.monotonic()
         self.state.move(S.SETUP)
@@ -253,6 +264,8 @@ class OutgoingMigration:
             info["setup-time"] = int(self.timing.setup_time * 1000)
         if self.entered_postcopy and status is not S.COMPLETED:
             info["downtime"] = int(self.timing.downtime * 1000)
+        if status is S.ACTIVE and self.block is not None:
+            info["disk"] = self.block.query()  # B6: only while active
         if self.postcopy is not None:
             info["x-postcopy"] = self.postcopy.stats()
         if self._rp is not None:
@@ -338,6 +351,7 @@ class OutgoingMigration:
         ram = RamSave(self.guest_ram(), self.guest.harvest_dirty,
                       holes=getattr(self.guest, "ram_holes", None))
         self.ram = ram
+        self.block = block_save_of(self.config, self.guest)
         self.convergence = Convergence.attach(ram, self.config, self.guest,
                                               lambda: stream.total,
                                               lambda: self.entered_postcopy)
@@ -418,6 +432,8 @@ class OutgoingMigration:
             out += enc.command(PostcopyAdvise(PAGE, PAGE))
         ram.bitmap_sync()  # ram_init_bitmaps: the first sync (pass 1)
         self._pass_event(ram)
+        if self.block is not None:  # block registers before ram: its sections go first
+            out += self.block.setup_section(enc)
         out += enc.ram_start(self.ram_section_id, self._block_list(ram))
         self.stream.write(out)
         self.timing.setup_time = time.monotonic() - self.timing.start
@@ -473,11 +489,12 @@ class OutgoingMigration:
             return False
         assert self.stream is not None
         threshold = self.stream.rate.threshold
-        pending = ram.remaining()
+        disk = self.block.pending() if self.block is not None else 0
+        pending = ram.remaining() + disk
         if pending < threshold:
             ram.bitmap_sync()  # ram_save_pending: exact figure below the threshold
             self._pass_event(ram)
-            pending = ram.remaining()
+            pending = ram.remaining() + disk
         if pending and pending >= threshold:
             if self.postcopy_requested and self.postcopy is not None:
                 self._postcopy_start(ram)
@@ -490,6 +507,15 @@ class OutgoingMigration:
     def _iterate(self, ram: RamSave) -> None:
         """One PART of `ram`: dirty pages until rate limited, none left or MAX_WAIT."""
         assert self.stream is not None
+        if self.block is not None:
+            start = self.stream.total
+            self.block.iterate(self.stream.encoder, self.stream.write, self.stream.rate_limited)
+            if self.block.bulk_active:  # ram.c: RAM sends nothing while the bulk is on
+                self.stream.write(self.stream.encoder.ram_section(
+                    SectionType.SECTION_PART, self.ram_section_id, b""))
+                ram.stats.precopy_bytes += self.stream.total - start
+                return
+            ram.stats.precopy_bytes += self.stream.total - start
         ram.stats.precopy_bytes += self.stream.iterate(ram, BATCH_PAGES)
 
     # ------------------------------------------------------------------ postcopy
@@ -577,6 +603,8 @@ class OutgoingMigration:
         enc, start = stream.encoder, stream.total
         if self.convergence is not None:
             self.convergence.last_stage = True
+        if self.block is not None:
+            stream.write(self.block.complete_section(enc))
         stream.send_remaining(ram)
         out = bytearray()
         for section_id, idstr, instance_id, vmsd, values in self.guest.save_devices():
@@ -723,6 +751,9 @@ class OutgoingMigration:
             self.stream.close()
         if self._rp is not None:
             self._rp.join(5.0)
+        if self._block_options:
+            self._block_options = False
+            remove_migrate_options(self.config)
         if self.state.status is S.CANCELLING:
             self.state.set(S.CANCELLING, S.CANCELLED)
 

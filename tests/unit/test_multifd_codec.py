@@ -111,6 +111,8 @@ def test_empty_packet_stale_fields_are_not_checked() -> None:
     raw = _header_bytes(flags=1, normal_pages=0, ramblock="gone", offsets=[1 << 40])
     header = PacketHeader.parse(raw, blocks=BLOCKS, channel=0)
     assert header.sync and header.payload_size == 0
+    # nor the compression bit: 7.2's empty SYNC of a zlib channel has flags 0x1 only
+    assert PacketHeader.parse(raw, blocks=BLOCKS, channel=0, compression="zlib").sync
 
 
 def test_init_checks() -> None:

@@ -1,0 +1,152 @@
+"""Block migration on the source: QEMU 7.2's migration/block.c save side over the drives.
+
+Strategy: one `BlockSave` per migration with the `block` capability (or `migrate` with
+`blk`/`inc`).  Its section (`block`, instance 0, version 1, section id 1) goes before
+RAM's in every phase (B2): setup sends just EOS (block_save_setup); each iteration sends a
+PART that, while the bulk phase is active, carries 1 MiB chunks until the stream is rate
+limited (block_save_iterate), each chunk preceded by a PROGRESS record whenever the percent
+of chunks read changed (blk_mig_save_bulked_block); RAM sends nothing meanwhile
+(ram.c: blk_mig_bulk_active).  Completion sends an END with PROGRESS 100 and EOS
+(block_save_complete).  With `zero-blocks` an all-zero chunk goes as DEVICE_BLOCK|ZERO_BLOCK
+without data (block.c: blk_send).
+Differences from QEMU, on purpose: chunks go in disk order (QEMU's asynchronous reads
+complete out of order, B4); the harness's drives are not written while they migrate (no
+disk workload), so there is no dirty phase and the drives are opened read-only; `inc`
+sends every chunk, as QEMU 7.2 does for a raw image without a backing file (B4), since the
+harness's drives have none; the pending figure counts the whole rest of the bulk phase
+(QEMU counts one chunk), so completion never starts while chunks are left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from harness.migration.config import not_implemented
+from harness.protocol import SectionType, StreamEncoder
+from harness.protocol.block import (
+    BLOCK_IDSTR,
+    BLOCK_SECTION_ID,
+    BLOCK_VERSION_ID,
+    CHUNK,
+    CHUNK_SECTORS,
+    EOS,
+    chunk_header,
+    encode_progress,
+)
+
+if TYPE_CHECKING:
+    from harness.migration.config import MigrationConfig
+
+MAX_WAIT = 0.05  # s, the longest one iteration sends chunks (as ram.c's MAX_WAIT)
+
+
+class BlockSave:
+    """The bulk phase over `disks` (name -> uint8 array), in registration order."""
+
+    def __init__(self, disks: dict[str, np.ndarray], zero_blocks: bool) -> None:
+        # init_blk_migration enumerates every drive with a non-zero size
+        self.devices = [(name, disk) for name, disk in disks.items() if disk.size]
+        self.zero_blocks = zero_blocks
+        self.total = sum(int(d.size) for _, d in self.devices)
+        self._device = 0
+        self._chunk = 0
+        self.done_bytes = 0  # completed sectors x 512: query-migrate's disk transferred
+        self.prev_progress = -1
+        self.chunks = 0
+        self.zero_chunks = 0
+
+    @property
+    def bulk_active(self) -> bool:
+        return self._device < len(self.devices)
+
+    def pending(self) -> int:
+        return self.total - self.done_bytes
+
+    def query(self) -> dict[str, int]:
+        """query-migrate's `disk` (B6): total, transferred, remaining; the rest 0."""
+        return {"transferred": self.done_bytes, "remaining": self.total - self.done_bytes,
+                "total": self.total, "duplicate": 0, "skipped": 0, "normal": 0,
+                "normal-bytes": 0, "dirty-pages-rate": 0, "mbps": 0, "dirty-sync-count": 0,
+                "postcopy-requests": 0, "page-size": 0, "precopy-bytes": 0,
+                "downtime-bytes": 0, "postcopy-bytes": 0, "multifd-bytes": 0,
+                "pages-per-second": 0, "dirty-sync-missed-zero-copy": 0}
+
+    # ------------------------------------------------------------------ sections
+    def setup_section(self, enc: StreamEncoder) -> bytes:
+        """block_save_setup: START carrying just EOS."""
+        return (enc.section_header(SectionType.SECTION_START, BLOCK_SECTION_ID, BLOCK_IDSTR,
+                                   0, BLOCK_VERSION_ID) + EOS + enc.footer(BLOCK_SECTION_ID))
+
+    def iterate(self, enc: StreamEncoder, write: Callable[[bytes | memoryview], None],
+                limited: Callable[[], bool]) -> None:
+        """block_save_iterate: a PART with bulk chunks until `limited()` or MAX_WAIT."""
+        write(enc.section_header(SectionType.SECTION_PART, BLOCK_SECTION_ID))
+        started = time.monotonic()
+        while self.bulk_active and not limited():
+            self._send_bulk_chunk(write)
+            if time.monotonic() - started > MAX_WAIT:
+                break
+        write(EOS + enc.footer(BLOCK_SECTION_ID))
+
+    def complete_section(self, enc: StreamEncoder) -> bytes:
+        """block_save_complete: no dirty chunk is left; PROGRESS 100 and EOS."""
+        return (enc.section_header(SectionType.SECTION_END, BLOCK_SECTION_ID)
+                + encode_progress(100) + EOS + enc.footer(BLOCK_SECTION_ID))
+
+    # ------------------------------------------------------------------ bulk
+    def _send_bulk_chunk(self, write: Callable[[bytes | memoryview], None]) -> None:
+        progress = self.done_bytes * 100 // self.total if self.total else 100
+        if progress != self.prev_progress:
+            self.prev_progress = progress
+            write(encode_progress(progress))
+        name, disk = self.devices[self._device]
+        at = self._chunk * CHUNK
+        data = disk[at:at + CHUNK]
+        if self.zero_blocks and not data.any():
+            write(chunk_header(name, self._chunk * CHUNK_SECTORS, zero=True))
+            self.zero_chunks += 1
+        else:
+            write(chunk_header(name, self._chunk * CHUNK_SECTORS) + data.tobytes())
+            self.chunks += 1
+        self.done_bytes += int(data.size)
+        self._chunk += 1
+        if self._chunk * CHUNK >= disk.size:
+            self._device += 1
+            self._chunk = 0
+
+
+INCOMPATIBLE = "Command options are incompatible with current migration capabilities"
+
+
+def apply_migrate_options(config: MigrationConfig, blk: bool, inc: bool) -> bool:
+    """migration.c: migrate_prepare's `blk`/`inc`: set `block` (and for `inc` the
+    `block-incremental` parameter) for this migration only; True when they were set (the
+    cleanup then turns both off again, as migrate_fd_cleanup does).  Refused when the
+    capability or the parameter is set already (B1)."""
+    if (blk or inc or config.cap("block")) and config.cap("postcopy-ram"):
+        raise ValueError(not_implemented("block migration with postcopy-ram"))
+    if not (blk or inc):
+        return False
+    if config.cap("block") or config.param("block-incremental"):
+        raise ValueError(INCOMPATIBLE)
+    config.capabilities = {**config.capabilities, "block": True}
+    if inc:
+        config.parameters = {**config.parameters, "block-incremental": True}
+    return True
+
+
+def remove_migrate_options(config: MigrationConfig) -> None:
+    """migrate_fd_cleanup with must_remove_block_options."""
+    config.capabilities = {**config.capabilities, "block": False}
+    config.parameters = {**config.parameters, "block-incremental": False}
+
+
+def block_save_of(config: MigrationConfig, guest: object) -> BlockSave | None:
+    """The migration's BlockSave when `block` is on (the guest's `drives`, possibly none)."""
+    if not config.cap("block"):
+        return None
+    return BlockSave(dict(getattr(guest, "drives", None) or {}), config.cap("zero-blocks"))
