@@ -18,6 +18,7 @@ from harness.control import CommandError
 from harness.migration.peer import Peer, PeerOptions, PeerStartError, record_dir
 from harness.migration.status import continue_refusal, continue_state
 from harness.transport import TransportError, listen, parse_uri
+from harness.transport.tls import TlsListener
 
 from .incoming import IncomingError, IncomingMigration
 
@@ -28,7 +29,10 @@ def run(options: PeerOptions) -> int:
 
     def listener(uri: str) -> Any:
         return_path = peer.config.cap("return-path") or peer.config.cap("postcopy-ram")
-        return listen(parse_uri(uri, "destination", fds=fds), fds=fds, return_path=return_path)
+        listener = listen(parse_uri(uri, "destination", fds=fds), fds=fds,
+                          return_path=return_path)
+        # each accepted connection is TLS-wrapped before its role is decided (T6)
+        return TlsListener(listener, peer.tls, lambda: peer.config.parameters)
 
     incoming = IncomingMigration(peer.guest, peer.config, listener, peer.emit,
                                  autostart=options.autostart)

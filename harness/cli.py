@@ -278,7 +278,8 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
                   devices: str, fd: list[str], paused: bool, incoming: str | None,
                   qmp: str | None = None,
                   uuid: str | None = None,
-                  layout: Path | None = None):  # type: ignore[no-untyped-def]
+                  layout: Path | None = None,
+                  objects: list[str] | None = None):  # type: ignore[no-untyped-def]
     from .control.qmp_socket import parse_qmp_option
     from .migration.peer import PeerOptions, parse_guest_json, parse_uuid
     from .scenario.units import parse_rate, parse_size
@@ -315,7 +316,8 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
     return PeerOptions(role=role, control=control, guest=guest,
                        fds=parse_fd_args(fd), autostart=not paused, incoming=incoming,
                        qmp=parse_qmp_option(qmp) if qmp is not None else None,
-                       uuid=parse_uuid(uuid) if uuid is not None else None)
+                       uuid=parse_uuid(uuid) if uuid is not None else None,
+                       objects=list(objects or ()))
 
 
 _CONTROL = typer.Option("--control", metavar="ADDR",
@@ -334,6 +336,9 @@ _INSECURE = typer.Option("--insecure", help=(
 _ALLOW_EXEC = typer.Option("--allow-exec", help=(
     "Allow exec: and file: migration URIs and x-record, which run commands or write files "
     "here, from control clients (`harness run` passes it to the peers it starts)."))
+_OBJECT = typer.Option("--object", metavar="TYPE,id=ID,...", help=(
+    "A TLS object as QEMU's -object: tls-creds-x509,id=..,dir=..,endpoint=client|server"
+    "[,verify-peer=on|off] or authz-simple,id=..,identity=.. (',,' is a comma); repeatable."))
 _UUID = typer.Option("--uuid", metavar="UUID", help="The guest's UUID, as QEMU's -uuid (sent "
                                                     "and checked with validate-uuid).")
 
@@ -390,13 +395,15 @@ def source(
     keys: Annotated[Path | None, _KEYS] = None,
     insecure: Annotated[bool, _INSECURE] = False,
     allow_exec: Annotated[bool, _ALLOW_EXEC] = False,
+    obj: Annotated[list[str], _OBJECT] = [],  # noqa: B006
 ) -> None:
     """Run a migration source peer (what `harness run` starts)."""
     _peer_main("source", {"control": control, "guest_json": guest_json, "memory": memory,
                               "machine": machine, "seed": seed, "fill": fill, "dirty_rate": dirty_rate,
                               "pattern": pattern, "hotset": hotset, "devices": devices, "fd": fd,
                               "paused": paused, "incoming": None, "qmp": qmp, "uuid": uuid,
-                              "keys": keys, "insecure": insecure, "allow_exec": allow_exec})
+                              "keys": keys, "insecure": insecure, "allow_exec": allow_exec,
+                              "objects": obj})
 
 
 @app.command()
@@ -419,6 +426,7 @@ def destination(
         "--layout", metavar="FILE", help="A real machine's layout (MachineLayout JSON, "
         "harness.qemu.layout): the guest gets its machine name, RAM blocks and device "
         "sections, whose values are loaded and kept.")] = None,
+    obj: Annotated[list[str], _OBJECT] = [],  # noqa: B006
 ) -> None:
     """Run a migration destination peer (what `harness run` starts)."""
     _peer_main("destination", {"control": control, "guest_json": guest_json, "memory": memory,
@@ -426,7 +434,8 @@ def destination(
                                    "pattern": "uniform", "hotset": None, "devices": devices, "fd": fd,
                                    "paused": paused, "incoming": incoming, "qmp": qmp,
                                    "uuid": uuid, "keys": keys, "insecure": insecure,
-                                   "allow_exec": allow_exec, "layout": layout})
+                                   "allow_exec": allow_exec, "layout": layout,
+                                   "objects": obj})
 
 
 @app.command()

@@ -29,8 +29,10 @@ def run(options: PeerOptions) -> int:
 
     def connector(uri: str, timeout: float) -> Any:
         return_path = peer.config.cap("return-path") or peer.config.cap("postcopy-ram")
-        return connect(parse_uri(uri, "source", fds=fds), timeout=timeout, fds=fds,
-                       return_path=return_path)
+        parsed = parse_uri(uri, "source", fds=fds)
+        channel = connect(parsed, timeout=timeout, fds=fds, return_path=return_path)
+        # every channel (main, preempt, multifd) gets its own handshake here (T6)
+        return peer.tls.client_channel(channel, parsed, peer.config.parameters, timeout)
 
     migration = OutgoingMigration(peer.guest, peer.config, connector, peer.emit)
     peer.migration = migration

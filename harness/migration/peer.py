@@ -40,6 +40,7 @@ from harness.control.qmp_socket import QmpSocketError, QmpSocketServer, query_ve
 from harness.control.server import BlobResult
 from harness.errors import EnvironmentFailure
 from harness.guest import Guest, GuestSpec
+from harness.transport.tls import TlsObjects
 
 from .config import ConfigError, MigrationConfig
 from .status import RUNNING
@@ -66,6 +67,7 @@ class PeerOptions:
     announce: bool = True  # print where the peer listens once it serves (stdout)
     allow_exec: bool = False  # exec:/file: URIs and x-record (`--allow-exec`)
     keys: ServerKeys | None = None  # CURVE for the control server (`--keys DIR`)
+    objects: list[str] = field(default_factory=list)  # `--object` (QEMU's -object): TLS
 
 
 class Peer:
@@ -74,6 +76,12 @@ class Peer:
     def __init__(self, options: PeerOptions) -> None:
         self.options = options
         self.config = MigrationConfig.default()
+        self.tls = TlsObjects()  # -object tls-creds-x509 / authz-simple (harness.transport.tls)
+        for text in options.objects:
+            try:
+                self.tls.add_option(text)
+            except ValueError as err:
+                raise PeerStartError(f"--object {text}: {err}") from None
         self.quit_requested = threading.Event()
         # a destination's RAM is backed up front: it then loads without a page fault per
         # page.  A source's is not: pages its content never wrote stay holes, which the
@@ -175,6 +183,18 @@ class Peer:
         r("x-guest-digests", self._digests)
         r("x-guest-check", self._check)
         r("x-native", _native_path)  # which page path this process runs (harness bench)
+        r("object-add", self._object_add)
+        r("object-del", self._object_del)
+
+    def _object_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        """object-add (7.2: flat arguments): the TLS objects of harness.transport.tls."""
+        self.tls.add(str(args.get("qom-type")), {k: v for k, v in args.items()
+                                                 if k != "qom-type"})
+        return {}
+
+    def _object_del(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.tls.delete(str(args.get("id")))
+        return {}
 
     def _set_capabilities(self, args: dict[str, Any]) -> dict[str, Any]:
         self.config.set_capabilities(args.get("capabilities", []), self.migration_running())
