@@ -37,9 +37,9 @@ failure on it breaks the main channel, so that the load pauses or fails as for a
 of main, with the preempt channel's words.  Main's parsing and the fault-fast thread's
 hold one lock, so a page is checked, placed and marked present by one of them at a time.
 
-A non-empty `tls-creds` fails the load once the source connects, in QEMU 7.2's words for
-a missing credentials object (the harness has no TLS; QEMU itself stays in setup after
-reporting it).  The configuration's UUID is checked against the peer's `--uuid` whenever
+With `tls-creds`, each accepted connection is a TLS channel before it gets here
+(destination/main.py: harness.transport.tls.TlsListener); a failed handshake fails the
+load with QEMU 7.2's words (QEMU itself reports it and stays in setup).  The configuration's UUID is checked against the peer's `--uuid` whenever
 the source sends one (validate-uuid on the source), as `vmstate_uuid_post_load` does.
 """
 
