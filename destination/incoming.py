@@ -90,6 +90,7 @@ from harness.protocol import (
     VmDescription,
     encode_rp,
 )
+from harness.protocol.block import BlockProgress
 from harness.protocol.devices import runstate_of
 
 from . import decompress
@@ -560,7 +561,8 @@ class IncomingMigration:
             ram=self.guest.loadable_ram(), devices=self.guest.device_descriptions(),
             machine=self.guest.machine, capabilities=caps,
             uuid=getattr(self.guest, "uuid", None),  # vmstate_uuid_post_load: when set
-            postcopy_ram=self.config.cap("postcopy-ram"), vmdesc=True)
+            postcopy_ram=self.config.cap("postcopy-ram"), vmdesc=True,
+            disks=dict(getattr(self.guest, "drives", None) or {}))  # block migration
         decoder.loader.resize = self.guest.resize_block  # resizable blocks (pc's ROM blobs)
         return decoder
 
@@ -579,6 +581,8 @@ class IncomingMigration:
             self.guest.load_device(event.idstr, event.instance_id, event.state)
         elif isinstance(event, Command):
             self._command(event)
+        elif isinstance(event, BlockProgress):  # block.c prints it on stdout; we log it
+            log.info("Completed %d %%", event.percent)
         elif isinstance(event, StreamWarning):
             log.warning("%s", event.message)
         elif isinstance(event, (VmDescription, StreamClosed)):

@@ -40,6 +40,7 @@ from harness.control.qmp_socket import QmpSocketError, QmpSocketServer, query_ve
 from harness.control.server import BlobResult
 from harness.errors import EnvironmentFailure
 from harness.guest import Guest, GuestSpec
+from harness.guest.disks import open_drive
 from harness.transport.tls import TlsObjects
 
 from .config import ConfigError, MigrationConfig
@@ -67,6 +68,7 @@ class PeerOptions:
     announce: bool = True  # print where the peer listens once it serves (stdout)
     allow_exec: bool = False  # exec:/file: URIs and x-record (`--allow-exec`)
     keys: ServerKeys | None = None  # CURVE for the control server (`--keys DIR`)
+    drives: dict[str, Path] = field(default_factory=dict)  # `--drive id=NAME,file=PATH`
     objects: list[str] = field(default_factory=list)  # `--object` (QEMU's -object): TLS
 
 
@@ -83,6 +85,11 @@ class Peer:
             except ValueError as err:
                 raise PeerStartError(f"--object {text}: {err}") from None
         self.quit_requested = threading.Event()
+        try:  # block migration's drives: the source reads them, the destination writes
+            drives = {name: open_drive(name, path, writable=options.role != "source")
+                      for name, path in options.drives.items()}
+        except ValueError as err:
+            raise PeerStartError(str(err)) from None
         # a destination's RAM is backed up front: it then loads without a page fault per
         # page.  A source's is not: pages its content never wrote stay holes, which the
         # migration sends as zero pages without reading them (GuestMemory.holes), as QEMU
@@ -102,6 +109,7 @@ class Peer:
                                                                 {}))
         self.migration: Any = None  # OutgoingMigration or IncomingMigration
         self.guest.uuid = options.uuid  # type: ignore[attr-defined]
+        self.guest.drives = drives  # type: ignore[attr-defined]
         #: what the peer says it listens on once serving: (what, address); a role adds its own
         self.listening: list[tuple[str, str]] = []
         if not self.server.address.startswith("inproc://"):
