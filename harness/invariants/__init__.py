@@ -9,6 +9,7 @@ runner collected, never a live process.
 from __future__ import annotations
 
 from .base import Evidence, Invariant
+from .delivered import CompletedMeansDelivered
 from .leftovers import NoLeftovers
 from .memory import MemoryConsistent, MemoryIdentical, SourceIntact
 from .one_runner import OneRunner
@@ -21,7 +22,7 @@ from .transitions import LegalTransitions
 ALL: tuple[Invariant, ...] = (
     ExpectedStatus("source"), ExpectedStatus("destination"), LegalTransitions(),
     MemoryIdentical(), MemoryConsistent(), SourceIntact(), GuestRunsOn(), OneRunner(), PostcopyRequests(),
-    NoLeftovers(), StepsFired(),
+    NoLeftovers(), StepsFired(), CompletedMeansDelivered(),
 )
 
 

@@ -18,6 +18,7 @@ class Expectations:
     destination: str | None = None
     memory: str | None = None  # identical | source-intact | consistent
     guest_runs_on: str | None = None  # destination | source | nowhere
+    delivered: bool | None = None  # a source's `completed` means the guest arrived
 
 
 @dataclass

@@ -55,6 +55,14 @@ from .agent_pool import Agents, placement_problems
 from .agent_proxy import layout_arguments, preempt_on, proxy_host, remote_proxy
 from .agents import tcp_uri
 from .fetch import fetch_back
+from .hang import (
+    RESPONSIVE,
+    PeerHung,
+    blocked_in,
+    channels_waited,
+    hang_text,
+    unanswering,
+)
 from .outcome import outcome_of, stacks_of
 from .peers import (
     HarnessPeer,
@@ -65,7 +73,7 @@ from .peers import (
     short_dir,
 )
 from .proxy import ProxyHandle
-from .result import FaultRecord, PeerOutcome, ScenarioResult, TimelineEntry
+from .result import FaultRecord, InvariantResult, PeerOutcome, ScenarioResult, TimelineEntry
 from .samples import Sampler
 from .state import RunState
 from .steps import StepRunner, needs_proxy
@@ -110,6 +118,7 @@ class Coordinator:
         self.steps: StepRunner | None = None
         self._stacks: dict[str, str] = {}
         self.layout: Path | None = None  # a real machine's layout file (qemu/layout.py)
+        self.unanswering: set[str] = set()  # peers whose QMP stopped answering (hang.py)
 
     # ------------------------------------------------------------------ run
     def run(self) -> ScenarioResult:
@@ -129,6 +138,10 @@ class Coordinator:
             self._begin()
             self._loop(self.steps, deadline)
             evidence = self._collect()
+        except PeerHung as err:  # QEMU's hang, named: the run's finding (runner/hang.py)
+            self.result.verdict, self.result.reason = "fail", f"{RESPONSIVE}: {err}"
+            self.result.invariants = [InvariantResult(RESPONSIVE, False, str(err))]
+            self._collect_quietly()
         except (HarnessError, OSError, TimeoutError) as err:
             self.result.verdict = "error"
             self.result.reason = str(err)
@@ -415,7 +428,8 @@ class Coordinator:
             self.proxy = remote_proxy(self, host, target)
         else:
             self.proxy = ProxyHandle("proxy", self.workdir, listen, target, self.seed,
-                                     record=record, preempt=preempt_on(self.sc))
+                                     record=record, preempt=preempt_on(self.sc),
+                                     multifd=self.sc.multifd_channels())
             self.proxy.die_with_starter = True
         try:
             self.proxy.start()
@@ -468,7 +482,9 @@ class Coordinator:
             elif now - quiet_since >= SETTLED_FOR and self.agents.heard_since(quiet_since):
                 return  # (a remote peer's news is not late: its agent spoke since)
             if now > deadline:
-                raise RunError(self._stuck(steps))
+                stuck = self._stuck(steps)
+                self._hung()
+                raise RunError(stuck)
             if not moved:  # (built anew: a socket that closed is no longer waited on)
                 self._poller().poll(self._wait_ms(steps, quiet_since, deadline))
 
@@ -534,6 +550,19 @@ class Coordinator:
         if waiting:
             text += "; steps not fired: " + ", ".join(waiting)
         return text + "; the stacks of each peer are in the report"
+
+    def _hung(self) -> None:
+        """At the deadline: a QEMU peer whose QMP does not answer is a hang, named."""
+        silent = unanswering(self._peers())
+        if not silent:
+            return
+        self.unanswering = {peer.role for peer in silent}
+        peer = silent[0]
+        other = "source" if peer.role == "destination" else "destination"
+        state = "dead" if not self.peer(other).alive() else str(self.status[other])
+        where = blocked_in(self._stacks.get(peer.role), peer.pid)
+        raise PeerHung(hang_text(peer.role, peer.kind, str(self.status[peer.role]),
+                                 self.sc.timeout, where, f"{other} {state}"))
 
     def _dump_stacks(self, role: str, peer: PeerHandle) -> None:
         stacks = stacks_of(peer, role in self.frozen)
@@ -612,6 +641,9 @@ class Coordinator:
         self._pump()
         source = self._outcome(self.src)
         destination = self._outcome(self.dst)
+        if destination.error is None and destination.status in ("none", "setup"):
+            destination.error = channels_waited(self.dst, self.sc.capabilities_of(
+                "destination"), self.sc.parameters_of("destination"))
         self.result.source, self.result.destination = source, destination
         if self.refused:
             source.error = self.refused
@@ -656,6 +688,12 @@ class Coordinator:
         for role, peer in (("source", self.src), ("destination", self.dst)):
             if peer is None:
                 continue
+            if role in self.unanswering:  # asked nothing more: killed and reaped at close
+                setattr(self.result, role, PeerOutcome(
+                    kind=peer.kind, status=self.status[role],
+                    statuses=list(self.state.statuses[role]), stacks=self._stacks.get(role),
+                    error="stopped answering QMP (killed and reaped)"))
+                continue
             try:
                 outcome = self._outcome(peer)
             except Exception as err:  # noqa: BLE001 - collecting after a failure: best effort
@@ -669,6 +707,8 @@ class Coordinator:
         handles: list[Any] = [*self._peers(), *([self.proxy] if self.proxy else [])]
         for handle in handles:
             try:
+                if handle.role in self.unanswering and handle.alive() and handle.pid:
+                    kill_tree(handle.pid)  # a hung QMP would only make `quit` wait
                 handle.close()
             except Exception as err:  # noqa: BLE001 - keep closing (reaping) the others
                 log.warning("closing the %s: %s", handle.role, err)
@@ -726,4 +766,4 @@ class Coordinator:
 def _expectations(sc: Scenario) -> Expectations:
     e = sc.expect
     return Expectations(source=e.source, destination=e.destination, memory=e.memory,
-                        guest_runs_on=e.guest_runs_on)
+                        guest_runs_on=e.guest_runs_on, delivered=e.delivered)

@@ -385,6 +385,11 @@ class Expect(ScenarioModel):
     """What the guest's RAM must be at the end."""
     guest_runs_on: Annotated[GuestPlace, choice("a place", GUEST_PLACES)] | None = None
     """Where the guest runs at the end."""
+    delivered: bool | None = None
+    """true: a source that reports completed must have delivered the guest -- the
+    destination completed too, with every page (when memory is compared).  QEMU 7.2's
+    source reports completed without knowing (facts X2): invariant
+    completed-means-delivered."""
 
 
 # --- the scenario -----------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""Naming a peer that hangs: which peer, in which status, waiting for what.
+
+Strategy: QEMU 7.2 has migrations that never end (facts M4: a multifd destination that
+waits for a channel the source never opens; P7: multifd with postcopy-preempt, whose
+destination blocks its main loop in a read, so its QMP stops answering).  The runner
+must report these as what they are, not as its own trouble: at the deadline each live
+QEMU peer is asked `query-status` with a short timeout, and one that does not answer is
+a `PeerHung` (verdict `fail`, invariant `peer-responsive`), named with its last status
+and what its main thread is blocked in (its kernel stack, /proc); it is then not asked
+anything again, only killed and reaped.  A QEMU destination that rests in `setup` while
+the source has finished is named by the connections it holds against the ones its
+settings wait for (migration.c: migration_has_all_channels).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psutil
+
+from harness.control import ControlError
+from harness.qemu import QMPError
+
+from .real_guest import is_qemu
+
+__all__ = ["PROBE_TIMEOUT", "RESPONSIVE", "PeerHung", "blocked_in", "channels_waited",
+           "hang_text", "unanswering"]
+
+PROBE_TIMEOUT = 1.0  # s a QMP at the deadline has to answer query-status
+RESPONSIVE = "peer-responsive"  # the invariant a hung peer fails
+_SYSCALL = re.compile(r"__(?:x64_)?sys_(\w+)")
+
+
+class PeerHung(Exception):
+    """A peer stopped answering its control socket: the run's finding, not the harness's
+    trouble (the coordinator makes it verdict `fail`, invariant `peer-responsive`)."""
+
+
+def unanswering(peers: list[Any]) -> list[Any]:
+    """The live QEMU peers whose QMP does not answer `query-status` within PROBE_TIMEOUT
+    (a harness peer that hangs is the harness's own failure: the deadline says so)."""
+    silent = []
+    for peer in peers:
+        if not (is_qemu(peer) and peer.alive()):
+            continue
+        try:
+            peer.execute("query-status", timeout=PROBE_TIMEOUT)
+        except (ControlError, QMPError, OSError):
+            silent.append(peer)
+    return silent
+
+
+def blocked_in(stacks: str | None, pid: int | None) -> str:
+    """What the main thread (tid == pid) of `stacks` (runner/stacks.py: proc_stacks) is
+    blocked in: its system call and kernel wait, e.g. "recvmsg() (wait_woken)"."""
+    if not stacks or pid is None:
+        return "an unknown place (no stacks)"
+    lines = stacks.splitlines()
+    head = next((i for i, line in enumerate(lines) if line.startswith(f"thread {pid} ")), None)
+    if head is None:
+        return "an unknown place (its main thread is not in the stacks)"
+    wait = lines[head].rsplit("waiting in ", 1)[-1]
+    frames = [line.strip() for line in lines[head + 1:] if line.startswith("    ")]
+    calls = [m[1] for frame in frames for m in [_SYSCALL.search(frame)] if m]
+    return f"{calls[0]}() ({wait})" if calls else wait
+
+
+def hang_text(role: str, kind: str, status: str, timeout: float, where: str,
+              other: str) -> str:
+    """The hang, named: `other` is the other peer's role and status ("source active")."""
+    return (f"the {role} ({kind}) stopped answering QMP in status {status} (no reply to "
+            f"query-status within {PROBE_TIMEOUT:g} s at the {timeout:g} s deadline; its "
+            f"main thread is blocked in {where}), the {other}; killed and reaped")
+
+
+def channels_waited(peer: Any, capabilities: dict[str, bool],
+                    parameters: dict[str, Any]) -> str | None:
+    """For a live QEMU destination resting in none/setup: the connections it accepted
+    against those its settings wait for before it loads (1 main + multifd-channels, +1
+    preempt), or None when it waits for nothing the count explains."""
+    if not capabilities.get("multifd") or not is_qemu(peer) or peer.pid is None:
+        return None
+    want = 1 + int(parameters.get("multifd-channels", 2))
+    try:
+        held = [c for c in psutil.Process(peer.pid).net_connections(kind="inet")
+                if c.status in (psutil.CONN_ESTABLISHED, psutil.CONN_CLOSE_WAIT)]
+    except psutil.Error:
+        return None
+    if len(held) >= want:
+        return None
+    return (f"it waits for its incoming migration: {len(held)} connection(s) accepted of "
+            f"the {want} it loads after (main + multifd-channels "
+            f"{want - 1}: migration_has_all_channels)")
