@@ -280,9 +280,9 @@ def _context(directory: Path, endpoint: str, verify: bool, tickets: int) -> ssl.
     cert = _path(directory, CERT[endpoint], server)
     key = _path(directory, KEY[endpoint], server)
     assert ca is not None
-    _check_times(ca, "CA")
+    ca_cert = _check_times(ca, "CA")
     if cert is not None:
-        _check_times(cert, endpoint)
+        _check_issuer(_check_times(cert, endpoint), ca_cert, cert, ca)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     try:
         if cert is not None and key is not None:
@@ -304,8 +304,8 @@ def _context(directory: Path, endpoint: str, verify: bool, tickets: int) -> ssl.
     return ctx
 
 
-def _check_times(path: Path, who: str) -> None:
-    """crypto/tlscredsx509.c: qcrypto_tls_creds_check_cert_times."""
+def _check_times(path: Path, who: str) -> Any:
+    """crypto/tlscredsx509.c: qcrypto_tls_creds_check_cert_times; the certificate."""
     from cryptography import x509
 
     try:
@@ -317,6 +317,19 @@ def _check_times(path: Path, who: str) -> None:
         raise ValueError(f"The {who} certificate {path} has expired")
     if cert.not_valid_before_utc > now:
         raise ValueError(f"The {who} certificate {path} is not yet active")
+    return cert
+
+
+def _check_issuer(cert: Any, ca_cert: Any, cert_path: Path, ca_path: Path) -> None:
+    """crypto/tlscredsx509.c: qcrypto_tls_creds_check_authority_chain's words for an own
+    certificate its CA did not issue."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ValueError(f"Our own certificate {cert_path} failed validation against "
+                         f"{ca_path}: The certificate hasn't got a known issuer") from None
 
 
 # -- handshake ------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ basicConstraints CA:TRUE and keyCertSign, a server certificate with serverAuth a
 for the hostnames, a client certificate with clientAuth -- as P-256 keys (fast to make)
 and writes them under QEMU's fixed names (`ca-cert.pem`, `server-cert.pem`, ...) into
 one directory per peer: the source's holds the client pair, the destination's the
-server pair.  Knobs make the failure cases: the source trusting another CA
-(`wrong_ca`), an expired server certificate (`expired`).  Keys are written 0600.
+server pair.  Knobs make the failure cases: the source's CA and client certificate from
+another CA than the destination's (`wrong_ca`), an expired server certificate
+(`expired`: QEMU 7.2 and the harness refuse to load it).  Keys are written 0600.
 """
 
 from __future__ import annotations
@@ -38,21 +39,21 @@ def make_run_credentials(directory: Path, *, hostnames: tuple[str, ...] = ("loca
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _certificate(_name((("O", "migration-harness"), ("CN", "harness CA"))),
                            ca_key, None, ca_key, ca=True)
+    server_ca = ca_cert
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _certificate(_name((("O", "migration-harness"), ("CN", hostnames[0]))),
                                server_key, (ca_cert, ca_key), ca_key, hostnames=hostnames,
                                usage="server", expired=expired)
+    if wrong_ca:  # QEMU checks its own certificate against its CA: both come from another
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_cert = _certificate(_name((("O", "elsewhere"), ("CN", "another CA"))),
+                               ca_key, None, ca_key, ca=True)
     client_key = ec.generate_private_key(ec.SECP256R1())
     client_cert = _certificate(_name(CLIENT_DN), client_key, (ca_cert, ca_key), ca_key,
                                usage="client")
-    trusted_by_source = ca_cert
-    if wrong_ca:
-        other_key = ec.generate_private_key(ec.SECP256R1())
-        trusted_by_source = _certificate(_name((("O", "elsewhere"), ("CN", "another CA"))),
-                                         other_key, None, other_key, ca=True)
     source, destination = directory / "tls-source", directory / "tls-destination"
-    _write_dir(source, trusted_by_source, "client", client_cert, client_key)
-    _write_dir(destination, ca_cert, "server", server_cert, server_key)
+    _write_dir(source, ca_cert, "client", client_cert, client_key)
+    _write_dir(destination, server_ca, "server", server_cert, server_key)
     return RunCredentials(source, destination, client_cert.subject.rfc4514_string())
 
 
