@@ -42,6 +42,7 @@ from .base import (
     non_empty,
     raise_issues,
 )
+from .disks import Disk, DiskExpectation, disk_issues
 from .names import (
     ACCELS,
     CAPABILITIES,
@@ -207,6 +208,8 @@ class Guest(ScenarioModel):
     devices: Annotated[tuple[Annotated[DeviceName, choice("a device", DEVICE_NAMES)], ...],
                        _no_duplicates("device")] = DEFAULT_DEVICES
     """Device state migrated besides RAM; blocker makes the guest unmigratable."""
+    disks: Annotated[tuple[Disk, ...], _no_duplicates("disk")] = ()
+    """Raw disks for block migration (capability block), written from the seed."""
 
     @model_validator(mode="before")
     @classmethod
@@ -383,6 +386,8 @@ class Expect(ScenarioModel):
     memory: Annotated[MemoryExpectation, choice("a memory expectation",
                                                 MEMORY_EXPECTATIONS)] | None = None
     """What the guest's RAM must be at the end."""
+    disks: Annotated[DiskExpectation, choice("a disk expectation", ("identical",))] | None = None
+    """identical: every sector of every disk equal on both sides at the end."""
     guest_runs_on: Annotated[GuestPlace, choice("a place", GUEST_PLACES)] | None = None
     """Where the guest runs at the end."""
     delivered: bool | None = None
@@ -486,7 +491,7 @@ class Scenario(ScenarioModel):
                      + self._postcopy_issues() + self._throttle_issues()
                      + self._proxy_issues() + self._harness_peer_issues()
                      + self._peer_settings_issues()
-                     + self._pause_issues() + self._preempt_issues()
+                     + self._pause_issues() + self._preempt_issues() + disk_issues(self)
                      + self._multifd_issues())
         source_file = (info.context or {}).get("source_file")
         if source_file is not None:
