@@ -43,6 +43,7 @@ from .base import (
     raise_issues,
 )
 from .disks import Disk, DiskExpectation, disk_issues
+from .tls import Tls, tls_issues
 from .names import (
     ACCELS,
     CAPABILITIES,
@@ -436,6 +437,8 @@ class Scenario(ScenarioModel):
     """What happens during the migration: triggers, then actions or faults."""
     expect: Expect = Field(default_factory=Expect)
     """What the run must end with."""
+    tls: Tls | None = None
+    """TLS on every channel, with the run's own CA and certificates (harness/scenario/tls.py)."""
 
     _source_file: Path | None = PrivateAttr(default=None)
 
@@ -492,7 +495,7 @@ class Scenario(ScenarioModel):
                      + self._proxy_issues() + self._harness_peer_issues()
                      + self._peer_settings_issues()
                      + self._pause_issues() + self._preempt_issues() + disk_issues(self)
-                     + self._multifd_issues())
+                     + self._multifd_issues() + tls_issues(self))
         source_file = (info.context or {}).get("source_file")
         if source_file is not None:
             self._source_file = Path(source_file)
