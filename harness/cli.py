@@ -460,6 +460,10 @@ def proxy(
         "--preempt", help="postcopy-preempt is on: the connection after each main one is its "
         "preempt channel (requested pages), forwarded as a second connection (recorded "
         "in DIR/stream.preempt.bin).")] = False,
+    multifd: Annotated[int, typer.Option(
+        "--multifd", metavar="N", min=0, max=255, help="multifd is on with N channels: the N "
+        "connections after each main one are its multifd channels, connected to the target "
+        "in the order accepted (recorded in DIR/stream.multifd-ID.bin).")] = 0,
 ) -> None:
     """Run the fault-injecting proxy between the peers (what `harness run` starts)."""
     from .control.curve import bind_needs_keys
@@ -472,7 +476,8 @@ def proxy(
     if bind_needs_keys(control):
         typer.echo(f"harness proxy: warning: --insecure: the control plane on {control} has "
                    f"no authentication", err=True)
-    raise typer.Exit(run_proxy(control, listen, target, seed, layout, record, preempt))
+    raise typer.Exit(run_proxy(control, listen, target, seed, layout, record, preempt,
+                               multifd))
 
 
 @app.command()

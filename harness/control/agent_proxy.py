@@ -30,7 +30,7 @@ __all__ = ["OPTIONS", "check_options", "proxy_command_line", "relay_refusal"]
 #: option -> (type, required)
 OPTIONS: dict[str, tuple[type, bool]] = {"listen": (str, True), "target": (str, True),
                                          "seed": (int, False), "record": (bool, False),
-                                         "preempt": (bool, False)}
+                                         "preempt": (bool, False), "multifd": (int, False)}
 MAX_URI = 4096
 
 
@@ -91,6 +91,8 @@ def proxy_command_line(peer: PeerProcess) -> list[str]:
         argv += ["--record", str(peer.run_dir)]
     if options.get("preempt"):
         argv.append("--preempt")
+    if options.get("multifd"):
+        argv += ["--multifd", str(options["multifd"])]
     return argv
 
 

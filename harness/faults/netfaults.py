@@ -62,10 +62,11 @@ from pydantic import ValidationError
 from harness.errors import ScenarioFailure
 from harness.protocol import RamFlag
 from harness.scenario.base import FieldError, dotted
-from harness.scenario.names import MIG_CMD_NAMES, RP_MESSAGE_NAMES
+from harness.scenario.names import MIG_CMD_NAMES, MULTIFD_FRAME_NAMES, RP_MESSAGE_NAMES
 from harness.scenario.steps import NetFault
 
 from .framing import MAIN, PREEMPT, RETURN_PATH, Frame, Framing, frame_flows
+from .multifd import is_multifd
 from .triggers import WireTrigger
 
 __all__ = ["FRAME_FAULTS", "SHAPING_FAULTS", "Armed", "Cut", "Edit", "FaultError",
@@ -83,11 +84,11 @@ class FaultError(ScenarioFailure, ValueError):
 def flows_of(channel: str, direction: str) -> tuple[str, ...]:
     """The physical flows (main: source -> destination, return-path: back, preempt: source
     -> destination on the second connection) a fault names."""
-    if channel == PREEMPT:
+    if channel == PREEMPT or is_multifd(channel):
         if direction == "backward":
-            raise FaultError("the preempt channel carries source -> destination bytes only: "
-                             "direction backward names nothing on it")
-        return (PREEMPT,)
+            raise FaultError(f"the {channel} channel carries source -> destination bytes "
+                             "only: direction backward names nothing on it")
+        return (channel,)
     other = RETURN_PATH if channel == MAIN else MAIN
     if direction == "forward":
         return (channel,)
@@ -120,15 +121,16 @@ def fault_flows(fault: NetFault) -> tuple[str, ...]:
     flows = flows_of(fault.channel, fault.direction)
     name = fault.message or (fault.frame if fault.kind in FRAME_FAULTS else None)
     if fault.kind in ("net.corrupt", "net.truncate"):
-        name = fault.frame or "RAM_PAGE"
+        name = fault.frame or default_frame(fault.channel)
         if name == "SUBSECTION":
             raise FaultError("SUBSECTION records lie inside device payloads, which the proxy "
                              "does not take apart: aim at SECTION_FULL instead")
     if name is None:
         return flows
-    where = tuple(f for f in flows if f in _message_flows(name, fault.kind))
+    where = tuple(f for f in flows if f in _message_flows(name, fault.kind, flows))
     if not where:
-        travels = " and ".join(_message_flows(name, fault.kind))
+        travels = " and ".join(_message_flows(name, fault.kind, flows)) or (
+            "multifd-N" if name in MULTIFD_FRAME_NAMES else "")
         travels = travels or "no"
         raise FaultError(f"{name} travels on the {travels} flow, which ({fault.channel}, "
                          f"{fault.direction}) does not name (main forward = source -> "
@@ -137,7 +139,14 @@ def fault_flows(fault: NetFault) -> tuple[str, ...]:
     return where
 
 
-def _message_flows(name: str, kind: str) -> tuple[str, ...]:
+def default_frame(channel: str) -> str:
+    """What net.corrupt and net.truncate aim at when no frame is named."""
+    return "MULTIFD_PACKET" if is_multifd(channel) else "RAM_PAGE"
+
+
+def _message_flows(name: str, kind: str, flows: tuple[str, ...]) -> tuple[str, ...]:
+    if name in MULTIFD_FRAME_NAMES:
+        return tuple(f for f in flows if is_multifd(f))
     if name == "RAM_PAGE" and kind in ("net.corrupt", "net.truncate"):
         return (MAIN, PREEMPT)  # page records: in the main stream's sections, bare on preempt
     if kind in ("net.drop", "net.duplicate"):
@@ -215,7 +224,7 @@ class FrameFault:
         if self.fault.kind in ("net.drop", "net.duplicate"):
             assert self.fault.message is not None
             return self.fault.message
-        return self.fault.frame or "RAM_PAGE"
+        return self.fault.frame or default_frame(self.fault.channel)
 
     @property
     def resizes(self) -> bool:

@@ -21,7 +21,13 @@ bare RAM page records framed by `PreemptFramer`), connected to the target right 
 its main one (the accept thread connects in the order it accepts), linked both ways
 (`main`, `preempt`).  A connection-wide fault goes to the session of the channel it names,
 whichever channel's trigger fired it; a recovery's pair of connections is again main, then
-preempt.
+preempt.  With multifd (`multifd` = N channels), the N connections that follow a main one
+are its multifd channels, connected to the target in the order they were accepted (QEMU
+7.2's destination assigns them by that order, migration.c:
+migration_ioc_process_incoming; facts M1/M2), each a `Session` of one flow framed by
+`MultifdFramer` and named `multifd-<id>` once its MultifdInit says the id (faults and
+triggers waiting for that channel act from then on).  postcopy-preempt together with
+multifd is refused (the order of their connections is not defined in 7.2).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import random
 import socket
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,12 +61,13 @@ from .framing import (
     StreamFramer,
     StreamMemory,
 )
+from .multifd import MULTIFD, MultifdFramer, is_multifd, multifd_flows
 from .netfaults import FRAME_FAULTS, SHAPING_FAULTS, Armed, FrameFault, fault_flows, parse_fault
 from .outlet import HOLD_DEADLINE, Holds, Outlet
 from .preempt import PreemptFramer
 from .pump import Pump
 from .recording import Recording
-from .stats import FLOWS, Stats
+from .stats import Stats
 from .triggers import parse_trigger
 
 __all__ = ["CONNECT_TIMEOUT", "Proxy", "ProxyState", "Session"]
@@ -78,15 +86,17 @@ class Session:
     given `main` (the session it follows), that session's preempt channel: one flow."""
 
     def __init__(self, proxy: Proxy, n: int, source: socket.socket,
-                 destination: socket.socket, main: Session | None = None) -> None:
+                 destination: socket.socket, main: Session | None = None,
+                 kind: str = PREEMPT) -> None:
         self.proxy = proxy
         self.n = n
-        self.channel = MAIN if main is None else PREEMPT
+        self.channel = MAIN if main is None else kind
         self.main = main
         self.preempt: Session | None = None
+        self.multifd: list[Session] = []  # a main session's multifd channels, accepted
         self.waker = Waker()
         self.stopped = threading.Event()
-        label = f"session {n}" + (" (preempt)" if main is not None else "")
+        label = f"session {n}" + (f" ({kind})" if main is not None else "")
         self.source = Endpoint(source, f"{label} source", self.waker)
         self.destination = Endpoint(destination, f"{label} destination", self.waker)
         self.state = "open"  # open | closing | closed
@@ -95,6 +105,9 @@ class Session:
         self._reset = False
         self._lock = threading.Lock()
         self._done = 0
+        if main is not None and kind == MULTIFD:
+            self.pumps = {MULTIFD: self._pump(MULTIFD, MultifdFramer(proxy.multifd))}
+            return
         if main is not None:
             self.pumps = {PREEMPT: self._pump(PREEMPT, PreemptFramer(main.main_decoder))}
             return
@@ -121,6 +134,13 @@ class Session:
         for pump in self.pumps.values():
             pump.thread.start()
 
+    def identified(self, pump: Pump, flow: str) -> None:
+        """A multifd channel's init named it (`flow`: multifd-<id>)."""
+        with self._lock:
+            self.pumps = {flow: pump}  # a new dict: whoever iterates the old one may go on
+            self.channel = flow
+        self.proxy.channel_identified(self)
+
     @property
     def guessed(self) -> int:
         """Device sections of this connection skipped to a footer found by searching."""
@@ -137,12 +157,17 @@ class Session:
         out = {"n": self.n, "state": self.state, "reason": self.reason,
                "continued": self.continued,
                "forwarded": {flow: pump.forwarded for flow, pump in self.pumps.items()}}
-        if self.proxy.preempt:
+        if self.proxy.preempt or self.proxy.multifd:
             out["channel"] = self.channel
             if self.main is not None:
                 out["main"] = self.main.n
             elif self.preempt is not None:
                 out["preempt"] = self.preempt.n
+            elif self.multifd:
+                out["multifd"] = [s.n for s in self.multifd]
+        framer = next(iter(self.pumps.values())).framer
+        if isinstance(framer, MultifdFramer):
+            out["packets"] = framer.counters()
         return out
 
     # ------------------------------------------------------------------ ending
@@ -244,28 +269,35 @@ class Proxy:
     def __init__(self, listen: str, target: str, *, seed: int = 0, emit: Emit | None = None,
                  hold_deadline: float = HOLD_DEADLINE, layout: MachineLayout | None = None,
                  layout_cache: Path | None = None, record: Path | None = None,
-                 preempt: bool = False) -> None:
+                 preempt: bool = False, multifd: int = 0) -> None:
+        if preempt and multifd:
+            raise ValueError("postcopy-preempt together with multifd is not implemented by "
+                             "the proxy (which connection is which is not defined in 7.2)")
+        if not 0 <= multifd <= 255:
+            raise ValueError(f"multifd channels: {multifd} is not between 1 and 255")
         self.target = str(proxy_uri(target, "source"))
         self.seed = seed
         self.preempt = preempt  # postcopy-preempt: each main connection brings a second
+        self.multifd = multifd  # multifd-channels: each main connection brings N more
         self._emit_to = emit
-        self.stats = Stats(preempt)
+        self.stats = Stats(preempt, multifd_flows(multifd))
         self.holds = Holds(self.emit, hold_deadline)
         self.memory = StreamMemory(layout, self._learn)
         self.layout_cache = layout_cache  # None: the default cache (harness.qemu.layout)
         self.learned: list[dict[str, Any]] = []
         #: what it delivered, kept (harness run --record with no harness peer recording)
-        self.recording = Recording(record, preempt) if record is not None else None
+        self.recording = Recording(record, preempt, multifd) if record is not None else None
         self.state = ProxyState.RUNNING
         self._lock = threading.RLock()
         self._armed: dict[str, Armed] = {}
-        self._triggers: dict[str, list[Armed]] = {flow: [] for flow in FLOWS}
-        self._frame_faults: dict[str, list[FrameFault]] = {flow: [] for flow in FLOWS}
+        self._triggers: dict[str, list[Armed]] = defaultdict(list)
+        self._frame_faults: dict[str, list[FrameFault]] = defaultdict(list)
         self._next_session: list[Armed] = []
         self.sessions: list[Session] = []
         #: preempt: the next connection is this main session's preempt channel (False:
         #: the next one is a main connection; None: it follows a main that failed)
         self._awaiting: Session | None | bool = False
+        self._multifd_left = 0  # multifd: connections still to come for the last main one
         self._numbers = itertools.count(1)
         self.faults: list[dict[str, Any]] = []
         self.framing_errors: list[dict[str, Any]] = []
@@ -299,6 +331,7 @@ class Proxy:
             trigger, probability=probability, draw_seed=f"{self.seed}/{arm_id}")
         spec = parse_fault(fault) if fault is not None else None
         armed = Armed(arm_id, wire, spec, bool(hold), fault_flows(spec) if spec else ())
+        self._check_channels(arm_id, (*armed.flows, *((wire.flow,) if wire else ())))
         with self._lock:
             if arm_id in self._armed:
                 raise ValueError(f"x-proxy-arm: id {arm_id!r} is already used")
@@ -315,6 +348,16 @@ class Proxy:
         if armed.hold:
             self.holds.hold(arm_id)
         return armed.describe()
+
+    def _check_channels(self, arm_id: str, flows: tuple[str, ...]) -> None:
+        known = multifd_flows(self.multifd)
+        for flow in flows:
+            if is_multifd(flow) and flow not in known:
+                raise ValueError(f"x-proxy-arm {arm_id}: channel {flow}: " + (
+                    "this proxy forwards no multifd channels (started without --multifd)"
+                    if not self.multifd else
+                    f"this proxy forwards {self.multifd} multifd channels (ids 0 to "
+                    f"{self.multifd - 1})"))
 
     def release(self, hold_id: str) -> dict[str, Any]:
         if not self.holds.release(hold_id):
@@ -366,6 +409,7 @@ class Proxy:
         return {
             "listen": self.address, "target": self.target, "seed": self.seed,
             **({"preempt": True} if self.preempt else {}),
+            **({"multifd": self._multifd_summary(sessions)} if self.multifd else {}),
             "state": self.state.value,
             "sessions": {"accepted": len(sessions),
                          "active": sum(s["state"] != "closed" for s in sessions),
@@ -378,6 +422,20 @@ class Proxy:
             "fired": [a for a in armed if a["state"] == "fired"],
             "faults": faults, "holds": self.holds.active, "errors": errors,
         }
+
+    def _multifd_summary(self, sessions: list[dict[str, Any]]) -> dict[str, Any]:
+        """Per multifd channel: its connections and what they carried (packets, pages,
+        SYNC packets, payload bytes), added up over the migrations of this proxy."""
+        channels: dict[str, dict[str, int]] = {}
+        for summary in sessions:
+            counters = summary.get("packets")
+            if counters is None:
+                continue
+            total = channels.setdefault(summary["channel"], {"connections": 0})
+            total["connections"] += 1
+            for key, value in counters.items():
+                total[key] = total.get(key, 0) + value
+        return {"channels": self.multifd, "list": dict(sorted(channels.items()))}
 
     def close(self) -> None:
         """Stop accepting, end every session, join every thread (bounded).  Idempotent."""
@@ -465,6 +523,17 @@ class Proxy:
         with self._lock:
             self.errors.append(text)
         self.emit("PROXY_ERROR", {"session": session.n if session else None, "error": text})
+
+    def channel_identified(self, session: Session) -> None:
+        """A multifd session knows its channel: faults waiting for it act now."""
+        with self._lock:
+            waiting = [a for a in self._next_session if _wants(a, session)]
+            self._next_session = [a for a in self._next_session if a not in waiting]
+        self.emit("SESSION", {"n": session.n, "event": "identified",
+                              "channel": session.channel,
+                              "main": session.main.n if session.main else None})
+        for armed in waiting:
+            self._act(armed, session, None, 0)
 
     def session_closed(self, session: Session) -> None:
         self.emit("SESSION", {"n": session.n, "event": "closed", "reason": session.reason})
@@ -560,16 +629,31 @@ class Proxy:
         for session in list(self.sessions):
             session.check_deadline(now)
 
+    def _next_role(self) -> tuple[Session | None | bool, str]:
+        """What the connection just accepted is: (False, main), or (its main session, the
+        channel kind: preempt or multifd); a main that failed to connect is None."""
+        main = self._awaiting
+        if main is False:
+            # until it is known to work, its channels follow a failed main connection
+            if self.preempt or self.multifd:
+                self._awaiting, self._multifd_left = None, self.multifd
+            return False, MAIN
+        if self.preempt:
+            self._awaiting = False
+            return main, PREEMPT
+        self._multifd_left -= 1
+        if self._multifd_left <= 0:
+            self._awaiting = False
+        return main, MULTIFD
+
     def _open_session(self, conn: socket.socket) -> None:
         n = next(self._numbers)
         target = self.target
-        main = self._awaiting  # False: this is a main connection
-        # until it is known to work, a main connection's preempt channel follows a failed one
-        self._awaiting = None if main is False and self.preempt else False
-        channel = {} if not self.preempt else {"channel": MAIN if main is False else PREEMPT}
+        main, kind = self._next_role()
+        channel = {"channel": kind} if self.preempt or self.multifd else {}
         try:
             if main is None:
-                raise OSError("it would be the preempt channel of a main connection that "
+                raise OSError(f"it would be the {kind} channel of a main connection that "
                               "could not reach the target")
             upstream = connect_target(target, CONNECT_TIMEOUT)
         except (TransportError, OSError) as exc:
@@ -578,12 +662,15 @@ class Proxy:
             self.emit("SESSION", {"n": n, "event": "closed", **channel,
                                   "reason": f"cannot connect to the target {target}: {exc}"})
             return
-        session = Session(self, n, conn, upstream, main if isinstance(main, Session) else None)
+        session = Session(self, n, conn, upstream, main if isinstance(main, Session) else None,
+                          kind)
         with self._lock:
             self.sessions.append(session)
-            if session.main is not None:
+            if session.main is not None and kind == MULTIFD:
+                session.main.multifd.append(session)
+            elif session.main is not None:
                 session.main.preempt = session
-            elif self.preempt:
+            elif self.preempt or self.multifd:
                 self._awaiting = session
             waiting = [a for a in self._next_session if _wants(a, session)]
             self._next_session = [a for a in self._next_session if a not in waiting]
@@ -595,14 +682,19 @@ class Proxy:
 
 def _wants(armed: Armed, session: Session) -> bool:
     """Whether a fault waiting for the next session acts on this one (its channel's)."""
-    return (armed.flows == (PREEMPT,)) == (session.channel == PREEMPT)
+    pumps = session.pumps
+    return all(flow in pumps for flow in armed.flows)
 
 
 def _channel_session(armed: Armed, session: Session | None, origin: Pump | None
                      ) -> tuple[Session | None, Pump | None]:
-    """The session of the channel a connection-wide fault names: a preempt fault fired on
-    the main connection acts on its preempt channel, and the other way round (from where
-    that connection is: `origin` is None then)."""
+    """The session of the channel a connection-wide fault names: a preempt or multifd-N
+    fault fired on the main connection acts on that channel's connection, and the other
+    way round (from where that connection is: `origin` is None then)."""
     if session is None or _wants(armed, session):
         return session, origin
-    return (session.preempt if session.main is None else session.main), None
+    home = session.main or session
+    for other in reversed([home, home.preempt, *home.multifd]):
+        if other is not None and _wants(armed, other):
+            return other, None
+    return None, None

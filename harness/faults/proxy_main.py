@@ -21,7 +21,9 @@ Commands:
 Events:
     WIRE {id, trigger, session, channel, offset, frame, count, held}   a trigger matched
     FAULT {id, kind, channel, direction, flow, session, offset, frame, detail}  it acted
-    SESSION {n, event: accepted|closed, reason[, channel: main|preempt with --preempt]}
+    SESSION {n, event: accepted|closed, reason[, channel: main|preempt with --preempt,
+             main|multifd with --multifd]}
+    SESSION {n, event: identified, channel: multifd-ID, main}   (--multifd) its init's id
     HOLD_RELEASED {id, by: x-proxy-release|deadline, held}
     FRAMING_LOST {session, channel, message}
     LAYOUT_LEARNED {key, devices}   a stream's vmdesc added to the layout (and its cache)
@@ -58,12 +60,12 @@ class ProxyProcess:
 
     def __init__(self, control: str, listen: str, target: str, seed: int = 0,
                  layout: MachineLayout | None = None, record: Path | None = None,
-                 preempt: bool = False) -> None:
+                 preempt: bool = False, multifd: int = 0) -> None:
         self.server = ControlServer(control, role="proxy")
         self.stop = threading.Event()
         try:
             self.proxy = Proxy(listen, target, seed=seed, emit=self.server.emit, layout=layout,
-                               record=record, preempt=preempt)
+                               record=record, preempt=preempt, multifd=multifd)
         except BaseException:
             self.server.close()
             raise
@@ -194,13 +196,15 @@ def inline_layout(doc: Any) -> MachineLayout:
 
 def main(control: str, listen: str, target: str, seed: int = 0,
          layout: str | Path | None = None, record: Path | None = None,
-         preempt: bool = False) -> int:
+         preempt: bool = False, multifd: int = 0) -> int:
     """Run the proxy process; 0 after quit/SIGTERM, 2 when it cannot start.  `preempt`:
-    postcopy-preempt is on, each main connection is followed by its preempt channel."""
+    postcopy-preempt is on, each main connection is followed by its preempt channel;
+    `multifd`: N multifd channels follow each main connection."""
     logging.basicConfig(level=logging.WARNING, format="harness proxy: %(message)s")
     try:
         machine = None if layout is None else load_layout(layout)
-        process = ProxyProcess(control, listen, target, seed, machine, record, preempt)
+        process = ProxyProcess(control, listen, target, seed, machine, record, preempt,
+                               multifd)
     except (ValueError, OSError, ControlError) as err:
         log.error("cannot start: %s", err)
         return 2

@@ -13,6 +13,8 @@ Changes inside frames (drop, duplicate, corrupt, and a PACKAGED length that foll
 are `Edit`s applied as the bytes are forwarded, so the input buffer is never modified
 and nothing is copied on the fast path.  After the end of its input a pump passes the
 EOF on (the receiver's writing side is shut) and ends; the session ends when both have.
+A multifd channel's pump starts as flow `multifd`: its bytes are counted, and the flow's
+triggers looked at, once the framer has read the init and named the flow `multifd-<id>`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from harness.protocol.wire import pack_be32
 
 from .endpoint import Endpoint, Quiet, Stopped
 from .framing import MAIN, Frame, Framer, Framing
+from .multifd import MULTIFD
 from .netfaults import Cut, Edit, FrameFault
 from .outlet import Outlet
 
@@ -62,6 +65,7 @@ class Pump:
         self._framing = Framing()
         self._actions: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = itertools.count()
+        self._uncounted = 0  # bytes read before a multifd channel's init named the flow
         self._package_lengths: dict[int, int] = {}  # PACKAGED start -> blob length
         self._package_fixes: dict[int, Edit] = {}
         self.thread = threading.Thread(target=self.run, daemon=True,
@@ -81,7 +85,7 @@ class Pump:
 
     def _pump(self) -> None:
         framer, stopped = self.framer, self.session.stopped
-        chunk = CHUNK if self.flow == MAIN else RETURN_PATH_CHUNK
+        chunk = CHUNK if self.flow in (MAIN, MULTIFD) else RETURN_PATH_CHUNK
         while not stopped.is_set():
             first = framer.received
             try:
@@ -89,16 +93,31 @@ class Pump:
             except Quiet:
                 self._forward(framer.received)  # a partial frame goes as it is
                 continue
-            total = self.proxy.stats.received(self.flow, n)
             if n:
-                self._feed(framer.take(), first, total, eof=False)
+                framing = framer.take()
+                if framer.flow != self.flow:
+                    self._named(framer.flow)
+                if self.flow == MULTIFD:  # counted once the init names the flow
+                    self._uncounted += n
+                    continue
+                first -= self._uncounted
+                total = self.proxy.stats.received(self.flow, n + self._uncounted)
+                self._uncounted = 0
+                self._feed(framing, first, total, eof=False)
                 continue
             framer.end_of_input()
-            self._feed(framer.take(), first, total, eof=True)
+            total = self.proxy.stats.received(self.flow, self._uncounted)
+            self._feed(framer.take(), first - self._uncounted, total, eof=True)
             self.ended = "eof"
             self.session.input_ended(self.flow)
             self.outlet.finish(FINISH_TIMEOUT)
             return
+
+    def _named(self, flow: str) -> None:
+        """The framer named this flow (a multifd channel's id is known)."""
+        self.flow = self.outlet.flow = flow
+        self.thread.name = f"proxy session {self.session.n} {flow}"
+        self.session.identified(self, flow)
 
     def _receive(self, view: memoryview) -> int:
         held = self.framer.received > self.forwarded

@@ -6,7 +6,9 @@ faults: what the destination received, as a harness destination's own recording 
 `stream.rp.bin`, the return path as the source received it.  Connections after the first
 (postcopy recovery) continue the same files, as the stream itself continues.  With
 postcopy-preempt on, a third file, `stream.preempt.bin`, holds what the preempt channel
-delivered (every preempt connection in turn, as the destination read them).  The files are
+delivered (every preempt connection in turn, as the destination read them); with multifd,
+`stream.multifd-<id>.bin` per channel holds what that channel delivered (bytes a
+connection forwarded before its init named it are not kept).  The files are
 created new (mode 0600, never an existing file truncated); writes from the two pump
 threads are serialised per file.  `harness analyze stream.fwd.bin --return-path
 stream.rp.bin --preempt stream.preempt.bin` reads them.
@@ -20,16 +22,23 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .framing import MAIN, PREEMPT, RETURN_PATH
+from .multifd import multifd_flows
 
 FILES = {MAIN: "stream.fwd.bin", RETURN_PATH: "stream.rp.bin"}
 PREEMPT_FILE = "stream.preempt.bin"
 
 
+def multifd_file(flow: str) -> str:
+    """stream.multifd-<id>.bin, the recording of the multifd channel `flow`."""
+    return f"stream.{flow}.bin"
+
+
 class Recording:
-    def __init__(self, directory: Path, preempt: bool = False) -> None:
+    def __init__(self, directory: Path, preempt: bool = False, multifd: int = 0) -> None:
         if not directory.is_dir():
             raise ValueError(f"--record {directory}: not a directory")
-        names = {**FILES, PREEMPT: PREEMPT_FILE} if preempt else FILES
+        names = {**FILES, PREEMPT: PREEMPT_FILE} if preempt else dict(FILES)
+        names.update({flow: multifd_file(flow) for flow in multifd_flows(multifd)})
         self._locks = {flow: threading.Lock() for flow in names}
         self._files: dict[str, BinaryIO] = {}
         self.paths = {flow: directory / name for flow, name in names.items()}
@@ -46,7 +55,10 @@ class Recording:
                              "already (a recording is never written over)") from None
 
     def write(self, flow: str, data: bytes | bytearray | memoryview) -> None:
-        with self._locks[flow]:
+        lock = self._locks.get(flow)
+        if lock is None:  # a multifd connection not named yet, or with a bad init
+            return
+        with lock:
             out = self._files.get(flow)
             if out is not None:
                 out.write(data)

@@ -6,7 +6,9 @@ both flows of every session keep adding.  Bytes are counted where they are decid
 `received` when read from a peer, `forwarded` when handed to the receiver's socket,
 `discarded` when a fault removed them (a drop, or input after a half-close or a cut);
 with no fault, forwarded equals received on every flow once the sessions ended.  The
-postcopy-preempt channel is a third flow, listed only by a proxy told it is on.
+postcopy-preempt channel is a third flow, listed only by a proxy told it is on; so are
+the multifd channels (`multifd-<id>`), one flow each, and a flow first counted on the fly
+(a multifd connection whose init gave no usable id) is listed from then on.
 """
 
 from __future__ import annotations
@@ -26,34 +28,45 @@ _PAGE_REQUESTS = ("REQ_PAGES", "REQ_PAGES_ID")
 class Stats:
     """Counters of one proxy, across its sessions."""
 
-    def __init__(self, preempt: bool = False) -> None:
+    def __init__(self, preempt: bool = False, multifd: tuple[str, ...] = ()) -> None:
         self._lock = threading.Lock()
-        self._shown = FLOWS if preempt else (MAIN, RETURN_PATH)  # what query-proxy lists
-        self._bytes = {flow: {"received": 0, "forwarded": 0, "discarded": 0} for flow in FLOWS}
-        self._frames: dict[str, Counter[str]] = {flow: Counter() for flow in FLOWS}
+        #: what query-proxy lists
+        self._shown = [*(FLOWS if preempt else (MAIN, RETURN_PATH)), *multifd]
+        self._bytes = {flow: _zero() for flow in (*FLOWS, *multifd)}
+        self._frames: dict[str, Counter[str]] = {flow: Counter() for flow in self._bytes}
         self._seen = {"page-requests": 0, "pongs": 0, "sections": 0, "commands": 0}
 
     def received(self, flow: str, n: int) -> int:
         """Count `n` bytes read on `flow`; the flow's total before them."""
         with self._lock:
-            counts = self._bytes[flow]
+            counts = self._flow(flow)
             before = counts["received"]
             counts["received"] = before + n
             return before
 
     def total_received(self, flow: str) -> int:
         with self._lock:
-            return self._bytes[flow]["received"]
+            return self._flow(flow)["received"]
 
     def add(self, flow: str, what: str, n: int) -> None:
         """Count `n` bytes `forwarded` or `discarded` on `flow`."""
         with self._lock:
-            self._bytes[flow][what] += n
+            self._flow(flow)[what] += n
+
+    def _flow(self, flow: str) -> dict[str, int]:
+        """The counters of `flow` (under the lock), listed from now on if new."""
+        counts = self._bytes.get(flow)
+        if counts is None:
+            counts = self._bytes[flow] = _zero()
+            self._frames[flow] = Counter()
+            self._shown.append(flow)
+        return counts
 
     def frames_seen(self, flow: str, framing: Framing) -> None:
         if not framing.frames and not framing.pages:
             return
         with self._lock:
+            self._flow(flow)
             names = self._frames[flow]
             seen = self._seen
             for frame in framing.frames:
@@ -75,3 +88,7 @@ class Stats:
                     "frames": {flow: dict(sorted(self._frames[flow].items()))
                                for flow in self._shown},
                     **self._seen}
+
+
+def _zero() -> dict[str, int]:
+    return {"received": 0, "forwarded": 0, "discarded": 0}

@@ -27,7 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from harness.errors import ScenarioFailure
 from harness.scenario.base import FieldError, dotted
-from harness.scenario.names import RETURN_PATH_ONLY
+from harness.scenario.names import RETURN_PATH_ONLY, multifd_channel_id
 from harness.scenario.steps import (
     BytesTrigger,
     CommandTrigger,
@@ -160,7 +160,7 @@ def parse_trigger(value: Mapping[str, Any], *, probability: float | None = None,
     elif isinstance(model, CommandTrigger):
         trigger = WireTrigger(spec, "command", MAIN, model.command)
     elif isinstance(model, FrameTrigger):
-        flow = PREEMPT if model.channel == "preempt" else \
+        flow = model.channel if model.channel in (PREEMPT, *_multifd(model.channel)) else \
             RETURN_PATH if model.frame in RETURN_PATH_ONLY else MAIN
         trigger = WireTrigger(spec, "frame", flow, model.frame, model.count,
                               section=model.section)
@@ -175,6 +175,12 @@ def parse_trigger(value: Mapping[str, Any], *, probability: float | None = None,
     trigger.probability = model.probability
     trigger.draw_seed = draw_seed
     return trigger
+
+
+def _multifd(channel: str | None) -> tuple[str, ...]:
+    """(channel,) when it names a multifd channel (multifd-N), else ()."""
+    return (channel,) if channel is not None and multifd_channel_id(channel) is not None \
+        else ()
 
 
 def _words(err: ValidationError | FieldError) -> str:

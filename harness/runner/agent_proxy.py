@@ -39,16 +39,19 @@ class AgentProxy(AgentPeer):
     kind = "proxy"
 
     def __init__(self, conn: AgentConnection, listen: str, target: str, seed: int = 0,
-                 record: bool = False, preempt: bool = False) -> None:
+                 record: bool = False, preempt: bool = False, multifd: int = 0) -> None:
         super().__init__("proxy", conn, {}, incoming=False)
         self.listen, self.target, self.seed, self.record = listen, target, seed, record
         self.preempt = preempt
+        self.multifd = multifd
 
     def start_request(self) -> am.PeerStart:
         options: dict[str, Any] = {"listen": self.listen, "target": self.target,
                                    "seed": self.seed, "record": self.record}
         if self.preempt:  # only then: an agent of before issue 15 knows no such option
             options["preempt"] = True
+        if self.multifd:  # likewise, for an agent of before issue 16
+            options["multifd"] = self.multifd
         return am.PeerStart("proxy", "proxy", {}, kind="proxy", options=options)
 
     def address_for_source(self, timeout: float = 10.0) -> str:
@@ -68,7 +71,7 @@ def remote_proxy(c: RunContext, host: str, target: str) -> AgentProxy:
     record = c.record and c.sc.destination.kind == "qemu"  # as a local proxy's
     listen = tcp_uri(c.sc.hosts[host].peer_address, 0)
     return AgentProxy(c.agents[host], listen, target, c.seed, record=record,
-                      preempt=preempt_on(c.sc))
+                      preempt=preempt_on(c.sc), multifd=c.sc.multifd_channels())
 
 
 def preempt_on(sc: Scenario) -> bool:

@@ -48,7 +48,7 @@ from harness.migration.status import FINAL, MigrationStatus
 from harness.qemu import QemuError, QMPError
 from harness.scenario.model import Scenario
 
-from . import real_guest
+from . import real_guest, tls_setup
 from .actuator import Actuator, Handles
 from .agent_peer import AgentPeer
 from .agent_pool import Agents, placement_problems
@@ -335,6 +335,7 @@ class Coordinator:
             params = self.sc.parameters_of(peer.role)
             try:
                 pm.send(peer, pm.SetCapabilities(caps))
+                params = {**params, **tls_setup.peer_settings(self, peer)}  # tls: objects
                 if params:
                     pm.send(peer, pm.SetParameters(params))
             except CommandError as err:

@@ -28,6 +28,7 @@ class ProxyHandle(ControlledProcess):
     kind: str = "proxy"
     record: Path | None = None  # keep what it delivers there (harness run --record)
     preempt: bool = False  # postcopy-preempt: a second connection follows each main one
+    multifd: int = 0  # multifd: this many connections follow each main one
 
     def __post_init__(self) -> None:
         self._init_process()
@@ -36,7 +37,8 @@ class ProxyHandle(ControlledProcess):
         record = ["--record", str(self.record)] if self.record is not None else []
         return [sys.executable, "-m", "harness", "proxy", "--control", self.address,
                 "--listen", self.listen, "--target", self.target, "--seed", str(self.seed),
-                *record, *(["--preempt"] if self.preempt else [])]
+                *record, *(["--preempt"] if self.preempt else []),
+                *(["--multifd", str(self.multifd)] if self.multifd else [])]
 
     def address_for_source(self, timeout: float = 10.0) -> str:
         """The URI the source should migrate to (the proxy's actual listening address)."""

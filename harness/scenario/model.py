@@ -474,6 +474,13 @@ class Scenario(ScenarioModel):
         own = getattr(self, role).parameters
         return {**self.parameters.qmp_arguments(), **(own.qmp_arguments() if own else {})}
 
+    def multifd_channels(self) -> int:
+        """The multifd connections the source opens after its main one (0: multifd off);
+        QEMU 7.2's default multifd-channels is 2."""
+        if not self.capabilities_of("source").get("multifd"):
+            return 0
+        return int(self.parameters_of("source").get("multifd-channels") or 2)
+
     def step_named(self, name: str) -> Step:
         for step in self.steps:
             if step.name == name:
@@ -722,8 +729,7 @@ class Scenario(ScenarioModel):
     def _multifd_issues(self) -> list[Issue]:
         """channel: multifd-N names the multifd connection whose init packet says id N:
         there is one only with capabilities: {multifd: true}, and N < multifd-channels."""
-        count = (self.parameters.multifd_channels or 2) if self.capabilities.get("multifd") \
-            else 0
+        count = self.multifd_channels()
         issues = []
         for index, step in enumerate(self.steps):
             places: list[tuple[tuple[PathItem, ...], str]] = []
