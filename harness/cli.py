@@ -150,11 +150,13 @@ def run(
         help="Override every scenario's timeout (e.g. 20s): the deadline at which a run "
              "that has not settled is reported with where each peer was stuck.")] = None,
     peers: Annotated[str | None, typer.Option(
-        "--peers", metavar="qemu|source=qemu|destination=qemu",
-        help="Run the scenarios with a real QEMU on both sides (qemu) or one: on the "
-             "scenario's machine, or pc running the harness's own x86 guest when it says "
-             "none. What changes is in the report; a scenario that cannot apply to QEMU "
-             "is skipped with the reason.")] = None,
+        "--peers", metavar="qemu|harness|ROLE=KIND,...",
+        help="Run the scenarios with a real QEMU on both sides (qemu) or one "
+             "(source=qemu): on the scenario's machine, or pc running the harness's own x86 "
+             "guest when it says none; or with the harness's own peers (harness, "
+             "destination=harness...), the differential matrix of scenarios/qemu-7.2. "
+             "What changes is in the report; a scenario that cannot apply is skipped with "
+             "the reason.")] = None,
     hosts: Annotated[Path | None, typer.Option(
         "--hosts", metavar="INVENTORY",
         help="Run every scenario across the hosts of this inventory file (their agents): "
@@ -182,11 +184,11 @@ def run(
         if path is not None and not path.resolve().parent.is_dir():
             raise _fail(2, f"harness run: {option} {path}: no such directory "
                            f"{path.resolve().parent}")
-    from .scenario.qemu_peers import parse_peers
+    from .scenario.harness_peers import parse_peer_kinds
     from .scenario.units import parse_duration
 
     try:
-        sides = parse_peers(peers) if peers is not None else frozenset()
+        sides = parse_peer_kinds(peers) if peers is not None else {}
     except ValueError as err:
         raise _fail(2, f"harness run: {err}")
     try:

@@ -27,7 +27,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,8 @@ from harness.report.formats import (
     report_console,
 )
 from harness.scenario import load_scenarios
+from harness.scenario.harness_peers import with_peers
 from harness.scenario.model import Scenario
-from harness.scenario.qemu_peers import with_qemu_peers
 
 from .coordinator import INTERRUPTED, Coordinator
 from .progress import MigrationProgress
@@ -129,19 +129,21 @@ def run_files(paths: Sequence[str | Path], *, json_path: str | Path | None = Non
               junit_path: str | Path | None = None, seed: int | None = None,
               console: Console | None = None, record: bool = False,
               repeat: int = 1, html_path: str | Path | None = None,
-              peers: frozenset[str] = frozenset(),
+              peers: Mapping[str, str] | frozenset[str] = frozenset(),
               timeout: float | None = None, inventory: Inventory | None = None,
               placement: dict[str, str] | None = None) -> list[ScenarioResult]:
     """Run every scenario of the given files; raises ScenarioError for a bad file and
     RunInterrupted (after writing the reports) when a signal ended the run.  `peers`
-    (`--peers`): the sides that run a real QEMU instead (harness/scenario/qemu_peers.py);
+    (`--peers`): role -> qemu|harness, the kind of peer each side runs instead (a set of
+    roles: those run a real QEMU) (harness/scenario/harness_peers.py, qemu_peers.py);
     `timeout` (`--timeout`): every scenario's deadline instead of its own; `inventory`
     and `placement` (`--hosts`, `--place`): every scenario placed on those hosts before
     any runs (harness/hosts/placement.py; a conflict is a ScenarioError)."""
     scenarios = load_scenarios(paths)
     if timeout is not None:  # --timeout: every scenario's deadline
         scenarios = [sc.model_copy(update={"timeout": timeout}) for sc in scenarios]
-    adapted = {id(sc): with_qemu_peers(sc, peers) for sc in scenarios} if peers else {}
+    kinds = dict(peers) if isinstance(peers, Mapping) else {role: "qemu" for role in peers}
+    adapted = {id(sc): with_peers(sc, kinds) for sc in scenarios} if kinds else {}
     placed = {id(sc): on_hosts for sc, on_hosts in zip(scenarios, place_each(
         [adapted[id(sc)].scenario or sc if peers else sc for sc in scenarios], inventory,
         placement))} if inventory is not None else {}
