@@ -37,6 +37,11 @@ failure on it breaks the main channel, so that the load pauses or fails as for a
 of main, with the preempt channel's words.  Main's parsing and the fault-fast thread's
 hold one lock, so a page is checked, placed and marked present by one of them at a time.
 
+multifd (multifd.py): the listener takes 1 + N connections, main first, before the main
+stream is read, and stays open for the load (one more connection fails it); each RAM
+EOS on main waits for one SYNC from every channel (`MultifdReceive.sync`), and a failure
+on a channel breaks main as a preempt failure does.
+
 With `tls-creds`, each accepted connection is a TLS channel before it gets here
 (destination/main.py: harness.transport.tls.TlsListener); a failed handshake fails the
 load with QEMU 7.2's words (QEMU itself reports it and stays in setup).  The configuration's UUID is checked against the peer's `--uuid` whenever
@@ -55,7 +60,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from harness.migration.config import MigrationConfig, preempt_uri_refusal, tls_refusal
+from harness.migration.config import (
+    MigrationConfig,
+    multifd_uri_refusal,
+    preempt_uri_refusal,
+    tls_refusal,
+)
 from harness.migration.status import (
     MIGRATE_PAUSE_REFUSED,
     MIGRATE_RECOVER_REFUSED,
@@ -78,6 +88,7 @@ from harness.protocol import (
     PostcopyResume,
     PostcopyRun,
     ProtocolError,
+    RamEos,
     RamPages,
     RecvBitmap,
     RecvBitmapRequest,
@@ -94,6 +105,7 @@ from harness.protocol.block import BlockProgress
 from harness.protocol.devices import runstate_of
 
 from . import decompress
+from .multifd import MultifdReceive, accept_multifd
 from .postcopy import PostcopyIncoming, PostcopyState
 from .preempt import FastLoad, accept_channels
 
@@ -163,6 +175,8 @@ class IncomingMigration:
         self._preempt_channel: Any = None
         self.fast_load: FastLoad | None = None  # postcopy-preempt's fault-fast thread
         self._fast_error: Exception | None = None
+        self.multifd: MultifdReceive | None = None
+        self.multifd_channel_timeout: float | None = None  # None: multifd.CHANNEL_TIMEOUT
 
     # ------------------------------------------------------------------ QMP
     def migrate_incoming(self, uri: str) -> None:
@@ -214,13 +228,16 @@ class IncomingMigration:
     def _listener_for(self, uri: str) -> Listener:
         """Listen on `uri`: for two channels with postcopy-preempt (a socket URI only:
         harness.migration.config.preempt_uri_refusal)."""
-        refusal = preempt_uri_refusal(self.config.capabilities, uri)
+        refusal = (preempt_uri_refusal(self.config.capabilities, uri)
+                   or multifd_uri_refusal(self.config.capabilities, uri))
         if refusal:
             raise IncomingError(refusal)
         listener = self._listen(uri)
-        if self._preempt:
+        multifd = self.config.cap("multifd")
+        if self._preempt or multifd:  # multifd: one more, to refuse an extra connection
             try:
-                listener.expect_channels(2)
+                listener.expect_channels(self.config.param("multifd-channels") + 2
+                                         if multifd else 2)
             except ValueError as err:
                 listener.close()
                 raise IncomingError(str(err)) from None
@@ -250,7 +267,11 @@ class IncomingMigration:
         if status in listening and self.socket_address:
             info["socket-address"] = self.socket_address
         if status is not S.SETUP:
-            info["ram"] = {"transferred": self.received, "normal": self.pages["normal"],
+            multifd = self.multifd
+            if multifd is not None:
+                info["x-multifd"] = multifd.stats()
+            info["ram"] = {"transferred": self.received, "normal": self.pages["normal"]
+                           + (multifd.pages if multifd is not None else 0),
                            "duplicate": self.pages["duplicate"],
                            "normal-bytes": self.pages["normal"] * 4096}
             end = self.finished_at or time.monotonic()
@@ -281,6 +302,8 @@ class IncomingMigration:
         if self._channel is not None:
             self._channel.shutdown()
         self._stop_fast_load()
+        if self.multifd is not None:
+            self.multifd.close()
         if self._thread is not None:
             self._thread.join(5.0)
 
@@ -299,6 +322,8 @@ class IncomingMigration:
                 self._decompress.close()
             self._stop_recording()
             self._stop_fast_load()
+            if self.multifd is not None:
+                self.multifd.close()
             if self._channel is not None:
                 self._channel.close()
             if self._listener is not None:
@@ -306,14 +331,19 @@ class IncomingMigration:
 
     def _run(self) -> None:
         assert self._listener is not None
-        # migration_has_all_channels: with preempt, nothing is read before both are here
-        channel, self._preempt_channel = accept_channels(self._listener, self._preempt,
-                                                         self.accept_timeout)
-        self._listener.close()
-        self._listener = None
+        # migration_has_all_channels: nothing is read before every channel is here
+        multifd_channels: list[Any] = []
+        if self.config.cap("multifd"):  # the listener stays: _start_multifd takes it
+            channel, multifd_channels = self._accept_multifd()
+        else:
+            channel, self._preempt_channel = accept_channels(self._listener, self._preempt,
+                                                             self.accept_timeout)
+            self._listener.close()
+            self._listener = None
         refusal = tls_refusal(self.config.parameters)
         if refusal:  # migration_tls_channel_process_incoming: no such credentials object
-            channel.close()
+            for each in (channel, *multifd_channels):
+                each.close()
             raise ConnectionRefusedError(refusal)
         self.started_at = time.monotonic()
         self.state.set(S.SETUP, S.ACTIVE)
@@ -322,6 +352,8 @@ class IncomingMigration:
         if self._preempt_channel is not None:
             self.fast_load = FastLoad(decoder.loader, self._place_lock, self._fast_load_failed)
         self._decompress = decompress.attach(decoder.loader, self.config)
+        if multifd_channels:
+            self._start_multifd(multifd_channels, decoder)
         self.postcopy = PostcopyIncoming(self.guest, self.config.cap("postcopy-ram"),
                                          self._send_rp, decoder.loader,
                                          self._request_fd(channel))
@@ -532,6 +564,24 @@ class IncomingMigration:
         self.postcopy.resume(self._request_fd(self._channel))
         self._start_fast_load()  # postcopy_pause_sem_fast_load
 
+    # ------------------------------------------------------------------ multifd
+    def _accept_multifd(self) -> tuple[Any, list[Any]]:
+        """Main, then the N channels; the listener stays open (held by MultifdReceive
+        from here on, or closed when the channels do not all come)."""
+        kwargs = ({} if self.multifd_channel_timeout is None
+                  else {"channel_timeout": self.multifd_channel_timeout})
+        return accept_multifd(self._listener, self.config.param("multifd-channels"),
+                              self.accept_timeout, **kwargs)
+
+    def _start_multifd(self, channels: list[Any], decoder: StreamDecoder) -> None:
+        listener, self._listener = self._listener, None
+        self.multifd = MultifdReceive(
+            channels, compression=self.config.param("multifd-compression"),
+            uuid=getattr(self.guest, "uuid", None) or bytes(16),
+            loader=decoder.loader, place_lock=self._place_lock,
+            on_error=self._fast_load_failed, listener=listener,
+            sync_timeout=self.idle_timeout)
+
     # ------------------------------------------------------------------ preempt
     def _start_fast_load(self) -> None:
         if self.fast_load is not None and self._preempt_channel is not None:
@@ -581,6 +631,8 @@ class IncomingMigration:
             self.guest.load_device(event.idstr, event.instance_id, event.state)
         elif isinstance(event, Command):
             self._command(event)
+        elif isinstance(event, RamEos) and self.multifd is not None:
+            self.multifd.sync()  # ram_load_precopy: RAM_SAVE_FLAG_EOS
         elif isinstance(event, BlockProgress):  # block.c prints it on stdout; we log it
             log.info("Completed %d %%", event.percent)
         elif isinstance(event, StreamWarning):

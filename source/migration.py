@@ -57,6 +57,7 @@ from typing import Any
 from harness.migration.config import (
     MIGRATION_ACTIVE,
     MigrationConfig,
+    multifd_uri_refusal,
     preempt_uri_refusal,
     tls_refusal,
 )
@@ -81,6 +82,7 @@ from .block_save import (
 )
 from .convergence import Convergence
 from .interfaces import Channel, Connector, GuestLike
+from .multifd import MultifdSend, connect_channels
 from .postcopy import PostcopySource
 from .ram_save import BATCH_PAGES, RamSave
 from .recovery import RecoveryInbox, resume_handshake, resume_prepare
@@ -270,6 +272,8 @@ class OutgoingMigration:
             info["x-postcopy"] = self.postcopy.stats()
         if self._rp is not None:
             info["x-return-path"] = {"pongs": list(self._rp.pongs), "shut": self._rp.shut}
+        if self.stream is not None and self.stream.multifd is not None:
+            info["x-multifd"] = self.stream.multifd.stats()
         if self.error_desc:
             info["error-desc"] = self.error_desc
         return info
@@ -297,7 +301,7 @@ class OutgoingMigration:
             "downtime-bytes": st.downtime_bytes,
             "postcopy-bytes": (self.stream.pushed + self.stream.urgent_bytes
                                if self.postcopy and self.stream else 0),
-            "multifd-bytes": 0,
+            "multifd-bytes": self.stream.multifd_bytes if self.stream else 0,
             "pages-per-second": 0,
             "dirty-sync-missed-zero-copy": 0,
         }
@@ -343,11 +347,13 @@ class OutgoingMigration:
         # migration_channel_connect: the TLS handshake needs the creds object;
         # migrate_fd_connect -> postcopy_preempt_setup: a second channel needs a socket
         refusal = (tls_refusal(self.config.parameters)
-                   or preempt_uri_refusal(self.config.capabilities, uri))
+                   or preempt_uri_refusal(self.config.capabilities, uri)
+                   or multifd_uri_refusal(self.config.capabilities, uri))
         if refusal:
             self.error_desc = refusal
             raise ConnectionRefusedError(refusal)
         stream.attach(channel, self._connect_preempt(uri))
+        stream.multifd = self._connect_multifd(uri)
         ram = RamSave(self.guest_ram(), self.guest.harvest_dirty,
                       holes=getattr(self.guest, "ram_holes", None))
         self.ram = ram
@@ -384,6 +390,25 @@ class OutgoingMigration:
         if not self.config.cap("postcopy-preempt"):
             return None
         return self._connect(uri, CONNECT_TIMEOUT)
+
+    def _connect_multifd(self, uri: str) -> MultifdSend | None:
+        """multifd_save_setup + socket_send_channel_create: N channels to the same
+        address, after main (7.2 opens them from migrate_fd_connect), each starting with
+        its MultifdInit (the peer's --uuid, as 7.2 sends qemu_uuid)."""
+        if not self.config.cap("multifd"):
+            return None
+        channels = connect_channels(lambda: self._connect(uri, CONNECT_TIMEOUT),
+                                    self.config.param("multifd-channels"))
+        method = self.config.param("multifd-compression")
+        level = self.config.param(f"multifd-{method}-level") if method != "none" else 1
+        try:
+            return MultifdSend(channels, compression=method, level=level,
+                               uuid=getattr(self.guest, "uuid", None) or bytes(16),
+                               stopping=self._wake)
+        except BaseException:
+            for extra in channels:
+                extra.close()
+            raise
 
     def _check_return_path(self, broken_only: bool = False) -> None:
         """An I/O failure of the return path is a file error now (postcopy pauses); any
@@ -435,6 +460,7 @@ class OutgoingMigration:
         if self.block is not None:  # block registers before ram: its sections go first
             out += self.block.setup_section(enc)
         out += enc.ram_start(self.ram_section_id, self._block_list(ram))
+        self.stream.sync_multifd()  # ram_save_setup: before its EOS
         self.stream.write(out)
         self.timing.setup_time = time.monotonic() - self.timing.start
         self.stream.restart_window()

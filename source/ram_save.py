@@ -303,5 +303,14 @@ class RamSave:
         self.stats.duplicate += zeros
         self.stats.normal += normal
 
+    def split_zero(self, block: _Block, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """multifd (ram.c: ram_save_target_page checks for a zero page before multifd):
+        a batch's zero pages (for main) and its other pages (for the channels)."""
+        known = self._batch_zero
+        zero = known[1] if known is not None and known[0] is pages else \
+            self.zero_flags(block, pages)
+        self._zeros_seen = bool(zero.any())
+        return pages[zero], pages[~zero]
+
     def block(self, name: str) -> _Block:
         return self._by_name[name]

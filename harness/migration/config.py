@@ -9,6 +9,13 @@ migration runs ("There's a migration process in progress") except the parameters
 applies live (bandwidths, downtime, throttling).  What the harness peer does not implement
 is refused with one line ("... is not implemented by the harness peer"): a capability
 turned on, a parameter set to anything but its default; never accepted and ignored.
+
+multifd (source/multifd.py, destination/multifd.py) differs from 7.2 on purpose in three
+places: `multifd-zlib-level` / `multifd-zstd-level` are honoured by migrate-set-parameters
+and range-checked (7.2 silently ignores both there: facts M14); multifd together with
+postcopy-preempt is refused (7.2 accepts it, then its destination deadlocks: facts P7);
+XBZRLE together with multifd is refused (7.2 sends every non-zero page on a multifd
+channel, so XBZRLE would be on and never used: ram.c: ram_save_target_page).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ CAPABILITIES = (
 SUPPORTED_CAPABILITIES = frozenset({
     "xbzrle", "auto-converge", "compress", "events", "postcopy-ram", "return-path",
     "x-ignore-shared", "validate-uuid", "postcopy-blocktime", "pause-before-switchover",
-    "postcopy-preempt",
+    "postcopy-preempt", "multifd",
 })
 
 #: MigrationParameters of QEMU 7.2 with their defaults
@@ -51,12 +58,11 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
 }
 
 #: parameters the harness peer does not implement: accepted at their default only (it has
-#: no NIC to announce, no COLO, no block migration, no multifd; its compression threads
+#: no NIC to announce, no COLO, no block migration; its compression threads
 #: never leave a page to be sent raw, so `compress-wait-thread: false` would change nothing)
 UNIMPLEMENTED_PARAMETERS = frozenset({
     "announce-initial", "announce-max", "announce-rounds", "announce-step",
-    "x-checkpoint-delay", "block-incremental", "multifd-channels", "multifd-compression",
-    "multifd-zlib-level", "multifd-zstd-level", "compress-wait-thread",
+    "x-checkpoint-delay", "block-incremental", "compress-wait-thread",
 })
 
 #: name -> (low, high, QEMU's "expects ..." text): the one table of QEMU 7.2's ranges
@@ -100,6 +106,22 @@ PREEMPT_NEEDS_MULTI_CHANNELS = ("Postcopy preempt is not supported as current mi
 #: qemu_start_incoming_migration call migrate_protocol_allow_multi_channels(true) only
 #: for these; exec: and fd:, even an fd that is a socket, stay single-channel)
 MULTI_CHANNEL_SCHEMES = ("tcp:", "unix:", "vsock:")
+#: multifd.c: multifd_save_setup / migration.c: migrate_caps_check, for exec: and fd:
+MULTIFD_NEEDS_SOCKET = "multifd is not supported by current protocol"
+#: the harness peers' refusal of multifd with postcopy-preempt (QEMU 7.2 accepts it)
+MULTIFD_PREEMPT_REFUSED = ("multifd with postcopy-preempt is refused by the harness peer: "
+                           "QEMU 7.2 accepts it, then its destination reads the preempt "
+                           "channel as a multifd channel and deadlocks")
+MULTIFD_XBZRLE_REFUSED = ("xbzrle with multifd is refused by the harness peer: QEMU 7.2 "
+                          "sends every non-zero page on a multifd channel, never as XBZRLE")
+
+
+def multifd_compressions() -> tuple[str, ...]:
+    """multifd-compression values served here (qapi: zstd only `if CONFIG_ZSTD`; here,
+    only when the `zstandard` package imports)."""
+    from harness.protocol.multifd import compressions
+
+    return compressions()
 
 
 def not_implemented(what: str) -> str:
@@ -120,6 +142,14 @@ def preempt_uri_refusal(capabilities: dict[str, bool], uri: str) -> str | None:
     if uri.startswith(MULTI_CHANNEL_SCHEMES):
         return None
     return PREEMPT_NEEDS_MULTI_CHANNELS
+
+
+def multifd_uri_refusal(capabilities: dict[str, bool], uri: str) -> str | None:
+    """Why multifd cannot run over `uri` (None when it can, or is off): QEMU 7.2 fails
+    the migration (source) or migrate-set-capabilities (destination) with this text."""
+    if not capabilities.get("multifd") or uri.startswith(MULTI_CHANNEL_SCHEMES):
+        return None
+    return MULTIFD_NEEDS_SOCKET
 
 
 def tls_refusal(parameters: dict[str, Any]) -> str | None:
@@ -212,9 +242,13 @@ def _check_param(name: str, value: Any, old: Any) -> Any:
     if isinstance(old, str):
         if not isinstance(value, str):
             raise ConfigError(f"Invalid parameter type for '{name}', expected: string")
+        if name == "multifd-compression" and value not in multifd_compressions():
+            raise ConfigError(f"Parameter '{name}' does not accept value '{value}'")
         return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"Invalid parameter type for '{name}', expected: integer")
+    if name == "multifd-channels" and not 0 <= value <= 255:
+        raise ConfigError(f"Parameter '{name}' expects uint8_t")  # the QAPI type's check
     low, high, text = PARAMETER_RANGES.get(name, (0, 2**63 - 1, "an integer"))
     if not low <= value <= high:
         raise ConfigError(f"Parameter '{c_name}' expects {text}")
@@ -229,3 +263,11 @@ def _check_caps(caps: dict[str, bool]) -> None:
         raise ConfigError("Postcopy preempt requires postcopy-ram")
     if caps["postcopy-preempt"] and caps["compress"]:
         raise ConfigError("Postcopy preempt not compatible with compress")
+    if caps["multifd"] and caps["compress"]:
+        raise ConfigError("Multifd is not compatible with compress")
+    if caps["multifd"] and caps["postcopy-preempt"]:
+        raise ConfigError(MULTIFD_PREEMPT_REFUSED)
+    if caps["multifd"] and caps["xbzrle"]:
+        raise ConfigError(MULTIFD_XBZRLE_REFUSED)
+    if caps["multifd"] and caps["postcopy-ram"]:
+        raise ConfigError(not_implemented("multifd with postcopy-ram"))

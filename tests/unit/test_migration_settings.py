@@ -29,6 +29,7 @@ from tests.conftest import REPO
 E2E = "tests/e2e/test_migration_settings.py"
 CONVERGENCE = "tests/pair/test_convergence_pair.py"
 THROTTLE = "tests/unit/test_xbzrle_convergence.py"
+MULTIFD = "tests/pair/test_multifd_pair.py"
 
 #: capability -> the test that shows what it does (file::function)
 IMPLEMENTED_CAPABILITIES = {
@@ -48,9 +49,10 @@ IMPLEMENTED_CAPABILITIES = {
     "postcopy-blocktime": f"{E2E}::test_postcopy_blocktime_is_reported_only_with_its_capability",
     "postcopy-preempt": "tests/pair/test_preempt_destination.py::test_requested_pages_come_on_"
                         "preempt_and_wake_the_guest",
+    "multifd": f"{MULTIFD}::test_multifd_pair_moves_memory_with_one_sync_per_ram_eos",
 }
 REFUSED_CAPABILITIES = {
-    "rdma-pin-all", "zero-blocks", "x-colo", "release-ram", "block", "multifd", "dirty-bitmaps",
+    "rdma-pin-all", "zero-blocks", "x-colo", "release-ram", "block", "dirty-bitmaps",
     "late-block-activate", "background-snapshot", "zero-copy-send",
 }
 
@@ -79,6 +81,13 @@ IMPLEMENTED_PARAMETERS = {
     "xbzrle-cache-size": f"{CONVERGENCE}::test_xbzrle_sends_deltas_of_the_hot_set",
     "max-postcopy-bandwidth": f"{E2E}::test_pause_before_switchover_before_postcopy_then_"
                               "postcopy_active",
+    "multifd-channels": f"{MULTIFD}::test_multifd_pair_moves_memory_with_one_sync_per_ram_eos",
+    "multifd-compression": f"{MULTIFD}::test_multifd_pair_moves_memory_with_one_sync_per_ram_eos",
+    # honoured, unlike 7.2's migrate-set-parameters (facts M14)
+    "multifd-zlib-level": f"{MULTIFD}::test_wire_zero_pages_on_main_one_sync_per_eos_and_the_"
+                          "level_used",
+    "multifd-zstd-level": f"{MULTIFD}::test_wire_zero_pages_on_main_one_sync_per_eos_and_the_"
+                          "level_used",
 }
 
 
@@ -164,8 +173,8 @@ def _scenario(body: str, kinds: tuple[str, str] = ("harness", "harness")) -> str
 @pytest.mark.parametrize("body, field, says", [
     ("capabilities: {release-ram: true}\n", "capabilities.release-ram",
      "release-ram is not implemented by the harness peer"),
-    ("parameters: {multifd-channels: 4}\n", "parameters.multifd-channels",
-     "multifd-channels is not implemented by the harness peer (only its default 2)"),
+    ("parameters: {x-checkpoint-delay: 5}\n", "parameters.x-checkpoint-delay",
+     "x-checkpoint-delay is not implemented by the harness peer (only its default 20000)"),
     ("parameters: {tls-creds: tls0}\n", "parameters.tls-creds",
      ("the harness peer has no TLS, so `migrate` would fail with \"No TLS credentials with id "
       "'tls0'\"")),
@@ -213,3 +222,30 @@ def test_migrate_continue_and_a_pre_switchover_trigger_need_the_capability():
     assert ("steps[0].do: migrate-continue needs capabilities: {pause-before-switchover: true}"
             in text)
     assert "steps[0].on.status.is: pre-switchover needs capabilities" in text
+
+
+@pytest.mark.parametrize("caps, params, says", [
+    (("multifd", "compress"), {}, "Multifd is not compatible with compress"),
+    (("multifd", "postcopy-ram", "postcopy-preempt"), {},
+     ("multifd with postcopy-preempt is refused by the harness peer: QEMU 7.2 accepts it, then "
+     "its destination reads the preempt channel as a multifd channel and deadlocks")),
+    (("multifd", "xbzrle"), {}, ("xbzrle with multifd is refused by the harness peer: QEMU 7.2 "
+     "sends every non-zero page on a multifd channel, never as XBZRLE")),
+    (("multifd", "postcopy-ram"), {},
+     "multifd with postcopy-ram is not implemented by the harness peer"),
+    ((), {"multifd-channels": 0}, "Parameter 'multifd_channels' expects a value between 1 and 255"),
+    ((), {"multifd-channels": 256}, "Parameter 'multifd-channels' expects uint8_t"),
+    ((), {"multifd-compression": "lz4"},
+     "Parameter 'multifd-compression' does not accept value 'lz4'"),
+    ((), {"multifd-zlib-level": 10}, ("Parameter 'multifd_zlib_level' expects a value between 0 "
+     "and 9")),
+])
+def test_multifd_settings_are_refused_in_one_line(caps, params, says):
+    """QEMU 7.2's words (facts M9, M14, X4), and the harness's own refusals (P7)."""
+    config = MigrationConfig.default()
+    with pytest.raises(ConfigError) as err:
+        if caps:
+            config.set_capabilities([{"capability": c, "state": True} for c in caps],
+                                    running=False)
+        config.set_parameters(params)
+    assert str(err.value) == says
