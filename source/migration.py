@@ -268,6 +268,8 @@ class OutgoingMigration:
             info["downtime"] = int(self.timing.downtime * 1000)
         if status is S.ACTIVE and self.block is not None:
             info["disk"] = self.block.query()  # B6: only while active
+        if self.block is not None:  # the harness's own: what the block section carried
+            info["x-block"] = self.block.stats()
         if self.postcopy is not None:
             info["x-postcopy"] = self.postcopy.stats()
         if self._rp is not None:
@@ -630,7 +632,7 @@ class OutgoingMigration:
         if self.convergence is not None:
             self.convergence.last_stage = True
         if self.block is not None:
-            stream.write(self.block.complete_section(enc))
+            self.block.complete(enc, stream.write)
         stream.send_remaining(ram)
         out = bytearray()
         for section_id, idstr, instance_id, vmsd, values in self.guest.save_devices():

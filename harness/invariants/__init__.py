@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .base import Evidence, Invariant
 from .delivered import CompletedMeansDelivered
+from .disks import DisksIdentical
 from .leftovers import NoLeftovers
 from .memory import MemoryConsistent, MemoryIdentical, SourceIntact
 from .one_runner import OneRunner
@@ -20,7 +21,7 @@ from .steps_fired import StepsFired
 from .transitions import LegalTransitions
 
 ALL: tuple[Invariant, ...] = (
-    ExpectedStatus("source"), ExpectedStatus("destination"), LegalTransitions(),
+    ExpectedStatus("source"), ExpectedStatus("destination"), LegalTransitions(), DisksIdentical(),
     MemoryIdentical(), MemoryConsistent(), SourceIntact(), GuestRunsOn(), OneRunner(), PostcopyRequests(),
     NoLeftovers(), StepsFired(), CompletedMeansDelivered(),
 )

@@ -17,6 +17,7 @@ class Expectations:
     source: str | None = None
     destination: str | None = None
     memory: str | None = None  # identical | source-intact | consistent
+    disks: str | None = None  # identical
     guest_runs_on: str | None = None  # destination | source | nowhere
     delivered: bool | None = None  # a source's `completed` means the guest arrived
 
@@ -55,6 +56,8 @@ class Evidence:
     source_summary: Any = None
     destination_summary: Any = None
     page_fetch: Any = None
+    #: block migration: disk name -> None (identical) or where the images first differ
+    disks: dict[str, str | None] | None = None
 
     def fault_kinds(self) -> set[str]:
         return {f.kind for f in self.faults}

@@ -48,6 +48,7 @@ from harness.migration.status import FINAL, MigrationStatus
 from harness.qemu import QemuError, QMPError
 from harness.scenario.model import Scenario
 
+from . import disks as run_disks
 from . import real_guest, tls_setup
 from .actuator import Actuator, Handles
 from .agent_peer import AgentPeer
@@ -118,6 +119,7 @@ class Coordinator:
         self.steps: StepRunner | None = None
         self._stacks: dict[str, str] = {}
         self.layout: Path | None = None  # a real machine's layout file (qemu/layout.py)
+        self.disk_paths: dict[str, dict[str, Path]] = {}  # role -> drive -> image (disks.py)
         self.unanswering: set[str] = set()  # peers whose QMP stopped answering (hang.py)
 
     # ------------------------------------------------------------------ run
@@ -244,6 +246,7 @@ class Coordinator:
                 self.layout = real_guest.machine_layout(self)
             except real_guest.BootError as err:
                 raise RunError(str(err)) from None
+        self.disk_paths = run_disks.prepare(self.workdir, self.sc.guest.disks, self.seed)
         self.dst = self._make_peer("destination", fds["destination"])
         self.src = self._make_peer("source", fds["source"])
         self._start_remote_peers()
@@ -306,12 +309,16 @@ class Coordinator:
     def _make_peer(self, role: str, fds: dict[str, int]) -> PeerHandle:
         spec = self.sc.source if role == "source" else self.sc.destination
         if spec.kind == "qemu":
-            return real_guest.make_qemu_peer(self, role)
+            qemu = real_guest.make_qemu_peer(self, role)
+            if self.disk_paths.get(role):  # a QEMU source's drives (scenario/disks.py)
+                qemu.args = [*qemu.args, *run_disks.qemu_args(self.disk_paths[role])]  # type: ignore[union-attr]
+            return qemu
         if spec.host is not None:
             return AgentPeer(role, self.agents[spec.host], self._guest_json(),
                              incoming=role == "destination",
                              layout=self.layout if role == "destination" else None)
         extra = ["--incoming", "defer"] if role == "destination" else []
+        extra += run_disks.harness_args(self.disk_paths.get(role, {}))
         if role == "destination" and self.layout is not None:
             extra += ["--layout", str(self.layout)]  # a real machine's blocks and devices
         peer = HarnessPeer(role, self.workdir, self._guest_json(), extra, fds)
@@ -658,6 +665,9 @@ class Coordinator:
             real_guest.collect(self, evidence)
         else:
             self._memory_evidence(evidence)
+        evidence.expect.disks = self.sc.expect.disks
+        if self.sc.expect.disks and self.status["destination"] == "completed":
+            evidence.disks = run_disks.compare(self.disk_paths)
         if self.proxy is not None and self.proxy.alive():
             evidence.proxy = dict(self.proxy.execute("query-proxy") or {})
         return evidence

@@ -49,7 +49,7 @@ def test_every_top_level_scenario_has_its_facts_checked():
      "precopy-pause-before-switchover",
      "precopy-qemu-destination", "precopy-qemu-source", "postcopy", "postcopy-unix",
      "postcopy-immediate", "postcopy-return-path-only", "postcopy-qemu-destination",
-     "postcopy-qemu-source", "postcopy-preempt"]))
+     "postcopy-qemu-source", "postcopy-preempt", "precopy-block"]))
 def test_shipped_scenario_facts(name, tmp_path):
     if name in NEEDS_QEMU and find_qemu() is None:
         pytest.skip(NO_QEMU)
@@ -105,6 +105,15 @@ def _pause_before_switchover(sc):
     # state"), so the switch waited for the step
     assert step["data"]["command"] == "migrate-continue" and "error" not in step["data"]
     assert paused < events.index(("step", "migrate-continue"))
+
+
+def _block(sc):
+    """Block migration: every chunk of the 32 MiB disk travelled (zero ones as 11-byte
+    records), and the disk and the RAM arrived."""
+    assert sc["stats"]["x-block"] == {"total": 32 << 20, "chunks": 15, "zero-chunks": 17}
+    assert sc["stats"]["ram"]["transferred"] > 15 << 20
+    names = {i["name"]: i["ok"] for i in sc["invariants"]}
+    assert names["disks-identical"] and names["memory-identical"]
 
 
 def _blocker(sc):
@@ -183,7 +192,7 @@ FACTS = {"precopy": _precopy, "precopy-unix": _unix, "precopy-cancel": _cancel,
          "postcopy-return-path-only": _return_path_only,
          "postcopy-qemu-destination": _qemu_postcopy("destination"),
          "postcopy-qemu-source": _qemu_postcopy("source"),
-         "postcopy-preempt": postcopy_preempt_facts}
+         "postcopy-preempt": postcopy_preempt_facts, "precopy-block": _block}
 
 
 def test_fd_transport_migrates_over_an_inherited_socketpair(tmp_path):
