@@ -10,7 +10,7 @@ channel) and `server_channel` (destination: every accepted connection, before it
 is decided) look the credentials up the way migration/tls.c does
 (`migration_tls_get_creds`), run the handshake on the connected socket within a
 deadline, check the hostname (tls-hostname, else the tcp: host: T2) and the authz
-identity against the client certificate's DN in GnuTLS's RFC 4514 form (T3), and return
+identity against the client certificate's DN as GnuTLS prints it (T3), and return
 a `TlsChannel`.  A server sends no session tickets (`num_tickets = 0`, T5: a 7.2 source
 never reads them and loses the end of its stream when it closes over them) unless the
 testing knob `x-session-tickets=N` asks for N, as a default OpenSSL server does.
@@ -34,7 +34,7 @@ from .tls_channel import READ_CHUNK, TlsChannel, TlsError
 from .waiting import Deadline
 
 __all__ = ["AuthzSimple", "TlsError", "TlsListener", "TlsObjects", "X509Creds",
-           "client_hostname",
+           "client_hostname", "gnutls_dn",
            "parse_object_option", "peer_dn"]
 
 CA_CERT, CA_CRL = "ca-cert.pem", "ca-crl.pem"
@@ -211,11 +211,18 @@ def client_hostname(uri: Any, tls_hostname: str) -> str | None:
 
 
 def peer_dn(der: bytes) -> str:
-    """The certificate subject as GnuTLS's gnutls_x509_crt_get_dn gives it (RFC 4514:
-    last RDN first, e.g. `CN=qemu-client,O=WireFacts`)."""
+    """The certificate subject as QEMU 7.2's GnuTLS prints it (gnutls_x509_crt_get_dn)."""
     from cryptography import x509
 
-    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    return gnutls_dn(x509.load_der_x509_certificate(der).subject)
+
+
+def gnutls_dn(name: Any) -> str:
+    """A `cryptography` Name as GnuTLS prints it: the RDNs in the certificate's order
+    (seen live: a subject made O first, then CN, gave `O=migration-harness,CN=...`;
+    T3's `CN=qemu-client,O=WireFacts` came from a subject made CN first), each in RFC
+    4514 form."""
+    return ",".join(rdn.rfc4514_string() for rdn in name.rdns)
 
 
 # -- creation -------------------------------------------------------------------------------

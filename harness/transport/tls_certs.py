@@ -27,7 +27,7 @@ CLIENT_DN = (("O", "migration-harness"), ("CN", "harness-client"))
 class RunCredentials:
     source_dir: Path  # endpoint=client: ca-cert.pem, client-cert.pem, client-key.pem
     destination_dir: Path  # endpoint=server: ca-cert.pem, server-cert.pem, server-key.pem
-    client_dn: str  # the client certificate's DN as GnuTLS prints it (for tls-authz)
+    client_dn: str  # the client certificate's DN as QEMU's GnuTLS prints it (tls-authz)
 
 
 def make_run_credentials(directory: Path, *, hostnames: tuple[str, ...] = ("localhost",
@@ -54,7 +54,9 @@ def make_run_credentials(directory: Path, *, hostnames: tuple[str, ...] = ("loca
     source, destination = directory / "tls-source", directory / "tls-destination"
     _write_dir(source, ca_cert, "client", client_cert, client_key)
     _write_dir(destination, server_ca, "server", server_cert, server_key)
-    return RunCredentials(source, destination, client_cert.subject.rfc4514_string())
+    from .tls import gnutls_dn
+
+    return RunCredentials(source, destination, gnutls_dn(client_cert.subject))
 
 
 def _name(parts: tuple[tuple[str, str], ...]):  # type: ignore[no-untyped-def]
