@@ -49,7 +49,7 @@ def test_every_top_level_scenario_has_its_facts_checked():
      "precopy-pause-before-switchover",
      "precopy-qemu-destination", "precopy-qemu-source", "postcopy", "postcopy-unix",
      "postcopy-immediate", "postcopy-return-path-only", "postcopy-qemu-destination",
-     "postcopy-qemu-source", "postcopy-preempt", "precopy-block"]))
+     "postcopy-qemu-source", "postcopy-preempt", "precopy-block", "precopy-multifd"]))
 def test_shipped_scenario_facts(name, tmp_path):
     if name in NEEDS_QEMU and find_qemu() is None:
         pytest.skip(NO_QEMU)
@@ -83,6 +83,16 @@ def _precopy(sc):
     assert ram["total"] == 256 << 20
     assert ram["normal"] + ram["duplicate"] >= (256 << 20) // 4096
     assert sc["stats"]["downtime"] <= sc["stats"]["total-time"]
+
+
+def _multifd(sc):
+    """The non-zero pages went by the 4 channels, each with one SYNC per RAM EOS (M9/M10)."""
+    ram, channels = sc["stats"]["ram"], sc["stats"]["x-multifd"]
+    assert len(channels) == 4 and all(c["pages"] > 0 for c in channels)
+    assert sum(c["pages"] for c in channels) == ram["normal"]
+    assert len({c["syncs"] for c in channels}) == 1
+    assert channels[0]["syncs"] >= ram["dirty-sync-count"]  # setup, each PART, END
+    assert ram["multifd-bytes"] > 10 * ram["precopy-bytes"]  # main: zero pages, framing
 
 
 def _cancel(sc):
@@ -192,7 +202,8 @@ FACTS = {"precopy": _precopy, "precopy-unix": _unix, "precopy-cancel": _cancel,
          "postcopy-return-path-only": _return_path_only,
          "postcopy-qemu-destination": _qemu_postcopy("destination"),
          "postcopy-qemu-source": _qemu_postcopy("source"),
-         "postcopy-preempt": postcopy_preempt_facts, "precopy-block": _block}
+         "postcopy-preempt": postcopy_preempt_facts, "precopy-block": _block,
+         "precopy-multifd": _multifd}
 
 
 def test_fd_transport_migrates_over_an_inherited_socketpair(tmp_path):
