@@ -248,3 +248,31 @@ def test_a_channel_dying_inside_a_packet_fails_the_load_naming_it(guests, sockdi
     finally:
         for s in (main, ch0):
             s.close()
+
+
+def test_cancel_ends_every_channel_thread_and_closes_every_socket(guests, sockdir):
+    """A slow multifd migration (1 MiB/s) cancelled mid-way: the source ends cancelled with
+    the guest running again, every sender thread gone and every channel closed."""
+    src = guests(_spec(), source=True)
+    dst = guests(_spec(), source=False)
+    src.start()
+    channels: list = []
+    config = _config(3)
+    config.set_parameters({"max-bandwidth": 1 * MiB})
+    outgoing = _outgoing(src, config, channels)
+    incoming = _incoming(dst, _config(3))
+    uri = f"unix:{sockdir}/c.sock"
+    incoming.migrate_incoming(uri)
+    outgoing.migrate(uri)
+    deadline = time.monotonic() + 10
+    while not (outgoing.stream and outgoing.stream.multifd_bytes > 0):
+        assert time.monotonic() < deadline, "no multifd packet within 10 s"
+        time.sleep(0.01)
+    multifd = outgoing.stream.multifd
+    outgoing.cancel()
+    assert _wait(outgoing, {"cancelled", "failed"}, 10) == "cancelled"
+    assert outgoing.join(10)
+    assert src.runstate == "running"
+    assert len(channels) == 4 and all(str(c.state.value) == "closed" for c in channels)
+    assert not any(s.thread.is_alive() for s in multifd._senders)
+    assert _wait(incoming, {"failed"}, 20) == "failed"  # main broke: the load stops
