@@ -144,6 +144,18 @@ def preempt_uri_refusal(capabilities: dict[str, bool], uri: str) -> str | None:
     return PREEMPT_NEEDS_MULTI_CHANNELS
 
 
+def harness_caps_refusal(capabilities: dict[str, bool]) -> str | None:
+    """Why a harness peer refuses this set of capabilities turned on together (None when
+    it takes them): QEMU 7.2's combinations and the harness's own (multifd with
+    postcopy-preempt, xbzrle or postcopy-ram); for scenario validation."""
+    full = {name: bool(capabilities.get(name)) for name in CAPABILITIES}
+    try:
+        _check_caps(full)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 def multifd_uri_refusal(capabilities: dict[str, bool], uri: str) -> str | None:
     """Why multifd cannot run over `uri` (None when it can, or is off): QEMU 7.2 fails
     the migration (source) or migrate-set-capabilities (destination) with this text."""

@@ -23,6 +23,7 @@ from harness.migration.config import (
     PARAMETER_RANGES,
     SUPPORTED_CAPABILITIES,
     UNIMPLEMENTED_PARAMETERS,
+    harness_caps_refusal,
     not_implemented,
     tls_refusal,
 )
@@ -176,6 +177,9 @@ def harness_peer_issues(peer: str, capabilities: Mapping[str, bool],
               for name, on in capabilities.items()
               if on and name in CAPABILITIES and name not in SUPPORTED_CAPABILITIES]
     issues = [Issue(("capabilities", *i.path), i.message) for i in issues]
+    combination = None if issues else harness_caps_refusal(dict(capabilities))
+    if combination:  # e.g. multifd with postcopy-preempt: 7.2 deadlocks, the harness refuses
+        issues.append(Issue(("capabilities",), f"{combination} {why}"))
     for path, params in places:
         for name, value in params.qmp_arguments().items():
             if name.startswith("tls-") and value:
