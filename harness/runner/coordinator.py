@@ -56,14 +56,7 @@ from .agent_pool import Agents, placement_problems
 from .agent_proxy import layout_arguments, preempt_on, proxy_host, remote_proxy
 from .agents import tcp_uri
 from .fetch import fetch_back
-from .hang import (
-    RESPONSIVE,
-    PeerHung,
-    blocked_in,
-    channels_waited,
-    hang_text,
-    unanswering,
-)
+from .hang import PeerHung, channels_waited, name_hang
 from .outcome import outcome_of, stacks_of
 from .peers import (
     HarnessPeer,
@@ -141,8 +134,8 @@ class Coordinator:
             self._loop(self.steps, deadline)
             evidence = self._collect()
         except PeerHung as err:  # QEMU's hang, named: the run's finding (runner/hang.py)
-            self.result.verdict, self.result.reason = "fail", f"{RESPONSIVE}: {err}"
-            self.result.invariants = [InvariantResult(RESPONSIVE, False, str(err))]
+            self.result.verdict, self.result.reason = "fail", f"{err.invariant}: {err}"
+            self.result.invariants = [InvariantResult(err.invariant, False, str(err))]
             self._collect_quietly()
         except (HarnessError, OSError, TimeoutError) as err:
             self.result.verdict = "error"
@@ -491,7 +484,7 @@ class Coordinator:
                 return  # (a remote peer's news is not late: its agent spoke since)
             if now > deadline:
                 stuck = self._stuck(steps)
-                self._hung()
+                name_hang(self)  # a QEMU's hang is the run's finding (runner/hang.py)
                 raise RunError(stuck)
             if not moved:  # (built anew: a socket that closed is no longer waited on)
                 self._poller().poll(self._wait_ms(steps, quiet_since, deadline))
@@ -558,19 +551,6 @@ class Coordinator:
         if waiting:
             text += "; steps not fired: " + ", ".join(waiting)
         return text + "; the stacks of each peer are in the report"
-
-    def _hung(self) -> None:
-        """At the deadline: a QEMU peer whose QMP does not answer is a hang, named."""
-        silent = unanswering(self._peers())
-        if not silent:
-            return
-        self.unanswering = {peer.role for peer in silent}
-        peer = silent[0]
-        other = "source" if peer.role == "destination" else "destination"
-        state = "dead" if not self.peer(other).alive() else str(self.status[other])
-        where = blocked_in(self._stacks.get(peer.role), peer.pid)
-        raise PeerHung(hang_text(peer.role, peer.kind, str(self.status[peer.role]),
-                                 self.sc.timeout, where, f"{other} {state}"))
 
     def _dump_stacks(self, role: str, peer: PeerHandle) -> None:
         stacks = stacks_of(peer, role in self.frozen)

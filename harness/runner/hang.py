@@ -7,7 +7,9 @@ must report these as what they are, not as its own trouble: at the deadline each
 QEMU peer is asked `query-status` with a short timeout, and one that does not answer is
 a `PeerHung` (verdict `fail`, invariant `peer-responsive`), named with its last status
 and what its main thread is blocked in (its kernel stack, /proc); it is then not asked
-anything again, only killed and reaped.  A QEMU destination that rests in `setup` while
+anything again, only killed and reaped.  So is a QEMU destination that still answers but
+has not settled (`active`, say) when the source has ended (invariant
+`destination-settles`): nothing will come to move it.  A QEMU destination that rests in `setup` while
 the source has finished is named by the connections it holds against the ones its
 settings wait for (migration.c: migration_has_all_channels).
 """
@@ -20,21 +22,52 @@ from typing import Any
 import psutil
 
 from harness.control import ControlError
+from harness.migration.status import FINAL, MigrationStatus
 from harness.qemu import QMPError
 
 from .real_guest import is_qemu
 
-__all__ = ["PROBE_TIMEOUT", "RESPONSIVE", "PeerHung", "blocked_in", "channels_waited",
-           "hang_text", "unanswering"]
+__all__ = ["PROBE_TIMEOUT", "RESPONSIVE", "SETTLES", "PeerHung", "blocked_in",
+           "channels_waited", "hang_text", "name_hang", "unanswering", "waiting_text"]
 
 PROBE_TIMEOUT = 1.0  # s a QMP at the deadline has to answer query-status
-RESPONSIVE = "peer-responsive"  # the invariant a hung peer fails
+RESPONSIVE = "peer-responsive"  # the invariant a peer whose QMP is silent fails
+SETTLES = "destination-settles"  # ... and a destination that waits after the source ended
+RESTING = FINAL | {MigrationStatus.POSTCOPY_PAUSED}  # as the coordinator's
 _SYSCALL = re.compile(r"__(?:x64_)?sys_(\w+)")
 
 
 class PeerHung(Exception):
-    """A peer stopped answering its control socket: the run's finding, not the harness's
-    trouble (the coordinator makes it verdict `fail`, invariant `peer-responsive`)."""
+    """A QEMU peer hangs: the run's finding, not the harness's trouble (the coordinator
+    makes it verdict `fail`, naming `invariant`)."""
+
+    def __init__(self, text: str, invariant: str = RESPONSIVE) -> None:
+        super().__init__(text)
+        self.invariant = invariant
+
+
+def name_hang(c: Any) -> None:
+    """At the deadline of run `c` (the coordinator, its stacks taken): raise PeerHung when
+    a QEMU peer's QMP is silent, or a QEMU destination has not settled though the source
+    has ended; `c.unanswering` then names the peers to ask nothing more (only kill)."""
+    silent = unanswering(c._peers())
+    if silent:
+        peer = silent[0]
+        c.unanswering = {p.role for p in silent}
+        other = "source" if peer.role == "destination" else "destination"
+        state = "dead" if not c.peer(other).alive() else str(c.status[other])
+        where = blocked_in(c._stacks.get(peer.role), peer.pid)
+        raise PeerHung(hang_text(peer.role, peer.kind, str(c.status[peer.role]),
+                                 c.sc.timeout, where, f"{other} {state}"))
+    dst, src = c.peer("destination"), c.peer("source")
+    if not is_qemu(dst) or not dst.alive() or c.status["destination"] in RESTING or \
+            not c._source_gone():
+        return
+    where = blocked_in(c._stacks.get("destination"), dst.pid)
+    source = "dead" if not src.alive() else f"ended {c.status['source']}"
+    c.unanswering = {"destination"}
+    raise PeerHung(waiting_text(str(c.status["destination"]), c.sc.timeout, where, source),
+                   SETTLES)
 
 
 def unanswering(peers: list[Any]) -> list[Any]:
@@ -72,6 +105,13 @@ def hang_text(role: str, kind: str, status: str, timeout: float, where: str,
     return (f"the {role} ({kind}) stopped answering QMP in status {status} (no reply to "
             f"query-status within {PROBE_TIMEOUT:g} s at the {timeout:g} s deadline; its "
             f"main thread is blocked in {where}), the {other}; killed and reaped")
+
+
+def waiting_text(status: str, timeout: float, where: str, source: str) -> str:
+    """A QEMU destination that answers but never settles after the source ended."""
+    return (f"the destination (qemu) is still {status} at the {timeout:g} s deadline, the "
+            f"source {source}: it waits for what will not come (its main thread is blocked "
+            f"in {where}); killed and reaped")
 
 
 def channels_waited(peer: Any, capabilities: dict[str, bool],
