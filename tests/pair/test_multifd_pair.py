@@ -226,27 +226,39 @@ def test_destination_fails_naming_an_extra_connection(guests, sockdir):
     assert outgoing.join(10)
 
 
-def test_a_channel_dying_inside_a_packet_fails_the_load_naming_it(guests, sockdir):
+_HALF_PACKET = PacketHeader(0, 2, 2 * 4096, 7, "ram", [0, 4096]).pack() + bytes(5000)
+_PREFIX = "failed to receive packet via multifd channel"
+
+
+@pytest.mark.parametrize("first, second, says", [
+    (MultifdInit(0).pack(), MultifdInit(1).pack() + _HALF_PACKET,  # then the channel dies
+     f"{_PREFIX} 1: the channel ended inside a packet (6344 bytes of it read)"),
+    (MultifdInit(0, b"\x11" * 16).pack(), MultifdInit(1).pack(),
+     (f"{_PREFIX} 0: multifd: received uuid '11111111-1111-1111-1111-111111111111' and expected "
+     "uuid '00000000-0000-0000-0000-000000000000' for channel 0")),
+    (MultifdInit(0).pack(), MultifdInit(2).pack(),  # 7.2 takes id == N (off by one)
+     (f"{_PREFIX} 1: multifd: received channel id 2 but only 2 channels are set up "
+     "(multifd-channels)")),
+    (MultifdInit(1).pack(), MultifdInit(1).pack(), "multifd: received id '1' already setup'"),
+])
+def test_a_bad_channel_fails_the_load_naming_it(guests, sockdir, first, second, says):
     dst = guests(_spec(), source=False)
     incoming = _incoming(dst, _config(2))
     path = f"{sockdir}/d.sock"
     incoming.migrate_incoming(f"unix:{path}")
     main, ch0, ch1 = (_raw(path) for _ in range(3))
     try:
-        ch0.sendall(MultifdInit(0).pack())
-        ch1.sendall(MultifdInit(1).pack())
-        header = PacketHeader(0, 2, 2 * 4096, 7, "ram", [0, 4096]).pack()
-        ch1.sendall(header + bytes(5000))  # half of the payload, then the channel dies
-        ch1.close()
+        ch0.sendall(first)
+        ch1.sendall(second)
+        ch1.shutdown(socket.SHUT_WR)
         assert _wait(incoming, {"failed"}, 10) == "failed"
-        assert incoming.error_desc == ("failed to receive packet via multifd channel 1: the "
-                                       "channel ended inside a packet (6344 bytes of it read)")
+        assert incoming.error_desc is not None and says in incoming.error_desc
         assert incoming._thread is not None
         incoming._thread.join(10)  # the load thread ends: every channel thread with it
         assert incoming.multifd is not None and not any(
             t.is_alive() for t in (r.thread for r in incoming.multifd._receivers))
     finally:
-        for s in (main, ch0):
+        for s in (main, ch0, ch1):
             s.close()
 
 
