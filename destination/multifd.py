@@ -268,6 +268,8 @@ class MultifdReceive:
         with self.cond:
             while True:
                 self._raise_failure()
+                if self.stopping:
+                    raise MultifdReceiveError("multifd: the load is stopping")
                 waiting = [r for r in self._receivers if r.received <= r.released]
                 if not waiting:
                     break
