@@ -140,3 +140,40 @@ def test_harness_source_to_qemu_destination(tmp_path, channels, compression):
             outgoing.join(10)
         qemu.close()
         guest.close()
+
+
+@pytest.mark.parametrize("source_channels, destination_channels, says", [
+    (3, 2, ("multifd: an extra incoming migration connection (number 4) with multifd-channels "
+           "2: QEMU 7.2 would ignore it and lose the pages sent on it")),
+    (2, 3, "multifd: 2 of 3 multifd channels arrived within 1 s of the main channel"),
+])
+def test_channel_count_mismatch_fails_the_harness_destination(tmp_path, source_channels,
+                                                              destination_channels, says):
+    """M4: a QEMU 7.2 destination reports `completed` with ~1000 wrong pages (3/2) or waits
+    forever (2/3); the harness destination fails in one line, while the QEMU source still
+    says `completed` (X2)."""
+    dst = Guest.create(_spec(79), initial_content=False, prefault=True)
+    qemu = QemuProcess(list(COMMON), tmp_path, name="src")
+    incoming = IncomingMigration(
+        dst, _config(destination_channels, "none"),
+        lambda uri: listen(parse_uri(uri, "destination")), lambda name, data: None,
+        accept_timeout=WAIT, idle_timeout=WAIT)
+    incoming.multifd_channel_timeout = 1.0
+    dst.runstate = "inmigrate"
+    try:
+        qemu.start()
+        caps, params = _settings(source_channels, "none")
+        qemu.qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+        qemu.qmp.execute("migrate-set-parameters", params)
+        incoming.migrate_incoming("tcp:127.0.0.1:0")
+        assert incoming.socket_address is not None
+        port = incoming.socket_address[0]["port"]
+        qemu.qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+        _until(lambda: str(incoming.state.status) in ("completed", "failed"), "the end")
+        assert str(incoming.state.status) == "failed"
+        assert incoming.error_desc is not None and incoming.error_desc.startswith(says)
+        assert wait_migration(qemu.qmp, timeout=WAIT)["status"] == "completed"
+    finally:
+        incoming.close()
+        qemu.close()
+        dst.close()
