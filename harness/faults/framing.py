@@ -12,7 +12,9 @@ offset.  Without a layout, device bodies nobody described are skipped by searchi
 their footer, a guess that `guessed` counts.  A precopy stream's own description
 (VMDESCRIPTION, after EOF; found in the bytes passed through when the framing was lost)
 is handed to `learn`, so the layout grows by what this stream showed.  Page records
-stay numpy arrays: a batch is the codec's `RamPages` with its `spans`.
+stay numpy arrays: a batch is the codec's `RamPages` with its `spans`.  The `block`
+section's records (block migration) are frames of their own: BLOCK_CHUNK, BLOCK_PROGRESS,
+BLOCK_EOS.
 `ReturnPathFramer` does the same for destination -> source bytes with
 `ReturnPathDecoder`.  Both say how far the input is made of complete frames
 (`Framing.boundary`); the proxy forwards up to there, so a frame is whole, and known,
@@ -23,7 +25,8 @@ The shape of a frame (header | payload): a section is its header | its device pa
 or for `ram` its first record (the rest of a pass streams for as long as the pass
 lasts); a command is `08 cmd len` | its payload, except PACKAGED whose header is the
 command with its length and whose payload is the blob; a page record is its be64 word
-(and block name) | the page (or fill byte, delta, compressed data); a return-path
+(and block name) | the page (or fill byte, delta, compressed data); a block chunk is its
+be64 word and device name | its 1 MiB (nothing for a zero chunk); a return-path
 message is `type len` | its payload (RECV_BITMAP's bitmap included).
 
 A decode error stops nothing: the framer says "framing lost at offset N: ..." and from
@@ -59,6 +62,7 @@ from harness.protocol import (
     StreamHeader,
     VmDescription,
 )
+from harness.protocol.block import CHUNK, BlockChunk, BlockEos, BlockProgress
 from harness.protocol.commands import Packaged
 from harness.protocol.events import Event
 from harness.qemu.layout import LayoutError, MachineLayout, find_trailer, load_vmdesc
@@ -406,11 +410,27 @@ class StreamFramer(Framer):
         elif isinstance(event, RamEos):
             self._open_ram_section(framing, start + 8)
             self._frame(framing, "RAM_EOS", start, start + 8, start + 8, "ram")
+        elif isinstance(event, (BlockChunk, BlockProgress, BlockEos)):
+            self._block_record(event, framing)
         elif isinstance(event, RamMemSize):
             self._open_ram_section(framing, None)
             self._waiting.append(("RAM_MEM_SIZE", start, start + 8, "ram", ""))
         else:
             self._stream_event(event, framing)
+
+    def _block_record(self, event: BlockChunk | BlockProgress | BlockEos,
+                      framing: Framing) -> None:
+        """A record of the `block` section; the first one is its section's payload."""
+        start, header = event.offset, event.offset + 8
+        if isinstance(event, BlockChunk):
+            header += 1 + len(event.device.encode("latin-1"))
+            end, name = header + (0 if event.zero else CHUNK), "BLOCK_CHUNK"
+        else:
+            end, name = header, "BLOCK_PROGRESS" if isinstance(event, BlockProgress) \
+                else "BLOCK_EOS"
+        self._open_ram_section(framing, end)
+        self._frame(framing, name, start, header, end, "block",
+                    event.device if isinstance(event, BlockChunk) else "")
 
     def _open_ram_section(self, framing: Framing, first_record_end: int | None) -> None:
         """The `ram` section header before this record: its payload is this first record."""

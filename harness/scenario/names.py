@@ -65,8 +65,11 @@ RAM_PAGE = "RAM_PAGE"
 #: the frames of a multifd channel (migration/multifd.h): the 64-byte MultiFDInit_t (all
 #: header), then packets: the 1344-byte MultiFDPacket_t header | its pages
 MULTIFD_FRAME_NAMES = ("MULTIFD_INIT", "MULTIFD_PACKET")
+#: the records of the `block` section (migration/block.c): a 1 MiB chunk (header: be64
+#: sector|flags + device name; payload: its data, none for a ZERO_BLOCK), PROGRESS, EOS
+BLOCK_FRAME_NAMES = ("BLOCK_CHUNK", "BLOCK_PROGRESS", "BLOCK_EOS")
 FRAME_NAMES: tuple[str, ...] = (MESSAGE_NAMES + SECTION_RECORD_NAMES + (RAM_PAGE,)
-                                + MULTIFD_FRAME_NAMES)
+                                + MULTIFD_FRAME_NAMES + BLOCK_FRAME_NAMES)
 #: what a `frame:` trigger may count: whole frames (a page is a record inside a section,
 #: a subsection a part of a device's payload)
 FRAME_TRIGGER_NAMES: tuple[str, ...] = tuple(
