@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from .channel import Channel, SocketChannel
-from .tls_channel import READ_CHUNK, TlsChannel, TlsError
+from .tls_channel import READ_CHUNK, TlsChannel, TlsError, TlsState
 from .waiting import Deadline
 
 __all__ = ["AuthzSimple", "TlsError", "TlsListener", "TlsObjects", "X509Creds",
-           "client_hostname", "gnutls_dn",
+           "client_hostname", "gnutls_dn", "handshake",
            "parse_object_option", "peer_dn"]
 
 CA_CERT, CA_CRL = "ca-cert.pem", "ca-crl.pem"
@@ -353,20 +353,28 @@ def _take_socket(channel: Channel, uri: Any) -> socket.socket:
 
 def _establish(sock: socket.socket, peer: str, creds: X509Creds, server_side: bool,
                hostname: str | None, authz: AuthzSimple | None, timeout: float) -> TlsChannel:
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    session = creds.context.wrap_bio(incoming, outgoing, server_side=server_side,
-                                     server_hostname=None if server_side else hostname)
     try:
-        _handshake(sock, session, incoming, outgoing, Deadline(timeout), hostname)
-        if server_side and creds.verify_peer and authz is not None:
-            dn = peer_dn(session.getpeercert(binary_form=True) or b"")
-            if dn != authz.identity:  # crypto/tlssession.c: check_certificate
-                raise TlsError(f"TLS x509 authz check for {dn} is denied")
-        sock.settimeout(None)
+        state = handshake(sock, creds, server_side, hostname, authz, timeout)
     except BaseException:
         sock.close()
         raise
-    return TlsChannel(sock, peer, session, incoming, outgoing)
+    return TlsChannel(sock, peer, state)
+
+
+def handshake(sock: socket.socket, creds: X509Creds, server_side: bool,
+              hostname: str | None, authz: AuthzSimple | None, timeout: float) -> TlsState:
+    """The TLS handshake on a connected socket (left blocking, no timeout) and the
+    checks after it: the established session, or TlsError in QEMU's words."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    session = creds.context.wrap_bio(incoming, outgoing, server_side=server_side,
+                                     server_hostname=None if server_side else hostname)
+    _handshake(sock, session, incoming, outgoing, Deadline(timeout), hostname)
+    if server_side and creds.verify_peer and authz is not None:
+        dn = peer_dn(session.getpeercert(binary_form=True) or b"")
+        if dn != authz.identity:  # crypto/tlssession.c: check_certificate
+            raise TlsError(f"TLS x509 authz check for {dn} is denied")
+    sock.settimeout(None)
+    return TlsState(session, incoming, outgoing)
 
 
 def _handshake(sock: socket.socket, session: ssl.SSLObject, incoming: ssl.MemoryBIO,

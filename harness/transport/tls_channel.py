@@ -32,7 +32,7 @@ from .channel import SocketChannel
 from .errors import ChannelClosed, ExecFailed
 from .waiting import Deadline
 
-__all__ = ["WRITE_CHUNK", "TlsChannel", "TlsError"]
+__all__ = ["READ_CHUNK", "WRITE_CHUNK", "TlsChannel", "TlsError", "TlsState"]
 
 #: plaintext encrypted per `_write_once` (64 TLS records)
 WRITE_CHUNK = 1 << 20
@@ -46,19 +46,89 @@ class TlsError(ChannelClosed):
     """A TLS handshake or session failed; the message is QEMU 7.2's where it has one."""
 
 
+class TlsState:
+    """One established session: an `SSLObject` over two `MemoryBIO`s, used under one
+    lock by any thread (the channel's and the proxy's ends share it)."""
+
+    def __init__(self, session: ssl.SSLObject, incoming: ssl.MemoryBIO,
+                 outgoing: ssl.MemoryBIO) -> None:
+        self.session = session
+        self._in = incoming
+        self._out = outgoing
+        self._lock = threading.Lock()
+
+    @property
+    def cipher(self) -> tuple[str, str, int] | None:
+        """(cipher, protocol version, secret bits)."""
+        return self.session.cipher()
+
+    @property
+    def has_ciphertext(self) -> bool:
+        return self._out.pending > 0
+
+    def feed(self, ciphertext: memoryview | bytes) -> None:
+        with self._lock:
+            self._in.write(ciphertext)
+
+    def ciphertext(self) -> bytes:
+        """What the session made to send, in order (b"": nothing)."""
+        with self._lock:
+            return self._out.read()
+
+    def decrypt(self, view: memoryview, peer: str) -> int | None:
+        """Plaintext the session holds, as many records as fit (None: it needs more
+        ciphertext first; 0: close_notify)."""
+        if not len(view):
+            return 0
+        total = 0
+        with self._lock:
+            while total < len(view):
+                try:
+                    count = self.session.read(len(view) - total, view[total:])
+                except ssl.SSLWantReadError:
+                    break
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return total
+                except ssl.SSLError as exc:
+                    raise TlsError(f"{peer}: TLS receive failed: {_words(exc)}") from None
+                if not count:
+                    break
+                total += count
+        return total or None
+
+    def encrypt(self, views: list[memoryview], limit: int, peer: str) -> int:
+        """Encrypt up to `limit` bytes of `views` (ciphertext() has it); the count."""
+        total = 0
+        with self._lock:
+            for view in views:
+                part = view[:limit - total]
+                try:
+                    self.session.write(part)
+                except ssl.SSLError as exc:
+                    raise TlsError(f"{peer}: TLS send failed: {_words(exc)}") from None
+                total += len(part)
+                if total >= limit:
+                    break
+        return total
+
+
+def _words(exc: ssl.SSLError) -> str:
+    """GnuTLS's text where OpenSSL's reason names the same failure."""
+    reason = exc.reason or str(exc)
+    if "BAD_RECORD_MAC" in reason or "DECRYPTION_FAILED" in reason:
+        return f"Decryption has failed. ({reason})"
+    return reason
+
+
 class TlsChannel(SocketChannel):
     """A connected socket carrying one established TLS session (see the module doc)."""
 
     #: a compiled send straight from guest RAM would bypass the encryption
     send_gathered = None  # type: ignore[assignment]
 
-    def __init__(self, sock: socket.socket, peer: str, session: ssl.SSLObject,
-                 incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
+    def __init__(self, sock: socket.socket, peer: str, tls: TlsState) -> None:
         super().__init__(sock, peer)
-        self._session = session
-        self._in = incoming
-        self._out = outgoing
-        self._tls_lock = threading.Lock()
+        self.tls = tls
         self._wire_lock = threading.Lock()
         self._wire_out = memoryview(b"")
         self._scratch = memoryview(bytearray(READ_CHUNK))
@@ -76,13 +146,13 @@ class TlsChannel(SocketChannel):
     @property
     def cipher(self) -> tuple[str, str, int] | None:
         """(cipher, protocol version, secret bits) of the session."""
-        return self._session.cipher()
+        return self.tls.cipher
 
     # -- receive -------------------------------------------------------------------------
 
     def _read_once(self, view: memoryview, deadline: Deadline | None) -> int:
         while True:
-            count = self._decrypt(view)
+            count = self.tls.decrypt(view, self.peer)
             if count is not None:
                 return count
             if self._raw_eof:
@@ -92,46 +162,12 @@ class TlsChannel(SocketChannel):
             if not got:  # the BIO is not told: its session could not send any more
                 self._raw_eof = True
                 continue
-            with self._tls_lock:
-                self._in.write(self._scratch[:got])
-
-    def _decrypt(self, view: memoryview) -> int | None:
-        """Plaintext the session holds, as many records as fit (None: it needs more
-        ciphertext first; 0: EOF -- close_notify, or none and the socket at EOF)."""
-        if not len(view):
-            return 0
-        total = 0
-        with self._tls_lock:
-            while total < len(view):
-                try:
-                    count = self._session.read(len(view) - total, view[total:])
-                except ssl.SSLWantReadError:
-                    break
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    return total
-                except ssl.SSLError as exc:
-                    raise TlsError(f"{self.peer}: TLS receive failed: "
-                                   f"{exc.reason or exc}") from None
-                if not count:
-                    break
-                total += count
-        return total or None
+            self.tls.feed(self._scratch[:got])
 
     # -- send ----------------------------------------------------------------------------
 
     def _write_once(self, views: list[memoryview], deadline: Deadline | None) -> int:
-        total = 0
-        with self._tls_lock:
-            for view in views:
-                part = view[:WRITE_CHUNK - total]
-                try:
-                    self._session.write(part)
-                except ssl.SSLError as exc:
-                    raise TlsError(f"{self.peer}: TLS send failed: "
-                                   f"{exc.reason or exc}") from None
-                total += len(part)
-                if total >= WRITE_CHUNK:
-                    break
+        total = self.tls.encrypt(views, WRITE_CHUNK, self.peer)
         self._flush(deadline)
         return total
 
@@ -140,8 +176,7 @@ class TlsChannel(SocketChannel):
         with self._wire_lock:
             while True:
                 if not len(self._wire_out):
-                    with self._tls_lock:
-                        data = self._out.read()
+                    data = self.tls.ciphertext()
                     if not data:
                         return
                     self._wire_out = memoryview(data)
@@ -151,7 +186,7 @@ class TlsChannel(SocketChannel):
     def _flush_if_free(self) -> None:
         """A read may have made ciphertext (an alert): send it unless a writer is busy
         (that writer sends it next)."""
-        if self._out.pending and self._wire_lock.acquire(blocking=False):
+        if self.tls.has_ciphertext and self._wire_lock.acquire(blocking=False):
             self._wire_lock.release()
             with contextlib.suppress(OSError):
                 self._flush(Deadline(1.0))
