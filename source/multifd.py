@@ -70,6 +70,7 @@ class _Sender:
         self.compressor = compressor
         self.owner = owner
         self.job: _Job | None = None
+        self._rows = np.empty((PAGES_PER_PACKET, PAGE), dtype=np.uint8)
         self.packets = 0
         self.syncs = 0
         self.pages = 0
@@ -107,7 +108,9 @@ class _Sender:
             self.packets += 1
             return
         assert job.mem is not None
-        rows = job.mem[:job.mem.size // PAGE * PAGE].reshape(-1, PAGE)[job.pages]
+        rows = self._rows[:job.pages.size]  # reused: no fresh 512 KiB (page faults) a packet
+        np.take(job.mem[:job.mem.size // PAGE * PAGE].reshape(-1, PAGE), job.pages, axis=0,
+                out=rows)
         if self.compressor.method == "none":
             payload: bytes | np.ndarray = rows
             size = rows.nbytes
