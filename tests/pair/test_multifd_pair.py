@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from destination.incoming import IncomingMigration
+from destination.incoming import IncomingError, IncomingMigration
 from harness.guest import BlockSpec, GuestSpec, WorkloadSpec
 from harness.migration.config import MigrationConfig
 from harness.protocol import Event, RamEos, RamPages, StreamDecoder
@@ -288,3 +288,18 @@ def test_cancel_ends_every_channel_thread_and_closes_every_socket(guests, sockdi
     assert len(channels) == 4 and all(str(c.state.value) == "closed" for c in channels)
     assert not any(s.thread.is_alive() for s in multifd._senders)
     assert _wait(incoming, {"failed"}, 20) == "failed"  # main broke: the load stops
+
+
+def test_exec_uri_is_refused_in_qemus_words_on_both_sides(guests, tmp_path):
+    """M5: multifd needs tcp:/unix:/vsock: -- the source's migration fails, the
+    destination's migrate-incoming is refused, with 7.2's text."""
+    src = guests(_spec(), source=True)
+    dst = guests(_spec(), source=False)
+    outgoing = _outgoing(src, _config(2))
+    outgoing.migrate(f"exec:cat > {tmp_path}/out.bin")
+    assert _wait(outgoing, {"failed", "completed"}) == "failed"
+    assert outgoing.error_desc == "multifd is not supported by current protocol"
+    assert outgoing.join(10)
+    incoming = _incoming(dst, _config(2))
+    with pytest.raises(IncomingError, match="^multifd is not supported by current protocol$"):
+        incoming.migrate_incoming(f"exec:cat {tmp_path}/out.bin")
