@@ -466,6 +466,11 @@ def proxy(
         "--multifd", metavar="N", min=0, max=255, help="multifd is on with N channels: the N "
         "connections after each main one are its multifd channels, connected to the target "
         "in the order accepted (recorded in DIR/stream.multifd-ID.bin).")] = 0,
+    tls: Annotated[Path | None, typer.Option(
+        "--tls", metavar="DIR", help="Terminate TLS: be the TLS server of the source (the "
+        "pair in DIR/tls-destination) and a TLS client of the target (DIR/tls-source), so "
+        "faults and triggers act on the plaintext (a tls: scenario's work directory).")
+                   ] = None,
 ) -> None:
     """Run the fault-injecting proxy between the peers (what `harness run` starts)."""
     from .control.curve import bind_needs_keys
@@ -479,7 +484,7 @@ def proxy(
         typer.echo(f"harness proxy: warning: --insecure: the control plane on {control} has "
                    f"no authentication", err=True)
     raise typer.Exit(run_proxy(control, listen, target, seed, layout, record, preempt,
-                               multifd))
+                               multifd, tls))
 
 
 @app.command()

@@ -97,8 +97,9 @@ class Session:
         self.waker = Waker()
         self.stopped = threading.Event()
         label = f"session {n}" + (f" ({kind})" if main is not None else "")
-        self.source = Endpoint(source, f"{label} source", self.waker)
-        self.destination = Endpoint(destination, f"{label} destination", self.waker)
+        make = Endpoint if proxy.tls is None else proxy.tls.endpoint  # tls_endpoint.py
+        self.source = make(source, f"{label} source", self.waker)
+        self.destination = make(destination, f"{label} destination", self.waker)
         self.state = "open"  # open | closing | closed
         self.reason = ""
         self.close_deadline: float | None = None
@@ -269,7 +270,7 @@ class Proxy:
     def __init__(self, listen: str, target: str, *, seed: int = 0, emit: Emit | None = None,
                  hold_deadline: float = HOLD_DEADLINE, layout: MachineLayout | None = None,
                  layout_cache: Path | None = None, record: Path | None = None,
-                 preempt: bool = False, multifd: int = 0) -> None:
+                 preempt: bool = False, multifd: int = 0, tls: Any = None) -> None:
         if preempt and multifd:
             raise ValueError("postcopy-preempt together with multifd is not implemented by "
                              "the proxy (which connection is which is not defined in 7.2)")
@@ -279,6 +280,7 @@ class Proxy:
         self.seed = seed
         self.preempt = preempt  # postcopy-preempt: each main connection brings a second
         self.multifd = multifd  # multifd-channels: each main connection brings N more
+        self.tls = tls  # tls_endpoint.ProxyTls: TLS terminated here (None: passed through)
         self._emit_to = emit
         self.stats = Stats(preempt, multifd_flows(multifd))
         self.holds = Holds(self.emit, hold_deadline)
@@ -656,6 +658,8 @@ class Proxy:
                 raise OSError(f"it would be the {kind} channel of a main connection that "
                               "could not reach the target")
             upstream = connect_target(target, CONNECT_TIMEOUT)
+            if self.tls is not None:  # both handshakes, before the session starts
+                self.tls.terminate(conn, upstream, target)
         except (TransportError, OSError) as exc:
             conn.close()
             self.emit("SESSION", {"n": n, "event": "accepted", "reason": "", **channel})

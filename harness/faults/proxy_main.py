@@ -60,12 +60,13 @@ class ProxyProcess:
 
     def __init__(self, control: str, listen: str, target: str, seed: int = 0,
                  layout: MachineLayout | None = None, record: Path | None = None,
-                 preempt: bool = False, multifd: int = 0) -> None:
+                 preempt: bool = False, multifd: int = 0, tls: Path | None = None) -> None:
         self.server = ControlServer(control, role="proxy")
         self.stop = threading.Event()
         try:
+            terminate = None if tls is None else ProxyTls(tls)  # TLS terminated here
             self.proxy = Proxy(listen, target, seed=seed, emit=self.server.emit, layout=layout,
-                               record=record, preempt=preempt, multifd=multifd)
+                               record=record, preempt=preempt, multifd=multifd, tls=terminate)
         except BaseException:
             self.server.close()
             raise
@@ -196,7 +197,7 @@ def inline_layout(doc: Any) -> MachineLayout:
 
 def main(control: str, listen: str, target: str, seed: int = 0,
          layout: str | Path | None = None, record: Path | None = None,
-         preempt: bool = False, multifd: int = 0) -> int:
+         preempt: bool = False, multifd: int = 0, tls: Path | None = None) -> int:
     """Run the proxy process; 0 after quit/SIGTERM, 2 when it cannot start.  `preempt`:
     postcopy-preempt is on, each main connection is followed by its preempt channel;
     `multifd`: N multifd channels follow each main connection."""
@@ -204,7 +205,7 @@ def main(control: str, listen: str, target: str, seed: int = 0,
     try:
         machine = None if layout is None else load_layout(layout)
         process = ProxyProcess(control, listen, target, seed, machine, record, preempt,
-                               multifd)
+                               multifd, tls)
     except (ValueError, OSError, ControlError) as err:
         log.error("cannot start: %s", err)
         return 2

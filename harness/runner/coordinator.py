@@ -430,7 +430,8 @@ class Coordinator:
         else:
             self.proxy = ProxyHandle("proxy", self.workdir, listen, target, self.seed,
                                      record=record, preempt=preempt_on(self.sc),
-                                     multifd=self.sc.multifd_channels())
+                                     multifd=self.sc.multifd_channels(),
+                                     tls=tls_setup.proxy_dir(self))
             self.proxy.die_with_starter = True
         try:
             self.proxy.start()

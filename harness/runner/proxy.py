@@ -29,6 +29,7 @@ class ProxyHandle(ControlledProcess):
     record: Path | None = None  # keep what it delivers there (harness run --record)
     preempt: bool = False  # postcopy-preempt: a second connection follows each main one
     multifd: int = 0  # multifd: this many connections follow each main one
+    tls: Path | None = None  # tls: terminated in the proxy, with the run's certificates here
 
     def __post_init__(self) -> None:
         self._init_process()
@@ -38,7 +39,8 @@ class ProxyHandle(ControlledProcess):
         return [sys.executable, "-m", "harness", "proxy", "--control", self.address,
                 "--listen", self.listen, "--target", self.target, "--seed", str(self.seed),
                 *record, *(["--preempt"] if self.preempt else []),
-                *(["--multifd", str(self.multifd)] if self.multifd else [])]
+                *(["--multifd", str(self.multifd)] if self.multifd else []),
+                *(["--tls", str(self.tls)] if self.tls is not None else [])]
 
     def address_for_source(self, timeout: float = 10.0) -> str:
         """The URI the source should migrate to (the proxy's actual listening address)."""
