@@ -46,6 +46,7 @@ from harness.protocol import RemoteProtocolError
 from harness.qemu.layout import MAX_DEPTH, MAX_VMDESC_BYTES, LayoutError, MachineLayout, read_layout
 
 from .proxy import Proxy
+from .tls_endpoint import ProxyTls
 
 __all__ = ["ProxyProcess", "main"]
 

@@ -426,6 +426,7 @@ class Coordinator:
         record = self.workdir if self.record and self.sc.destination.kind == "qemu" else None
         host = proxy_host(self.sc)  # issue 14: on an agent's host (runner/agent_proxy.py)
         if host is not None:
+            tls_setup.refuse_remote_proxy(self)
             self.proxy = remote_proxy(self, host, target)
         else:
             self.proxy = ProxyHandle("proxy", self.workdir, listen, target, self.seed,
