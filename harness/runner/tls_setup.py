@@ -13,11 +13,12 @@ certificate, in QEMU's words) fails the configuration like any refused setting.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from harness.transport.tls_certs import RunCredentials, make_run_credentials
 
-__all__ = ["CREDS_ID", "credentials", "peer_settings"]
+__all__ = ["CREDS_ID", "credentials", "peer_settings", "proxy_dir", "refuse_remote_proxy"]
 
 CREDS_ID = "tls0"
 AUTHZ_ID = "authz0"
@@ -58,3 +59,23 @@ def peer_settings(c: Any, peer: Any) -> dict[str, Any]:
                                     "identity": identity})
         params["tls-authz"] = AUTHZ_ID
     return params
+
+
+def proxy_dir(c: Any) -> Path | None:
+    """Where the proxy finds the certificates to terminate TLS with (None: no `tls:`, or
+    `proxy: passthrough` -- the proxy forwards the TLS bytes untouched)."""
+    tls = c.sc.tls
+    if tls is None or tls.proxy != "terminate":
+        return None
+    credentials(c)
+    return Path(c.workdir)
+
+
+def refuse_remote_proxy(c: Any) -> None:
+    """An agent-hosted proxy has no copy of the run's certificates: refuse, in one line."""
+    tls = c.sc.tls
+    if tls is not None and tls.proxy == "terminate":
+        from harness.errors import EnvironmentFailure
+
+        raise EnvironmentFailure("tls: {proxy: terminate} with a proxy on an agent's host is not "
+                       "implemented (use proxy: passthrough)")
