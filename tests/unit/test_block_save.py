@@ -1,0 +1,68 @@
+"""The source's block migration (source/block_save.py) without sockets: what its sections
+carry, decoded back by the stream decoder, and `migrate`'s blk/inc as QEMU 7.2's
+migrate_prepare treats them (B1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.migration.config import MigrationConfig
+from harness.protocol import StreamEncoder
+from harness.protocol.block import CHUNK, BlockChunk, BlockProgress
+from harness.protocol.decoder import StreamDecoder
+from harness.protocol.events import RamBlockInfo
+from source.block_save import (
+    INCOMPATIBLE,
+    BlockSave,
+    apply_migrate_options,
+    remove_migrate_options,
+)
+
+
+def _disk(chunks: int, zero: set[int]) -> np.ndarray:
+    disk = np.random.default_rng(3).integers(1, 256, chunks * CHUNK, dtype=np.uint8)
+    for index in zero:
+        disk[index * CHUNK:(index + 1) * CHUNK] = 0
+    return disk
+
+
+@pytest.mark.parametrize("zero_blocks", [False, True])
+def test_bulk_then_completion_rebuilds_the_disk(zero_blocks: bool) -> None:
+    disk = _disk(4, zero={1})
+    save = BlockSave({"d0": disk}, zero_blocks=zero_blocks)
+    enc, out = StreamEncoder(), bytearray()
+    out += enc.header() + enc.configuration("none") + save.setup_section(enc)
+    out += enc.ram_start(2, [RamBlockInfo("ram", 1 << 20)])
+    sent = iter([False, True])  # the first PART sends one chunk, then the rate limit
+    save.iterate(enc, out.extend, lambda: next(sent))
+    assert save.bulk_active and save.query()["transferred"] == CHUNK
+    save.complete(enc, out.extend)  # the rest of the bulk goes in END
+    out += enc.eof()
+    target = np.full(disk.size, 0x55, dtype=np.uint8)
+    decoder = StreamDecoder(disks={"d0": target})
+    decoder.receive_data(bytes(out))
+    decoder.receive_data(b"")
+    events = decoder.events()
+    assert np.array_equal(target, disk)
+    chunks = [e for e in events if isinstance(e, BlockChunk)]
+    assert [(c.sector, c.zero) for c in chunks] == [
+        (0, False), (2048, zero_blocks), (4096, False), (6144, False)]
+    assert [e.percent for e in events if isinstance(e, BlockProgress)] == [0, 25, 50, 75, 100]
+    assert save.stats() == {"total": 4 * CHUNK, "chunks": 4 - zero_blocks,
+                            "zero-chunks": int(zero_blocks)}
+
+
+def test_blk_inc_for_one_migration_and_the_mixing_error() -> None:
+    config = MigrationConfig.default()
+    assert apply_migrate_options(config, blk=False, inc=True)
+    assert config.cap("block") and config.param("block-incremental")
+    remove_migrate_options(config)
+    assert not config.cap("block") and not config.param("block-incremental")
+    config.set_capabilities([{"capability": "block", "state": True}], running=False)
+    assert not apply_migrate_options(config, blk=False, inc=False)
+    with pytest.raises(ValueError, match=INCOMPATIBLE):
+        apply_migrate_options(config, blk=True, inc=False)
+    config.set_capabilities([{"capability": "postcopy-ram", "state": True}], running=False)
+    with pytest.raises(ValueError, match="is not implemented by the harness peer"):
+        apply_migrate_options(config, blk=False, inc=False)
