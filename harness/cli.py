@@ -467,9 +467,10 @@ def proxy(
         "connections after each main one are its multifd channels, connected to the target "
         "in the order accepted (recorded in DIR/stream.multifd-ID.bin).")] = 0,
     tls: Annotated[Path | None, typer.Option(
-        "--tls", metavar="DIR", help="Terminate TLS: be the TLS server of the source (the "
-        "pair in DIR/tls-destination) and a TLS client of the target (DIR/tls-source), so "
-        "faults and triggers act on the plaintext (a tls: scenario's work directory).")
+        "--tls", metavar="DIR|passthrough", help="Terminate TLS: be the TLS server of the "
+        "source (the pair in DIR/tls-destination) and a TLS client of the target "
+        "(DIR/tls-source), so faults and triggers act on the plaintext (a tls: scenario's "
+        "work directory); `passthrough`: forward the TLS bytes, framed as TLS_RECORDs.")
                    ] = None,
 ) -> None:
     """Run the fault-injecting proxy between the peers (what `harness run` starts)."""

@@ -118,6 +118,8 @@ class Session:
     def _pump(self, flow: str, framer: Framer) -> Pump:
         inlet, sink = ((self.destination, self.source) if flow == RETURN_PATH
                        else (self.source, self.destination))
+        if self.proxy.tls is not None:  # passthrough: TLS records (tls_endpoint.py)
+            framer = self.proxy.tls.framer(flow, framer)
         return Pump(self, flow, inlet, self._outlet(flow, sink), framer)
 
     def main_decoder(self) -> Any:

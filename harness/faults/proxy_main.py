@@ -46,7 +46,7 @@ from harness.protocol import RemoteProtocolError
 from harness.qemu.layout import MAX_DEPTH, MAX_VMDESC_BYTES, LayoutError, MachineLayout, read_layout
 
 from .proxy import Proxy
-from .tls_endpoint import ProxyTls
+from .tls_endpoint import proxy_tls
 
 __all__ = ["ProxyProcess", "main"]
 
@@ -65,7 +65,7 @@ class ProxyProcess:
         self.server = ControlServer(control, role="proxy")
         self.stop = threading.Event()
         try:
-            terminate = None if tls is None else ProxyTls(tls)  # TLS terminated here
+            terminate = proxy_tls(tls)  # --tls DIR: terminated here; passthrough
             self.proxy = Proxy(listen, target, seed=seed, emit=self.server.emit, layout=layout,
                                record=record, preempt=preempt, multifd=multifd, tls=terminate)
         except BaseException:

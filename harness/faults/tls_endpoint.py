@@ -11,10 +11,11 @@ its own pair of sessions, as it has its own handshake between QEMUs (T6).  The s
 ends are then `TlsEndpoint`s: `Endpoint`s whose bytes in and out pass through a
 `TlsState` (harness.transport.tls_channel), so the pumps, framers, frame faults and wire
 triggers see the plaintext and a corrupted page is corrupted inside the TLS stream, where
-the destination sees what a plaintext corruption gives.  Without `--tls` the proxy
-forwards TLS bytes untouched (passthrough): its framer loses the stream at once
-(FRAMING_LOST) and only byte-level faults make sense; corrupting a byte there is a TLS
-error at the destination, as it is for QEMU.
+the destination sees what a plaintext corruption gives.  With `--tls passthrough`
+the proxy forwards the TLS bytes untouched and frames them as TLS records
+(`TlsRecordFramer`: frame TLS_RECORD, header = the 5-byte record header), so a frame fault
+can still aim somewhere: corrupting a record's byte is a TLS error at the destination
+(bad record MAC), as it is for QEMU.
 """
 
 from __future__ import annotations
@@ -30,8 +31,16 @@ from harness.transport.tls_channel import READ_CHUNK, TlsState
 from harness.transport.waiting import Deadline, Waker
 
 from .endpoint import Endpoint, Quiet
+from .framing import Frame, Framer, Framing
 
-__all__ = ["ProxyTls", "TlsEndpoint"]
+__all__ = ["TLS_RECORD", "ProxyTls", "TlsEndpoint", "TlsPassthrough", "TlsRecordFramer",
+           "proxy_tls"]
+
+#: the frame a passthrough proxy sees: one TLS record (RFC 8446 5.1: type, legacy
+#: version, be16 length; then at most 2^14 + 256 bytes)
+TLS_RECORD = "TLS_RECORD"
+_RECORD_TYPES = frozenset({20, 21, 22, 23})  # change_cipher_spec, alert, handshake, data
+_MAX_RECORD = (1 << 14) + 256
 
 HANDSHAKE_TIMEOUT = 30.0
 
@@ -73,6 +82,63 @@ class TlsEndpoint(Endpoint):
                 super().send(ciphertext)
 
 
+def proxy_tls(option: str | Path | None) -> ProxyTls | TlsPassthrough | None:
+    """`--tls DIR` (terminate with the run's certificates in DIR) or `--tls passthrough`."""
+    if option is None:
+        return None
+    if str(option) == "passthrough":
+        return TlsPassthrough()
+    return ProxyTls(Path(option))
+
+
+class TlsRecordFramer(Framer):
+    """Frames of a TLS byte stream the proxy cannot decrypt: its records (header = the 5
+    bytes before the ciphertext), so that frame faults can aim at a TLS_RECORD."""
+
+    def __init__(self, flow: str) -> None:
+        super().__init__()
+        self.flow = flow
+        self._next = 0  # where the next record starts
+        self._frames: list[Frame] = []
+        self._told = False  # the loss is reported once
+
+    def _feed(self, data: memoryview) -> None:
+        while self._next + 5 <= self.received:
+            with self.view(self._next, self._next + 5) as header:
+                kind, length = header[0], int.from_bytes(header[3:5], "big")
+            if kind not in _RECORD_TYPES or length > _MAX_RECORD:
+                self.lost = (f"framing lost at offset {self._next}: not a TLS record "
+                             f"(type {kind}, length {length})")
+                return
+            end = self._next + 5 + length
+            if end > self.received:
+                return
+            self._frames.append(Frame(TLS_RECORD, self._next, self._next + 5, end, "tls"))
+            self._next = end
+
+    def take(self) -> Framing:
+        frames, self._frames = self._frames, []
+        if self.lost is not None:
+            told, self._told = self._told, True
+            return Framing(frames=frames, boundary=self.received,
+                           lost=None if told else self.lost)
+        return Framing(frames=frames, boundary=self._next)
+
+
+class TlsPassthrough:
+    """`--tls passthrough`: TLS bytes forwarded untouched, framed as TLS records."""
+
+    def terminate(self, source: socket.socket, target: socket.socket, target_uri: str
+                  ) -> None:
+        """Nothing: the peers' handshake passes through."""
+
+    def endpoint(self, sock: socket.socket, label: str, waker: Waker) -> Endpoint:
+        return Endpoint(sock, label, waker)
+
+    def framer(self, flow: str, framer: Framer) -> Framer:
+        return TlsRecordFramer(flow)
+
+
 class ProxyTls:
     """The proxy's two credentials and the sessions made for connections not yet in a
     `Session` (keyed by socket)."""
@@ -111,3 +177,7 @@ class ProxyTls:
             state = self._sessions.pop(id(sock), None)
         return Endpoint(sock, label, waker) if state is None else TlsEndpoint(sock, label,
                                                                               waker, state)
+
+    def framer(self, flow: str, framer: Framer) -> Framer:
+        """The flow's own framer: it sees the plaintext."""
+        return framer

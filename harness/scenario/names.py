@@ -68,8 +68,10 @@ MULTIFD_FRAME_NAMES = ("MULTIFD_INIT", "MULTIFD_PACKET")
 #: the records of the `block` section (migration/block.c): a 1 MiB chunk (header: be64
 #: sector|flags + device name; payload: its data, none for a ZERO_BLOCK), PROGRESS, EOS
 BLOCK_FRAME_NAMES = ("BLOCK_CHUNK", "BLOCK_PROGRESS", "BLOCK_EOS")
+#: a TLS record, as a proxy that forwards TLS untouched frames it (tls: {proxy: passthrough})
+TLS_RECORD = "TLS_RECORD"
 FRAME_NAMES: tuple[str, ...] = (MESSAGE_NAMES + SECTION_RECORD_NAMES + (RAM_PAGE,)
-                                + MULTIFD_FRAME_NAMES + BLOCK_FRAME_NAMES)
+                                + MULTIFD_FRAME_NAMES + BLOCK_FRAME_NAMES + (TLS_RECORD,))
 #: what a `frame:` trigger may count: whole frames (a page is a record inside a section,
 #: a subsection a part of a device's payload)
 FRAME_TRIGGER_NAMES: tuple[str, ...] = tuple(
