@@ -62,20 +62,22 @@ def peer_settings(c: Any, peer: Any) -> dict[str, Any]:
 
 
 def proxy_dir(c: Any) -> Path | None:
-    """Where the proxy finds the certificates to terminate TLS with (None: no `tls:`, or
-    `proxy: passthrough` -- the proxy forwards the TLS bytes untouched)."""
+    """What the proxy's `--tls` gets: the work directory with the run's certificates
+    (`proxy: terminate`), `passthrough` (it forwards the TLS bytes, framed as records),
+    or None without `tls:`."""
     tls = c.sc.tls
-    if tls is None or tls.proxy != "terminate":
+    if tls is None:
         return None
+    if tls.proxy == "passthrough":
+        return Path("passthrough")
     credentials(c)
     return Path(c.workdir)
 
 
 def refuse_remote_proxy(c: Any) -> None:
-    """An agent-hosted proxy has no copy of the run's certificates: refuse, in one line."""
-    tls = c.sc.tls
-    if tls is not None and tls.proxy == "terminate":
+    """An agent-hosted proxy gets no `--tls`: refuse, in one line."""
+    if c.sc.tls is not None:
         from harness.errors import EnvironmentFailure
 
-        raise EnvironmentFailure("tls: {proxy: terminate} with a proxy on an agent's host is not "
-                       "implemented (use proxy: passthrough)")
+        raise EnvironmentFailure("tls: with a proxy on an agent's host is not implemented "
+                                 "(the agent's proxy has no --tls)")

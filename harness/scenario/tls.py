@@ -61,8 +61,31 @@ def tls_issues(scenario: Any) -> list[Any]:
     if scenario.transport.scheme in ("exec", "file"):
         issues.append(Issue(("tls",), f"needs a socket transport (tcp, unix, fd), "
                                       f"not {scenario.transport.scheme}"))
+    issues += _frame_issues(scenario, tls.proxy == "passthrough")
     if tls.session_tickets and scenario.destination.kind != "harness":
         issues.append(Issue(("tls", "session-tickets"), "session-tickets is a harness "
                             "destination's testing knob; this destination is "
                             f"{scenario.destination.kind}"))
+    return issues
+
+
+def _frame_issues(scenario: Any, passthrough: bool) -> list[Any]:
+    """A passthrough proxy sees TLS records only; a terminating one never sees any."""
+    from .base import Issue
+
+    issues = []
+    for index, step in enumerate(scenario.steps):
+        fault = step.fault
+        frame, message = getattr(fault, "frame", None), getattr(fault, "message", None)
+        if passthrough and (message or (frame and frame != "TLS_RECORD")):
+            issues.append(Issue(("steps", index, "fault"), "with tls: {proxy: passthrough} "
+                                "the proxy forwards ciphertext: a frame fault can aim at "
+                                f"TLS_RECORD only, not {message or frame}"))
+        elif passthrough and frame is None and getattr(fault, "kind", "") in (
+                "net.corrupt", "net.truncate"):
+            issues.append(Issue(("steps", index, "fault"), "with tls: {proxy: passthrough} "
+                                "name frame: TLS_RECORD (the proxy sees no RAM page)"))
+        elif not passthrough and frame == "TLS_RECORD":
+            issues.append(Issue(("steps", index, "fault", "frame"), "TLS_RECORD frames exist "
+                                "only with tls: {proxy: passthrough}"))
     return issues
