@@ -198,7 +198,7 @@ class Console(cmd.Cmd):
         words = _words("migrate", arg)
         flags = {w for w in words if w.startswith("-")}
         rest = [w for w in words if not w.startswith("-")]
-        if flags - {"-d", "-r"}:
+        if flags - {"-d", "-r", "-b", "-i"}:
             raise UsageError("migrate", f"migrate: unknown option {min(flags)}")
         if len(rest) > 1:
             raise UsageError("migrate", "migrate: extraneous characters at the end of line")
@@ -209,7 +209,9 @@ class Console(cmd.Cmd):
             self.link.execute("source", "migrate", {"uri": uri, "resume": True})
             return
         target = actions.migrate_uri(self.link, self.session, uri)
-        self.link.execute("source", "migrate", {"uri": target})
+        # hmp_migrate: -b full block migration, -i incremental (both for this one only)
+        block = {name: True for flag, name in (("-b", "blk"), ("-i", "inc")) if flag in flags}
+        self.link.execute("source", "migrate", {"uri": target, **block})
         if uri is None:
             via = "the proxy" if self.link.has("proxy") else "the destination"
             self.out.lines([f"migrating to {target} ({via})"])

@@ -73,11 +73,13 @@ fires."""
 
 #: command -> (arguments, summary, details)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "migrate": ("[-d] [-r] [uri]",
+    "migrate": ("[-d] [-b] [-i] [-r] [uri]",
                 "migrate to URI (using -d to not wait for completion)",
                 ("Without -d, prints a progress line each second until the migration ends "
                 "(completed, failed,\ncancelled, postcopy-paused); Ctrl-C cancels it "
                 "(migrate_cancel).  -r resumes a paused\npostcopy migration to URI.  "
+                "-b migrates the disks too (block migration), -i incrementally;\n"
+                "both for this migration only.  "
                 "Without a URI: the proxy's address when there is one, else where the\n"
                 "destination listens (a console that started its peers makes it listen "
                 "now).")),

@@ -206,7 +206,16 @@ def format_status(status: dict[str, Any]) -> str:
 def progress_line(info: dict[str, Any]) -> str:
     """The line a synchronous `migrate` prints each second.  QEMU 7.2's
     hmp_migrate_status_cb prints "Completed %d %%" for block migration only; here it is
-    the share of guest RAM no longer to be sent, with the status and what remains."""
+    the share of guest RAM no longer to be sent, with the status and what remains.  During
+    block migration (query-migrate `disk`, B6) it is QEMU's figure: the share of the disks
+    read for sending."""
+    disk = info.get("disk")
+    if disk:
+        total = int(disk.get("total", 0) or 0)
+        done = 100 if not disk.get("remaining") or not total \
+            else int(disk.get("transferred", 0)) * 100 // total
+        return (f"Completed {done} % ({info.get('status', 'setup')}, block migration, "
+                f"{int(disk.get('remaining', 0)) // _KB} kbytes of disk remaining)")
     ram = info.get("ram") or {}
     total = int(ram.get("total", 0) or 0)
     remaining = int(ram.get("remaining", 0) or 0)

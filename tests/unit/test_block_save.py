@@ -66,3 +66,17 @@ def test_blk_inc_for_one_migration_and_the_mixing_error() -> None:
     config.set_capabilities([{"capability": "postcopy-ram", "state": True}], running=False)
     with pytest.raises(ValueError, match="is not implemented by the harness peer"):
         apply_migrate_options(config, blk=False, inc=False)
+
+
+def test_the_monitor_prints_qemus_block_progress_while_disks_migrate() -> None:
+    """hmp_migrate_status_cb: with query-migrate's `disk`, "Completed N %" is the share of
+    the disks read (100 once nothing remains); without it, the RAM figure as before."""
+    from harness.monitor.hmp import progress_line
+
+    disk = {"total": 16 << 20, "transferred": 6 << 20, "remaining": 10 << 20}
+    assert progress_line({"status": "active", "disk": disk, "ram": {"total": 4096}}) == (
+        "Completed 37 % (active, block migration, 10240 kbytes of disk remaining)")
+    done = {**disk, "transferred": 16 << 20, "remaining": 0}
+    assert progress_line({"status": "active", "disk": done}).startswith("Completed 100 % ")
+    assert progress_line({"status": "active", "ram": {"total": 8192, "remaining": 4096}}) \
+        .startswith("Completed 50 % (active, 4 kbytes remaining")
