@@ -23,7 +23,10 @@ RAM page records and one EOS (QEMU 7.2, migration/ram.c: postcopy_preempt_choose
 postcopy_preempt_shutdown_file): it is read after the main stream, with a fork of the main
 decoder's RAM loader (the blocks come from the main stream's MEM_SIZE), so its pages land
 in the same RAM (`--extract-ram` includes the requested pages, which only it carried) and
-the report lists its records per block and where EOS came.
+the report lists its records per block and where EOS came.  Recorded multifd channels
+(`--multifd FILE`, repeated; the proxy's stream.multifd-ID.bin) are read section by section
+with the main stream (harness/analyze_multifd.py), so the RAM is what a destination ends
+with, and `--json` gains a `multifd` summary.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import numpy as np
 
 from harness.errors import ProtocolFailure
 
+from .analyze_multifd import MultifdReplay, multifd_lines
 from .file_kinds import not_a_file
 from .protocol import (
     Command,
@@ -53,6 +57,7 @@ from .protocol import (
     PostcopyAdvise,
     PostcopyRamDiscard,
     ProtocolError,
+    RamEos,
     RamFlag,
     RamMemSize,
     RamPages,
@@ -68,6 +73,7 @@ from .protocol import (
 )
 from .protocol.constants import QEMU_VM_FILE_MAGIC
 from .protocol.devices import standard_devices
+from .protocol.events import Event
 from .protocol.return_path import Pong, RecvBitmap, ReqPages, ReqPagesId, ResumeAck, Shut
 from .protocol.vmstate import field_rows
 from .protocol.wire import Reader, unpack_be32
@@ -150,6 +156,7 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     return_path: list[dict[str, Any]] | None = None
     preempt: dict[str, Any] | None = None
+    multifd: dict[str, Any] | None = None
     ram: dict[str, np.ndarray] = field(default_factory=dict)
     descriptions: str = "built-in"  # "vmdesc", "layout FILE", "cache KEY", or "guessed"
     decoder: StreamDecoder | None = field(default=None, repr=False)  # while analysing
@@ -182,6 +189,8 @@ class Analysis:
             doc["return_path"] = self.return_path
         if self.preempt is not None:
             doc["preempt"] = self.preempt
+        if self.multifd is not None:
+            doc["multifd"] = self.multifd
         return doc
 
 
@@ -212,8 +221,9 @@ def find_vmdesc(data: bytes | mmap.mmap) -> bytes | None:
 
 def analyze_file(path: str | Path, return_path: str | Path | None = None,
                  layout: MachineLayout | str | Path | None = None,
-                 use_cache: bool = True, preempt: str | Path | None = None) -> Analysis:
-    """Decode a stream file (and optionally its return-path and preempt captures).
+                 use_cache: bool = True, preempt: str | Path | None = None,
+                 multifd: list[Path] | None = None) -> Analysis:
+    """Decode a stream file (and optionally its return-path, preempt and multifd captures).
 
     `layout`: a MachineLayout (or a file holding one, or a precopy stream with its vmdesc)
     whose descriptions frame the device sections; `use_cache`: without trailer and
@@ -225,10 +235,10 @@ def analyze_file(path: str | Path, return_path: str | Path | None = None,
         layout = read_layout(Path(layout))
     with p.open("rb") as fh:
         if p.stat().st_size == 0:
-            result = _analyze(p, b"", return_path, layout, use_cache)
+            result = _analyze(p, b"", return_path, layout, use_cache, multifd)
         else:
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                result = _analyze(p, data, return_path, layout, use_cache)
+                result = _analyze(p, data, return_path, layout, use_cache, multifd)
     if preempt is not None:
         assert result.decoder is not None
         result.preempt = analyze_preempt(preempt, result.decoder)
@@ -237,25 +247,27 @@ def analyze_file(path: str | Path, return_path: str | Path | None = None,
 
 
 def _analyze(p: Path, data: bytes | mmap.mmap, return_path: str | Path | None,
-             layout: MachineLayout | None, use_cache: bool) -> Analysis:
+             layout: MachineLayout | None, use_cache: bool,
+             multifd: list[Path] | None = None) -> Analysis:
     base = {(d.idstr, d.instance_id): d for d in standard_devices() + harness_devices()}
     warnings: list[str] = []
     trailer = find_vmdesc(data)
     described = _trailer_devices(trailer, warnings) if trailer is not None else None
     if described is not None:
-        return _decode(p, data, {**base, **described}, "vmdesc", warnings, return_path)
+        return _decode(p, data, {**base, **described}, "vmdesc", warnings, return_path,
+                       multifd)
     if layout is not None:
         devices = {(d.idstr, d.instance_id): d for d in layout.devices()}
         return _decode(p, data, {**base, **devices}, f"layout {layout.key[:12]}", warnings,
-                       return_path)
+                       return_path, multifd)
     for candidate in _cached_layouts(data) if use_cache else ():
         devices = {(d.idstr, d.instance_id): d for d in candidate.devices()}
         try:
             return _decode(p, data, {**base, **devices}, f"cache {candidate.key[:12]}",
-                           warnings, return_path)
+                           warnings, return_path, multifd)
         except ProtocolError:
             continue  # not this machine's device set: the next one, or a guess
-    return _decode(p, data, base, "guessed", warnings, return_path)
+    return _decode(p, data, base, "guessed", warnings, return_path, multifd)
 
 
 def _trailer_devices(trailer: bytes, warnings: list[str]) -> dict[Any, Any] | None:
@@ -298,15 +310,21 @@ def _machine(data: bytes | mmap.mmap) -> str | None:
 
 
 def _decode(p: Path, data: bytes | mmap.mmap, devices: dict[Any, Any], how: str,
-            warnings: list[str], return_path: str | Path | None) -> Analysis:
+            warnings: list[str], return_path: str | Path | None,
+            multifd: list[Path] | None = None) -> Analysis:
     result = Analysis(str(p), len(data), descriptions=how, warnings=list(warnings))
     decoder = StreamDecoder(devices=devices.values(), skip_unknown_devices=how == "guessed")
     depth = 0
-    for start in range(0, len(data), CHUNK):
-        decoder.receive_data(data[start:start + CHUNK])
-        depth = _collect(decoder, result, depth, devices)
-    decoder.receive_data(b"")
-    _collect(decoder, result, depth, devices)
+    with MultifdReplay(multifd or ()) as replay:
+        channels = replay if multifd else None
+        for start in range(0, len(data), CHUNK):
+            decoder.receive_data(data[start:start + CHUNK])
+            depth = _collect(decoder, result, depth, devices, channels)
+        decoder.receive_data(b"")
+        _collect(decoder, result, depth, devices, channels)
+        if channels is not None:
+            channels.finish(decoder.ram, decoder.loader.block_lengths)
+            result.multifd = channels.summary()
     result.footers = decoder.footers
     result.ram = decoder.ram
     result.decoder = decoder
@@ -316,8 +334,12 @@ def _decode(p: Path, data: bytes | mmap.mmap, devices: dict[Any, Any], how: str,
 
 
 def _collect(decoder: StreamDecoder, result: Analysis, depth: int,
-             devices: dict[Any, Any]) -> int:
-    for ev in decoder.events():
+             devices: dict[Any, Any], multifd: MultifdReplay | None = None) -> int:
+    """The events decoded so far, one at a time: at a RAM EOS, the multifd channels'
+    pages of that section go into RAM before the decoder reads on."""
+    while isinstance(ev := decoder.next_event(), Event):
+        if multifd is not None and isinstance(ev, RamEos):
+            multifd.section_end(decoder.ram, decoder.loader.block_lengths)
         packaged = depth > 0
         if isinstance(ev, StreamHeader):
             result.version = ev.version
@@ -573,6 +595,8 @@ def summary_lines(a: Analysis) -> list[str]:
             lines.append(f"  @{m['offset']}: {m['name']} {text}".rstrip())
     if a.preempt is not None:
         lines.extend(preempt_lines(a.preempt))
+    if a.multifd is not None:
+        lines.extend(multifd_lines(a.multifd))
     lines.extend(f"warning: {w}" for w in a.warnings)
     return lines
 

@@ -59,6 +59,11 @@ def analyze(
         help="Also decode a capture of the postcopy-preempt channel (requested pages); "
              "default: stream.preempt.bin beside a STREAM named stream.fwd.bin. A "
              "stream.preempt.bin given as STREAM is read with its stream.fwd.bin.")] = None,
+    multifd: Annotated[list[Path] | None, typer.Option(
+        "--multifd", metavar="FILE",
+        help="Also decode a capture of a multifd channel (repeat for each); its pages go "
+             "into RAM at the main stream's RAM EOS markers (the SYNC protocol). Default: "
+             "the stream.multifd-ID.bin files beside a STREAM named stream.fwd.bin.")] = None,
     layout: Annotated[Path | None, typer.Option(
         "--layout", metavar="FILE",
         help="Describe a real machine's device sections with this layout (a cached layout "
@@ -78,13 +83,16 @@ def analyze(
         summary_lines,
     )
     from .analyze import extract_ram as write_ram
+    from .analyze_multifd import multifd_siblings
     from .protocol import ProtocolError
     from .qemu.layout import LayoutError
 
     stream, preempt = preempt_pair(stream, preempt)
+    channels = multifd or (multifd_siblings(stream) if stream.name == "stream.fwd.bin" else [])
     for path, check, what in ((stream, check_stream_file, "not a migration stream: "),
                               (return_path, check_regular_file, "--return-path: "),
                               (preempt, check_regular_file, "--preempt: "),
+                              *((c, check_regular_file, "--multifd: ") for c in channels),
                               (layout, check_regular_file, "--layout: ")):
         try:
             if path is not None:
@@ -96,7 +104,8 @@ def analyze(
         except OSError as err:
             raise _fail(2, f"harness analyze: {path}: {err.strerror or err}")
     try:
-        result = analyze_file(stream, return_path, layout, use_cache, preempt)
+        result = analyze_file(stream, return_path, layout, use_cache, preempt,
+                              channels or None)
     except LayoutError as err:
         raise _fail(2, f"harness analyze: --layout {layout}: {err}")
     except ProtocolError as err:
