@@ -9,6 +9,11 @@ thread waits in multifd_recv_sync_main for a SYNC that never comes), the verdict
 naming peer-responsive at the deadline, the source ends as the description says, the fault
 is in the report on the channel it names, and the proxy put every connection where QEMU
 expects it (main first, then the two channels, each named by its init).
+
+And a clean run through an in-process `Proxy(multifd=2)` with zlib: QEMU completes with the
+source's RAM, `query-proxy` counts per channel the packets, pages and one SYNC packet per
+RAM section (as many as the main stream's RAM EOS markers), and the recording (stream.fwd.bin + stream.multifd-ID.bin) read by
+`harness analyze` gives the source's RAM byte for byte.
 """
 
 from __future__ import annotations
@@ -17,11 +22,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
+from harness.analyze import analyze_file
+from harness.faults.proxy import Proxy
+from harness.qemu import QemuProcess, read_phys
 from tests.conftest import REPO
-from tests.qemu_env import QEMU_MARKS
+from tests.qemu_env import COMMON, QEMU_MARKS
 
 pytestmark = QEMU_MARKS
 
@@ -70,3 +80,61 @@ def test_a_fault_on_one_multifd_channel_hangs_the_qemu_destination(name, tmp_pat
     assert accepted == [(1, "main"), (2, "multifd"), (3, "multifd")]
     named = sorted((s["channel"], s["main"]) for s in sessions if s["event"] == "identified")
     assert named == [("multifd-0", 1), ("multifd-1", 1)]
+
+
+def _status(qemu: QemuProcess) -> str:
+    return str(qemu.qmp.execute("query-migrate").get("status"))
+
+
+def test_a_recorded_zlib_multifd_run_is_counted_and_analysed(tmp_path):
+    size = 16 << 20
+    rng = np.random.default_rng(16)
+    image = np.zeros(size, np.uint8)
+    image[: size // 2] = np.frombuffer(rng.bytes(size // 2), np.uint8)  # half zero pages
+    (tmp_path / "ram.bin").write_bytes(image.tobytes())
+    record = tmp_path / "rec"
+    record.mkdir()
+    src = QemuProcess([*COMMON, "-device", f"loader,file={tmp_path / 'ram.bin'},addr=0x0"],
+                      tmp_path, name="src")
+    dst = QemuProcess([*COMMON, "-incoming", "defer"], tmp_path, name="dst")
+    proxy = None
+    try:
+        src.start()
+        dst.start()
+        for qemu in (src, dst):  # before migrate-incoming (M3)
+            qemu.qmp.execute("migrate-set-capabilities",
+                             {"capabilities": [{"capability": "multifd", "state": True}]})
+            qemu.qmp.execute("migrate-set-parameters", {"multifd-channels": 2,
+                                                        "multifd-compression": "zlib"})
+        dst.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        port = dst.qmp.execute("query-migrate")["socket-address"][0]["port"]
+        proxy = Proxy("tcp:127.0.0.1:0", f"tcp:127.0.0.1:{port}", record=record, multifd=2)
+        proxy.start()
+        src.qmp.execute("migrate", {"uri": proxy.address})
+        deadline = time.monotonic() + 30
+        while _status(src) not in ("completed", "failed") or _status(dst) != "completed":
+            assert time.monotonic() < deadline, (_status(src), _status(dst))
+            time.sleep(0.02)
+        assert _status(src) == "completed"
+        dump = np.frombuffer(read_phys(dst.qmp, 0, size, tmp_path), dtype=np.uint8)
+        assert np.array_equal(dump, image)
+        query = proxy.query()
+    finally:
+        for qemu in (src, dst):
+            qemu.close()
+        if proxy is not None:
+            proxy.close()
+    channels = query["multifd"]["list"]
+    sections = query["frames"]["main"]["RAM_EOS"]  # setup, each iteration, complete (M10)
+    assert sorted(channels) == ["multifd-0", "multifd-1"] and sections >= 3
+    assert all(c["connections"] == 1 and c["syncs"] == sections for c in channels.values())
+    assert sum(c["pages"] for c in channels.values()) == size // 2 // 4096  # non-zero ones
+    for flow in channels:  # a compressed payload is smaller than its pages
+        assert query["bytes"][flow]["forwarded"] == query["bytes"][flow]["received"]
+        assert query["frames"][flow]["MULTIFD_INIT"] == 1
+    analysis = analyze_file(record / "stream.fwd.bin", multifd=sorted(
+        record.glob("stream.multifd-*.bin")))
+    assert np.array_equal(analysis.ram["ram"][:size], image)
+    summary = analysis.to_json()["multifd"]
+    assert [c["compression"] for c in summary["channels"]] == ["zlib", "zlib"]
+    assert (summary["syncs"], summary["ram-sections"]) == (2 * sections, sections)
