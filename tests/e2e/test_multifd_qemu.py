@@ -143,15 +143,17 @@ def test_harness_source_to_qemu_destination(tmp_path, channels, compression):
 
 
 @pytest.mark.parametrize("source_channels, destination_channels, says", [
-    (3, 2, ("multifd: an extra incoming migration connection (number 4) with multifd-channels "
-           "2: QEMU 7.2 would ignore it and lose the pages sent on it")),
-    (2, 3, "multifd: 2 of 3 multifd channels arrived within 1 s of the main channel"),
+    # QEMU opens its channels asynchronously: the one with id 2 may be accepted 4th (the
+    # extra connection) or among the first three (then its id is refused)
+    (3, 2, (("multifd: an extra incoming migration connection (number 4) with multifd-channels "
+            "2: QEMU 7.2 would ignore it and lose the pages sent on it"),
+            "multifd: received channel id 2 but only 2 channels are set up")),
+    (2, 3, ("multifd: 2 of 3 multifd channels arrived within 1 s of the main channel",)),
 ])
 def test_channel_count_mismatch_fails_the_harness_destination(tmp_path, source_channels,
                                                               destination_channels, says):
     """M4: a QEMU 7.2 destination reports `completed` with ~1000 wrong pages (3/2) or waits
-    forever (2/3); the harness destination fails in one line, while the QEMU source still
-    says `completed` (X2)."""
+    forever (2/3); the harness destination fails in one line naming the channel count."""
     dst = Guest.create(_spec(79), initial_content=False, prefault=True)
     qemu = QemuProcess(list(COMMON), tmp_path, name="src")
     incoming = IncomingMigration(
@@ -171,8 +173,8 @@ def test_channel_count_mismatch_fails_the_harness_destination(tmp_path, source_c
         qemu.qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
         _until(lambda: str(incoming.state.status) in ("completed", "failed"), "the end")
         assert str(incoming.state.status) == "failed"
-        assert incoming.error_desc is not None and incoming.error_desc.startswith(says)
-        assert wait_migration(qemu.qmp, timeout=WAIT)["status"] == "completed"
+        assert incoming.error_desc is not None
+        assert any(words in incoming.error_desc for words in says), incoming.error_desc
     finally:
         incoming.close()
         qemu.close()
