@@ -71,6 +71,7 @@ from .protocol import (
     VmDescription,
     devices_from_vmdesc,
 )
+from .protocol.block import BlockChunk, BlockProgress
 from .protocol.constants import QEMU_VM_FILE_MAGIC
 from .protocol.devices import standard_devices
 from .protocol.events import Event
@@ -157,6 +158,8 @@ class Analysis:
     return_path: list[dict[str, Any]] | None = None
     preempt: dict[str, Any] | None = None
     multifd: dict[str, Any] | None = None
+    #: block migration: per device, the chunk records (data, zero) and the last PROGRESS
+    block: dict[str, Any] | None = None
     ram: dict[str, np.ndarray] = field(default_factory=dict)
     descriptions: str = "built-in"  # "vmdesc", "layout FILE", "cache KEY", or "guessed"
     decoder: StreamDecoder | None = field(default=None, repr=False)  # while analysing
@@ -191,6 +194,8 @@ class Analysis:
             doc["preempt"] = self.preempt
         if self.multifd is not None:
             doc["multifd"] = self.multifd
+        if self.block is not None:
+            doc["block"] = self.block
         return doc
 
 
@@ -378,7 +383,19 @@ def _collect(decoder: StreamDecoder, result: Analysis, depth: int,
             result.vmdesc_size = len(ev.json_text)
         elif isinstance(ev, StreamWarning):
             result.warnings.append(f"offset {ev.offset}: {ev.message}")
+        elif isinstance(ev, (BlockChunk, BlockProgress)):
+            _block_record(result, ev)
     return depth
+
+
+def _block_record(result: Analysis, ev: BlockChunk | BlockProgress) -> None:
+    """`block`: {"devices": {NAME: {"chunks", "zero_chunks"}}, "progress": last percent}."""
+    block = result.block = result.block or {"devices": {}, "progress": None}
+    if isinstance(ev, BlockProgress):
+        block["progress"] = ev.percent
+        return
+    device = block["devices"].setdefault(ev.device, {"chunks": 0, "zero_chunks": 0})
+    device["zero_chunks" if ev.zero else "chunks"] += 1
 
 
 def command_json(cmd: Command) -> dict[str, Any]:

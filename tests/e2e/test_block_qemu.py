@@ -35,8 +35,9 @@ expect: {source: completed, destination: completed, memory: identical, disks: id
 """
 
 
-def _run_recorded(scenario: Path, tmp: Path) -> tuple[dict, list[tuple[str, str]]]:
-    """`harness run --record` and the recorded stream's section order (harness analyze)."""
+def _run_recorded(scenario: Path, tmp: Path) -> tuple[dict, list[tuple[str, str]], dict]:
+    """`harness run --record`, the recorded stream's section order and its block records
+    (harness analyze)."""
     out, work = tmp / "report.json", tmp / "work"
     proc = subprocess.run([sys.executable, "-m", "harness", "run", str(scenario), "--record",
                            "--json", str(out)], capture_output=True, text=True, timeout=200,
@@ -48,9 +49,10 @@ def _run_recorded(scenario: Path, tmp: Path) -> tuple[dict, list[tuple[str, str]
     analyzed = subprocess.run([sys.executable, "-m", "harness", "analyze", str(stream),
                                "--json"], capture_output=True, text=True, timeout=60,
                               cwd=REPO, check=True)
-    sections = [(s["type"], s["idstr"]) for s in json.loads(analyzed.stdout)["sections"]
+    doc = json.loads(analyzed.stdout)
+    sections = [(s["type"], s["idstr"]) for s in doc["sections"]
                 if s["idstr"] in ("block", "ram")]
-    return sc, sections
+    return sc, sections, doc["block"]
 
 
 def _b2_order(sections: list[tuple[str, str]]) -> None:
@@ -68,12 +70,15 @@ def _b2_order(sections: list[tuple[str, str]]) -> None:
 
 @pytest.mark.parametrize("who", [pytest.param("qemu", marks=QEMU_MARKS), "harness"])
 def test_block_migration_disks_identical_in_qemu_order(who: str, tmp_path: Path) -> None:
-    if who == "qemu":
+    if who == "qemu":  # 16 MiB without zero-blocks: every chunk carries its data (B4)
         scenario = tmp_path / "block-qemu-source.yaml"
         scenario.write_text(SCENARIO)
-    else:
+        chunks = {"chunks": 16, "zero_chunks": 0}
+    else:  # 32 MiB with zero-blocks: the seed left 17 chunks zero
         scenario = REPO / "scenarios" / "precopy-block.yaml"
-    sc, sections = _run_recorded(scenario, tmp_path)
+        chunks = {"chunks": 15, "zero_chunks": 17}
+    sc, sections, block = _run_recorded(scenario, tmp_path)
+    assert block == {"devices": {"d0": chunks}, "progress": 100}
     assert sc["verdict"] == "pass", sc["reason"]
     checked = {i["name"]: i for i in sc["invariants"]}
     assert checked["disks-identical"]["ok"] and checked["memory-identical"]["ok"]
