@@ -744,6 +744,29 @@ def bench_precopy(
     _bench_out(figures, json_path)
 
 
+@bench_app.command("multifd")
+def bench_multifd(
+    size: Annotated[str, typer.Option(help="Guest RAM size.")] = "1GiB",
+    channels: Annotated[list[int], typer.Option(
+        min=1, max=255, help="multifd-channels of one figure; repeatable.")] = [2, 4],  # noqa: B006
+    repeat: RepeatOption = 5,
+    no_extensions: NoExtensionsOption = False,
+    json_path: JsonOption = None,
+) -> None:
+    """Precopy of an idle random-content guest over N multifd channels vs a raw stream."""
+    from .bench import multifd
+    from .scenario.units import parse_size
+
+    _bench_json_dir("multifd", json_path)
+    _bench_no_extensions("multifd", no_extensions)
+    nbytes = _bench_parse("multifd", parse_size, size)
+    try:
+        figures = multifd.run(nbytes, repeat=repeat, channels=tuple(channels))
+    except (RuntimeError, TimeoutError, OSError) as err:
+        raise _fail(1, f"harness bench multifd: {err}")
+    _bench_out(figures, json_path)
+
+
 @bench_app.command("zero")
 def bench_zero(
     size: Annotated[str, typer.Option(help="Guest RAM size.")] = "8GiB",

@@ -1,7 +1,7 @@
 """`harness bench all`: every benchmark in one invocation, one table.
 
 Strategy: run the precopy (idle random guest vs a raw stream, and vs QEMU when installed),
-zero-guest (speed and peak memory), codec (decode into RAM vs memcpy), postcopy (request
+multifd precopy (the same guest over 2 and 4 multifd channels vs a raw stream), zero-guest (speed and peak memory), codec (decode into RAM vs memcpy), postcopy (request
 latency vs a raw round trip, with and without postcopy-preempt) and QEMU -> QEMU postcopy
 (the same latencies of QEMU 7.2 itself, through a timing relay) benchmarks one after the
 other -- never two at once, so that they do not take CPU from each other -- each
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from harness import native
 
-from . import codec, postcopy, precopy, qemu_postcopy, zero
+from . import codec, multifd, postcopy, precopy, qemu_postcopy, zero
 from .figures import Figure
 from .rounds import DEFAULT_ROUNDS
 
@@ -38,6 +38,7 @@ class Sizes:
     pushes: tuple[int, ...] = (0, 64 * MiB)
     codec: int = 256 * MiB
     qemu_guest: int = 64 * MiB  # RAM of the QEMU -> QEMU postcopy guest (pc)
+    multifd: tuple[int, ...] = multifd.DEFAULT_CHANNELS  # channel counts (precopy's guest)
 
 
 def goal_table(sizes: Sizes) -> dict[str, tuple[float | None, bool]]:
@@ -73,6 +74,8 @@ def run(sizes: Sizes) -> tuple[list[Figure], float]:
     start = time.perf_counter()
     stages: list[tuple[str, Callable[[], list[Figure]]]] = [
         ("precopy", lambda: precopy.run(sizes.precopy, repeat=sizes.repeat)),
+        ("multifd", lambda: multifd.run(sizes.precopy, repeat=sizes.repeat,
+                                        channels=sizes.multifd)),
         ("zero", lambda: zero.run(sizes.zero)),
         ("codec", lambda: codec.run(sizes.codec, sizes.repeat)),
         ("postcopy", lambda: postcopy.run(sizes.postcopy, sizes.rate, sizes.pushes,

@@ -117,7 +117,8 @@ def test_bench_all_prints_one_table_of_every_figure(tmp_path):
                      "16MiB", "--repeat", "1", "--push", "64MiB/s")
     names = [f["name"] for f in figures]
     assert len(names) == len(set(names))
-    for prefix in ("precopy.harness.tcp.idle-zero-", "memory.peak-rss.", "memory.peak-pss."):
+    for prefix in ("precopy.harness.tcp.idle-zero-", "memory.peak-rss.", "memory.peak-pss.",
+                   "precopy.harness.multifd-2.", "precopy.harness.multifd-4."):
         assert any(n.startswith(prefix) for n in names), prefix
     by = {f["name"]: f for f in figures}
     table = goal_table(Sizes(codec=16 * MiB, pushes=(64 * MiB,)))
