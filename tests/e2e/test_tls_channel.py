@@ -133,3 +133,18 @@ class _Plain:
 
     def close(self) -> None:
         pass
+
+
+def test_peer_started_with_an_expired_certificate_says_so_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    expired = make_run_credentials(tmp_path, expired=True)
+    option = f"tls-creds-x509,id=tls0,dir={expired.destination_dir},endpoint=server"
+    proc = subprocess.run([sys.executable, "-m", "harness", "destination", "--qmp",
+                           f"unix:{tmp_path}/q.sock", "--object", option],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"harness destination: --object {option}: The server "
+                                   f"certificate {expired.destination_dir}/server-cert.pem "
+                                   "has expired")
