@@ -6,7 +6,11 @@ fault's `direction` is relative to its channel's own flow: (main, forward) and
 (return-path, backward) are source -> destination bytes; (main, backward) and
 (return-path, forward) are destination -> source bytes; `both` is both flows.  The
 `preempt` channel (postcopy-preempt's second connection) carries source -> destination
-bytes only: forward and both name that flow, backward names nothing.  A fault
+bytes only: forward and both name that flow, backward names nothing.  So does each
+multifd channel, `multifd-N`: the connection whose MultifdInit says id N (the id QEMU's own
+messages print, not the order the source opened or the proxy accepted it); its frames are
+MULTIFD_INIT (all header) and MULTIFD_PACKET (1344-byte header | pages), which net.corrupt
+and net.truncate aim at by default there.  A fault
 acts at the position where its trigger matched (the matching frame is forwarded first)
 or, armed without a trigger, right away.  Connection-wide faults act on the session
 where the trigger matched (without a trigger: the newest session, or the next one to be
