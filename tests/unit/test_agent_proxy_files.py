@@ -91,6 +91,9 @@ def test_the_proxys_command_line_is_built_from_checked_options(tmp_path):
     assert argv[argv.index("--control") + 1].startswith("ipc://")
     no_record = proxy_command_line(_peer(tmp_path, listen=GOOD["listen"], target=GOOD["target"]))
     assert "--record" not in no_record and no_record[-2:] == ["--seed", "0"]
+    multifd = proxy_command_line(_peer(tmp_path, **GOOD, multifd=3))  # issue 16
+    assert multifd[-2:] == ["--multifd", "3"]
+    assert "must be an integer" in (check_options({**GOOD, "multifd": "3"}, tmp_path) or "")
     with pytest.raises(OSError, match="has the role 'proxy', not 'source'"):
         proxy_command_line(_peer(tmp_path, "source", **GOOD))
     with pytest.raises(OSError, match="proxy option 'listen' is missing"):
