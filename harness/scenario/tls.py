@@ -36,8 +36,9 @@ class Tls(ScenarioModel):
     refuse to load it: the run cannot start its destination)."""
     proxy: Annotated[TlsProxyMode, choice("a TLS proxy mode", TLS_PROXY_MODES)] = "terminate"
     """When the run has a proxy: `terminate` (it decrypts, faults and triggers see the
-    plaintext, and re-encrypts) or `passthrough` (it forwards the TLS bytes untouched:
-    only byte-level faults make sense, and corrupting one is a TLS error)."""
+    plaintext, and re-encrypts) or `passthrough` (it forwards the TLS bytes untouched,
+    framed as records: a frame fault aims at TLS_RECORD, and a corrupted one is a TLS
+    error at the destination)."""
     session_tickets: Annotated[StrictInt, AfterValidator(
         in_range(0, 16, "an integer from 0 to 16"))] = 0
     """Testing knob (harness destination only): its server sends this many TLS 1.3
