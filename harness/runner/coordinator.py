@@ -311,7 +311,8 @@ class Coordinator:
                              incoming=role == "destination",
                              layout=self.layout if role == "destination" else None)
         extra = ["--incoming", "defer"] if role == "destination" else []
-        extra += run_disks.harness_args(self.disk_paths.get(role, {}))
+        extra += run_disks.harness_args(self.disk_paths.get(role, {}),
+                                        self.sc.guest.disks if role == "source" else ())
         if role == "destination" and self.layout is not None:
             extra += ["--layout", str(self.layout)]  # a real machine's blocks and devices
         peer = HarnessPeer(role, self.workdir, self._guest_json(), extra, fds)
@@ -708,7 +709,8 @@ class Coordinator:
         handles: list[Any] = [*self._peers(), *([self.proxy] if self.proxy else [])]
         for handle in handles:
             try:
-                if handle.role in self.unanswering and handle.alive() and handle.pid:
+                if handle.role in self.unanswering and handle.alive() and handle.pid and \
+                        getattr(handle, "host", None) is None:  # (a remote pid is not ours)
                     kill_tree(handle.pid)  # a hung QMP would only make `quit` wait
                 handle.close()
             except Exception as err:  # noqa: BLE001 - keep closing (reaping) the others

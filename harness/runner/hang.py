@@ -119,7 +119,8 @@ def channels_waited(peer: Any, capabilities: dict[str, bool],
     """For a live QEMU destination resting in none/setup: the connections it accepted
     against those its settings wait for before it loads (1 main + multifd-channels, +1
     preempt), or None when it waits for nothing the count explains."""
-    if not capabilities.get("multifd") or not is_qemu(peer) or peer.pid is None:
+    if not capabilities.get("multifd") or not is_qemu(peer) or peer.pid is None or \
+            getattr(peer, "host", None) is not None:  # a remote pid is another host's
         return None
     want = 1 + int(parameters.get("multifd-channels", 2))
     try:
