@@ -1,9 +1,11 @@
 """The proxy's multifd framer: a channel packed with the codec, fed in any chunking, gives
 the same frames (MULTIFD_INIT, then one MULTIFD_PACKET per packet, header | payload) and
-never forwards part of a packet; bad input loses the framing with the codec's words."""
+never forwards part of a packet; bad input loses the framing with the codec's words.  And a
+scenario naming a multifd channel that will not exist is refused in one line."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +19,7 @@ from harness.protocol.multifd import (
     PacketHeader,
     PageCompressor,
 )
+from harness.scenario import ScenarioError, parse_scenario
 from tests.unit.test_proxy_framing import frame_all
 
 
@@ -83,3 +86,35 @@ def test_an_id_beyond_the_channel_count_or_a_bad_magic_loses_the_framing():
     assert [f.name for f in got.frames] == ["MULTIFD_INIT", "MULTIFD_PACKET"]
     assert got.lost == (f"framing lost at offset {frames[2][1]}: multifd: received packet "
                         f"magic ee223344 and expected magic 11223344")
+
+
+SCENARIO = """name: m
+guest: {{memory: 16MiB}}
+source: {{kind: qemu}}
+destination: {{kind: qemu}}
+{settings}
+steps:
+  - on: {{frame: MULTIFD_PACKET, channel: multifd-1}}
+    fault: {{kind: net.corrupt, channel: {channel}, frame: MULTIFD_PACKET, where: header}}
+"""
+
+
+@pytest.mark.parametrize(("settings", "channel", "says"), [
+    ("capabilities: {multifd: true}", "multifd-1", None),
+    ("capabilities: {multifd: true}\nparameters: {multifd-channels: 1}", "multifd-0",
+     ("steps[0].on.channel: multifd-1 names no channel: multifd-channels is 1, so the "
+      "ids are 0 to 0")),
+    ("", "multifd-1",
+     "steps[0].on.channel: multifd-1 needs capabilities: {multifd: true}"),
+    ("capabilities: {multifd: true}", "main",
+     "MULTIFD_PACKET travels on a multifd channel only"),
+])
+def test_a_multifd_channel_is_refused_in_one_line_where_there_is_none(settings, channel, says):
+    text = SCENARIO.format(settings=settings, channel=channel)
+    if says is None:
+        assert parse_scenario(text, file="f.yaml").multifd_channels() == 2
+        return
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario(text, file="f.yaml")
+    first = str(err.value).splitlines()[0]
+    assert first.startswith("f.yaml:") and says in first, str(err.value)
