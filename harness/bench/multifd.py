@@ -9,7 +9,9 @@ idle guest of random pages over loopback TCP, max-bandwidth unlimited, timed fro
 the pages and their 1344-byte packet headers (one per 128 pages) -- and the migration
 alternate for `repeat` rounds, baseline first (rounds.py), and the medians are compared.
 Figures are GB/s of guest RAM.  The raw stream is one connection: the ratio says what
-the N channels of the harness make of a socket's worth of loopback, on this machine.
+the N channels of the harness make of a socket's worth of loopback, on this machine.  When
+QEMU is installed, a QEMU 7.2 -> QEMU 7.2 multifd precopy of an equal guest is measured
+once per N the same way, against a raw stream of its own wire bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.protocol.multifd import HEADER_SIZE, PAGES_PER_PACKET
-from harness.runner.peers import HarnessPeer
+from harness.runner.peers import HarnessPeer, PeerHandle, QemuPeer
 
 from .figures import Figure
 from .precopy import PAGE, _random_ram, migrate, peer_page_path
@@ -32,6 +34,21 @@ __all__ = ["DEFAULT_CHANNELS", "run"]
 DEFAULT_CHANNELS = (2, 4)
 
 
+def _multifd_migrate(src: PeerHandle, dst: PeerHandle, timeout: float, channels: int
+                     ) -> tuple[float, int]:
+    """(seconds, wire bytes) of one migration with `channels` multifd channels."""
+    for peer in (src, dst):  # the destination's before migrate-incoming (M3)
+        peer.execute("migrate-set-capabilities",
+                     {"capabilities": [{"capability": "multifd", "state": True}]})
+        peer.execute("migrate-set-parameters", {"multifd-channels": channels})
+    seconds, transferred = migrate(src, dst, timeout)
+    multifd = (src.execute("query-migrate") or {}).get("ram", {}).get("multifd-bytes", 0)
+    if not multifd:
+        raise RuntimeError(f"multifd {channels}: the {src.kind} source reports no "
+                           "multifd-bytes: the pages did not go through the channels")
+    return seconds, transferred
+
+
 def _migrate(guest: dict[str, Any], workdir: Path, timeout: float, channels: int,
              paths: set[str]) -> float:
     """Seconds of one multifd migration by two fresh harness peers."""
@@ -40,20 +57,35 @@ def _migrate(guest: dict[str, Any], workdir: Path, timeout: float, channels: int
     try:
         dst.start()
         src.start()
-        for peer in (src, dst):  # the destination's before migrate-incoming (M3)
-            peer.execute("migrate-set-capabilities",
-                         {"capabilities": [{"capability": "multifd", "state": True}]})
-            peer.execute("migrate-set-parameters", {"multifd-channels": channels})
-        seconds, _ = migrate(src, dst, timeout)
-        multifd = (src.execute("query-migrate") or {}).get("ram", {}).get("multifd-bytes", 0)
-        if not multifd:
-            raise RuntimeError(f"multifd {channels}: the source reports no multifd-bytes: "
-                               "the pages did not go through the channels")
+        seconds, _ = _multifd_migrate(src, dst, timeout, channels)
         paths.add(peer_page_path(src, dst))
         return seconds
     finally:
         src.close()
         dst.close()
+
+
+def qemu_figure(size: int, workdir: Path, timeout: float, channels: int) -> Figure:
+    """QEMU 7.2 -> QEMU 7.2 with `channels` multifd channels, once, beside a raw stream of
+    its wire bytes (ram.transferred: main stream and multifd-bytes)."""
+    loader = workdir / "random-ram.bin"
+    _random_ram(size, seed=2).tofile(loader)
+    src = QemuPeer("source", workdir, size, loader=loader)
+    dst = QemuPeer("destination", workdir, size)
+    try:
+        dst.start()
+        src.start()
+        seconds, stream = _multifd_migrate(src, dst, timeout, channels)
+    finally:
+        src.close()
+        dst.close()
+        loader.unlink()
+    raw = stream_seconds(_random_ram(stream, seed=3))
+    gb = size / 1e9
+    return Figure.of(f"precopy.qemu.multifd-{channels}.tcp.idle-random", gb / seconds, "GB/s",
+                     gb / raw, note=f"{stream / 1e9:.3f} GB on the wire (QEMU 7.2 -> QEMU 7.2, "
+                     f"{channels} multifd channels); one run",
+                     baseline_name="raw TCP stream of the same bytes, two processes")
 
 
 def figures(size: int, workdir: Path, timeout: float, channels: int,
@@ -79,7 +111,12 @@ def figures(size: int, workdir: Path, timeout: float, channels: int,
 def run(size: int = 1 << 30, timeout: float = 300.0, repeat: int = DEFAULT_ROUNDS,
         channels: tuple[int, ...] = DEFAULT_CHANNELS) -> list[Figure]:
     workdir = Path(tempfile.mkdtemp(prefix="harness-bench-"))
+    from harness.qemu import find_qemu
+
     try:
-        return [figures(size, workdir, timeout, n, repeat) for n in channels]
+        out = [figures(size, workdir, timeout, n, repeat) for n in channels]
+        if find_qemu() is not None:
+            out += [qemu_figure(size, workdir, timeout, n) for n in channels]
+        return out
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
