@@ -9,9 +9,13 @@ of chunks read changed (blk_mig_save_bulked_block); RAM sends nothing meanwhile
 (ram.c: blk_mig_bulk_active).  Completion sends an END with PROGRESS 100 and EOS
 (block_save_complete).  With `zero-blocks` an all-zero chunk goes as DEVICE_BLOCK|ZERO_BLOCK
 without data (block.c: blk_send).
+The dirty phase (block.c: blk_mig_save_dirty_block): when the guest writes its disks
+(harness/guest/disk_writer.py, a drive's `write-rate`), each write marks its 1 MiB chunk;
+dirty tracking starts at setup, a chunk read for sending (bulk or dirty) is unmarked
+under the writer's lock, and once the bulk is over each iteration sends marked chunks;
+completion (the guest stopped, so no write is in flight) sends every chunk still marked.
 Differences from QEMU, on purpose: chunks go in disk order (QEMU's asynchronous reads
-complete out of order, B4); the harness's drives are not written while they migrate (no
-disk workload), so there is no dirty phase and the drives are opened read-only; `inc`
+complete out of order, B4); `inc`
 sends every chunk, as QEMU 7.2 does for a raw image without a backing file (B4), since the
 harness's drives have none; the pending figure counts the whole rest of the bulk phase
 (QEMU counts one chunk), so completion never starts while chunks are left.
@@ -19,6 +23,7 @@ harness's drives have none; the pending figure counts the whole rest of the bulk
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -39,6 +44,7 @@ from harness.protocol.block import (
 )
 
 if TYPE_CHECKING:
+    from harness.guest.disk_writer import DiskWriter
     from harness.migration.config import MigrationConfig
 
 MAX_WAIT = 0.05  # s, the longest one iteration sends chunks (as ram.c's MAX_WAIT)
@@ -47,9 +53,13 @@ MAX_WAIT = 0.05  # s, the longest one iteration sends chunks (as ram.c's MAX_WAI
 class BlockSave:
     """The bulk phase over `disks` (name -> uint8 array), in registration order."""
 
-    def __init__(self, disks: dict[str, np.ndarray], zero_blocks: bool) -> None:
+    def __init__(self, disks: dict[str, np.ndarray], zero_blocks: bool,
+                 writer: DiskWriter | None = None) -> None:
         # init_blk_migration enumerates every drive with a non-zero size
         self.devices = [(name, disk) for name, disk in disks.items() if disk.size]
+        self._disks = dict(self.devices)
+        self._lock = writer.lock if writer is not None else threading.Lock()
+        self.dirty = writer.dirty if writer is not None else {}  # name -> chunk marks
         self.zero_blocks = zero_blocks
         self.total = sum(int(d.size) for _, d in self.devices)
         self._device = 0
@@ -58,13 +68,16 @@ class BlockSave:
         self.prev_progress = -1
         self.chunks = 0
         self.zero_chunks = 0
+        self.dirty_chunks = 0  # chunks sent again in the dirty phase or at completion
 
     @property
     def bulk_active(self) -> bool:
         return self._device < len(self.devices)
 
     def pending(self) -> int:
-        return self.total - self.done_bytes
+        """The rest of the bulk and every marked chunk (block_save_pending)."""
+        marked = sum(int(np.count_nonzero(d)) for d in self.dirty.values())
+        return self.total - self.done_bytes + marked * CHUNK
 
     def query(self) -> dict[str, int]:
         """query-migrate's `disk` (B6): total, transferred, remaining; the rest 0."""
@@ -76,11 +89,15 @@ class BlockSave:
                 "pages-per-second": 0, "dirty-sync-missed-zero-copy": 0}
 
     def stats(self) -> dict[str, int]:
-        return {"total": self.total, "chunks": self.chunks, "zero-chunks": self.zero_chunks}
+        return {"total": self.total, "chunks": self.chunks, "zero-chunks": self.zero_chunks,
+                "dirty-chunks": self.dirty_chunks}
 
     # ------------------------------------------------------------------ sections
     def setup_section(self, enc: StreamEncoder) -> bytes:
-        """block_save_setup: START carrying just EOS."""
+        """block_save_setup: dirty tracking starts; START carrying just EOS."""
+        with self._lock:
+            for marks in self.dirty.values():
+                marks[:] = False
         return (enc.section_header(SectionType.SECTION_START, BLOCK_SECTION_ID, BLOCK_IDSTR,
                                    0, BLOCK_VERSION_ID) + EOS + enc.footer(BLOCK_SECTION_ID))
 
@@ -89,8 +106,11 @@ class BlockSave:
         """block_save_iterate: a PART with bulk chunks until `limited()` or MAX_WAIT."""
         write(enc.section_header(SectionType.SECTION_PART, BLOCK_SECTION_ID))
         started = time.monotonic()
-        while self.bulk_active and not limited():
-            self._send_bulk_chunk(write)
+        while not limited():
+            if self.bulk_active:
+                self._send_bulk_chunk(write)
+            elif not self._send_dirty_chunk(write):
+                break  # nothing marked
             if time.monotonic() - started > MAX_WAIT:
                 break
         write(EOS + enc.footer(BLOCK_SECTION_ID))
@@ -99,10 +119,13 @@ class BlockSave:
                  ) -> None:
         """block_save_complete: END with what is left of the bulk (QEMU asserts there is
         none: with a downtime threshold above the disk's rest, the harness could get here
-        first), no dirty chunk (the drives are not written), then PROGRESS 100 and EOS."""
+        first), every chunk still marked (the guest is stopped: none gets marked now), then
+        PROGRESS 100 and EOS."""
         write(enc.section_header(SectionType.SECTION_END, BLOCK_SECTION_ID))
         while self.bulk_active:
             self._send_bulk_chunk(write)
+        while self._send_dirty_chunk(write):
+            pass
         write(encode_progress(100) + EOS + enc.footer(BLOCK_SECTION_ID))
 
     # ------------------------------------------------------------------ bulk
@@ -112,19 +135,38 @@ class BlockSave:
             self.prev_progress = progress
             write(encode_progress(progress))
         name, disk = self.devices[self._device]
-        at = self._chunk * CHUNK
-        data = disk[at:at + CHUNK]
-        if self.zero_blocks and not data.any():
-            write(chunk_header(name, self._chunk * CHUNK_SECTORS, zero=True))
-            self.zero_chunks += 1
-        else:
-            write(chunk_header(name, self._chunk * CHUNK_SECTORS) + data.tobytes())
-            self.chunks += 1
-        self.done_bytes += int(data.size)
+        self.done_bytes += self._send_chunk(name, self._chunk, write)
         self._chunk += 1
         if self._chunk * CHUNK >= disk.size:
             self._device += 1
             self._chunk = 0
+
+    def _send_dirty_chunk(self, write: Callable[[bytes | memoryview], None]) -> bool:
+        """The first marked chunk, if any (blk_mig_save_dirty_block)."""
+        for name, marks in self.dirty.items():
+            marked = np.flatnonzero(marks)
+            if marked.size:
+                self._send_chunk(name, int(marked[0]), write)
+                self.dirty_chunks += 1
+                return True
+        return False
+
+    def _send_chunk(self, name: str, index: int,
+                    write: Callable[[bytes | memoryview], None]) -> int:
+        """Read chunk `index` and unmark it under the writer's lock, then send it (blk_send);
+        its size."""
+        at = index * CHUNK
+        with self._lock:
+            data = np.array(self._disks[name][at:at + CHUNK])
+            if name in self.dirty:
+                self.dirty[name][index] = False
+        if self.zero_blocks and not data.any():
+            write(chunk_header(name, index * CHUNK_SECTORS, zero=True))
+            self.zero_chunks += 1
+        else:
+            write(chunk_header(name, index * CHUNK_SECTORS) + data.tobytes())
+            self.chunks += 1
+        return int(data.size)
 
 
 INCOMPATIBLE = "Command options are incompatible with current migration capabilities"
@@ -157,4 +199,5 @@ def block_save_of(config: MigrationConfig, guest: object) -> BlockSave | None:
     """The migration's BlockSave when `block` is on (the guest's `drives`, possibly none)."""
     if not config.cap("block"):
         return None
-    return BlockSave(dict(getattr(guest, "drives", None) or {}), config.cap("zero-blocks"))
+    return BlockSave(dict(getattr(guest, "drives", None) or {}), config.cap("zero-blocks"),
+                     getattr(guest, "disk_writer", None))

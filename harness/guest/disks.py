@@ -22,7 +22,8 @@ import numpy as np
 CHUNK = 1 << 20  # BLK_MIG_BLOCK_SIZE
 SECTOR = 512
 
-__all__ = ["CHUNK", "DiskSpec", "compare_images", "open_drive", "parse_drive", "parse_drives",
+__all__ = ["CHUNK", "DiskSpec", "Drive", "compare_images", "open_drive", "parse_drive",
+           "parse_drives",
            "size_refusal", "write_image"]
 
 
@@ -64,29 +65,44 @@ def write_image(path: Path, spec: DiskSpec, seed: int | None) -> None:
             f.write(rng.integers(1, 256, CHUNK, dtype=np.uint8).tobytes())
 
 
-def parse_drive(text: str) -> tuple[str, Path]:
-    """`--drive id=NAME,file=PATH` (QEMU's -drive ...,id=NAME,file=PATH): (name, path)."""
+@dataclass(frozen=True)
+class Drive:
+    """A peer's `--drive`: its image, and how fast the guest rewrites it (bytes/s)."""
+
+    path: Path
+    write_rate: int = 0
+
+
+_FORM = "expected id=NAME,file=PATH[,write-rate=BYTES_PER_SECOND]"
+
+
+def parse_drive(text: str) -> tuple[str, Drive]:
+    """`--drive id=NAME,file=PATH[,write-rate=N]` (QEMU's -drive ...,id=NAME,file=PATH;
+    write-rate is the harness's own: the source's guest rewrites the disk that fast)."""
     fields: dict[str, str] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in ("id", "file") or key in fields or not value:
-            raise ValueError(f"--drive {text}: expected id=NAME,file=PATH")
+        if not sep or key not in ("id", "file", "write-rate") or key in fields or not value:
+            raise ValueError(f"--drive {text}: {_FORM}")
         fields[key] = value
-    if set(fields) != {"id", "file"}:
-        raise ValueError(f"--drive {text}: expected id=NAME,file=PATH")
+    if not {"id", "file"} <= set(fields):
+        raise ValueError(f"--drive {text}: {_FORM}")
     if len(fields["id"].encode()) > 255:
         raise ValueError(f"--drive {text}: the id travels with a u8 length (at most 255 bytes)")
-    return fields["id"], Path(fields["file"])
+    rate = fields.get("write-rate", "0")
+    if not rate.isdigit():
+        raise ValueError(f"--drive {text}: write-rate is a whole number of bytes per second")
+    return fields["id"], Drive(Path(fields["file"]), int(rate))
 
 
-def parse_drives(texts: list[str] | None) -> dict[str, Path]:
-    """Every `--drive`: name -> path; a name given twice is refused."""
-    drives: dict[str, Path] = {}
+def parse_drives(texts: list[str] | None) -> dict[str, Drive]:
+    """Every `--drive`: name -> Drive; a name given twice is refused."""
+    drives: dict[str, Drive] = {}
     for text in texts or ():
-        name, path = parse_drive(text)
+        name, drive = parse_drive(text)
         if name in drives:
             raise ValueError(f"--drive id={name}: given twice (drive ids are unique)")
-        drives[name] = path
+        drives[name] = drive
     return drives
 
 

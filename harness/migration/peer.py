@@ -40,7 +40,8 @@ from harness.control.qmp_socket import QmpSocketError, QmpSocketServer, query_ve
 from harness.control.server import BlobResult
 from harness.errors import EnvironmentFailure
 from harness.guest import Guest, GuestSpec
-from harness.guest.disks import open_drive
+from harness.guest.disk_writer import DiskWriter
+from harness.guest.disks import Drive, open_drive
 from harness.transport.tls import TlsObjects
 
 from .config import ConfigError, MigrationConfig
@@ -68,7 +69,7 @@ class PeerOptions:
     announce: bool = True  # print where the peer listens once it serves (stdout)
     allow_exec: bool = False  # exec:/file: URIs and x-record (`--allow-exec`)
     keys: ServerKeys | None = None  # CURVE for the control server (`--keys DIR`)
-    drives: dict[str, Path] = field(default_factory=dict)  # `--drive id=NAME,file=PATH`
+    drives: dict[str, Drive] = field(default_factory=dict)  # `--drive id=NAME,file=PATH`
     objects: list[str] = field(default_factory=list)  # `--object` (QEMU's -object): TLS
 
 
@@ -86,8 +87,9 @@ class Peer:
                 raise PeerStartError(f"--object {text}: {err}") from None
         self.quit_requested = threading.Event()
         try:  # block migration's drives: the source reads them, the destination writes
-            drives = {name: open_drive(name, path, writable=options.role != "source")
-                      for name, path in options.drives.items()}
+            drives = {name: open_drive(name, drive.path, writable=options.role != "source"
+                                       or drive.write_rate > 0)
+                      for name, drive in options.drives.items()}
         except ValueError as err:
             raise PeerStartError(str(err)) from None
         # a destination's RAM is backed up front: it then loads without a page fault per
@@ -110,6 +112,11 @@ class Peer:
         self.migration: Any = None  # OutgoingMigration or IncomingMigration
         self.guest.uuid = options.uuid  # type: ignore[attr-defined]
         self.guest.drives = drives  # type: ignore[attr-defined]
+        # the source's guest writing its disks (block migration's dirty phase)
+        rates = {name: d.write_rate for name, d in options.drives.items() if d.write_rate}
+        self.disk_writer = DiskWriter(self.guest, drives, rates, options.guest.seed) \
+            if rates and options.role == "source" else None
+        self.guest.disk_writer = self.disk_writer  # type: ignore[attr-defined]
         #: what the peer says it listens on once serving: (what, address); a role adds its own
         self.listening: list[tuple[str, str]] = []
         if not self.server.address.startswith("inproc://"):
@@ -134,6 +141,8 @@ class Peer:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.quit_requested.set())
+        if self.disk_writer is not None:
+            self.disk_writer.start()  # writes only while the guest runs
         try:
             if self.qmp is not None:
                 self.qmp.start()
@@ -162,6 +171,8 @@ class Peer:
             if migration is not None and hasattr(migration, "close"):
                 migration.close()
         finally:
+            if self.disk_writer is not None:
+                self.disk_writer.close()
             self.guest.close()
             self.server.close()  # first: it answers QMP commands still waiting for it
             if self.qmp is not None:

@@ -311,7 +311,8 @@ class Coordinator:
                              incoming=role == "destination",
                              layout=self.layout if role == "destination" else None)
         extra = ["--incoming", "defer"] if role == "destination" else []
-        extra += run_disks.harness_args(self.disk_paths.get(role, {}))
+        extra += run_disks.harness_args(self.disk_paths.get(role, {}),
+                                        self.sc.guest.disks if role == "source" else ())
         if role == "destination" and self.layout is not None:
             extra += ["--layout", str(self.layout)]  # a real machine's blocks and devices
         peer = HarnessPeer(role, self.workdir, self._guest_json(), extra, fds)

@@ -32,9 +32,12 @@ def prepare(workdir: Path, disks: Any, seed: int) -> dict[str, dict[str, Path]]:
     return paths
 
 
-def harness_args(drives: dict[str, Path]) -> list[str]:
+def harness_args(drives: dict[str, Path], disks: Any = ()) -> list[str]:
+    """A harness peer's `--drive`s; `disks` (the source's) add each one's write-rate."""
+    rates = {d.name: int(d.write_rate) for d in disks if d.write_rate}
     return [arg for name, path in drives.items()
-            for arg in ("--drive", f"id={name},file={path}")]
+            for arg in ("--drive", f"id={name},file={path}"
+                        + (f",write-rate={rates[name]}" if name in rates else ""))]
 
 
 def qemu_args(drives: dict[str, Path]) -> list[str]:

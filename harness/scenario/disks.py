@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator
 
-from .base import Fraction, Issue, ScenarioModel, Size, Text
+from .base import Fraction, Issue, Rate, ScenarioModel, Size, Text
 
 if TYPE_CHECKING:
     from .model import Scenario
@@ -50,6 +50,9 @@ class Disk(ScenarioModel):
     """A multiple of 1MiB."""
     fill: Fraction = 0.5
     """The share of 1 MiB chunks with random bytes from the seed; the others are zeros."""
+    write_rate: Rate = 0
+    """How fast the source's guest rewrites this disk while it runs (64 KiB writes at seeded
+    places): the chunks it marks go again in block migration's dirty phase."""
 
 
 def disk_issues(sc: Scenario) -> list[Issue]:
@@ -73,6 +76,9 @@ def disk_issues(sc: Scenario) -> list[Issue]:
         if getattr(sc, role).host is not None:
             issues.append(Issue(where, f"disks with a peer on an agent's host ({role}.host) "
                                 "are not implemented", at_key=True))
+    if sc.source.kind == "qemu" and any(d.write_rate for d in disks):
+        issues.append(Issue(where, "write-rate: the guest of a QEMU source here does not "
+                            "write its disks (only a harness source's does)", at_key=True))
     if sc.postcopy:
         issues.append(Issue(where, "block migration with postcopy-ram is not implemented by "
                             "the harness peer", at_key=True))

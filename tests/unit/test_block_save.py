@@ -50,7 +50,39 @@ def test_bulk_then_completion_rebuilds_the_disk(zero_blocks: bool) -> None:
         (0, False), (2048, zero_blocks), (4096, False), (6144, False)]
     assert [e.percent for e in events if isinstance(e, BlockProgress)] == [0, 25, 50, 75, 100]
     assert save.stats() == {"total": 4 * CHUNK, "chunks": 4 - zero_blocks,
-                            "zero-chunks": int(zero_blocks)}
+                            "zero-chunks": int(zero_blocks), "dirty-chunks": 0}
+
+
+def test_chunks_written_after_they_were_sent_go_again() -> None:
+    """The dirty phase: a chunk marked after the bulk read it goes in a later PART; one
+    marked while the guest stops goes in END; the destination ends with the last data."""
+    import threading
+    from types import SimpleNamespace
+
+    disk = _disk(3, zero=set())
+    writer = SimpleNamespace(lock=threading.Lock(), dirty={"d0": np.ones(3, dtype=bool)})
+    save = BlockSave({"d0": disk}, zero_blocks=False, writer=writer)  # type: ignore[arg-type]
+    enc, out = StreamEncoder(), bytearray()
+    out += enc.header() + enc.configuration("none") + save.setup_section(enc)
+    assert not writer.dirty["d0"].any()  # dirty tracking starts at setup
+    out += enc.ram_start(2, [RamBlockInfo("ram", 1 << 20)])
+    save.iterate(enc, out.extend, lambda: False)  # the whole bulk, then nothing marked
+    assert not save.bulk_active and save.pending() == 0
+    disk[CHUNK + 5] ^= 0xFF  # the guest writes chunk 1 ...
+    writer.dirty["d0"][1] = True
+    assert save.pending() == CHUNK
+    save.iterate(enc, out.extend, lambda: False)  # ... which goes again
+    disk[2 * CHUNK] ^= 0xFF  # a write just before the stop: END carries it
+    writer.dirty["d0"][2] = True
+    save.complete(enc, out.extend)
+    out += enc.eof()
+    target = np.zeros(disk.size, dtype=np.uint8)
+    decoder = StreamDecoder(disks={"d0": target})
+    decoder.receive_data(bytes(out))
+    decoder.receive_data(b"")
+    sectors = [e.sector for e in decoder.events() if isinstance(e, BlockChunk)]
+    assert sectors == [0, 2048, 4096, 2048, 4096]
+    assert np.array_equal(target, disk) and save.stats()["dirty-chunks"] == 2
 
 
 def test_blk_inc_for_one_migration_and_the_mixing_error() -> None:
