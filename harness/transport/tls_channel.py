@@ -90,7 +90,8 @@ class TlsState:
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                     return total
                 except ssl.SSLError as exc:
-                    raise TlsError(f"{peer}: TLS receive failed: {_words(exc)}") from None
+                    raise TlsError(f"{peer}: Cannot read from TLS channel: Input/output "
+                                   f"error ({_words(exc)})") from None
                 if not count:
                     break
                 total += count
@@ -105,7 +106,8 @@ class TlsState:
                 try:
                     self.session.write(part)
                 except ssl.SSLError as exc:
-                    raise TlsError(f"{peer}: TLS send failed: {_words(exc)}") from None
+                    raise TlsError(f"{peer}: Cannot write to TLS channel: Input/output "
+                                   f"error ({_words(exc)})") from None
                 total += len(part)
                 if total >= limit:
                     break
@@ -113,10 +115,12 @@ class TlsState:
 
 
 def _words(exc: ssl.SSLError) -> str:
-    """GnuTLS's text where OpenSSL's reason names the same failure."""
+    """GnuTLS's text where OpenSSL's reason names the same failure (QEMU 7.2 itself
+    prints only io/channel-tls.c's "Cannot read from TLS channel: Input/output error",
+    seen live for a corrupted record)."""
     reason = exc.reason or str(exc)
     if "BAD_RECORD_MAC" in reason or "DECRYPTION_FAILED" in reason:
-        return f"Decryption has failed. ({reason})"
+        return f"Decryption has failed.: {reason}"
     return reason
 
 
