@@ -8,7 +8,8 @@ preempt channel, memory ends identical.  (2) A harness source peer process migra
 QEMU destination through `harness run` of a `tls: {authz: true}` scenario with the return
 path on: QEMU checks the harness client's certificate and its DN, memory ends identical.
 (3) One QEMU source and the harness client, each against a harness TLS server, fail
-alike: a server certificate from another CA, a hostname mismatch; and both refuse to
+alike: a server certificate from another CA, a hostname mismatch, a unix: URI without
+tls-hostname; and both refuse to
 load an expired server certificate with the same sentence.  Every QEMU is reaped.
 """
 
@@ -130,9 +131,10 @@ def test_harness_source_to_qemu_destination_tls_with_return_path_and_authz(tmp_p
     assert sc["verdict"] == "pass" and sc["stats"]["ram"]["transferred"] > 4 * MiB
 
 
-def _harness_server(objects: TlsObjects) -> tuple[int, dict, threading.Thread]:
-    """A TLS server (one connection) on a free port; its outcome lands in the dict."""
-    listener = listen("tcp:127.0.0.1:0")
+def _harness_server(objects: TlsObjects, where: str = "tcp:127.0.0.1:0"
+                    ) -> tuple[str, dict, threading.Thread]:
+    """A TLS server (one connection) at `where`; its URI, and its outcome in the dict."""
+    listener = listen(where)
     outcome: dict = {}
 
     def serve() -> None:
@@ -147,18 +149,18 @@ def _harness_server(objects: TlsObjects) -> tuple[int, dict, threading.Thread]:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    return listener.socket_address["port"], outcome, thread
+    return listener.address, outcome, thread
 
 
-def _qemu_client_error(qemu: QemuProcess, port: int, params: dict) -> str:
+def _qemu_client_error(qemu: QemuProcess, uri: str, params: dict) -> str:
     qemu.qmp.execute("migrate-set-parameters", params)
-    qemu.qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+    qemu.qmp.execute("migrate", {"uri": uri})
     _until(lambda: qemu.qmp.execute("query-migrate").get("status") == "failed", "failed")
     return str(qemu.qmp.execute("query-migrate").get("error-desc"))
 
 
-def _harness_client_error(objects: TlsObjects, port: int, params: dict) -> str:
-    uri = parse_uri(f"tcp:127.0.0.1:{port}", "source")
+def _harness_client_error(objects: TlsObjects, where: str, params: dict) -> str:
+    uri = parse_uri(where, "source")
     with pytest.raises(TlsError) as caught:
         objects.client_channel(connect(uri, timeout=5), uri, params, 10)
     return str(caught.value)
@@ -178,16 +180,22 @@ def test_qemu_and_harness_clients_fail_alike(tmp_path):
             args = {"id": oid, "dir": str(creds.source_dir), "endpoint": "client"}
             qemu.qmp.execute("object-add", {"qom-type": "tls-creds-x509", **args})
             client.add("tls-creds-x509", args)
-        cases = {"hostname": {"tls-creds": "tls-good", "tls-hostname": "wrong.example"},
-                 "unknown CA": {"tls-creds": "tls-other", "tls-hostname": ""}}
-        for case, params in cases.items():
-            port, _, thread = _harness_server(server)
-            words = _qemu_client_error(qemu, port, params)
+        unix = f"unix:{tmp_path}/tls.sock"
+        cases = {"hostname": ({"tls-creds": "tls-good", "tls-hostname": "wrong.example"},
+                              "tcp:127.0.0.1:0"),
+                 "no hostname": ({"tls-creds": "tls-good", "tls-hostname": ""}, unix),
+                 "unknown CA": ({"tls-creds": "tls-other"}, "tcp:127.0.0.1:0")}
+        seen = []
+        for case, (params, where) in cases.items():
+            uri, _, thread = _harness_server(server, where)
+            seen.append(words := _qemu_client_error(qemu, uri, params))
             thread.join(10)
-            port, _, thread = _harness_server(server)
-            assert _harness_client_error(client, port, params) == words, case
+            uri, _, thread = _harness_server(server, where)
+            assert _harness_client_error(client, uri, params) == words, case
             thread.join(10)
-        assert words == "The certificate hasn't got a known issuer"
+        assert seen == ["Certificate does not match the hostname wrong.example",
+                        "No hostname for certificate validation",
+                        "The certificate hasn't got a known issuer"]
         expired = make_run_credentials(tmp_path / "expired", expired=True)
         args = {"id": "tls-x", "dir": str(expired.destination_dir), "endpoint": "server"}
         with pytest.raises(QMPError) as qemu_refusal:
