@@ -194,8 +194,8 @@ class TlsListener:
 
     def accept(self, timeout: float | None = None) -> Channel:
         channel = self._listener.accept(timeout)
-        return self._objects.server_channel(channel, self._parameters(),
-                                            timeout or HANDSHAKE_TIMEOUT)
+        # the handshake has its own deadline: an accept's may be short (a poll for more)
+        return self._objects.server_channel(channel, self._parameters(), HANDSHAKE_TIMEOUT)
 
     def __getattr__(self, name: str) -> Any:  # close, expect_channels, socket_address...
         return getattr(self._listener, name)
