@@ -149,9 +149,9 @@ def test_tls_session_tickets_lose_the_end_of_the_stream(columns):
 def test_harness_refuses_multifd_with_preempt(columns):
     sc = columns["harness"]["qemu72-multifd-postcopy-preempt"]
     assert sc["verdict"] == "skip"  # refused when the scenario is validated, in one line
-    assert sc["reason"] == ("not applicable to harness peers: capabilities: "
-                            f"{MULTIFD_PREEMPT_REFUSED} (source.kind: harness; only QEMU "
-                            "peers may use it)")
+    assert sc["reason"].startswith("not applicable to harness peers: capabilities: "
+                                   f"{MULTIFD_PREEMPT_REFUSED} (source.kind: harness"), \
+        sc["reason"]
 
 
 def test_harness_destination_names_the_channel_count_mismatch(columns):
