@@ -108,9 +108,13 @@ class _Sender:
             self.packets += 1
             return
         assert job.mem is not None
-        rows = self._rows[:job.pages.size]  # reused: no fresh 512 KiB (page faults) a packet
-        np.take(job.mem[:job.mem.size // PAGE * PAGE].reshape(-1, PAGE), job.pages, axis=0,
-                out=rows)
+        n, first = job.pages.size, int(job.pages[0])
+        if self.compressor.method == "none" and int(job.pages[-1]) - first == n - 1:
+            rows = job.mem[first * PAGE:(first + n) * PAGE]  # consecutive: sent from RAM
+        else:
+            rows = self._rows[:n]  # reused: no fresh 512 KiB (page faults) a packet
+            np.take(job.mem[:job.mem.size // PAGE * PAGE].reshape(-1, PAGE), job.pages,
+                    axis=0, out=rows)
         if self.compressor.method == "none":
             payload: bytes | np.ndarray = rows
             size = rows.nbytes
