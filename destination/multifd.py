@@ -16,8 +16,9 @@ then each 1344-byte header and its payload, into buffers allocated once, and the
 below N and not yet seen (7.2's bound is off by one), each header.  (Not through the
 codec's `ChannelDecoder`, whose per-packet buffers cost a fresh 512 KiB -- and its page
 faults -- per packet: measured 2 ms a packet on this VM, about 200 MiB/s a channel.)
-The pages of a packet are written into guest RAM under the loader's place lock (marked
-in the present bitmap when there is one).  After a SYNC packet the thread waits until the
+Raw pages at consecutive offsets (a bulk pass) are read straight into guest RAM, as
+7.2 reads into the guest pages; others are written from the buffer under the loader's
+place lock (and marked in the present bitmap when there is one).  After a SYNC packet the thread waits until the
 main thread releases it; the main thread, at each RAM EOS of the main stream, calls
 `sync()`, which waits (with a deadline) for one SYNC from every channel, then releases
 them all (M10) -- so a page of one section is never placed after main went past that

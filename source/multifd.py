@@ -5,9 +5,10 @@ multifd_send_pages, multifd_send_thread, multifd_send_sync_main), facts M1-M15 o
 reference/qemu-7.2-production-features.md.  The migration thread connects the N channels
 right after the main one, through the same connector (so TLS wraps them as it wraps
 main); each channel starts with its 64-byte `MultifdInit`.  One sender thread per channel
-holds at most one job: a packet of up to 128 pages of one RAMBlock (the pages are read
-out of guest RAM, and compressed with the channel's own zlib/zstd stream, in that thread)
-or an empty SYNC packet.  `send_pages` hands each packet to the next free channel from a
+holds at most one job: a packet of up to 128 pages of one RAMBlock (consecutive raw pages
+are sent straight from guest RAM; others are gathered into the thread's own buffer, and
+compressed with the channel's own zlib/zstd stream, in that thread) or an empty SYNC
+packet.  `send_pages` hands each packet to the next free channel from a
 rotating start (7.2's choice: not strict round-robin) with a global packet number, and
 waits for one to be free, never longer than a cancel.  `sync` is multifd_send_sync_main:
 every queued packet out, then one SYNC packet on every channel, and it returns once each
