@@ -25,7 +25,6 @@ from harness.migration.config import (
     UNIMPLEMENTED_PARAMETERS,
     harness_caps_refusal,
     not_implemented,
-    tls_refusal,
 )
 
 from .base import (
@@ -169,8 +168,8 @@ def harness_peer_issues(peer: str, capabilities: Mapping[str, bool],
                         places: list[tuple[tuple[Any, ...], MigrationParameters]]) -> list[Issue]:
     """What a `kind: harness` peer would refuse (harness.migration.config has the tables):
     a capability it does not implement turned on, a parameter it does not implement set
-    to anything but QEMU's default, and TLS, which it does not have (its `migrate` fails
-    as QEMU 7.2's does without the credentials object).  A scenario whose peers are both
+    to anything but QEMU's default, and tls-* parameters, which only a `tls:` block can
+    give it together with their objects (harness/scenario/tls.py).  A scenario whose peers are both
     QEMU may set them all: QEMU honours them."""
     why = f"({peer}.kind: harness; only QEMU peers may use it)"
     issues = [Issue((name,), f"{not_implemented(name)} {why}")
@@ -183,9 +182,10 @@ def harness_peer_issues(peer: str, capabilities: Mapping[str, bool],
     for path, params in places:
         for name, value in params.qmp_arguments().items():
             if name.startswith("tls-") and value:
-                words = (f", so `migrate` would fail with \"{tls_refusal({name: value})}\""
-                         if name == "tls-creds" else "")
-                issues.append(Issue((*path, name), f"the harness peer has no TLS{words} {why}"))
+                words = (f"; without it `migrate` would fail with \"No TLS credentials with "
+                         f"id '{value}'\"" if name == "tls-creds" else "")
+                issues.append(Issue((*path, name), "a harness peer gets its TLS objects and "
+                                    f"{name} from a tls: block{words} {why}"))
             elif (name in UNIMPLEMENTED_PARAMETERS and value is not None
                   and value != PARAMETER_DEFAULTS[name]):
                 issues.append(Issue((*path, name), f"{not_implemented(name)} (only its default "

@@ -312,5 +312,6 @@ def test_harness_validate_refuses_a_harness_scenario_with_tls_or_release_ram(tmp
     assert "Traceback" not in out
     assert (f"{path}:2:29: capabilities.release-ram: release-ram is not implemented by the "
             "harness peer") in out
-    assert (f"{path}:3:25: parameters.tls-creds: the harness peer has no TLS, so `migrate` "
-            "would fail with \"No TLS credentials with id 'tls0'\"") in out
+    assert (f"{path}:3:25: parameters.tls-creds: a harness peer gets its TLS objects and "
+            "tls-creds from a tls: block; without it `migrate` would fail with \"No TLS "
+            "credentials with id 'tls0'\"") in out

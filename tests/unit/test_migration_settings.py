@@ -185,10 +185,10 @@ def _scenario(body: str, kinds: tuple[str, str] = ("harness", "harness")) -> str
     ("parameters: {x-checkpoint-delay: 5}\n", "parameters.x-checkpoint-delay",
      "x-checkpoint-delay is not implemented by the harness peer (only its default 20000)"),
     ("parameters: {tls-creds: tls0}\n", "parameters.tls-creds",
-     ("the harness peer has no TLS, so `migrate` would fail with \"No TLS credentials with id "
-      "'tls0'\"")),
+     ("a harness peer gets its TLS objects and tls-creds from a tls: block; without it "
+      "`migrate` would fail with \"No TLS credentials with id 'tls0'\"")),
     ("parameters: {tls-hostname: dst}\n", "parameters.tls-hostname",
-     "the harness peer has no TLS"),
+     "a harness peer gets its TLS objects and tls-hostname from a tls: block"),
     ("steps:\n  - {on: {pass: 1}, do: {migrate-set-parameters: {announce-rounds: 3}}}\n",
      "steps[0].do.migrate-set-parameters.announce-rounds",
      "announce-rounds is not implemented by the harness peer"),
