@@ -13,7 +13,8 @@ expects it (main first, then the two channels, each named by its init).
 And a clean run through an in-process `Proxy(multifd=2)` with zlib: QEMU completes with the
 source's RAM, `query-proxy` counts per channel the packets, pages and one SYNC packet per
 RAM section (as many as the main stream's RAM EOS markers), and the recording (stream.fwd.bin + stream.multifd-ID.bin) read by
-`harness analyze` gives the source's RAM byte for byte.
+`harness analyze` gives the source's RAM byte for byte; a `{frame: MULTIFD_PACKET, channel:
+multifd-1, count: 2}` trigger fires exactly at the end of that channel's second packet.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pytest
 
 from harness.analyze import analyze_file
 from harness.faults.proxy import Proxy
+from harness.protocol.multifd import HEADER_SIZE, INIT_SIZE, PacketHeader
 from harness.qemu import QemuProcess, read_phys
 from tests.conftest import REPO
 from tests.qemu_env import COMMON, QEMU_MARKS
@@ -110,6 +112,9 @@ def test_a_recorded_zlib_multifd_run_is_counted_and_analysed(tmp_path):
         port = dst.qmp.execute("query-migrate")["socket-address"][0]["port"]
         proxy = Proxy("tcp:127.0.0.1:0", f"tcp:127.0.0.1:{port}", record=record, multifd=2)
         proxy.start()
+        proxy.arm("slow", {"frame": "MULTIFD_PACKET", "channel": "multifd-1", "count": 2},
+                  {"kind": "net.delay", "channel": "multifd-1", "delay": 0.01,
+                   "duration": 0.1})
         src.qmp.execute("migrate", {"uri": proxy.address})
         deadline = time.monotonic() + 30
         while _status(src) not in ("completed", "failed") or _status(dst) != "completed":
@@ -132,6 +137,14 @@ def test_a_recorded_zlib_multifd_run_is_counted_and_analysed(tmp_path):
     for flow in channels:  # a compressed payload is smaller than its pages
         assert query["bytes"][flow]["forwarded"] == query["bytes"][flow]["received"]
         assert query["frames"][flow]["MULTIFD_INIT"] == 1
+    [fired] = query["fired"]  # at the end of channel 1's second packet, as recorded
+    data = (record / "stream.multifd-1.bin").read_bytes()
+    end = INIT_SIZE
+    for _ in range(2):
+        end += HEADER_SIZE + PacketHeader.unpack(data[end:end + HEADER_SIZE]).payload_size
+    assert (fired["fired"]["channel"], fired["fired"]["frame"], fired["fired"]["offset"]) == (
+        "multifd-1", "MULTIFD_PACKET", end)
+    assert [(f["flow"], f["kind"]) for f in query["faults"]] == [("multifd-1", "net.delay")]
     analysis = analyze_file(record / "stream.fwd.bin", multifd=sorted(
         record.glob("stream.multifd-*.bin")))
     assert np.array_equal(analysis.ram["ram"][:size], image)
