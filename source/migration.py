@@ -400,12 +400,12 @@ class OutgoingMigration:
         if not self.config.cap("multifd"):
             return None
         channels = connect_channels(lambda: self._connect(uri, CONNECT_TIMEOUT),
-                                    self.config.param("multifd-channels"))
+                                    self.config.param("multifd-channels"),
+                                    getattr(self.guest, "uuid", None) or bytes(16))
         method = self.config.param("multifd-compression")
         level = self.config.param(f"multifd-{method}-level") if method != "none" else 1
         try:
             return MultifdSend(channels, compression=method, level=level,
-                               uuid=getattr(self.guest, "uuid", None) or bytes(16),
                                stopping=self._wake)
         except BaseException:
             for extra in channels:

@@ -4,7 +4,8 @@ Strategy: QEMU 7.2's `migration/multifd.c` send side (multifd_save_setup,
 multifd_send_pages, multifd_send_thread, multifd_send_sync_main), facts M1-M15 of
 reference/qemu-7.2-production-features.md.  The migration thread connects the N channels
 right after the main one, through the same connector (so TLS wraps them as it wraps
-main); each channel starts with its 64-byte `MultifdInit`.  One sender thread per channel
+main); each channel starts with its 64-byte `MultifdInit`, sent as soon as it is
+connected (a 7.2 destination under TLS needs it before the next channel's handshake).  One sender thread per channel
 holds at most one job: a packet of up to 128 pages of one RAMBlock (consecutive raw pages
 are sent straight from guest RAM; others are gathered into the thread's own buffer, and
 compressed with the channel's own zlib/zstd stream, in that thread) or an empty SYNC
@@ -135,8 +136,8 @@ class MultifdSend:
     """The multifd channels of one outgoing migration (multifd_send_state)."""
 
     def __init__(self, channels: list[Channel], *, compression: str = "none",
-                 level: int = 1, uuid: bytes = bytes(16),
-                 stopping: threading.Event | None = None) -> None:
+                 level: int = 1, stopping: threading.Event | None = None) -> None:
+        """`channels`: connected, each with its MultifdInit sent (`connect_channels`)."""
         self.cond = threading.Condition()
         self.quit = False
         self.stopping = stopping or threading.Event()
@@ -145,8 +146,6 @@ class MultifdSend:
         self._next = 0  # where the search for a free channel starts
         self._senders = [_Sender(i, channel, PageCompressor(compression, level), self)
                          for i, channel in enumerate(channels)]
-        for sender in self._senders:  # multifd_send_initial_packet, first on each channel
-            sender.channel.sendall(MultifdInit(sender.id, uuid).pack())
         for sender in self._senders:
             sender.thread.start()
 
@@ -249,13 +248,19 @@ class MultifdSend:
                 raise MultifdSendError(f"multifd channel {sender.id}: {sender.error}")
 
 
-def connect_channels(connect: Callable[[], Channel], count: int) -> list[Channel]:
-    """socket_send_channel_create, `count` times, after main (M1); on a failure the
-    channels already open are closed and the error raised."""
+def connect_channels(connect: Callable[[], Channel], count: int,
+                     uuid: bytes = bytes(16)) -> list[Channel]:
+    """socket_send_channel_create, `count` times, after main (M1), each channel's
+    MultifdInit sent as soon as it is connected (multifd_send_initial_packet): a 7.2
+    destination reads a channel's init packet in its main loop before it does the next
+    channel's TLS handshake, so sending the inits only once every channel is connected
+    deadlocks under TLS.  On a failure the channels already open are closed and the
+    error raised."""
     channels: list[Channel] = []
     try:
-        for _ in range(count):
+        for index in range(count):
             channels.append(connect())
+            channels[-1].sendall(MultifdInit(index, uuid).pack())
     except BaseException:
         for channel in channels:
             with contextlib.suppress(Exception):

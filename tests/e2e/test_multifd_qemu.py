@@ -179,3 +179,105 @@ def test_channel_count_mismatch_fails_the_harness_destination(tmp_path, source_c
         incoming.close()
         qemu.close()
         dst.close()
+
+
+def _tls(tmp_path, endpoint: str):
+    """This run's credentials and the harness side's TLS objects (tls0 for `endpoint`)."""
+    from harness.transport.tls import TlsObjects
+    from harness.transport.tls_certs import make_run_credentials
+
+    creds = make_run_credentials(tmp_path)
+    objects = TlsObjects()
+    mine = creds.destination_dir if endpoint == "server" else creds.source_dir
+    objects.add("tls-creds-x509", {"id": "tls0", "dir": str(mine), "endpoint": endpoint})
+    theirs = creds.source_dir if endpoint == "server" else creds.destination_dir
+    other = "client" if endpoint == "server" else "server"
+    return objects, f"tls-creds-x509,id=tls0,dir={theirs},endpoint={other}"
+
+
+def test_qemu_source_to_harness_destination_over_tls(tmp_path):
+    """Every multifd channel gets its own TLS session (facts M6: the init packet inside
+    it; T): QEMU 7.2 source, harness destination, 2 channels, zlib."""
+    from harness.transport.tls import TlsListener
+
+    objects, qemu_object = _tls(tmp_path, "server")
+    content = Guest.create(_spec(83), initial_content=True, prefault=False)
+    expected = content.memory.ram["ram"].copy()
+    content.close()
+    image = tmp_path / "ram.bin"
+    image.write_bytes(expected.tobytes())
+    dst = Guest.create(_spec(83), initial_content=False, prefault=True)
+    qemu = QemuProcess([*COMMON, "-device", f"loader,file={image},addr=0x0",
+                        "-object", qemu_object], tmp_path, name="src")
+    config = _config(2, "zlib")
+    config.set_parameters({"tls-creds": "tls0"})
+    accepted: list = []
+
+    def listener(uri: str):
+        wrapped = TlsListener(listen(parse_uri(uri, "destination")), objects,
+                              lambda: config.parameters)
+        accept = wrapped.accept
+        wrapped.accept = lambda timeout=None: accepted.append(accept(timeout)) or accepted[-1]
+        return wrapped
+
+    incoming = IncomingMigration(dst, config, listener, lambda name, data: None,
+                                 accept_timeout=WAIT, idle_timeout=WAIT)
+    dst.runstate = "inmigrate"
+    try:
+        qemu.start()
+        caps, params = _settings(2, "zlib")
+        qemu.qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+        qemu.qmp.execute("migrate-set-parameters", {**params, "tls-creds": "tls0"})
+        incoming.migrate_incoming("tcp:127.0.0.1:0")
+        assert incoming.socket_address is not None
+        port = incoming.socket_address[0]["port"]
+        qemu.qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+        _until(lambda: str(incoming.state.status) in ("completed", "failed"), "the end")
+        assert str(incoming.state.status) == "completed", incoming.error_desc
+        assert [c.cipher[1] for c in accepted] == ["TLSv1.3"] * 3  # main + 2 channels
+        assert all(r["pages"] > 0 for r in incoming.query()["x-multifd"])
+        assert np.array_equal(dst.ram["ram"], expected)
+    finally:
+        incoming.close()
+        qemu.close()
+        dst.close()
+
+
+def test_harness_source_to_qemu_destination_over_tls(tmp_path):
+    """The harness source's channels each do their own TLS handshake (through the
+    connector, as main's); a QEMU 7.2 destination loads them: 2 channels, zstd."""
+    objects, qemu_object = _tls(tmp_path, "client")
+    guest = Guest.create(_spec(89), initial_content=True, prefault=True)
+    qemu = QemuProcess([*COMMON, "-incoming", "defer", "-object", qemu_object], tmp_path,
+                       name="dst")
+    config = _config(2, compressions()[-1])
+    config.set_parameters({"tls-creds": "tls0", "tls-hostname": "localhost"})
+    made: list = []
+
+    def connector(uri: str, timeout: float):
+        parsed = parse_uri(uri, "source")
+        channel = objects.client_channel(connect(parsed, timeout=timeout), parsed,
+                                         config.parameters, timeout)
+        made.append(channel)
+        return channel
+
+    outgoing = OutgoingMigration(guest, config, connector, lambda n, d: None)
+    try:
+        guest.start()
+        qemu.start()
+        caps, params = _settings(2, compressions()[-1])
+        qemu.qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+        qemu.qmp.execute("migrate-set-parameters", {**params, "tls-creds": "tls0"})
+        qemu.qmp.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+        port = qemu.qmp.execute("query-migrate")["socket-address"][0]["port"]
+        outgoing.migrate(f"tcp:127.0.0.1:{port}")
+        _until(lambda: str(outgoing.state.status) in ("completed", "failed"), "the end")
+        assert str(outgoing.state.status) == "completed", outgoing.error_desc
+        assert wait_migration(qemu.qmp, timeout=WAIT)["status"] == "completed"
+        assert len(made) == 3 and all(c.cipher[1] == "TLSv1.3" for c in made)
+        assert read_phys(qemu.qmp, 0, SIZE, tmp_path) == guest.ram["ram"].tobytes()
+    finally:
+        outgoing.cancel()
+        outgoing.join(10)
+        qemu.close()
+        guest.close()
