@@ -565,11 +565,11 @@ class Proxy:
         if fault.kind in FRAME_FAULTS:
             self._pend_frame_fault(armed, session, origin, position)
             return
-        session, origin = _channel_session(armed, session, origin)
-        if session is None:
-            with self._lock:
+        with self._lock:  # as channel_identified looks: a channel named meanwhile is found
+            session, origin = _channel_session(armed, session, origin)
+            if session is None:
                 self._next_session.append(armed)
-            return
+                return
         offsets = {flow: position if origin is not None and origin.flow == flow
                    else session.pumps[flow].forwarded for flow in armed.flows}
         if fault.kind == "net.reset":
