@@ -85,7 +85,7 @@ def test_multifd_with_preempt_hangs_the_destination_and_is_named(columns):
     if sc["verdict"] == "pass":  # (2 of 19 runs: the race the scenario's description names)
         pytest.skip("QEMU 7.2 did not deadlock this time: the preempt connection came after "
                     "the multifd channels and was dropped as an extra one")
-    assert sc["verdict"] == "fail"
+    assert sc["verdict"] == "fail", (sc["verdict"], sc["reason"])
     assert sc["reason"].startswith(
         "peer-responsive: the destination (qemu) stopped answering QMP in status setup "
         "(no reply to query-status within 1 s at the 6 s deadline; its main thread is "
@@ -97,7 +97,7 @@ def test_multifd_with_preempt_hangs_the_destination_and_is_named(columns):
 
 def test_multifd_two_to_three_source_completes_destination_waits(columns):
     sc = columns["qemu"]["qemu72-multifd-channels-2-to-3"]
-    assert sc["verdict"] == "fail"
+    assert sc["verdict"] == "fail", (sc["verdict"], sc["reason"])
     assert (sc["source"]["status"], sc["destination"]["status"]) == ("completed", "setup")
     delivered = _invariant(sc, "completed-means-delivered")
     assert not delivered["ok"]
@@ -127,7 +127,7 @@ def test_multifd_three_to_two_is_flagged_whichever_way_it_goes(columns):
 
 def test_no_return_path_source_completes_while_the_destination_failed(columns):
     sc = columns["qemu"]["qemu72-no-return-path-lost-destination"]
-    assert sc["verdict"] == "fail"
+    assert sc["verdict"] == "fail", (sc["verdict"], sc["reason"])
     assert (sc["source"]["status"], sc["destination"]["status"]) == ("completed", "failed")
     delivered = _invariant(sc, "completed-means-delivered")
     assert not delivered["ok"]
@@ -139,7 +139,7 @@ def test_no_return_path_source_completes_while_the_destination_failed(columns):
 
 def test_tls_session_tickets_lose_the_end_of_the_stream(columns):
     sc = columns["qemu"]["qemu72-tls-session-tickets"]
-    assert sc["verdict"] == "fail"
+    assert sc["verdict"] == "fail", (sc["verdict"], sc["reason"])
     assert (sc["source"]["status"], sc["destination"]["status"]) == ("completed", "failed")
     delivered = _invariant(sc, "completed-means-delivered")
     assert not delivered["ok"] and "Connection reset by peer" in delivered["detail"]
