@@ -271,7 +271,7 @@ def test_x_ignore_shared_stream_is_well_formed_and_migrates_everything(tmp_path)
 
 # ---------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("capability", ["release-ram", "late-block-activate",
-                                        "multifd", "x-colo"])
+                                        "dirty-bitmaps", "x-colo"])
 def test_unimplemented_capabilities_are_refused_and_not_listed(tmp_path, capability):
     with pair(tmp_path) as (src, dst, _):
         for peer in (src, dst):
@@ -283,10 +283,17 @@ def test_unimplemented_capabilities_are_refused_and_not_listed(tmp_path, capabil
 
 def test_unimplemented_parameters_are_refused_but_their_defaults_accepted(tmp_path):
     with pair(tmp_path) as (src, _dst, uri):
-        assert _refused(src, "migrate-set-parameters", {"multifd-channels": 4}) == (
-            "Parameter 'multifd-channels' is not implemented by the harness peer "
-            "(only its default 2)")
-        src.execute("migrate-set-parameters", {"multifd-channels": 2, "announce-rounds": 5})
+        assert _refused(src, "migrate-set-parameters", {"x-checkpoint-delay": 5}) == (
+            "Parameter 'x-checkpoint-delay' is not implemented by the harness peer "
+            "(only its default 20000)")
+        src.execute("migrate-set-parameters", {"x-checkpoint-delay": 20000,
+                                               "announce-rounds": 5})
+        # multifd with postcopy-preempt: 7.2 accepts it and deadlocks (P7); refused here
+        assert _refused(src, "migrate-set-capabilities",
+                        _caps("multifd", "postcopy-ram", "postcopy-preempt")) == (
+            "multifd with postcopy-preempt is refused by the harness peer: QEMU 7.2 accepts "
+            "it, then its destination reads the preempt channel as a multifd channel and "
+            "deadlocks")
         # block migration: migrate's blk/inc with the block capability set (B1)
         src.execute("migrate-set-capabilities", _caps("block"))
         for option in ("blk", "inc"):
