@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT = 0.1  # s the loop waits on its poller at most (agents' health is judged by time)
 SETTLED_FOR = 0.5  # how long nothing may move before the run counts as settled
+MULTIFD_CHANNEL_WAIT = 12.0  # s: a harness destination's multifd channel deadline (10 s) + 2
 STATS_PERIOD = 0.05  # how often `remaining`/`progress` triggers poll the source
 FD_NAME = "migfd"
 #: statuses a peer does not leave by itself: it waits for an admin (or nothing at all)
@@ -114,6 +115,7 @@ class Coordinator:
         self.layout: Path | None = None  # a real machine's layout file (qemu/layout.py)
         self.disk_paths: dict[str, dict[str, Path]] = {}  # role -> drive -> image (disks.py)
         self.unanswering: set[str] = set()  # peers whose QMP stopped answering (hang.py)
+        self._gone_at: float | None = None  # when a multifd destination's wait was first seen
 
     # ------------------------------------------------------------------ run
     def run(self) -> ScenarioResult:
@@ -535,11 +537,17 @@ class Coordinator:
         return True
 
     def _names_missing_channels(self, peer: PeerHandle, status: str) -> bool:
-        """A harness multifd destination in setup has its main connection and waits for
-        the rest with a deadline of its own (destination/multifd.py): it will fail, naming
-        the channels that did not come -- wait for it (QEMU 7.2 waits forever)."""
-        return peer.kind == "harness" and status == "setup" and \
-            bool(self.sc.capabilities_of("destination").get("multifd"))
+        """A harness multifd destination in setup may hold its main connection and wait
+        for the rest with a deadline of its own (destination/multifd.py: CHANNEL_TIMEOUT,
+        10 s): it will fail, naming the channels that did not come -- wait that long after
+        the source ended, no longer (it may also be listening for a source that never
+        connected).  QEMU 7.2 waits forever: it settles at once, as before."""
+        if peer.kind != "harness" or status != "setup" or \
+                not self.sc.capabilities_of("destination").get("multifd"):
+            return False
+        now = time.monotonic()
+        self._gone_at = self._gone_at or now
+        return now - self._gone_at < MULTIFD_CHANNEL_WAIT
 
     def _source_gone(self) -> bool:
         assert self.src is not None
