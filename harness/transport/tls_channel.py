@@ -2,16 +2,17 @@
 
 Strategy: OpenSSL's `SSL` object must not be used by two threads at once, but a channel
 has a reader (the return path, the loader) and a writer (the migration thread) at the
-same time.  So the session is an `ssl.SSLObject` over two `MemoryBIO`s, touched only
-under `_tls_lock` for the few microseconds encryption or decryption of one chunk takes;
-the socket I/O itself runs outside it, through `SocketChannel`'s primitives (its
+same time.  So the session is a `TlsState`: an `ssl.SSLObject` over two `MemoryBIO`s,
+touched only under its lock for the microseconds one chunk's encryption or decryption
+takes; the socket I/O itself runs outside it, through `SocketChannel`'s primitives (its
 deadlines, its poll with the waker, its `shutdown()` from any thread).  A receive first
 asks the session for plaintext it already holds (records read earlier, bytes left from
 the handshake) and only then reads ciphertext from the socket: a poll on the fd alone
 would miss those pending bytes.  A send encrypts at most `WRITE_CHUNK` bytes and pushes
 the ciphertext out under `_wire_lock` (ciphertext must leave in the order it was made);
 what a read produces (an alert) is pushed by the next send.  EOF without close_notify is
-EOF, as QEMU 7.2 closes its TLS channels without `gnutls_bye` (io/channel-tls.c).
+EOF, as QEMU 7.2 closes its TLS channels without `gnutls_bye` (io/channel-tls.c).  The
+proxy's TLS ends (harness/faults/tls_endpoint.py) use the same `TlsState`.
 
 Nothing may write the socket directly: `sock` is None (the destination's guest writes
 its page requests through the return path instead, and a compiled gathered send from
