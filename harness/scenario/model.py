@@ -276,6 +276,13 @@ class Peer(ScenarioModel):
     """This peer's migrate-set-parameters over the scenario's (a name set here wins),
     e.g. multifd-channels 3 on the source and 2 on the destination."""
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = dict(handler(core_schema))  # a peer's capabilities: QMP names, as the top's
+        schema["properties"]["capabilities"]["anyOf"][0]["propertyNames"] = {
+            "enum": list(CAPABILITIES)}
+        return schema
+
     @model_validator(mode="after")
     def _qemu_only_keys(self) -> Peer:
         if self.kind != "qemu":
