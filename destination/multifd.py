@@ -150,15 +150,16 @@ class _Receiver:
         """multifd_recv_thread: the init packet, then packets until EOF.  Reads go into
         two buffers allocated once (a fresh 512 KiB per packet costs its page faults)."""
         owner = self.owner
-        init = MultifdInit.parse(self._exact(memoryview(bytearray(INIT_SIZE)), "its init "
-                                             "packet"), uuid=owner.uuid, channels=owner.channels)
+        raw = self._exact(memoryview(bytearray(INIT_SIZE)))
+        assert raw is not None  # EOF before it raises
+        init = MultifdInit.parse(raw, uuid=owner.uuid, channels=owner.channels)
         owner.claim(self, init.channel_id)
         method = owner.compression
         decompressor = PageDecompressor(method, init.channel_id) if method != "none" else None
         header_buf = memoryview(bytearray(HEADER_SIZE))
         payload_buf = memoryview(bytearray(MAX_COMPRESSED))
         while not owner.stopping:
-            if not self._exact(header_buf, "a packet", eof_ok=True):
+            if not self._exact(header_buf, eof_ok=True):
                 with owner.cond:
                     self.ended = True
                     owner.cond.notify_all()
@@ -168,11 +169,11 @@ class _Receiver:
             self.packets += 1
             run = owner.run_of(header) if decompressor is None else None
             if run is not None:  # consecutive raw pages: straight into guest RAM
-                self._exact(run, "a packet", before=HEADER_SIZE)
+                self._exact(run, before=HEADER_SIZE)
                 owner.mark(header.ramblock, header.offsets)
             else:
                 payload = payload_buf[:header.payload_size]
-                self._exact(payload, "a packet", before=HEADER_SIZE)
+                self._exact(payload, before=HEADER_SIZE)
                 if header.normal_pages:
                     pages = payload if decompressor is None else \
                         decompressor.decompress(payload, header.normal_pages)
@@ -181,7 +182,7 @@ class _Receiver:
             if header.sync:
                 self._wait_release()
 
-    def _exact(self, view: memoryview, what: str, *, eof_ok: bool = False,
+    def _exact(self, view: memoryview, *, eof_ok: bool = False,
                before: int = 0) -> memoryview | None:
         """Fill `view` from the channel; None at EOF before its first byte when `eof_ok`
         (the end of the channel between packets), else EOF is an error."""
