@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -88,6 +88,11 @@ class BlockSave:
                 "downtime-bytes": 0, "postcopy-bytes": 0, "multifd-bytes": 0,
                 "pages-per-second": 0, "dirty-sync-missed-zero-copy": 0}
 
+    def info(self, active: bool) -> dict[str, dict[str, int]]:
+        """query-migrate's `disk` (while active, B6) and the harness's own `x-block`."""
+        return {"disk": self.query(), "x-block": self.stats()} if active \
+            else {"x-block": self.stats()}
+
     def stats(self) -> dict[str, int]:
         return {"total": self.total, "chunks": self.chunks, "zero-chunks": self.zero_chunks,
                 "dirty-chunks": self.dirty_chunks}
@@ -114,6 +119,18 @@ class BlockSave:
             if time.monotonic() - started > MAX_WAIT:
                 break
         write(EOS + enc.footer(BLOCK_SECTION_ID))
+
+    def part_before_ram(self, stream: Any, ram_section_id: int) -> tuple[int, bool]:
+        """One iteration's PART (stream: source/stream.py's OutgoingStream), then, while
+        the bulk is on, RAM's PART with nothing in it (ram.c: blk_mig_bulk_active); the
+        bytes written and whether RAM must send nothing this time."""
+        start = stream.total
+        self.iterate(stream.encoder, stream.write, stream.rate_limited)
+        ram_silent = self.bulk_active
+        if ram_silent:
+            stream.write(stream.encoder.ram_section(SectionType.SECTION_PART, ram_section_id,
+                                                    b""))
+        return stream.total - start, ram_silent
 
     def complete(self, enc: StreamEncoder, write: Callable[[bytes | memoryview], None]
                  ) -> None:

@@ -70,16 +70,11 @@ from harness.migration.status import (
     continue_refusal,
     source_machine,
 )
-from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise, SectionType
+from harness.protocol import OpenReturnPath, Ping, PostcopyAdvise
 from harness.protocol.ram_saver import PAGE
 from harness.protocol.return_path import ResumeAck, RpMessage
 
-from .block_save import (
-    BlockSave,
-    apply_migrate_options,
-    block_save_of,
-    remove_migrate_options,
-)
+from .block_save import BlockSave, apply_migrate_options, block_save_of, remove_migrate_options
 from .convergence import Convergence
 from .interfaces import Channel, Connector, GuestLike
 from .multifd import MultifdSend, connect_channels
@@ -266,10 +261,8 @@ class OutgoingMigration:
             info["setup-time"] = int(self.timing.setup_time * 1000)
         if self.entered_postcopy and status is not S.COMPLETED:
             info["downtime"] = int(self.timing.downtime * 1000)
-        if status is S.ACTIVE and self.block is not None:
-            info["disk"] = self.block.query()  # B6: only while active
-        if self.block is not None:  # the harness's own: what the block section carried
-            info["x-block"] = self.block.stats()
+        if self.block is not None:  # B6: `disk` only while active; x-block the harness's own
+            info.update(self.block.info(active=status is S.ACTIVE))
         if self.postcopy is not None:
             info["x-postcopy"] = self.postcopy.stats()
         if self._rp is not None:
@@ -535,15 +528,11 @@ class OutgoingMigration:
     def _iterate(self, ram: RamSave) -> None:
         """One PART of `ram`: dirty pages until rate limited, none left or MAX_WAIT."""
         assert self.stream is not None
-        if self.block is not None:
-            start = self.stream.total
-            self.block.iterate(self.stream.encoder, self.stream.write, self.stream.rate_limited)
-            if self.block.bulk_active:  # ram.c: RAM sends nothing while the bulk is on
-                self.stream.write(self.stream.encoder.ram_section(
-                    SectionType.SECTION_PART, self.ram_section_id, b""))
-                ram.stats.precopy_bytes += self.stream.total - start
+        if self.block is not None:  # block's PART first; RAM's is empty during the bulk
+            sent, ram_silent = self.block.part_before_ram(self.stream, self.ram_section_id)
+            ram.stats.precopy_bytes += sent
+            if ram_silent:
                 return
-            ram.stats.precopy_bytes += self.stream.total - start
         ram.stats.precopy_bytes += self.stream.iterate(ram, BATCH_PAGES)
 
     # ------------------------------------------------------------------ postcopy
