@@ -39,7 +39,8 @@ durations such as 300ms or 1.5s), written key=value:
     inject net.truncate frame=PACKAGED
 
   network kinds: {", ".join(NET_FAULT_KINDS)}
-  channel: {" | ".join(CHANNEL_NAMES)}; direction: {" | ".join(DIRECTIONS)}
+  channel: {" | ".join(CHANNEL_NAMES)} | multifd-N (the multifd channel whose init says id N);
+  direction: {" | ".join(DIRECTIONS)}
   message: {", ".join(MESSAGE_NAMES)}
   frame: {", ".join(FRAME_NAMES)}
 The proxy reports where it acted (a FAULT event); with no connection through it yet a
