@@ -145,7 +145,8 @@ def run(
     record: Annotated[bool, typer.Option(
         "--record", help="Save both directions of each migration stream (stream.fwd.bin, "
                          "stream.rp.bin; with postcopy-preempt through the proxy, "
-                         "stream.preempt.bin) in the scenario's work directory, which is "
+                         "stream.preempt.bin; with multifd, stream.multifd-ID.bin per "
+                         "channel) in the scenario's work directory, which is "
                          "kept.")
                       ] = False,
     repeat: Annotated[int, typer.Option(
