@@ -120,6 +120,7 @@ BULK_WAIT_MS = 1
 ACCEPT_TIMEOUT = 600.0  # waiting for the source to connect
 IDLE_TIMEOUT = 300.0  # no byte from the source for this long -> failed
 VMDESC_TIMEOUT = 10.0  # after EOF, how long the trailer (or the close) may take
+CHANNEL_GRACE = 0.5  # main failed: how long a multifd channel's own failure may take
 
 
 class IncomingError(Exception):
@@ -369,6 +370,8 @@ class IncomingMigration:
                 break
             except Exception as err:
                 cause, self._fast_error = self._fast_error or err, None
+                if cause is err and self.multifd is not None:  # a channel's reset, say,
+                    cause = self.multifd.failure(CHANNEL_GRACE) or err  # made main end
                 if not self._pausable():
                     if cause is err:
                         raise

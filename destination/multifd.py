@@ -335,6 +335,21 @@ class MultifdReceive:
             self.syncs += 1
             self.cond.notify_all()
 
+    def failure(self, timeout: float) -> MultifdReceiveError | None:
+        """A channel's failure (waiting up to `timeout` for one): when main failed, its
+        cause may be a channel's (a source that saw its channel fail ends main)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                try:
+                    self._raise_failure()
+                except MultifdReceiveError as err:
+                    return err
+                left = deadline - time.monotonic()
+                if left <= 0 or all(r.ended for r in self._receivers):
+                    return None
+                self.cond.wait(left)
+
     def _raise_failure(self) -> None:
         if self._extra:
             raise MultifdReceiveError(self._extra)

@@ -77,7 +77,7 @@ from harness.protocol.return_path import ResumeAck, RpMessage
 from .block_save import BlockSave, apply_migrate_options, block_save_of, remove_migrate_options
 from .convergence import Convergence
 from .interfaces import Channel, Connector, GuestLike
-from .multifd import MultifdSend, connect_channels
+from .multifd import open_multifd
 from .postcopy import PostcopySource
 from .ram_save import BATCH_PAGES, RamSave
 from .recovery import RecoveryInbox, resume_handshake, resume_prepare
@@ -348,7 +348,9 @@ class OutgoingMigration:
             self.error_desc = refusal
             raise ConnectionRefusedError(refusal)
         stream.attach(channel, self._connect_preempt(uri))
-        stream.multifd = self._connect_multifd(uri)
+        stream.multifd = open_multifd(  # multifd_save_setup, after main (M1)
+            self.config, lambda: self._connect(uri, CONNECT_TIMEOUT),
+            getattr(self.guest, "uuid", None) or bytes(16), self._wake, self._multifd_failed)
         ram = RamSave(self.guest_ram(), self.guest.harvest_dirty,
                       holes=getattr(self.guest, "ram_holes", None))
         self.ram = ram
@@ -386,24 +388,16 @@ class OutgoingMigration:
             return None
         return self._connect(uri, CONNECT_TIMEOUT)
 
-    def _connect_multifd(self, uri: str) -> MultifdSend | None:
-        """multifd_save_setup + socket_send_channel_create: N channels to the same
-        address, after main (7.2 opens them from migrate_fd_connect), each starting with
-        its MultifdInit (the peer's --uuid, as 7.2 sends qemu_uuid)."""
-        if not self.config.cap("multifd"):
-            return None
-        channels = connect_channels(lambda: self._connect(uri, CONNECT_TIMEOUT),
-                                    self.config.param("multifd-channels"),
-                                    getattr(self.guest, "uuid", None) or bytes(16))
-        method = self.config.param("multifd-compression")
-        level = self.config.param(f"multifd-{method}-level") if method != "none" else 1
-        try:
-            return MultifdSend(channels, compression=method, level=level,
-                               stopping=self._wake)
-        except BaseException:
-            for extra in channels:
-                extra.close()
-            raise
+    def _multifd_failed(self, text: str) -> None:
+        """From a multifd channel's thread as it fails: the migration fails with its
+        words (multifd_send_terminate_threads), and main is shut down so that a send
+        blocked on it ends now."""
+        if self.state.status is S.CANCELLING:
+            return
+        self.error_desc = self.error_desc or text
+        stream = self.stream
+        if stream is not None:
+            stream.channel.shutdown()
 
     def _check_return_path(self, broken_only: bool = False) -> None:
         """An I/O failure of the return path is a file error now (postcopy pauses); any

@@ -17,9 +17,10 @@ channel has written its SYNC -- the caller writes the RAM EOS on main only after
 As in 7.2, a SYNC packet without pages carries the SYNC flag alone (the compression bit
 is set when pages are prepared), and `multifd_bytes` counts header plus uncompressed
 pages of every packet, SYNCs included, never the init packets (M15).  A failure on a
-channel (a send error, a peer gone) is kept and raised by the next `send_pages`/`sync`
-as "multifd channel N: ..."; `close()` wakes and joins every thread and closes every
-socket, with a deadline.
+channel (a send error, a peer gone) is handed at once to `on_error` (the migration then
+wakes its main channel, which may be blocked on a peer that stopped reading) and raised
+by the next `send_pages`/`sync`, as "multifd channel N: ..."; `close()` wakes and joins
+every thread and closes every socket, with a deadline.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +45,9 @@ from harness.protocol.multifd import (
 from harness.protocol.ram_saver import PAGE
 
 from .interfaces import Channel
+
+if TYPE_CHECKING:
+    from harness.migration.config import MigrationConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,7 @@ class _Sender:
                 owner.cond.notify_all()
             if not owner.quit:
                 log.warning("multifd channel %d failed: %s", self.id, self.error)
+                owner.on_error(f"multifd channel {self.id}: {self.error}")
 
     def _send(self, job: _Job) -> None:
         """multifd_send_thread: fill the packet, write header and payload."""
@@ -136,8 +142,12 @@ class MultifdSend:
     """The multifd channels of one outgoing migration (multifd_send_state)."""
 
     def __init__(self, channels: list[Channel], *, compression: str = "none",
-                 level: int = 1, stopping: threading.Event | None = None) -> None:
-        """`channels`: connected, each with its MultifdInit sent (`connect_channels`)."""
+                 level: int = 1, stopping: threading.Event | None = None,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        """`channels`: connected, each with its MultifdInit sent (`connect_channels`);
+        `on_error(text)` is called from a channel's thread as it fails (7.2's
+        multifd_send_terminate_threads fails the migration from there at once)."""
+        self.on_error = on_error or (lambda text: None)
         self.cond = threading.Condition()
         self.quit = False
         self.stopping = stopping or threading.Event()
@@ -267,3 +277,23 @@ def connect_channels(connect: Callable[[], Channel], count: int,
                 channel.close()
         raise
     return channels
+
+
+def open_multifd(config: MigrationConfig, connect: Callable[[], Channel], uuid: bytes,
+                 stopping: threading.Event, on_error: Callable[[str], None]
+                 ) -> MultifdSend | None:
+    """multifd_save_setup + socket_send_channel_create (None without the capability):
+    multifd-channels connections to main's address, each starting with its MultifdInit
+    (the peer's --uuid, as 7.2 sends qemu_uuid), and their sender threads."""
+    if not config.cap("multifd"):
+        return None
+    channels = connect_channels(connect, config.param("multifd-channels"), uuid)
+    method = config.param("multifd-compression")
+    level = config.param(f"multifd-{method}-level") if method != "none" else 1
+    try:
+        return MultifdSend(channels, compression=method, level=level, stopping=stopping,
+                           on_error=on_error)
+    except BaseException:
+        for channel in channels:
+            channel.close()
+        raise
