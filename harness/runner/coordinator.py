@@ -32,6 +32,7 @@ import resource
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -245,10 +246,13 @@ class Coordinator:
         self.dst = self._make_peer("destination", fds["destination"])
         self.src = self._make_peer("source", fds["source"])
         self._start_remote_peers()
+        launched = self._launch_local_peers()
         for peer in (self.dst, self.src):
             host = getattr(peer, "host", None)
             try:
-                if not isinstance(peer, AgentPeer):
+                if peer in launched:
+                    peer.wait_started()
+                elif not isinstance(peer, AgentPeer):
                     peer.start()
                 real_guest.wait_booted(self, peer)
             except (PeerError, QemuError, ControlError, OSError, real_guest.BootError) as err:
@@ -261,6 +265,19 @@ class Coordinator:
             self.note(peer.role, "started", {"kind": peer.kind, "pid": peer.pid,
                                              "runstate": peer.runstate(), **facts,
                                              **({"host": host} if host else {})}, time.time())
+
+    def _launch_local_peers(self) -> list[Any]:
+        """Launch the harness peers of this host at once (a QEMU starts in `start`): two
+        Python start-ups overlap instead of following each other."""
+        launched: list[Any] = []
+        for peer in (self.dst, self.src):
+            if isinstance(peer, HarnessPeer):
+                try:
+                    peer.launch()
+                except OSError as err:
+                    raise RunError(f"cannot start the {peer.role} ({peer.kind}): {err}") from None
+                launched.append(peer)
+        return launched
 
     def _start_remote_peers(self) -> None:
         """Start the peers of every host at once: each agent's `peer-start` is sent, then
@@ -681,13 +698,25 @@ class Coordinator:
         want = self.sc.expect.memory
         if want is None:
             return
-        assert self.src is not None and self.dst is not None
-        if self.src.alive() and "source" not in self.frozen:
-            evidence.source_digests = self.src.digests()
-            evidence.source_mismatched = self.src.check_intact()
-        if want == "identical" and self.dst.alive() and "destination" not in self.frozen \
+        src, dst = self.src, self.dst
+        assert src is not None and dst is not None
+
+        def source_side() -> None:
+            evidence.source_digests = src.digests()
+            evidence.source_mismatched = src.check_intact()
+
+        def destination_side() -> None:
+            evidence.destination_digests = dst.digests(at_incoming=True)
+
+        sides = []
+        if src.alive() and "source" not in self.frozen:
+            sides.append(source_side)
+        if want == "identical" and dst.alive() and "destination" not in self.frozen \
                 and self.status["destination"] == "completed":
-            evidence.destination_digests = self.dst.digests(at_incoming=True)
+            sides.append(destination_side)
+        with ThreadPoolExecutor(2) as pool:  # each peer hashes its RAM: at the same time
+            for done in [pool.submit(side) for side in sides]:
+                done.result()
 
     def _outcome(self, peer: PeerHandle) -> PeerOutcome:
         role = peer.role
@@ -715,14 +744,9 @@ class Coordinator:
     def _close(self) -> None:
         self.actuator.thaw_all("end of run")  # the run is over: let it be shut down cleanly
         handles: list[Any] = [*self._peers(), *([self.proxy] if self.proxy else [])]
-        for handle in handles:
-            try:
-                if handle.role in self.unanswering and handle.alive() and handle.pid and \
-                        getattr(handle, "host", None) is None:  # (a remote pid is not ours)
-                    kill_tree(handle.pid)  # a hung QMP would only make `quit` wait
-                handle.close()
-            except Exception as err:  # noqa: BLE001 - keep closing (reaping) the others
-                log.warning("closing the %s: %s", handle.role, err)
+        with ThreadPoolExecutor(max(1, len(handles))) as pool:  # each quits and is reaped:
+            for handle in handles:                             # at the same time
+                pool.submit(self._close_one, handle)
         if self.agents:
             fetch_back(self)  # issue 14: the run's files on each host (runner/fetch.py)
             self._agent_leftovers = self.agents.end()
@@ -735,6 +759,15 @@ class Coordinator:
 
         for d in self.handles.dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+    def _close_one(self, handle: Any) -> None:
+        try:
+            if handle.role in self.unanswering and handle.alive() and handle.pid and \
+                    getattr(handle, "host", None) is None:  # (a remote pid is not ours)
+                kill_tree(handle.pid)  # a hung QMP would only make `quit` wait
+            handle.close()
+        except Exception as err:  # noqa: BLE001 - keep closing (reaping) the others
+            log.warning("closing the %s: %s", handle.role, err)
 
     def abandon(self) -> None:
         """A signal cut `run` short before it could close (or during its close): kill and

@@ -116,6 +116,12 @@ class ControlledProcess:
         return ()
 
     def start(self) -> None:
+        self.launch()
+        self.wait_started()
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (the runner launches both peers, then
+        waits for each: their start-ups overlap)."""
         with self.stderr_path.open("wb") as err:
             argv = self.command_line()
             self._proc = subprocess.Popen(
@@ -123,7 +129,12 @@ class ControlledProcess:
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                 pass_fds=self._pass_fds(), start_new_session=True)
         self._client = ControlClient(self.address, timeout=COMMAND_TIMEOUT)
-        deadline = time.monotonic() + START_TIMEOUT
+        self._launched_at = time.monotonic()
+
+    def wait_started(self) -> None:
+        """Until the launched process answers `hello` (START_TIMEOUT from its launch)."""
+        assert self._proc is not None and self._client is not None, f"{self.role} not launched"
+        deadline = self._launched_at + START_TIMEOUT
         while True:
             if self._proc.poll() is not None:
                 raise PeerError(f"{self.role} exited with status {self._proc.returncode} while "
