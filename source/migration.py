@@ -58,6 +58,7 @@ from harness.migration.config import (
     MIGRATION_ACTIVE,
     MigrationConfig,
     multifd_uri_refusal,
+    not_implemented,
     preempt_uri_refusal,
     tls_refusal,
 )
@@ -185,6 +186,8 @@ class OutgoingMigration:
         if self.config.cap("release-ram"):
             raise MigrationError("Postcopy recovery cannot work when release-ram "
                                  "capability is set")
+        if self.stream is not None and self.stream.multifd is not None:  # closed at the pause
+            raise MigrationError(not_implemented("postcopy recovery with multifd"))
         self._check_uri(uri)
         with self._resume:
             self._resume_uri = uri

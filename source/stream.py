@@ -21,8 +21,9 @@ A requested page and the push never wait on each other through a sleep:
 The bitmap and the scan position, shared by both senders, have their own short lock.
 
 With multifd (source/multifd.py) a precopy batch's zero pages stay on main as ZERO
-records and its other pages go to the multifd channels; every RAM EOS (setup, each PART,
-END) follows `multifd_send_sync_main`.  `total` (query-migrate's transferred, and the
+records and its other pages go to the multifd channels -- in postcopy every page goes on
+main (7.2: a host page must be placed whole); every RAM EOS (setup, each PART, END,
+in postcopy too, a requested page's own PART included) follows `multifd_send_sync_main`.  `total` (query-migrate's transferred, and the
 rate limit's count) includes the multifd bytes as 7.2 counts them; a PART's precopy bytes
 do not.  The plain path pays one attribute test per batch.
 """
@@ -188,7 +189,7 @@ class OutgoingStream:
 
     def _send_batch(self, ram: RamSave, batch: tuple[Any, Any]) -> int:
         """Frame a batch of pages into the reused buffer and send it; bytes sent."""
-        if self.multifd is not None:
+        if self.multifd is not None and not self.rate.postcopy:  # M9: never in postcopy
             return self._send_batch_multifd(ram, batch)
         frame = self._frame
         frame.clear()
@@ -271,6 +272,7 @@ class OutgoingStream:
         finally:
             with self._cond:
                 self._in_part = False
+                self.sync_multifd()  # ram_save_iterate syncs in postcopy too
                 self._send(EOS + enc.footer(self.section_id))
 
     def _no_ticket(self) -> bool:
@@ -290,6 +292,7 @@ class OutgoingStream:
         enc = self.encoder
         with self._cond:
             self.ended = True
+            self.sync_multifd()  # ram_save_complete
             self._send(enc.section_header(SectionType.SECTION_END, self.section_id)
                        + EOS + enc.footer(self.section_id) + enc.eof())
         with self._preempt_lock:
@@ -337,6 +340,7 @@ class OutgoingStream:
         self.urgent_bytes += len(frame) - records
         if opened:
             frame.put(EOS + enc.footer(self.section_id))
+            self.sync_multifd()  # a RAM EOS of its own: its SYNCs first
         with frame.view() as data:
             self._send(data)
         return True

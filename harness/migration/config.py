@@ -147,7 +147,7 @@ def preempt_uri_refusal(capabilities: dict[str, bool], uri: str) -> str | None:
 def harness_caps_refusal(capabilities: dict[str, bool]) -> str | None:
     """Why a harness peer refuses this set of capabilities turned on together (None when
     it takes them): QEMU 7.2's combinations and the harness's own (multifd with
-    postcopy-preempt, xbzrle or postcopy-ram); for scenario validation."""
+    postcopy-preempt or xbzrle); for scenario validation."""
     full = {name: bool(capabilities.get(name)) for name in CAPABILITIES}
     try:
         _check_caps(full)
@@ -281,5 +281,3 @@ def _check_caps(caps: dict[str, bool]) -> None:
         raise ConfigError(MULTIFD_PREEMPT_REFUSED)
     if caps["multifd"] and caps["xbzrle"]:
         raise ConfigError(MULTIFD_XBZRLE_REFUSED)
-    if caps["multifd"] and caps["postcopy-ram"]:
-        raise ConfigError(not_implemented("multifd with postcopy-ram"))

@@ -27,7 +27,7 @@ from harness.protocol.multifd import HEADER_SIZE, compressions
 from harness.qemu import QemuProcess, read_phys, wait_migration
 from harness.transport import connect, listen, parse_uri
 from source.migration import OutgoingMigration
-from tests.qemu_env import COMMON, QEMU_MARKS
+from tests.qemu_env import COMMON, QEMU_MARKS, USERFAULTFD_MARK
 
 pytestmark = [*QEMU_MARKS]
 MiB = 1 << 20
@@ -281,3 +281,72 @@ def test_harness_source_to_qemu_destination_over_tls(tmp_path):
         outgoing.join(10)
         qemu.close()
         guest.close()
+
+
+def test_qemu_source_with_postcopy_to_harness_destination(tmp_path):
+    """multifd with postcopy-ram (7.2 allows it without preempt): QEMU sends precopy pages
+    on its channels, postcopy pages on main, a SYNC per RAM EOS throughout; the harness
+    destination completes with QEMU's memory."""
+    content = Guest.create(_spec(97), initial_content=True, prefault=False)
+    expected = content.memory.ram["ram"].copy()
+    content.close()
+    image = tmp_path / "ram.bin"
+    image.write_bytes(expected.tobytes())
+    dst = Guest.create(_spec(97), initial_content=False, prefault=True)
+    qemu = QemuProcess([*COMMON, "-device", f"loader,file={image},addr=0x0"], tmp_path,
+                       name="src")
+    caps = [{"capability": c, "state": True} for c in ("multifd", "postcopy-ram")]
+    config = _config(2, "none")
+    config.set_capabilities(caps, running=False)
+    incoming = IncomingMigration(
+        dst, config, lambda uri: listen(parse_uri(uri, "destination"), return_path=True),
+        lambda name, data: None, accept_timeout=WAIT, idle_timeout=WAIT)
+    dst.runstate = "inmigrate"
+    try:
+        qemu.start()
+        qemu.qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+        qemu.qmp.execute("migrate-set-parameters", {"multifd-channels": 2,
+                                                    "max-bandwidth": 4 * MiB})
+        incoming.migrate_incoming("tcp:127.0.0.1:0")
+        assert incoming.socket_address is not None
+        port = incoming.socket_address[0]["port"]
+        qemu.qmp.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+        _until(lambda: incoming.multifd is not None and incoming.multifd.pages > 0,
+               "precopy pages on the channels")
+        qemu.qmp.execute("migrate-start-postcopy")
+        qemu.qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 30})
+        _until(lambda: str(incoming.state.status) in ("completed", "failed"), "the end")
+        assert str(incoming.state.status) == "completed", incoming.error_desc
+        assert wait_migration(qemu.qmp, timeout=WAIT)["status"] == "completed"
+        got = incoming.query()["x-multifd"]
+        assert len({r["syncs"] for r in got}) == 1 and got[0]["syncs"] >= 3
+        assert incoming.postcopy is not None and incoming.postcopy.listening
+        assert np.array_equal(dst.ram["ram"], expected)
+    finally:
+        incoming.close()
+        qemu.close()
+        dst.close()
+
+
+@USERFAULTFD_MARK
+def test_harness_source_with_postcopy_to_a_qemu_destination_that_aborts_at_the_end(tmp_path):
+    """The other way: the harness source with multifd and postcopy-ram serves a QEMU 7.2
+    destination's page faults on main (HMP xp on missing pages, the bytes checked) and
+    completes -- and the QEMU 7.2 destination then aborts, as it does with a QEMU 7.2
+    source (seen here): its postcopy listen thread destroys the incoming state without
+    multifd_load_cleanup, so the channels' yank functions are still registered
+    (migration/savevm.c: postcopy_ram_listen_thread; util/yank.c:107)."""
+    from tests.e2e.test_qemu_postcopy import _xp, source_to_qemu_in_postcopy
+
+    caps = [{"capability": c, "state": True} for c in ("postcopy-ram", "events", "multifd")]
+    with source_to_qemu_in_postcopy(tmp_path, seed=101, capabilities=caps) as pair:
+        for addr in (0xF00000, 0xA00123):  # not pushed yet at 64 KiB/s
+            assert _xp(pair.qemu, addr) == pair.ram[addr:addr + 8].tobytes(), hex(addr)
+        assert pair.outgoing.postcopy is not None and pair.outgoing.postcopy.requests >= 2
+        pair.config.set_parameters({"max-postcopy-bandwidth": 1 << 30}, running=True)
+        _until(lambda: str(pair.outgoing.state.status) in ("completed", "failed"), "the end")
+        assert str(pair.outgoing.state.status) == "completed", pair.outgoing.error_desc
+        sent = pair.outgoing.query()["x-multifd"]
+        assert len({s["syncs"] for s in sent}) == 1 and sent[0]["syncs"] >= 3
+        assert pair.qemu.wait_exit(WAIT) != 0
+        assert "yank_unregister_instance: Assertion" in pair.qemu.stderr_text()

@@ -304,3 +304,41 @@ def test_exec_uri_is_refused_in_qemus_words_on_both_sides(guests, tmp_path):
     incoming = _incoming(dst, _config(2))
     with pytest.raises(IncomingError, match="^multifd is not supported by current protocol$"):
         incoming.migrate_incoming(f"exec:cat {tmp_path}/out.bin")
+
+
+def test_multifd_with_postcopy_pages_after_the_switch_go_on_main(guests, sockdir):
+    """7.2 allows multifd with postcopy-ram (not with preempt): precopy pages go on the
+    channels, every page after the switch on main (M9: a host page is placed whole), and
+    every RAM EOS still has its SYNC on each channel, in postcopy too (M10).  What the
+    destination guest found on each page equals the stopped source's."""
+    workload = WorkloadSpec(2 * MiB, "uniform", 0, 5)
+    src = guests(_spec(workload), source=True)
+    dst = guests(_spec(workload), source=False)
+    src.start()
+    caps = [{"capability": c, "state": True} for c in ("postcopy-ram", "return-path")]
+    config, dconfig = _config(2), _config(2)
+    for c in (config, dconfig):
+        c.set_capabilities([*caps, {"capability": "multifd", "state": True}], running=False)
+    config.set_parameters({"max-bandwidth": 16 * MiB, "max-postcopy-bandwidth": 4 * MiB})
+    outgoing = _outgoing(src, config)
+    incoming = _incoming(dst, dconfig)
+    incoming.snapshot = True
+    uri = f"unix:{sockdir}/p.sock"
+    incoming.migrate_incoming(uri)
+    outgoing.migrate(uri)
+    deadline = time.monotonic() + 20
+    while not (outgoing.stream and outgoing.stream.multifd_bytes > MiB):
+        assert time.monotonic() < deadline, "no precopy page on the channels"
+        time.sleep(0.005)
+    outgoing.start_postcopy()
+    assert _wait(outgoing, {"completed", "failed"}) == "completed", outgoing.error_desc
+    assert _wait(incoming, {"completed", "failed"}) == "completed", incoming.error_desc
+    info = outgoing.query()
+    assert info["ram"]["postcopy-bytes"] > 0  # pages went on main after the switch
+    sent, got = info["x-multifd"], incoming.query()["x-multifd"]
+    assert [s["syncs"] for s in sent] == [r["syncs"] for r in got] == \
+        [incoming.multifd.syncs] * 2
+    assert sum(s["pages"] for s in sent) == sum(r["pages"] for r in got) > 0
+    expected = src.digests()
+    for name, digests in incoming.loaded_digests.items():
+        assert np.array_equal(digests, expected[name]), name

@@ -240,8 +240,6 @@ def test_migrate_continue_and_a_pre_switchover_trigger_need_the_capability():
      "its destination reads the preempt channel as a multifd channel and deadlocks")),
     (("multifd", "xbzrle"), {}, ("xbzrle with multifd is refused by the harness peer: QEMU 7.2 "
      "sends every non-zero page on a multifd channel, never as XBZRLE")),
-    (("multifd", "postcopy-ram"), {},
-     "multifd with postcopy-ram is not implemented by the harness peer"),
     ((), {"multifd-channels": 0}, "Parameter 'multifd_channels' expects a value between 1 and 255"),
     ((), {"multifd-channels": 256}, "Parameter 'multifd-channels' expects uint8_t"),
     ((), {"multifd-compression": "lz4"},
