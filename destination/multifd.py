@@ -228,6 +228,7 @@ class MultifdReceive:
         self.stopping = False
         self.syncs = 0  # RAM EOS syncs done
         self._ids: dict[int, _Receiver] = {}
+        self._extra: str | None = None  # a connection beyond 1 + N came
         self._listener = listener
         self._receivers = [_Receiver(i, ch, self) for i, ch in enumerate(channels)]
         for receiver in self._receivers:
@@ -303,8 +304,6 @@ class MultifdReceive:
             self.cond.notify_all()
         log.warning("%s", failure)
         self.on_error(failure)
-
-    _extra: str | None = None
 
     # ------------------------------------------------------------------ main thread
     def sync(self) -> None:
