@@ -241,7 +241,7 @@ _PREFIX = "failed to receive packet via multifd channel"
      (f"{_PREFIX} 1: multifd: received channel id 2 but only 2 channels are set up "
      "(multifd-channels)")),
     (MultifdInit(1).pack(), MultifdInit(1).pack(), "multifd: received id '1' already setup'"),
-])
+], ids=["dies-inside-a-packet", "another-uuid", "id-beyond-the-count", "duplicate-id"])
 def test_a_bad_channel_fails_the_load_naming_it(guests, sockdir, first, second, says):
     dst = guests(_spec(), source=False)
     incoming = _incoming(dst, _config(2))
