@@ -289,10 +289,12 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
                   seed: int, fill: float, dirty_rate: str, pattern: str, hotset: str | None,
                   devices: str, fd: list[str], paused: bool, incoming: str | None,
                   qmp: str | None = None,
+                  drive: list[str] | None = None,
                   uuid: str | None = None,
                   layout: Path | None = None,
                   objects: list[str] | None = None):  # type: ignore[no-untyped-def]
     from .control.qmp_socket import parse_qmp_option
+    from .guest.disks import parse_drives
     from .migration.peer import PeerOptions, parse_guest_json, parse_uuid
     from .scenario.units import parse_rate, parse_size
     from .transport import parse_fd_args
@@ -325,7 +327,7 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
         print(f"harness {role}: layout {layout}: machine {machine_layout.machine}, "
               f"{len(machine_layout.blocks)} RAM blocks, "
               f"{len(machine_layout.device_names())} device sections", file=sys.stderr)
-    return PeerOptions(role=role, control=control, guest=guest,
+    return PeerOptions(role=role, control=control, guest=guest, drives=parse_drives(drive),
                        fds=parse_fd_args(fd), autostart=not paused, incoming=incoming,
                        qmp=parse_qmp_option(qmp) if qmp is not None else None,
                        uuid=parse_uuid(uuid) if uuid is not None else None,
@@ -336,6 +338,10 @@ _CONTROL = typer.Option("--control", metavar="ADDR",
                         help="Control address to serve QMP-shaped commands on (ipc:// or "
                              "tcp://); --qmp alone is enough to drive a peer by hand.")
 _GUEST = typer.Option("--guest-json", metavar="JSON", help="The whole guest as JSON.")
+_DRIVE = typer.Option("--drive", metavar="id=NAME,file=PATH", help=(
+    "A raw disk image for block migration, as QEMU's -drive file=PATH,format=raw,id=NAME "
+    "(its size a multiple of 1 MiB); repeatable.  The source reads it, the destination "
+    "writes what it receives into it."))
 _QMP = typer.Option("--qmp", metavar="unix:PATH",
                     help="Also serve real QMP on this unix socket, as QEMU's "
                          "-qmp unix:PATH,server=on,wait=off (qemu.qmp, qmp-shell).")
@@ -404,13 +410,14 @@ def source(
                       ] = False,
     qmp: Annotated[str | None, _QMP] = None,
     uuid: Annotated[str | None, _UUID] = None,
+    drive: Annotated[list[str], _DRIVE] = [],  # noqa: B006
     keys: Annotated[Path | None, _KEYS] = None,
     insecure: Annotated[bool, _INSECURE] = False,
     allow_exec: Annotated[bool, _ALLOW_EXEC] = False,
     obj: Annotated[list[str], _OBJECT] = [],  # noqa: B006
 ) -> None:
     """Run a migration source peer (what `harness run` starts)."""
-    _peer_main("source", {"control": control, "guest_json": guest_json, "memory": memory,
+    _peer_main("source", {"drive": drive, "control": control, "guest_json": guest_json, "memory": memory,
                               "machine": machine, "seed": seed, "fill": fill, "dirty_rate": dirty_rate,
                               "pattern": pattern, "hotset": hotset, "devices": devices, "fd": fd,
                               "paused": paused, "incoming": None, "qmp": qmp, "uuid": uuid,
@@ -431,6 +438,7 @@ def destination(
                       ] = False,
     qmp: Annotated[str | None, _QMP] = None,
     uuid: Annotated[str | None, _UUID] = None,
+    drive: Annotated[list[str], _DRIVE] = [],  # noqa: B006
     keys: Annotated[Path | None, _KEYS] = None,
     insecure: Annotated[bool, _INSECURE] = False,
     allow_exec: Annotated[bool, _ALLOW_EXEC] = False,
@@ -441,7 +449,7 @@ def destination(
     obj: Annotated[list[str], _OBJECT] = [],  # noqa: B006
 ) -> None:
     """Run a migration destination peer (what `harness run` starts)."""
-    _peer_main("destination", {"control": control, "guest_json": guest_json, "memory": memory,
+    _peer_main("destination", {"drive": drive, "control": control, "guest_json": guest_json, "memory": memory,
                                    "machine": machine, "seed": seed, "fill": 0.0, "dirty_rate": "0",
                                    "pattern": "uniform", "hotset": None, "devices": devices, "fd": fd,
                                    "paused": paused, "incoming": incoming, "qmp": qmp,

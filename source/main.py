@@ -5,7 +5,7 @@ Strategy: the common peer frame (`harness.migration.peer`) plus QEMU's outgoing 
 `resume: true` it wakes a postcopy-paused migration to recover on the new URI),
 `migrate-pause` (postcopy-active only, as in 7.2), `migrate_cancel` (always succeeds, as
 in QEMU), `migrate-continue` (out of pre-switchover) and `query-migrate`.  `migrate`'s
-`blk`/`inc` (block migration) are refused: the harness peer has no block devices.  The
+`blk`/`inc` turn block migration on for that migration only (source/block_save.py).  The
 guest starts running at once unless the peer was started paused (QEMU's `-S`: runstate
 prelaunch).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 from harness.control import CommandError
-from harness.migration.config import not_implemented
 from harness.migration.peer import Peer, PeerOptions, record_dir
 from harness.migration.status import continue_state
 from harness.transport import connect, parse_uri
@@ -42,14 +41,14 @@ def run(options: PeerOptions) -> int:
         if not isinstance(uri, str):
             raise CommandError("GenericError", "Parameter 'uri' is missing")
         for name in ("blk", "inc"):
-            if args.get(name):
+            if not isinstance(args.get(name, False), bool):
                 raise CommandError("GenericError",
-                                   not_implemented(f"migrate's '{name}' (block migration)"))
+                                   f"Invalid parameter type for '{name}', expected: boolean")
         try:
             if args.get("resume"):
                 migration.resume(uri)
             else:
-                migration.migrate(uri)
+                migration.migrate(uri, blk=bool(args.get("blk")), inc=bool(args.get("inc")))
         except MigrationError as err:
             raise CommandError("GenericError", str(err)) from None
         return {}

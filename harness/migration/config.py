@@ -42,7 +42,7 @@ CAPABILITIES = (
 SUPPORTED_CAPABILITIES = frozenset({
     "xbzrle", "auto-converge", "compress", "events", "postcopy-ram", "return-path",
     "x-ignore-shared", "validate-uuid", "postcopy-blocktime", "pause-before-switchover",
-    "postcopy-preempt", "multifd",
+    "postcopy-preempt", "multifd", "block", "zero-blocks",
 })
 
 #: MigrationParameters of QEMU 7.2 with their defaults
@@ -58,11 +58,13 @@ PARAMETER_DEFAULTS: dict[str, Any] = {
 }
 
 #: parameters the harness peer does not implement: accepted at their default only (it has
-#: no NIC to announce, no COLO, no block migration; its compression threads
-#: never leave a page to be sent raw, so `compress-wait-thread: false` would change nothing)
+#: no NIC to announce, no COLO; its compression threads never leave a page to be sent raw,
+#: so `compress-wait-thread: false` would change nothing).  `block-incremental` is honoured:
+#: the harness's drives have no backing file, so it sends every chunk, as 7.2 does for a
+#: raw image without one (B4)
 UNIMPLEMENTED_PARAMETERS = frozenset({
     "announce-initial", "announce-max", "announce-rounds", "announce-step",
-    "x-checkpoint-delay", "block-incremental", "compress-wait-thread",
+    "x-checkpoint-delay", "compress-wait-thread",
 })
 
 #: name -> (low, high, QEMU's "expects ..." text): the one table of QEMU 7.2's ranges
