@@ -292,7 +292,8 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
                   drive: list[str] | None = None,
                   uuid: str | None = None,
                   layout: Path | None = None,
-                  objects: list[str] | None = None):  # type: ignore[no-untyped-def]
+                  objects: list[str] | None = None,
+                  replay_devices: Path | None = None):  # type: ignore[no-untyped-def]
     from .control.qmp_socket import parse_qmp_option
     from .guest.disks import parse_drives
     from .migration.peer import PeerOptions, parse_guest_json, parse_uuid
@@ -327,11 +328,17 @@ def _peer_options(role: str, control: str | None, guest_json: str | None, memory
         print(f"harness {role}: layout {layout}: machine {machine_layout.machine}, "
               f"{len(machine_layout.blocks)} RAM blocks, "
               f"{len(machine_layout.device_names())} device sections", file=sys.stderr)
+    replay = None
+    if replay_devices is not None:  # a paused QEMU's blocks and devices (harness.qemu.replay)
+        from .qemu.replay import load_replay, replay_guest_spec
+
+        replay = load_replay(replay_devices)
+        guest = replay_guest_spec(guest, replay)
     return PeerOptions(role=role, control=control, guest=guest, drives=parse_drives(drive),
                        fds=parse_fd_args(fd), autostart=not paused, incoming=incoming,
                        qmp=parse_qmp_option(qmp) if qmp is not None else None,
                        uuid=parse_uuid(uuid) if uuid is not None else None,
-                       objects=list(objects or ()))
+                       objects=list(objects or ()), replay=replay)
 
 
 _CONTROL = typer.Option("--control", metavar="ADDR",
@@ -415,6 +422,11 @@ def source(
     insecure: Annotated[bool, _INSECURE] = False,
     allow_exec: Annotated[bool, _ALLOW_EXEC] = False,
     obj: Annotated[list[str], _OBJECT] = [],  # noqa: B006
+    replay_devices: Annotated[Path | None, typer.Option(
+        "--replay-devices", metavar="FILE", help="Migrate as the real machine of this "
+        "capture (a paused QEMU's precopy stream, harness.qemu.replay): its machine name, "
+        "RAM blocks and ROM contents, and its device sections sent verbatim; the guest's "
+        "pages go in pc.ram.  Precopy only.")] = None,
 ) -> None:
     """Run a migration source peer (what `harness run` starts)."""
     _peer_main("source", {"drive": drive, "control": control, "guest_json": guest_json, "memory": memory,
@@ -422,7 +434,7 @@ def source(
                               "pattern": pattern, "hotset": hotset, "devices": devices, "fd": fd,
                               "paused": paused, "incoming": None, "qmp": qmp, "uuid": uuid,
                               "keys": keys, "insecure": insecure, "allow_exec": allow_exec,
-                              "objects": obj})
+                              "objects": obj, "replay_devices": replay_devices})
 
 
 @app.command()
@@ -525,6 +537,13 @@ def monitor(
     with_proxy: Annotated[bool, typer.Option("--proxy", help=(
         "With --start: put the fault proxy between the peers (net.* faults, wire "
         "triggers)."))] = False,
+    proxy_preempt: Annotated[bool, typer.Option("--proxy-preempt", help=(
+        "With --start --proxy: the proxy takes the connection after each main one as its "
+        "postcopy-preempt channel (for migrations with that capability)."))] = False,
+    proxy_multifd: Annotated[int, typer.Option("--proxy-multifd", metavar="N", min=0, max=255,
+                                               help=(
+        "With --start --proxy: the proxy takes the N connections after each main one as "
+        "multifd channels (for migrations with multifd, multifd-channels N)."))] = 0,
     memory: Annotated[str, typer.Option(help="With --start: guest RAM.")] = "256MiB",
     dirty_rate: Annotated[str, typer.Option(help="With --start: the source guest's dirty "
                                                  "rate (0: idle).")] = "0",
@@ -545,8 +564,11 @@ def monitor(
                        "--source ADDR --destination ADDR")
     try:
         if start:
+            if (proxy_preempt or proxy_multifd) and not with_proxy:
+                raise _fail(2, "harness monitor: --proxy-preempt and --proxy-multifd go with "
+                               "--proxy")
             opts = console.StartOptions(parse_size(memory), parse_rate(dirty_rate), fill, seed,
-                                        with_proxy, workdir)
+                                        with_proxy, workdir, proxy_preempt, proxy_multifd)
             code = console.start(opts)
         elif attach is not None:
             code = console.attach_file(attach)

@@ -125,7 +125,34 @@ def migrate_uri(link: Link, session: Session, uri: str | None) -> str:
             link.execute("proxy", "x-proxy-target", {"uri": listening_uri(link)})
     if uri is not None:
         return listening_uri(link) if uri.endswith(":0") else uri
-    return proxy_listen(link) if link.has("proxy") else listening_uri(link)
+    if not link.has("proxy"):
+        return listening_uri(link)
+    check_proxy_channels(link)
+    return proxy_listen(link)
+
+
+def check_proxy_channels(link: Link) -> None:
+    """A proxy forwards the channels it was started for: a migration with more (multifd,
+    postcopy-preempt) through one started without them would be framed wrong -- refused
+    in one line, naming the option that fits."""
+    caps = {c["capability"]: c["state"]
+            for c in link.execute("source", "query-migrate-capabilities") or []}
+    params: dict[str, Any] = link.execute("source", "query-migrate-parameters") or {}
+    info: dict[str, Any] = link.execute("proxy", "query-proxy") or {}
+    channels = int(params.get("multifd-channels", 2)) if caps.get("multifd") else 0
+    has = int((info.get("multifd") or {}).get("channels", 0))
+    if channels != has:
+        raise MonitorError(
+            f"migrate: the source opens {channels} multifd channels, the proxy forwards "
+            f"{has}: start the console with --proxy --proxy-multifd {channels}"
+            if channels else "migrate: the proxy expects multifd channels the source will "
+            "not open (multifd is off): start the console without --proxy-multifd")
+    if bool(caps.get("postcopy-preempt")) != bool(info.get("preempt")):
+        raise MonitorError(
+            "migrate: the source opens a postcopy-preempt channel the proxy does not "
+            "forward: start the console with --proxy --proxy-preempt"
+            if caps.get("postcopy-preempt") else "migrate: the proxy expects a "
+            "postcopy-preempt channel (--proxy-preempt) and postcopy-preempt is off")
 
 
 def recover(link: Link, session: Session, uri: str | None) -> str:

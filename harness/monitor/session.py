@@ -57,6 +57,8 @@ class StartOptions:
     seed: int = 0
     proxy: bool = False
     workdir: Path | None = None  # kept when given; a temporary one is removed
+    proxy_preempt: bool = False  # the proxy's --preempt
+    proxy_multifd: int = 0  # the proxy's --multifd N
 
 
 class Link:
@@ -238,7 +240,8 @@ def start_session(opts: StartOptions) -> Session:
             HarnessPeer("source", workdir, guest)]
         if opts.proxy:
             peers.append(ProxyHandle("proxy", workdir, "tcp:127.0.0.1:0", PLACEHOLDER_TARGET,
-                                     opts.seed))
+                                     opts.seed, preempt=opts.proxy_preempt,
+                                     multifd=opts.proxy_multifd))
         session.owned += peers
         _start_all(peers)
         for handle in peers:

@@ -236,6 +236,24 @@ def test_pause_before_switchover_gives_the_prompt_back_and_migrate_continue_comp
         con.quit_and_check_reaped()
 
 
+def test_the_console_proxy_forwards_the_multifd_channels_it_was_started_for(tmp_path):
+    """A multifd migration through a proxy started without --proxy-multifd is refused in
+    one line naming the option; with it, the channels go through the proxy."""
+    with monitor(tmp_path, "--start", "--proxy", "--memory", "16MiB") as con:
+        assert "Error" not in con.run("migrate_set_capability multifd on")
+        assert ("Error: migrate: the source opens 2 multifd channels, the proxy forwards 0: "
+                "start the console with --proxy --proxy-multifd 2") in con.run("migrate -d")
+        assert "Migration status" not in con.run("info migrate")  # nothing was started
+        con.quit_and_check_reaped()
+    with monitor(tmp_path, "--start", "--proxy", "--proxy-multifd", "2",
+                 "--memory", "16MiB") as con:
+        assert "Error" not in con.run("migrate_set_capability multifd on")
+        assert re.search(r"migrating to tcp:127\.0\.0\.1:\d+ \(the proxy\)", con.run("migrate -d"))
+        con.wait_for(r"MIGRATION status=completed")
+        assert "Migration status: completed" in con.run("info migrate")
+        con.quit_and_check_reaped()
+
+
 def _peer(role: str, workdir: Path) -> HarnessPeer:
     guest = {"machine": "none", "seed": 3, "fill": 0.5,
              "blocks": [{"name": "ram", "size": 32 << 20}], "devices": ["timer", "globalstate"],
