@@ -158,6 +158,8 @@ class OutgoingMigration:
         if blockers:
             raise MigrationError(f"State blocked by non-migratable device '{blockers[0]}'")
         self._check_uri(uri)
+        if self.config.cap("postcopy-ram") and getattr(self.guest, "device_replay", None):
+            raise MigrationError(not_implemented("postcopy with --replay-devices"))
         try:
             self._block_options = apply_migrate_options(self.config, blk, inc)
         except ValueError as err:
@@ -620,10 +622,11 @@ class OutgoingMigration:
         if self.block is not None:
             self.block.complete(enc, stream.write)
         stream.send_remaining(ram)
-        out = bytearray()
+        replay = getattr(self.guest, "device_replay", None)  # a QEMU's: harness/qemu/replay.py
+        out = bytearray(replay.device_sections if replay else b"")
         for section_id, idstr, instance_id, vmsd, values in self.guest.save_devices():
             out += enc.device(section_id, idstr, instance_id, vmsd, values)
-        out += enc.eof() + enc.vmdesc()
+        out += enc.eof() + (replay.trailer if replay else enc.vmdesc())
         stream.write(out)
         ram.stats.downtime_bytes += stream.total - start
         if self._rp is not None:

@@ -71,6 +71,7 @@ class PeerOptions:
     keys: ServerKeys | None = None  # CURVE for the control server (`--keys DIR`)
     drives: dict[str, Drive] = field(default_factory=dict)  # `--drive id=NAME,file=PATH`
     objects: list[str] = field(default_factory=list)  # `--object` (QEMU's -object): TLS
+    replay: Any = None  # source: a paused QEMU's devices (`--replay-devices`, qemu/replay.py)
 
 
 class Peer:
@@ -98,6 +99,10 @@ class Peer:
         # reads untouched guest RAM as the shared zero page
         self.guest = Guest.create(options.guest, initial_content=options.role == "source",
                                   prefault=options.role != "source")
+        if options.replay is not None:
+            from harness.qemu.replay import install
+
+            install(self.guest, options.replay)
         self.server = ControlServer(options.control, keys=options.keys)
         self.qmp: QmpSocketServer | None = None
         if options.qmp:
