@@ -237,12 +237,12 @@ class Coordinator:
         # a crash (SIGABRT) should not write a core of the guest's RAM: peers inherit this
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         self._connect_agents()
+        self.disk_paths = run_disks.prepare(self.workdir, self.sc.guest.disks, self.seed)
         if real_guest.needs_layout(self.sc, self.wants_proxy):
             try:
                 self.layout = real_guest.machine_layout(self)
             except real_guest.BootError as err:
                 raise RunError(str(err)) from None
-        self.disk_paths = run_disks.prepare(self.workdir, self.sc.guest.disks, self.seed)
         self.dst = self._make_peer("destination", fds["destination"])
         self.src = self._make_peer("source", fds["source"])
         self._start_remote_peers()
@@ -323,7 +323,8 @@ class Coordinator:
         if spec.kind == "qemu":
             qemu = real_guest.make_qemu_peer(self, role)
             if self.disk_paths.get(role):  # a QEMU source's drives (scenario/disks.py)
-                qemu.args = [*qemu.args, *run_disks.qemu_args(self.disk_paths[role])]  # type: ignore[union-attr]
+                qemu.args = [*qemu.args, *run_disks.qemu_args(  # type: ignore[union-attr]
+                    self.disk_paths[role], self.sc.guest.machine)]
             return qemu
         if spec.host is not None:
             return AgentPeer(role, self.agents[spec.host], self._guest_json(),
@@ -334,6 +335,8 @@ class Coordinator:
                                         self.sc.guest.disks if role == "source" else ())
         if role == "destination" and self.layout is not None:
             extra += ["--layout", str(self.layout)]  # a real machine's blocks and devices
+        if role == "source" and real_guest.replays_devices(self.sc):  # qemu/replay.py
+            extra += ["--replay-devices", str(self.layout)]  # the destination's machine
         peer = HarnessPeer(role, self.workdir, self._guest_json(), extra, fds)
         peer.die_with_starter = True  # even a SIGKILLed runner leaves no peer (lifeline)
         return peer

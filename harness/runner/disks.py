@@ -5,7 +5,8 @@ Strategy: for `guest.disks` the runner writes two raw images per disk in the wor
 `disk-NAME.destination.img` (zeros, the same size), and hands each peer its own: a harness
 peer as `--drive id=NAME,file=PATH`, a QEMU source as `-drive file=PATH,format=raw,
 if=none,id=NAME` (machine none has no bus for a block device; the source only reads its
-drive, so a bare drive serves, B5/B7).  With `expect.disks: identical` the runner compares
+drive, so a bare drive serves, B5/B7), a QEMU on a real machine with the drive on
+virtio-blk-pci.  With `expect.disks: identical` the runner compares
 the two files of every disk at the end (the destination's as its load left it: nothing
 writes the disks after the load), and invariant disks-identical reads that comparison.
 """
@@ -40,9 +41,13 @@ def harness_args(drives: dict[str, Path], disks: Any = ()) -> list[str]:
                         + (f",write-rate={rates[name]}" if name in rates else ""))]
 
 
-def qemu_args(drives: dict[str, Path]) -> list[str]:
+def qemu_args(drives: dict[str, Path], machine: str = "none") -> list[str]:
+    """A QEMU peer's drives; on a real machine each on virtio-blk-pci (a destination's
+    drive must be attached to a device that takes write permission, B5/B7)."""
+    device = machine != "none"
     return [arg for name, path in drives.items()
-            for arg in ("-drive", f"file={path},format=raw,if=none,id={name}")]
+            for arg in ("-drive", f"file={path},format=raw,if=none,id={name}",
+                        *(("-device", f"virtio-blk-pci,drive={name}") if device else ()))]
 
 
 def compare(paths: dict[str, dict[str, Path]]) -> dict[str, str | None]:

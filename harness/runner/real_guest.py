@@ -5,7 +5,11 @@ x86 guest (harness/realguest) in both QEMUs -- the destination with `-S` in prec
 that its memory can be read exactly as the load left it -- on the accelerator the host
 allows (`_accel`), and starts the migration only once the source's guest runs its loop
 (`wait_booted`).  The proxy between real machines, and a harness destination of a real
-source, get the machine's layout (`machine_layout`: harness/qemu/layout.py).  When the run
+source, get the machine's layout (`machine_layout`: harness/qemu/layout.py).  A harness
+source to a QEMU destination replays the device state of a paused QEMU of the
+destination's command line instead (`device_replay`, harness/qemu/replay.py: its capture
+is also the proxy's layout); that destination runs no program, stays paused as the
+captured globalstate says (prelaunch) and is never continued.  When the run
 has settled and the peers' outcomes are collected, `collect` reads what the oracle needs,
 in an order that keeps each reading meaningful:
 
@@ -88,16 +92,24 @@ def make_qemu_peer(c: RunContext, role: str) -> QemuPeer | RemoteQemuPeer:
                         loader=_loader_file(c) if role == "source" else None,
                         binary=binary, die_with_starter=True)
     accel, why = _accel(sc.guest.accel)  # held: precopy, read it as loaded
+    program = None if replays_devices(sc) else program_of(sc)  # it loads a paused machine
     return QemuPeer(role, c.workdir, sc.guest.total_memory, args=list(spec.args),
                     binary=binary, die_with_starter=True, machine=sc.guest.machine,
-                    accel=accel, accel_reason=why, program=program_of(sc), paused=held)
+                    accel=accel, accel_reason=why, program=program, paused=held)
+
+
+def replays_devices(sc: Scenario) -> bool:
+    """A harness source to a QEMU destination on a real machine (harness/qemu/replay.py)."""
+    return sc.guest.real_machine and sc.source.kind == "harness" and \
+        sc.destination.kind == "qemu"
 
 
 def needs_layout(sc: Scenario, proxy: bool) -> bool:
     """A real machine's stream is framed exactly only with its layout: the proxy between
-    real machines needs it, and so does a harness destination of a real QEMU source."""
+    real machines needs it, and so does a harness destination of a real QEMU source.  A
+    replaying harness source needs its capture (which frames the proxy's stream too)."""
     return sc.guest.real_machine and sc.source.kind == "qemu" and (
-        proxy or sc.destination.kind == "harness")
+        proxy or sc.destination.kind == "harness") or replays_devices(sc)
 
 
 def machine_layout(c: RunContext) -> Path:
@@ -107,6 +119,8 @@ def machine_layout(c: RunContext) -> Path:
 
     from .peers import shared_image
 
+    if replays_devices(c.sc):
+        return device_replay(c)
     if c.sc.source.host is not None:
         return _remote_layout(c)
     source = make_qemu_peer(c, "source")
@@ -122,6 +136,28 @@ def machine_layout(c: RunContext) -> Path:
                                         "blocks": [name for name, _ in layout.blocks],
                                         **layout.probe})
     return cache_path(layout.key)
+
+
+def device_replay(c: RunContext) -> Path:
+    """The paused stream of the destination's command line (its drives included) that a
+    harness source replays (harness/qemu/replay.py), checked by loading it here."""
+    from harness.qemu.replay import ReplayError, capture_paused, load_replay
+
+    from .disks import qemu_args
+
+    dst = make_qemu_peer(c, "destination")
+    assert isinstance(dst, QemuPeer)
+    args = dst.command_args() + qemu_args(c.disk_paths.get("destination", {}), dst.machine)
+    started = time.monotonic()
+    try:
+        path = capture_paused(dst.binary, args, c.workdir / "replay-devices.bin", c.workdir)
+        replay = load_replay(path)
+    except (ReplayError, QemuError) as err:
+        raise BootError(f"cannot capture the device state of machine {c.sc.guest.machine}: "
+                        f"{err}") from None
+    c.note("runner", "device-replay", {**replay.summary(),
+                                       "seconds": round(time.monotonic() - started, 3)})
+    return path
 
 
 def _remote_layout(c: RunContext) -> Path:
@@ -195,11 +231,32 @@ def collect(c: RunContext, evidence: Evidence) -> None:
     """Read memory and heartbeats of the real guests into `evidence` (see the strategy)."""
     src, dst = c.peer("source"), c.peer("destination")
     want = c.sc.expect.memory
+    if replays_devices(c.sc):  # the harness's simulated guest; the destination held
+        _replayed_memory(c, evidence, want, src, dst)
+        return
     evidence.program = program_of(c.sc)
     if want is not None:
         _read_memory(c, evidence, want, src, dst)
     _continue_held(c, dst)
     _heartbeats(c, evidence)  # where the guest runs at the end: for every run
+
+
+def _replayed_memory(c: RunContext, evidence: Evidence, want: str | None, src: PeerHandle,
+                     dst: PeerHandle) -> None:
+    """A replaying harness source's digests (its pc.ram checked against its oracle; the
+    other blocks are the capture's), and every block the QEMU destination loaded."""
+    from harness.qemu.replay import GUEST_RAM
+
+    if want is None:
+        return
+    if _readable(c, src):
+        evidence.source_digests = src.digests()
+        intact = src.check_intact() or {}
+        evidence.source_mismatched = {k: v for k, v in intact.items() if k == GUEST_RAM}
+    if want == "identical" and c.status["destination"] == "completed" and _readable(c, dst):
+        evidence.destination_memory = _snapshot(c, dst)
+        if evidence.destination_memory is not None:
+            evidence.destination_digests = _digests(evidence.destination_memory)
 
 
 def _readable(c: RunContext, peer: PeerHandle) -> bool:

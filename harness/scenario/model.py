@@ -609,15 +609,28 @@ class Scenario(ScenarioModel):
         issues += [Issue(("guest", key), f"{key}: describes the simulated guest; the real "
                          f"guest of {machine[8:]} {why}", at_key=True)
                    for key, why in simulated.items() if getattr(guest, key) != defaults[key]]
-        if qemu_peers == ["destination"]:
-            issues.append(Issue(("source", "kind"), f"{machine}: a harness source cannot send "
-                                "its device state; use source: {kind: qemu} or machine: none"))
+        if qemu_peers == ["destination"]:  # the source replays a paused QEMU's devices
+            issues += self._replay_issues(machine)
         if self.postcopy and self.expect.memory == "identical" and \
                 "destination" in qemu_peers:
             issues.append(Issue(("expect", "memory"), "in postcopy the real guest runs on the "
                                 "destination before its memory can be read: use memory: "
                                 "consistent (every page self-consistent, none older than the "
                                 "source's at the switchover)"))
+        return issues
+
+    def _replay_issues(self, machine: str) -> list[Issue]:
+        """A harness source to a QEMU destination on a real machine sends the device
+        sections of a paused QEMU of the destination's command line (harness/qemu/replay.py):
+        in precopy, with both peers beside the runner."""
+        why = (f"{machine}: a harness source replays the device state of a paused QEMU "
+               "(precopy, peers beside the runner)")
+        issues = [Issue((role, "host"), f"{why}; not with {role}.host", at_key=True)
+                  for role in ("source", "destination") if getattr(self, role).host]
+        if self.postcopy:
+            issues.append(Issue(("capabilities", "postcopy-ram"), f"{why}; postcopy with "
+                                "--replay-devices is not implemented by the harness peer",
+                                at_key=True))
         return issues
 
     def _qemu_guest_issues(self, supports: str) -> list[Issue]:

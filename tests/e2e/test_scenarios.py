@@ -38,10 +38,12 @@ def run(*files: Path, tmp: Path, extra: tuple[str, ...] = ()) -> tuple[int, dict
 
 
 ACROSS_HOSTS = {"multihost-postcopy"}  # run in network namespaces: tests/e2e/test_multihost.py
+ELSEWHERE = {"block-harness-to-qemu"}  # tests/e2e/test_replay_qemu.py (the shared run)
 
 
 def test_every_top_level_scenario_has_its_facts_checked():
-    assert sorted([*FACTS, *ACROSS_HOSTS]) == sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+    assert sorted([*FACTS, *ACROSS_HOSTS, *ELSEWHERE]) == \
+        sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", sorted(

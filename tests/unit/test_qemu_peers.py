@@ -98,8 +98,12 @@ QEMU_PC = "name: r\nguest: {machine: pc, memory: 64MiB%s}\nsource: {kind: qemu}\
      "source: {kind: qemu}\ndestination: {kind: qemu}\n"), "guest.blocks",
      "its RAM blocks are the machine's own"),
     (QEMU_PC.replace("64MiB", "8MiB") % "", "guest.memory", "at least 16MiB"),
-    ("name: r\nguest: {machine: q35, memory: 64MiB}\ndestination: {kind: qemu}\n",
-     "source", "a harness source cannot send its device state"),
+    (("name: r\nguest: {machine: q35, memory: 64MiB}\ndestination: {kind: qemu}\n"
+      "capabilities: {postcopy-ram: true}\n"), "capabilities.postcopy-ram",
+     ("replays the device state of a paused QEMU (precopy, peers beside the runner); "
+      "postcopy with --replay-devices is not implemented by the harness peer")),
+    (QEMU_PC % ", disks: [{name: d0, size: 16MiB}]", "guest.disks",
+     "implemented for a harness source to a QEMU destination only"),
     (QEMU_PC % "" + "capabilities: {postcopy-ram: true}\nexpect: {memory: identical}\n",
      "expect.memory", "use memory: consistent"),
     ("name: r\nexpect: {memory: consistent}\n", "expect.memory",
@@ -118,3 +122,7 @@ def test_a_real_machine_scenario_is_valid():
                         "capabilities: {postcopy-ram: true}\nexpect: {memory: consistent}\n")
     assert sc.guest.real_machine and sc.guest.accel == "tcg"
     assert not parse_scenario("name: r\n").guest.real_machine
+    replay = parse_scenario("name: r\nguest: {machine: pc, memory: 16MiB, disks: [{name: d0, "
+                            "size: 16MiB}]}\ndestination: {kind: qemu}\n"
+                            "capabilities: {block: true}\n")  # harness/qemu/replay.py
+    assert replay.source.kind == "harness" and replay.guest.disks[0].name == "d0"
