@@ -59,6 +59,8 @@ def columns(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
             report = tmp / column[0] / "report.json"
             assert report.exists(), f"{column} column wrote no report:\n{output}"
             out[column] = {sc["name"]: sc for sc in json.loads(report.read_text())["scenarios"]}
+            for sc in out[column].values():  # (shown with a failure: which cell, and why)
+                print(f"{column} {sc['name']}: {sc['verdict']} {sc['reason'][:300]}")
     finally:
         for proc in procs.values():
             if proc.poll() is None:
