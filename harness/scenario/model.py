@@ -43,7 +43,6 @@ from .base import (
     raise_issues,
 )
 from .disks import Disk, DiskExpectation, disk_issues
-from .tls import Tls, tls_issues
 from .names import (
     ACCELS,
     CAPABILITIES,
@@ -105,6 +104,7 @@ from .steps import (
     Trigger,
     TriggerBase,
 )
+from .tls import Tls, tls_issues
 from .units import format_size
 
 DEFAULT_MEMORY = 64 * 1024 * 1024
