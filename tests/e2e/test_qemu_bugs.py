@@ -112,20 +112,17 @@ def test_multifd_two_to_three_source_completes_destination_waits(columns):
 def test_multifd_three_to_two_is_flagged_whichever_way_it_goes(columns):
     """QEMU 7.2's outcome races (the scenario's description): each is a named failure."""
     sc = columns["qemu"]["qemu72-multifd-channels-3-to-2"]
-    assert sc["verdict"] == "fail", sc["reason"]
-    src, dst = sc["source"]["status"], sc["destination"]
-    if (src, dst["status"]) == ("completed", "completed"):  # the silent loss (M4)
-        memory = _invariant(sc, "memory-identical")
+    assert sc["verdict"] == "fail", (sc["verdict"], sc["reason"])
+    named = ("memory-identical: ram: ",  # pages lost
+             "destination-settles: the destination (qemu) is still active",
+             "peer-responsive: the destination (qemu) stopped answering QMP",
+             "source-status: source ended failed",  # the reset channel
+             "destination-status: destination ended")  # failed, or SIGSEGV (M6)
+    assert any(words in sc["reason"] for words in named), sc["reason"]
+    if (sc["source"]["status"], sc["destination"]["status"]) == ("completed", "completed"):
+        memory = _invariant(sc, "memory-identical")  # the silent loss (M4)
         assert not memory["ok"] and " pages differ " in memory["detail"]
         assert not _invariant(sc, "completed-means-delivered")["ok"]
-    elif sc["reason"].startswith("destination-settles: "):
-        assert "is still active at the 6 s deadline, the source ended failed" in sc["reason"]
-    else:  # the source failed on the reset channel (the destination failed, waited, or
-        # completed with pages missing), or the destination died (SIGSEGV: the off-by-one
-        # bound check, M6): named by the status invariants
-        assert src == "failed" or dst.get("exit-code") == -11, sc["reason"]
-        assert "source-status: source ended failed" in sc["reason"] or \
-            "destination-status: destination ended" in sc["reason"], sc["reason"]
     _no_leftovers(sc)
 
 
