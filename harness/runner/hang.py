@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from harness.control import ControlError
+from harness.errors import ControlFailure
 from harness.migration.status import FINAL, MigrationStatus
 from harness.qemu import QMPError
 
@@ -37,7 +38,7 @@ RESTING = FINAL | {MigrationStatus.POSTCOPY_PAUSED}  # as the coordinator's
 _SYSCALL = re.compile(r"__(?:x64_)?sys_(\w+)")
 
 
-class PeerHung(Exception):
+class PeerHung(ControlFailure):
     """A QEMU peer hangs: the run's finding, not the harness's trouble (the coordinator
     makes it verdict `fail`, naming `invariant`)."""
 
