@@ -180,6 +180,7 @@ def test_harness_mirrors_the_lost_destination_without_return_path(columns):
     assert (sc["source"]["status"], sc["destination"]["status"]) == ("completed", "failed")
     assert not _invariant(sc, "completed-means-delivered")["ok"]
     assert "Unknown savevm section or instance 'timer'" in sc["destination"]["error"]
+    assert [f["kind"] for f in sc["faults"]] == ["net.corrupt"]
 
 
 def test_harness_source_reads_the_tickets_and_delivers(columns):
