@@ -57,7 +57,7 @@ from .agent_pool import Agents, placement_problems
 from .agent_proxy import layout_arguments, preempt_on, proxy_host, remote_proxy
 from .agents import tcp_uri
 from .fetch import fetch_back
-from .hang import PeerHung, channels_waited, name_hang
+from .hang import PeerHung, channels_waited, hung_outcome, name_hang, waits_for_channels
 from .outcome import outcome_of, stacks_of
 from .peers import (
     HarnessPeer,
@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT = 0.1  # s the loop waits on its poller at most (agents' health is judged by time)
 SETTLED_FOR = 0.5  # how long nothing may move before the run counts as settled
-MULTIFD_CHANNEL_WAIT = 12.0  # s: a harness destination's multifd channel deadline (10 s) + 2
 STATS_PERIOD = 0.05  # how often `remaining`/`progress` triggers poll the source
 FD_NAME = "migfd"
 #: statuses a peer does not leave by itself: it waits for an admin (or nothing at all)
@@ -551,23 +550,10 @@ class Coordinator:
                 continue
             if role == "destination" and status in ("none", "setup") and (
                     not incoming_started or self._source_gone()) and \
-                    not self._names_missing_channels(peer, status):
+                    not waits_for_channels(self, peer, status):
                 continue  # listening for a source that will not come (any more)
             return False
         return True
-
-    def _names_missing_channels(self, peer: PeerHandle, status: str) -> bool:
-        """A harness multifd destination in setup may hold its main connection and wait
-        for the rest with a deadline of its own (destination/multifd.py: CHANNEL_TIMEOUT,
-        10 s): it will fail, naming the channels that did not come -- wait that long after
-        the source ended, no longer (it may also be listening for a source that never
-        connected).  QEMU 7.2 waits forever: it settles at once, as before."""
-        if peer.kind != "harness" or status != "setup" or \
-                not self.sc.capabilities_of("destination").get("multifd"):
-            return False
-        now = time.monotonic()
-        self._gone_at = self._gone_at or now
-        return now - self._gone_at < MULTIFD_CHANNEL_WAIT
 
     def _source_gone(self) -> bool:
         assert self.src is not None
@@ -731,10 +717,7 @@ class Coordinator:
             if peer is None:
                 continue
             if role in self.unanswering:  # asked nothing more: killed and reaped at close
-                setattr(self.result, role, PeerOutcome(
-                    kind=peer.kind, status=self.status[role],
-                    statuses=list(self.state.statuses[role]), stacks=self._stacks.get(role),
-                    error="stopped answering QMP (killed and reaped)"))
+                setattr(self.result, role, hung_outcome(self, role, peer))
                 continue
             try:
                 outcome = self._outcome(peer)

@@ -17,6 +17,7 @@ settings wait for (migration.c: migration_has_all_channels).
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import psutil
@@ -27,14 +28,17 @@ from harness.migration.status import FINAL, MigrationStatus
 from harness.qemu import QMPError
 
 from .real_guest import is_qemu
+from .result import PeerOutcome
 
 __all__ = ["PROBE_TIMEOUT", "RESPONSIVE", "SETTLES", "PeerHung", "blocked_in",
-           "channels_waited", "hang_text", "name_hang", "unanswering", "waiting_text"]
+           "channels_waited", "hang_text", "hung_outcome", "name_hang", "unanswering",
+           "waiting_text", "waits_for_channels"]
 
 PROBE_TIMEOUT = 1.0  # s a QMP at the deadline has to answer query-status
 RESPONSIVE = "peer-responsive"  # the invariant a peer whose QMP is silent fails
 SETTLES = "destination-settles"  # ... and a destination that waits after the source ended
 RESTING = FINAL | {MigrationStatus.POSTCOPY_PAUSED}  # as the coordinator's
+MULTIFD_CHANNEL_WAIT = 12.0  # s: a harness destination's multifd channel deadline (10 s) + 2
 _SYSCALL = re.compile(r"__(?:x64_)?sys_(\w+)")
 
 
@@ -69,6 +73,27 @@ def name_hang(c: Any) -> None:
     c.unanswering = {"destination"}
     raise PeerHung(waiting_text(str(c.status["destination"]), c.sc.timeout, where, source),
                    SETTLES)
+
+
+def waits_for_channels(c: Any, peer: Any, status: str) -> bool:
+    """Whether run `c` should wait for its harness multifd destination resting in setup
+    after the source ended: it may hold its main connection and wait for the rest with a
+    deadline of its own (destination/multifd.py: CHANNEL_TIMEOUT, 10 s), then fail naming
+    the channels that did not come -- wait that long, no longer (it may also be listening
+    for a source that never connected).  QEMU 7.2 waits forever: it settles at once."""
+    if peer.kind != "harness" or status != "setup" or \
+            not c.sc.capabilities_of("destination").get("multifd"):
+        return False
+    now = time.monotonic()
+    c._gone_at = c._gone_at or now
+    return now - c._gone_at < MULTIFD_CHANNEL_WAIT
+
+
+def hung_outcome(c: Any, role: str, peer: Any) -> PeerOutcome:
+    """How a hung peer of run `c` ended: what it said last, its stacks; not asked."""
+    return PeerOutcome(kind=peer.kind, status=c.status[role],
+                       statuses=list(c.state.statuses[role]), stacks=c._stacks.get(role),
+                       error="stopped answering QMP (killed and reaped)")
 
 
 def unanswering(peers: list[Any]) -> list[Any]:
