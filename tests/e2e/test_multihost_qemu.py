@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e import test_multihost
 from tests.e2e.test_multihost import HOSTS, World
-from tests.qemu_env import QEMU_MARKS, USERFAULTFD_MARK
+from tests.qemu_env import QEMU_MARKS, USERFAULTFD_MARK, STALE_0x6000
 
 world = test_multihost.world  # its three namespaces and two CURVE agents, for this module
 
@@ -64,6 +64,9 @@ expect: {source: completed, destination: completed, memory: identical,
          guest-runs-on: destination}
 """)
     code, sc, output = world.run(path, "qemu-hosts-precopy")
+    if code != 0 and sc.get("reason") == STALE_0x6000:
+        pytest.xfail(f"QEMU 7.2 TCG lost a TLB-resident page's writes ({STALE_0x6000}): "
+                     "README, fault matrix")
     assert code == 0, output
     [migrate] = [t for t in sc["timeline"] if t["name"] == "migrate"]
     assert migrate["data"]["uri"].startswith("tcp:198.18.0.3:")  # straight to host b's QEMU
