@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.protocol.multifd import HEADER_SIZE, PAGES_PER_PACKET
-from harness.runner.peers import HarnessPeer, PeerHandle, QemuPeer
+from harness.runner.peers import HarnessPeer, PeerHandle, QemuPeer, start_together
 
 from .figures import Figure
 from .precopy import PAGE, _random_ram, migrate, peer_page_path
@@ -55,8 +55,7 @@ def _migrate(guest: dict[str, Any], workdir: Path, timeout: float, channels: int
     dst = HarnessPeer("destination", workdir, guest, ["--incoming", "defer"])
     src = HarnessPeer("source", workdir, guest)
     try:
-        dst.start()
-        src.start()
+        start_together([dst, src])
         seconds, _ = _multifd_migrate(src, dst, timeout, channels)
         paths.add(peer_page_path(src, dst))
         return seconds
@@ -73,8 +72,7 @@ def qemu_figure(size: int, workdir: Path, timeout: float, channels: int) -> Figu
     src = QemuPeer("source", workdir, size, loader=loader)
     dst = QemuPeer("destination", workdir, size)
     try:
-        dst.start()
-        src.start()
+        start_together([dst, src])
         seconds, stream = _multifd_migrate(src, dst, timeout, channels)
     finally:
         src.close()

@@ -28,7 +28,7 @@ import numpy as np
 
 from harness.control.errors import ControlError
 from harness.errors import ControlFailure
-from harness.runner.peers import HarnessPeer, short_dir
+from harness.runner.peers import HarnessPeer, short_dir, start_together
 
 from .figures import Figure
 from .precopy import peer_page_path, wait_status
@@ -56,8 +56,7 @@ def harness_latencies(kind: str, size: int, rate: int, push: int, workdir: Path,
     src = HarnessPeer("source", workdir, guest)
     sockdir = short_dir("mhb")
     try:
-        dst.start()
-        src.start()
+        start_together([dst, src])
         caps = [{"capability": "postcopy-ram", "state": True}]
         if preempt:
             caps.append({"capability": "postcopy-preempt", "state": True})

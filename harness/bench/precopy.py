@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.runner.peers import HarnessPeer, PeerHandle, QemuPeer
+from harness.runner.peers import HarnessPeer, PeerHandle, QemuPeer, start_together
 
 from .figures import Figure, path_text
 from .rawstream import stream_seconds
@@ -101,8 +101,7 @@ def _migrate_fresh(guest: dict[str, Any], workdir: Path, timeout: float,
     dst = HarnessPeer("destination", workdir, guest, ["--incoming", "defer"])
     src = HarnessPeer("source", workdir, guest)
     try:
-        dst.start()
-        src.start()
+        start_together([dst, src])
         seconds, _ = migrate(src, dst, timeout)
         paths.add(peer_page_path(src, dst))
         return seconds
@@ -144,8 +143,7 @@ def qemu_figures(size: int, workdir: Path, timeout: float) -> list[Figure]:
     src = QemuPeer("source", workdir, size, loader=loader)
     dst = QemuPeer("destination", workdir, size)
     try:
-        dst.start()
-        src.start()
+        start_together([dst, src])
         for peer in (src, dst):
             peer.execute("migrate-set-capabilities",
                          {"capabilities": [{"capability": "events", "state": True}]})

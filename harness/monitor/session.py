@@ -30,7 +30,7 @@ import psutil
 
 from harness.control import CommandError, ControlClient, ControlError, ControlTimeout
 from harness.faults import process
-from harness.runner.peers import START_TIMEOUT, ControlledProcess, HarnessPeer, PeerError
+from harness.runner.peers import ControlledProcess, HarnessPeer, PeerError, start_together
 from harness.runner.proxy import ProxyHandle
 
 from .hmp import MonitorError
@@ -243,7 +243,7 @@ def start_session(opts: StartOptions) -> Session:
                                      opts.seed, preempt=opts.proxy_preempt,
                                      multifd=opts.proxy_multifd))
         session.owned += peers
-        _start_all(peers)
+        start_together(peers)  # their start-ups overlap
         for handle in peers:
             session.peers[handle.role] = PeerInfo(handle.role, handle.address, handle.pid)
         (workdir / "control.json").write_text(json.dumps(session.control_json(), indent=1))
@@ -254,32 +254,6 @@ def start_session(opts: StartOptions) -> Session:
         session.close()
         raise
     return session
-
-
-def _start_all(handles: list[ControlledProcess]) -> None:
-    """Start the processes side by side (each start waits for its `hello`, within the
-    runner's START_TIMEOUT); the first error, once every start has returned."""
-    errors: list[BaseException] = []
-
-    def start(handle: ControlledProcess) -> None:
-        try:
-            handle.start()
-        except BaseException as err:  # noqa: BLE001 - handed to the caller below
-            errors.append(err)
-
-    threads = [threading.Thread(target=start, args=(h,), name=f"start {h.role}")
-               for h in handles]
-    for thread in threads:
-        thread.start()
-    try:
-        for thread in threads:
-            thread.join()
-    except BaseException:  # Ctrl-C: let every start finish, so that close() reaps all
-        for thread in threads:
-            thread.join(START_TIMEOUT + 5)
-        raise
-    if errors:
-        raise errors[0]
 
 
 def _guest(opts: StartOptions) -> dict[str, Any]:

@@ -209,6 +209,21 @@ class ControlledProcess:
                              len(removed))
 
 
+def start_together(handles: list[Any]) -> None:
+    """Start several handles with their start-ups overlapping: every `ControlledProcess`
+    is launched first, then each is waited for (its own START_TIMEOUT); any other handle
+    (a QEMU) is started in turn.  The first error is raised; what was launched is the
+    caller's to close (reaped by `close`, as after any failed start)."""
+    for handle in handles:
+        if isinstance(handle, ControlledProcess):
+            handle.launch()
+    for handle in handles:
+        if isinstance(handle, ControlledProcess):
+            handle.wait_started()
+        else:
+            handle.start()
+
+
 @dataclass
 class HarnessPeer(ControlledProcess):
     """`python -m harness ROLE` driven over its control plane."""
