@@ -33,6 +33,10 @@ class CompletedMeansDelivered:
             why = f" ({dst.error})" if dst.error else ""
             return InvariantResult(self.name, False,
                                    f"{claim} the destination ended {dst.status}{why}")
+        crashed = getattr(dst, "exit_code", None)
+        if isinstance(crashed, int) and crashed < 0:  # it completed, then died by a signal
+            return InvariantResult(self.name, False, f"{claim} the destination, completed, "
+                                   f"then died ({dst.error})")
         a, b = evidence.source_digests, evidence.destination_digests
         if a is None or b is None:
             return InvariantResult(self.name, True, "both completed (memory not compared)")

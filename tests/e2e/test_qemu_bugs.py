@@ -146,6 +146,20 @@ def test_tls_session_tickets_lose_the_end_of_the_stream(columns):
     assert not delivered["ok"] and "Connection reset by peer" in delivered["detail"]
 
 
+def test_multifd_with_postcopy_ram_completes_then_the_destination_aborts(columns):
+    if not userfaultfd_available():
+        pytest.skip(NO_USERFAULTFD)  # postcopy-ram on a QEMU destination needs it
+    sc = columns["qemu"]["qemu72-multifd-postcopy-ram"]
+    assert sc["verdict"] == "fail", (sc["verdict"], sc["reason"])
+    assert (sc["source"]["status"], sc["destination"]["status"]) == ("completed", "completed")
+    assert sc["destination"]["exit-code"] == -6  # SIGABRT
+    delivered = _invariant(sc, "completed-means-delivered")
+    assert not delivered["ok"]
+    assert "then died" in delivered["detail"] and "yank_unregister_instance: Assertion" \
+        in delivered["detail"], delivered["detail"]
+    _no_leftovers(sc)
+
+
 # --- the harness column: the same files with --peers harness ------------------------------
 
 def test_harness_refuses_multifd_with_preempt(columns):
@@ -187,3 +201,10 @@ def test_harness_source_reads_the_tickets_and_delivers(columns):
     sc = columns["harness"]["qemu72-tls-session-tickets"]
     assert sc["verdict"] == "pass", sc["reason"]
     assert _invariant(sc, "completed-means-delivered")["ok"]
+
+
+def test_harness_pair_completes_multifd_with_postcopy_ram(columns):
+    sc = columns["harness"]["qemu72-multifd-postcopy-ram"]
+    assert sc["verdict"] == "pass", sc["reason"]
+    assert _invariant(sc, "completed-means-delivered")["detail"] == (
+        "both completed, every page delivered")
