@@ -588,34 +588,20 @@ class StreamDecoder:
         return SectionFooter(section.section_id, section.idstr, True, offset=start)
 
     def _ram(self) -> None:
-        section = self._current
-        assert section is not None
-        r = self._reader()
-        before = r.pos
-        try:
-            events, eos = self.loader.load(r, section.section_id)
-        except RemoteProtocolError as err:
-            if self._current_kind in (SectionType.SECTION_START, SectionType.SECTION_FULL):
-                raise err.with_context(f"error while loading state for instance "
-                                       f"0x{section.instance_id:x} of device '{section.idstr}'")
-            raise err.with_context(
-                f"error while loading state section id {section.section_id}({section.idstr})")
-        self._commit(r)
-        self._emit(*events)
-        if eos:
-            self._emit(RamEos(section.section_id, offset=r.offset - 8))
-            self.state = DecoderState.FOOTER
-        elif r.pos == before and not events:
-            raise NeedData(self.loader.need)
+        self._live_body(self.loader, RamEos)
 
     def _block(self) -> None:
         """A block section body (block.c: block_load), record by record."""
+        self._live_body(self.block_loader, BlockEos)
+
+    def _live_body(self, loader: Any, eos_event: Any) -> None:
+        """The body of a live section (ram, block), fed to its loader until its EOS."""
         section = self._current
         assert section is not None
         r = self._reader()
         before = r.pos
         try:
-            events, eos = self.block_loader.load(r, section.section_id)
+            events, eos = loader.load(r, section.section_id)
         except RemoteProtocolError as err:
             if self._current_kind in (SectionType.SECTION_START, SectionType.SECTION_FULL):
                 raise err.with_context(f"error while loading state for instance "
@@ -625,10 +611,10 @@ class StreamDecoder:
         self._commit(r)
         self._emit(*events)
         if eos:
-            self._emit(BlockEos(section.section_id, offset=r.offset - 8))
+            self._emit(eos_event(section.section_id, offset=r.offset - 8))
             self.state = DecoderState.FOOTER
         elif r.pos == before and not events:
-            raise NeedData(self.block_loader.need)
+            raise NeedData(loader.need)
 
     def _footer(self) -> None:
         section = self._current
