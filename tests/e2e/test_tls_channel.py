@@ -20,19 +20,12 @@ import pytest
 from harness.transport import ChannelClosed, connect, listen, parse_uri
 from harness.transport.tls import TlsError, TlsObjects
 from harness.transport.tls_certs import make_run_credentials
+from tests.unit.test_tls import _objects
 
 
 @pytest.fixture(scope="module")
 def creds(tmp_path_factory):
     return make_run_credentials(tmp_path_factory.mktemp("tls"))
-
-
-def _objects(creds, **server_props) -> tuple[TlsObjects, TlsObjects]:
-    client, server = TlsObjects(), TlsObjects()
-    client.add_option(f"tls-creds-x509,id=tls0,dir={creds.source_dir},endpoint=client")
-    server.add("tls-creds-x509", {"id": "tls0", "dir": str(creds.destination_dir),
-                                  "endpoint": "server", **server_props})
-    return client, server
 
 
 def _pair(client: TlsObjects, server: TlsObjects, params: dict | None = None):

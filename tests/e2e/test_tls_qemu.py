@@ -16,38 +16,22 @@ load an expired server certificate with the same sentence.  Every QEMU is reaped
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from destination.incoming import IncomingMigration
-from harness.guest import BlockSpec, Guest, GuestSpec, WorkloadSpec
+from harness.guest import Guest, WorkloadSpec
 from harness.migration.config import MigrationConfig
 from harness.qemu import QemuProcess, QMPError
 from harness.transport import connect, listen, parse_uri
 from harness.transport.tls import TlsError, TlsListener, TlsObjects
 from harness.transport.tls_certs import make_run_credentials
+from tests.e2e.test_preempt_qemu import CAPS, WAIT, MiB, _spec, _until
 from tests.e2e.test_scenarios import run
 from tests.qemu_env import COMMON, QEMU_MARKS
 
 pytestmark = [*QEMU_MARKS]
-MiB = 1 << 20
-WAIT = 30.0
-CAPS = [{"capability": name, "state": True}
-        for name in ("postcopy-ram", "postcopy-preempt", "events")]
-
-
-def _until(predicate, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-def _spec(seed: int, workload: WorkloadSpec | None = None) -> GuestSpec:
-    return GuestSpec(machine="none", blocks=[BlockSpec("ram", 16 * MiB)], fill=0.5,
-                     seed=seed, workload=workload, devices=["timer", "globalstate"])
 
 
 def test_qemu_source_to_harness_destination_tls_on_main_and_preempt(tmp_path):
