@@ -151,12 +151,14 @@ def test_multifd_with_postcopy_ram_completes_then_the_destination_aborts(columns
         pytest.skip(NO_USERFAULTFD)  # postcopy-ram on a QEMU destination needs it
     sc = columns["qemu"]["qemu72-multifd-postcopy-ram"]
     assert sc["verdict"] == "fail", (sc["verdict"], sc["reason"])
-    assert (sc["source"]["status"], sc["destination"]["status"]) == ("completed", "completed")
+    assert sc["source"]["status"] == "completed"
+    # the abort comes as the destination ends: its `completed` event may not get out first
+    # (seen under load: its last status postcopy-active)
+    assert sc["destination"]["status"] in ("completed", "postcopy-active")
     assert sc["destination"]["exit-code"] == -6  # SIGABRT
     delivered = _invariant(sc, "completed-means-delivered")
     assert not delivered["ok"]
-    assert "then died" in delivered["detail"] and "yank_unregister_instance: Assertion" \
-        in delivered["detail"], delivered["detail"]
+    assert "yank_unregister_instance: Assertion" in delivered["detail"], delivered["detail"]
     _no_leftovers(sc)
 
 
