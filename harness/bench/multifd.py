@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.protocol.multifd import HEADER_SIZE, PAGES_PER_PACKET
-from harness.runner.peers import HarnessPeer, PeerHandle, QemuPeer, start_together
+from harness.runner.peers import HarnessPeer, PeerHandle, start_together
 
 from .figures import Figure
-from .precopy import PAGE, _random_ram, migrate, peer_page_path
+from .precopy import PAGE, _random_ram, migrate, peer_page_path, qemu_pair
 from .rawstream import stream_seconds
 from .rounds import DEFAULT_ROUNDS, interleave
 
@@ -67,17 +67,8 @@ def _migrate(guest: dict[str, Any], workdir: Path, timeout: float, channels: int
 def qemu_figure(size: int, workdir: Path, timeout: float, channels: int) -> Figure:
     """QEMU 7.2 -> QEMU 7.2 with `channels` multifd channels, once, beside a raw stream of
     its wire bytes (ram.transferred: main stream and multifd-bytes)."""
-    loader = workdir / "random-ram.bin"
-    _random_ram(size, seed=2).tofile(loader)
-    src = QemuPeer("source", workdir, size, loader=loader)
-    dst = QemuPeer("destination", workdir, size)
-    try:
-        start_together([dst, src])
+    with qemu_pair(size, workdir) as (src, dst):
         seconds, stream = _multifd_migrate(src, dst, timeout, channels)
-    finally:
-        src.close()
-        dst.close()
-        loader.unlink()
     raw = stream_seconds(_random_ram(stream, seed=3))
     gb = size / 1e9
     return Figure.of(f"precopy.qemu.multifd-{channels}.tcp.idle-random", gb / seconds, "GB/s",

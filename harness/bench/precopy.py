@@ -15,10 +15,12 @@ and given against its own raw stream, and the harness's GB/s against QEMU's (goa
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +133,23 @@ def harness_figures(size: int, workdir: Path, timeout: float,
                       peer_page_path=" + ".join(sorted(paths)))]
 
 
+@contextlib.contextmanager
+def qemu_pair(size: int, workdir: Path) -> Iterator[tuple[QemuPeer, QemuPeer]]:
+    """Two QEMU 7.2 peers of `size` RAM, started together, the source's RAM random (a
+    loader file); both closed and the file removed afterwards."""
+    loader = workdir / "random-ram.bin"
+    _random_ram(size, seed=2).tofile(loader)
+    src = QemuPeer("source", workdir, size, loader=loader)
+    dst = QemuPeer("destination", workdir, size)
+    try:
+        start_together([dst, src])
+        yield src, dst
+    finally:
+        src.close()
+        dst.close()
+        loader.unlink()
+
+
 def qemu_figures(size: int, workdir: Path, timeout: float) -> list[Figure]:
     from harness.qemu import find_qemu
 
@@ -138,20 +157,11 @@ def qemu_figures(size: int, workdir: Path, timeout: float) -> list[Figure]:
         print("harness bench: precopy.qemu skipped: qemu-system-x86_64 is not installed",
               file=sys.stderr)
         return []
-    loader = workdir / "random-ram.bin"
-    _random_ram(size, seed=2).tofile(loader)
-    src = QemuPeer("source", workdir, size, loader=loader)
-    dst = QemuPeer("destination", workdir, size)
-    try:
-        start_together([dst, src])
+    with qemu_pair(size, workdir) as (src, dst):
         for peer in (src, dst):
             peer.execute("migrate-set-capabilities",
                          {"capabilities": [{"capability": "events", "state": True}]})
         seconds, stream = migrate(src, dst, timeout)
-    finally:
-        src.close()
-        dst.close()
-    loader.unlink()
     raw = stream_seconds(_random_ram(stream, seed=3))
     gb = size / 1e9
     return [Figure.of("precopy.qemu.tcp.idle-random", gb / seconds, "GB/s", gb / raw,
